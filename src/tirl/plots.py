@@ -1,0 +1,49 @@
+"""Pictures a person would rather look at than read: training curves (more in `tirl.evaluation.report`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(log_history: list[dict], path: str | Path, title: str = "") -> Path | None:
+    """Plot loss terms, reward/value and entropy against the step from a `Trainer.state.log_history`; PNG at `path`."""
+    train = [h for h in log_history if "loss" in h and "step" in h]
+    evals = [h for h in log_history if "eval_loss" in h and "step" in h]
+    if not train and not evals:
+        return None
+    plt = _pyplot()
+    panels = [
+        ("loss", [("loss", "loss"), ("mle_loss", "−log π (MLE term)"), ("eval_loss", "eval loss"), ("eval_mle_loss", "eval −log π")]),
+        ("TD term E[r²]", [("td_loss", "train"), ("eval_td_loss", "eval")]),
+        ("reward / value", [("mean_reward", "mean r_t"), ("mean_value", "mean V(s_t)")]),
+        ("entropy (nats)", [("entropy", "train"), ("eval_entropy", "eval")]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (name, series) in zip(axes, panels, strict=True):
+        for key, label in series:
+            src = evals if key.startswith("eval_") else train
+            pts = [(h["step"], h[key]) for h in src if key in h]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o" if len(pts) < 12 else None, ms=3, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

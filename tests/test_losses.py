@@ -1,0 +1,211 @@
+"""The maths of tirl.losses: MLE equivalence, chunked == naive (values and gradients), masking, terminals."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tirl import losses as L
+
+EOS = 2
+
+
+def make_batch(B=3, T=12, D=8, V=23, dtype=torch.float64, seed=0, bias=False):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(B, T, D, dtype=dtype, generator=g, requires_grad=True)
+    W = torch.randn(V, D, dtype=dtype, generator=g, requires_grad=True)
+    b = torch.randn(V, dtype=dtype, generator=g, requires_grad=True) if bias else None
+    labels = torch.randint(3, V, (B, T), generator=g)
+    labels[:, :4] = -100  # prompt
+    labels[0, 8] = EOS  # row 0: EOS then a trailing template token, then padding
+    labels[0, 10:] = -100
+    labels[1, -3:] = -100  # row 1: truncated (no EOS), then padding
+    labels[2, -1] = EOS  # row 2: ends exactly with EOS
+    return h, W, b, labels
+
+
+def logits_of(h, W, b=None):
+    z = h @ W.T
+    return z if b is None else z + b
+
+
+def test_lambda_zero_is_exactly_mle_and_cross_entropy():
+    h, W, _, labels = make_batch(dtype=torch.float32)
+    logits = logits_of(h, W)
+    iq = L.iq_loss(logits, labels, lam=0.0, gamma=0.99, eos_token_id=EOS)
+    mle = L.mle_loss(logits, labels)
+    logits2 = logits_of(h, W)
+    ce = F.cross_entropy(logits2[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.equal(iq.loss, mle.loss)
+    assert abs(iq.loss.item() - ce.item()) < 1e-6
+    g_iq = torch.autograd.grad(iq.loss, (h, W), retain_graph=True)
+    g_ce = torch.autograd.grad(ce, (h, W))
+    for a, b in zip(g_iq, g_ce, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def naive_iq_reference(logits, labels, lam, gamma):
+    """An independent, loop-based statement of METHOD.md §2 for rows that end in EOS or are truncated."""
+    total_nll, total_td, n = 0.0, 0.0, 0
+    lp = torch.log_softmax(logits.double(), -1)
+    lse = torch.logsumexp(logits.double(), -1)
+    for b in range(labels.shape[0]):
+        acts = [(t, int(labels[b, t + 1])) for t in range(labels.shape[1] - 1) if labels[b, t + 1] != -100]
+        seen_eos = False
+        for i, (t, a) in enumerate(acts):
+            n += 1
+            total_nll = total_nll - lp[b, t, a]
+            if seen_eos:
+                continue  # after EOS: outside the MDP, MLE only
+            last = i == len(acts) - 1 or acts[i + 1][0] != t + 1
+            if a == EOS:
+                v_next = 0.0
+            elif last:
+                seen_eos = True  # truncated: no TD term for the last action
+                continue
+            else:
+                v_next = lse[b, t + 1]
+            r = logits[b, t, a].double() - gamma * v_next
+            total_td = total_td + r**2
+            seen_eos = a == EOS
+    return (total_nll + lam * total_td) / n
+
+
+@pytest.mark.parametrize("lam,gamma", [(0.1, 0.99), (1.0, 1.0), (0.03, 0.5)])
+def test_iq_loss_matches_loop_reference(lam, gamma):
+    h, W, _, labels = make_batch()
+    ours = L.iq_loss(logits_of(h, W), labels, lam=lam, gamma=gamma, eos_token_id=EOS).loss
+    ref = naive_iq_reference(logits_of(h, W), labels, lam, gamma)
+    assert abs(ours.item() - ref.item()) < 1e-10
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 7, 1024])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+def test_chunked_equals_naive_values_and_gradients_float64(chunk, bias, reduction):
+    h, W, b, labels = make_batch(bias=bias)
+    params = (h, W) + ((b,) if bias else ())
+    kw = dict(lam=0.3, gamma=0.9, eos_token_id=EOS, reduction=reduction)
+    naive = L.iq_loss(logits_of(h, W, b), labels, **kw)
+    chunked = L.chunked_iq_loss(h, W, labels, chunk_size=chunk, bias=b, **kw)
+    assert abs(naive.loss.item() - chunked.loss.item()) < 1e-10
+    for key in ("nll", "td", "mean_reward", "mean_value"):
+        assert abs(getattr(naive, key).item() - getattr(chunked, key).item()) < 1e-10, key
+    g_naive = torch.autograd.grad(naive.loss, params)
+    g_chunk = torch.autograd.grad(chunked.loss, params)
+    for a, c in zip(g_naive, g_chunk, strict=True):
+        assert (a - c).abs().max().item() < 1e-6
+
+
+def test_chunked_stats_match_naive():
+    h, W, _, labels = make_batch()
+    a = L.qv_from_logits(logits_of(h, W), labels)
+    c = L.qv_from_hidden(h, W, labels, chunk_size=4)
+    assert torch.allclose(a.q, c.q) and torch.allclose(a.v, c.v)
+    assert torch.allclose(a.entropy, c.entropy, atol=1e-10)
+    assert torch.equal(a.is_top1, c.is_top1)
+
+
+def test_chunked_under_bf16_autocast_is_close_to_fp32():
+    h, W, _, labels = make_batch(B=4, T=64, D=32, V=300, dtype=torch.float32)
+    ref = L.iq_loss(logits_of(h, W), labels, lam=0.1, eos_token_id=EOS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = L.chunked_iq_loss(h, W, labels, lam=0.1, eos_token_id=EOS, chunk_size=64)
+    assert abs(out.loss.item() - ref.loss.item()) / ref.loss.item() < 2e-2
+    g = torch.autograd.grad(out.loss, W, retain_graph=True)[0]
+    g_ref = torch.autograd.grad(ref.loss, W)[0]
+    assert F.cosine_similarity(g.flatten(), g_ref.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("path", ["naive", "chunked"])
+def test_prompt_and_padding_positions_contribute_nothing(path):
+    h, W, _, labels = make_batch()
+    actions, mask = L.shift_labels(labels)
+
+    def loss_of(hh):
+        kw = dict(lam=0.5, gamma=0.9, eos_token_id=EOS)
+        if path == "naive":
+            return L.iq_loss(logits_of(hh, W), labels, **kw).loss
+        return L.chunked_iq_loss(hh, W, labels, chunk_size=5, **kw).loss
+
+    base = loss_of(h)
+    # perturb the hidden states of every position whose action is not a completion token, and the last position
+    # (its logits predict past the end); the loss must not move and their gradient must be exactly zero
+    dead = torch.zeros(labels.shape, dtype=torch.bool)
+    dead[:, :-1] = ~mask
+    dead[:, -1] = True
+    h2 = h.detach().clone()
+    h2[dead] += 100 * torch.randn_like(h2[dead])
+    assert abs(loss_of(h2).item() - base.item()) < 1e-12
+    grad = torch.autograd.grad(base, h)[0]
+    assert grad[dead].abs().max().item() == 0.0
+    # labels of prompt and padding positions are irrelevant too (only -100 marks them)
+    assert grad[~dead].abs().sum() > 0
+
+
+def test_value_after_eos_is_zero_and_truncation_drops_td():
+    h, W, _, labels = make_batch()
+    qv = L.qv_from_logits(logits_of(h, W), labels)
+    v_next, td_mask = L.next_values(qv, EOS)
+    rw = L.token_rewards(qv, gamma=0.9, eos_token_id=EOS)
+    actions, mask = qv.actions, qv.mask
+    eos_pos = (actions == EOS) & mask
+    assert eos_pos.sum() == 2
+    assert torch.all(v_next[eos_pos] == 0)
+    assert torch.allclose(rw.reward[eos_pos], qv.q[eos_pos])  # r = Q(s, EOS) − γ·0
+    # row 0: EOS at shifted index 7, then one trailing template token (index 8): MLE yes, TD no
+    assert mask[0, 8] and not td_mask[0, 8]
+    # row 1: truncated without EOS, its last action has no TD term, earlier ones do
+    last1 = int(mask[1].nonzero().max())
+    assert not td_mask[1, last1] and td_mask[1, last1 - 1]
+    # no EOS information: every completion end is terminal and keeps its TD term
+    v_next2, td2 = L.next_values(qv, None)
+    assert td2[1, last1] and v_next2[1, last1] == 0
+
+
+def test_rewards_telescope_with_gamma_one():
+    """Σ_t r_t = log π(y|x) + V(s_0) for an EOS-terminated completion when γ = 1 (METHOD.md §4)."""
+    h, W, _, labels = make_batch()
+    qv = L.qv_from_logits(logits_of(h, W), labels)
+    rw = L.token_rewards(qv, gamma=1.0, eos_token_id=EOS)
+    row = 2  # ends with EOS, no trailing tokens
+    first = int(qv.mask[row].nonzero().min())
+    lhs = rw.reward[row].sum()
+    rhs = qv.logprob[row].sum() + qv.v[row, first]
+    assert abs(lhs.item() - rhs.item()) < 1e-10
+
+
+def test_gradient_accumulation_normalisation_is_exact():
+    """Two micro-batches with num_items_in_batch = all tokens sum to the one-batch loss (Trainer's GA contract)."""
+    h, W, _, labels = make_batch()
+    kw = dict(lam=0.2, gamma=0.95, eos_token_id=EOS)
+    full = L.iq_loss(logits_of(h, W), labels, **kw).loss
+    n = int((labels[:, 1:] != -100).sum())
+    parts = sum(L.iq_loss(logits_of(h[i : i + 1], W), labels[i : i + 1], num_items_in_batch=n, **kw).loss for i in range(3))
+    assert abs(full.item() - parts.item()) < 1e-10
+
+
+def test_all_masked_micro_batch_gives_differentiable_zero():
+    h, W, _, labels = make_batch()
+    labels[:] = -100
+    out = L.chunked_iq_loss(h, W, labels, lam=0.1, eos_token_id=EOS)
+    assert out.loss.item() == 0.0 and out.loss.requires_grad
+    out.loss.backward()
+    assert W.grad is not None and torch.all(W.grad == 0)
+
+
+def test_stop_grad_next_changes_only_the_gradient():
+    h, W, _, labels = make_batch()
+    a = L.iq_loss(logits_of(h, W), labels, lam=0.5, eos_token_id=EOS)
+    b = L.iq_loss(logits_of(h, W), labels, lam=0.5, eos_token_id=EOS, stop_grad_next=True)
+    assert a.loss.grad_fn is not b.loss.grad_fn
+    assert abs(a.loss.item() - b.loss.item()) < 1e-12
+    ga, gb = torch.autograd.grad(a.loss, W)[0], torch.autograd.grad(b.loss, W)[0]
+    assert not torch.allclose(ga, gb)
+
+
+def test_invalid_arguments():
+    h, W, _, labels = make_batch()
+    with pytest.raises(ValueError):
+        L.qv_from_hidden(h, W, labels, chunk_size=0)
+    with pytest.raises(ValueError):
+        L.iq_loss(logits_of(h, W), labels, reduction="mean")
