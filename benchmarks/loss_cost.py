@@ -59,7 +59,7 @@ def worker(variant: str, args) -> dict:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, len(tok), (args.batch, args.seq), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    n_items = torch.tensor((args.batch * (args.seq - 1)))
+    n_items = torch.tensor(args.batch * (args.seq - 1))
     model = trainer.model
     model.train()
     rss_setup = rss_gb()

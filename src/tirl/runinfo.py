@@ -63,20 +63,37 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
+def safe_path(root: str | Path, relative: str | Path) -> Path:
+    """`root / relative`, refusing any path that would land outside `root` (absolute paths, `..`, symlinks out).
+
+    Every file `tirl` writes into a run directory goes through this, so a name taken from a config or a dataset can
+    never make it write elsewhere.
+    """
+    root_resolved = Path(root).resolve()
+    target = (root_resolved / relative).resolve()
+    if Path(relative).is_absolute() or (target != root_resolved and root_resolved not in target.parents):
+        raise ValueError(f"refusing to write {relative!r}: it resolves outside the output directory {root_resolved}")
+    return target
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text through a temporary file and a rename, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(jsonable(data), f, indent=2)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
+    write_text_atomic(path, json.dumps(jsonable(data), indent=2) + "\n")
 
 
 def run_record(**sections: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from trl import ModelConfig
 
 from .data import DataError, load_rows, shared_data_dir, to_trl
-from .runinfo import rows_checksum, run_record, write_json_atomic
+from .runinfo import rows_checksum, run_record, safe_path, write_json_atomic, write_text_atomic
 
 METHODS = ("mle", "iqlearn")
 
@@ -191,7 +191,7 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
 
     record = run_record(method=script.method, model=model_name, script=script, model_args=model_args,
                         config=config, data=data_info)
-    write_json_atomic(output_dir / "run.json", record)
+    write_json_atomic(safe_path(output_dir, "run.json"), record)
 
     trainer = IQLearnTrainer(
         model=model,
@@ -218,11 +218,14 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
-        write_json_atomic(output_dir / "metrics.json", {"method": script.method, "model": model_name, **metrics})
-        plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png",
-                             title=f"{script.method} · {model_name}")
+        write_json_atomic(safe_path(output_dir, "metrics.json"), {"method": script.method, "model": model_name, **metrics})
+        history = trainer.state.log_history
+        if "eval_before" in metrics:  # the pre-training evaluation ran before the trainer's history began
+            history = [{"step": 0, **metrics["eval_before"]}, *history]
+        plot_training_curves(history, safe_path(output_dir, "training_curves.png"), title=f"{script.method} · {model_name}")
         logging_dir = _tensorboard_dir(trainer)
-        (output_dir / "summary.md").write_text(summary_markdown(script.method, model_name, config, metrics, output_dir, logging_dir))
+        write_text_atomic(safe_path(output_dir, "summary.md"),
+                          summary_markdown(script.method, model_name, config, metrics, output_dir, logging_dir))
     else:
         logging_dir = None
     return TrainResult(output_dir=output_dir, metrics=metrics, log_history=trainer.state.log_history,

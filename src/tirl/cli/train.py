@@ -64,12 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     from tirl.data import DataError
     from tirl.models import ModelNotAvailableError
     from tirl.train import run
+    from tirl.trainers.iqlearn_trainer import NonFiniteLossError, NoTrainableTokensError
 
     try:
         result = run(script, config, model_args)
-    except (DataError, ModelNotAvailableError) as e:
+    except (DataError, ModelNotAvailableError, NoTrainableTokensError) as e:
         print(f"tirl train: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        print(f"tirl train: stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"\ntirl train: interrupted; continue with the same command plus --resume (checkpoints in {config.output_dir})",
+              file=sys.stderr)
+        return 130
     _print_summary(result)
     return 0
 

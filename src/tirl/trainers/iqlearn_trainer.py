@@ -7,13 +7,30 @@ masking, packing, PEFT via `peft_config`, accelerate multi-process, mixed precis
 
 from __future__ import annotations
 
+import os
+import shutil
+import warnings
+
 import torch
 from accelerate.utils import is_peft_model
+from datasets import Dataset
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
 from ..losses import QV, LossOutput, iq_loss_from_qv, qv_from_logits
 from ..qv_head import add_qv_head
 from .iqlearn_config import IQLearnConfig
+
+ROW_COLUMN = "_tirl_row"
+PARTIAL_PREFIX = ".partial-"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; training stops before the optimizer applies it."""
+
+
+class NoTrainableTokensError(ValueError):
+    """No example of a dataset has a completion token left to learn from."""
 
 
 def eos_token_ids(tokenizer, model) -> list[int]:
@@ -74,6 +91,53 @@ class IQLearnTrainer(SFTTrainer):
         self.eos_token_ids = eos_token_ids(self.processing_class, base)
 
     # ----------------------------------------------------------------------------------------------------------------
+    # Data: nothing is dropped silently
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        """TRL's preparation, plus an account of what it dropped or cut.
+
+        TRL drops examples whose completion is entirely cut by `max_length` (e.g. a prompt longer than `max_length`)
+        and does so quietly; here they are named (row indices) in a warning, and a dataset left with no trainable
+        token is an error. Completions that lose their EOS to truncation are counted (their last TD term is dropped,
+        see `tirl.losses`).
+        """
+        track = isinstance(dataset, Dataset) and "input_ids" not in dataset.column_names and not packing
+        if track:
+            dataset = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
+        prepared = super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        if not track:
+            return prepared
+        kept = prepared[ROW_COLUMN]
+        dropped = sorted(set(range(len(dataset))) - set(kept))
+        name = dataset_name or "train"
+        if not kept:
+            raise NoTrainableTokensError(
+                f"none of the {len(dataset)} {name} examples has a completion token to learn from after tokenization "
+                f"and truncation to max_length={args.max_length} (prompt longer than max_length, an empty completion, or "
+                "a chat template that masks every token). Raise --max_length or check the data."
+            )
+        if dropped:
+            shown = ", ".join(map(str, dropped[:10])) + (" ..." if len(dropped) > 10 else "")
+            warnings.warn(
+                f"{len(dropped)} of {len(dataset)} {name} examples were skipped because truncation to "
+                f"max_length={args.max_length} left them no completion token (rows {shown}); raise --max_length to keep them.",
+                stacklevel=2,
+            )
+        eos = set(eos_token_ids(processing_class, self.model if hasattr(self, "model") else None))
+        if eos:
+            cut = sum(1 for labels in prepared["labels"] if not _ends_with(labels, eos))
+            if cut:
+                warnings.warn(
+                    f"{cut} of {len(kept)} {name} completions do not end with EOS (cut by max_length={args.max_length}, or "
+                    "a chat template that does not end the turn with EOS); they are treated as truncated: their last TD "
+                    "term is dropped.",
+                    stacklevel=2,
+                )
+        self._dropped_rows = getattr(self, "_dropped_rows", {})
+        self._dropped_rows[name] = dropped
+        return prepared.remove_columns(ROW_COLUMN)
+
+    # ----------------------------------------------------------------------------------------------------------------
 
     def compute_qv(self, model, inputs) -> QV:
         """Per-token Q and V of a collated batch, chunked or from full logits according to `iq_chunk_size`."""
@@ -100,6 +164,8 @@ class IQLearnTrainer(SFTTrainer):
         qv = self.compute_qv(model, inputs)
         out = self.iq_loss(qv, num_items_in_batch)
         loss = out.loss
+        if mode == "train":
+            self._check_finite(loss, out)
         # like TRL/Trainer: `num_items_in_batch` counts every rank's tokens while DDP averages gradients over ranks
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self._tp_size)
@@ -109,6 +175,64 @@ class IQLearnTrainer(SFTTrainer):
                 outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             return loss, outputs
         return loss
+
+    def _check_finite(self, loss: torch.Tensor, out: LossOutput) -> None:
+        # every process must agree, or one would raise while the others wait in the next collective
+        finite = bool(self.accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+        if finite:
+            return
+        last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        raise NonFiniteLossError(
+            f"the training loss is {loss.item()} at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.3f}): "
+            f"MLE term {out.nll.item()}, TD term {out.td.item()} (λ={self.args.iq_lambda}). Training stopped before this "
+            f"batch was applied; the last checkpoint is {last or 'none (no checkpoint saved yet)'}. Try a lower "
+            "--learning_rate or --iq_lambda, or --max_grad_norm, and check the data."
+        )
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Checkpoints: written under a name resume never picks, then renamed in one step
+
+    def _save_checkpoint(self, model, trial):
+        """Save like `Trainer`, but atomically: a crash mid-save never leaves a `checkpoint-N` that looks complete.
+
+        The checkpoint is written to `.partial-checkpoint-N/checkpoint-N` and renamed to `checkpoint-N` once every
+        process has finished writing. `get_last_checkpoint` only matches `checkpoint-<digits>`, so a partial one is
+        invisible to resume and is removed at the next save.
+        """
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, PARTIAL_PREFIX + name)
+        if self.args.should_save and os.path.exists(staging):
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self._get_output_dir = lambda trial=None: staging  # where the parent class writes, for this call only
+        try:
+            super()._save_checkpoint(model, trial)
+            self.save_extra_state(os.path.join(staging, name))
+        finally:
+            del self._get_output_dir
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            if os.path.exists(final):  # the same step saved again, e.g. after resuming from it
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            for entry in os.listdir(run_dir):  # leftovers of an earlier crash
+                if entry.startswith(PARTIAL_PREFIX):
+                    shutil.rmtree(os.path.join(run_dir, entry), ignore_errors=True)
+            if self.state.best_global_step:
+                best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+                if os.path.exists(best):
+                    self.state.best_model_checkpoint = best
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def save_extra_state(self, checkpoint_dir: str) -> None:
+        """Hook for subclasses: write extra state (sample buffers, discriminators) into a checkpoint being staged."""
 
     def _record_metrics(self, mode: str, qv: QV, out: LossOutput, inputs) -> None:
         gather = self.accelerator.gather_for_metrics
@@ -131,3 +255,17 @@ class IQLearnTrainer(SFTTrainer):
                 local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
             self._total_train_tokens += gather(local.reshape(1)).sum().item() // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+
+def _ends_with(labels: list[int], eos: set[int]) -> bool:
+    """Whether the last completion segment of a label row contains EOS (template tokens may follow it)."""
+    seen = False
+    for tok in reversed(labels):
+        if tok == -100:
+            if seen:
+                break
+            continue
+        seen = True
+        if tok in eos:
+            return True
+    return False
