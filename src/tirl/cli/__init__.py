@@ -6,6 +6,7 @@ import sys
 
 COMMANDS = {
     "train": ("tirl.cli.train", "Fine-tune a model with MLE or IQLearn (`tirl train --help` lists every option)."),
+    "rewards": ("tirl.cli.rewards", "Per-token rewards r_t of a checkpoint; `tirl rewards analyse` correlates them with task scores."),
     "env": ("tirl.cli.env", "Print versions, devices and data/model availability, for bug reports."),
 }
 

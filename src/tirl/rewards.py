@@ -1,0 +1,191 @@
+"""Reward extraction: the implicit per-token reward r_t of any causal LM checkpoint (METHOD.md §4).
+
+    r_t = Q(s_t, a_t) − γ·V(s_{t+1}),   Q = logits, V = logsumexp(logits), V after EOS = 0,
+    R   = Σ_t r_t   (over the completion tokens whose reward is defined; see `tirl.losses`).
+
+No extra network: the reward is read off the LM head. With γ = 1, R telescopes to log π(y|x) + V(s_0) (the sequence
+log-likelihood plus a prompt-dependent offset), so rankings for one prompt equal log-likelihood rankings; use γ < 1
+(default 0.99) for a reward that is more than a likelihood. IQLearn trains the logits to make r meaningful (its TD
+term pins the free per-state offset of the logits); for an MLE model the offset is arbitrary, which is why MLE
+"rewards" correlate poorly with quality.
+
+`score` returns per-token and per-sequence rewards; `preference_accuracy` scores chosen/rejected pairs (TRL's DPO
+format); `RewardScorer` wraps a checkpoint as a reward function for TRL's online trainers (`GRPOTrainer(reward_funcs=
+[RewardScorer(path)])`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.tokenize import Prompt, encode_prompt_completion
+from .losses import token_rewards
+from .qv_head import model_qv
+from .trainers.iqlearn_trainer import eos_token_ids
+
+
+@dataclass
+class SequenceRewards:
+    """The reward decomposition of one completion. Lists are per completion token, in order."""
+
+    tokens: list[str]  # each completion token decoded on its own
+    token_ids: list[int]
+    rewards: list[float]  # r_t (NaN where undefined: after EOS, or the last token of a truncated completion)
+    values: list[float]  # V(s_t)
+    logprobs: list[float]  # log π(a_t|s_t)
+    reward: float  # R = Σ r_t over defined tokens
+    logprob: float  # Σ log π(a_t|s_t)
+    value0: float  # V(s_0), the value of the prompt
+    num_tokens: int
+    terminated: bool  # the completion ends with EOS
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def score(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[Prompt, Prompt]],
+    gamma: float = 0.99,
+    batch_size: int = 8,
+    max_length: int | None = 1024,
+    chunk_size: int = 1024,
+    bf16: bool = False,
+    progress: bool = True,
+) -> list[SequenceRewards]:
+    """Per-token and per-sequence rewards of `(prompt, completion)` pairs under `model` (strings or message lists).
+
+    Pairs are tokenised exactly as training tokenises them (`encode_prompt_completion`), batched with right padding,
+    and pushed through the model's LM head in chunks (no [B, T, V] logits).
+    """
+    was_training = model.training
+    model.eval()
+    eos = eos_token_ids(tokenizer, model.get_base_model() if hasattr(model, "get_base_model") else model) or None
+    encoded = [encode_prompt_completion(tokenizer, p, c) for p, c in pairs]
+    if max_length is not None:
+        encoded = [{k: v[:max_length] for k, v in e.items()} for e in encoded]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[SequenceRewards] = []
+    device = _device(model)
+    bar = tqdm(total=len(encoded), desc="scoring rewards", unit="seq", disable=not progress)
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        width = max(len(e["input_ids"]) for e in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        attn = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, e in enumerate(chunk):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.tensor(e["input_ids"])
+            labels[i, :n] = torch.tensor(e["labels"])
+            attn[i, :n] = 1
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            qv = model_qv(model, ids.to(device), attn.to(device), labels.to(device), chunk_size=chunk_size)
+        rw = token_rewards(qv, gamma=gamma, eos_token_id=eos)
+        for i in range(len(chunk)):
+            m = qv.mask[i]
+            pos = m.nonzero().flatten()
+            if len(pos) == 0:
+                raise ValueError(f"pair {start + i} has no completion token (empty completion, or cut by max_length)")
+            tok_ids = qv.actions[i, pos].tolist()
+            defined = rw.td_mask[i, pos]
+            r = torch.where(defined, rw.reward[i, pos], torch.full_like(rw.reward[i, pos], math.nan))
+            out.append(SequenceRewards(
+                tokens=[tokenizer.decode([t]) for t in tok_ids],
+                token_ids=tok_ids,
+                rewards=r.tolist(),
+                values=qv.v[i, pos].tolist(),
+                logprobs=rw.logprob[i, pos].tolist(),
+                reward=float(rw.reward[i, pos][defined].sum()),
+                logprob=float(rw.logprob[i, pos].sum()),
+                value0=float(qv.v[i, pos[0]]),
+                num_tokens=len(pos),
+                terminated=bool(eos is not None and any(t in eos for t in tok_ids)),
+            ))
+        bar.update(len(chunk))
+    bar.close()
+    model.train(was_training)
+    return out
+
+
+def preference_accuracy(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    gamma: float = 0.99,
+    batch_size: int = 8,
+    max_length: int | None = 1024,
+    progress: bool = True,
+) -> dict:
+    """How often R(prompt, chosen) > R(prompt, rejected) over rows in TRL's preference format.
+
+    Rows have `prompt`, `chosen` and `rejected` (strings or message lists). Ties count as half, as is usual for
+    pairwise accuracy. The same figure for the sequence log-likelihood Σ log π is reported alongside, as the
+    reference a reward must beat to be more than a likelihood.
+    """
+    pairs = [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows]
+    scored = score(model, tokenizer, pairs, gamma=gamma, batch_size=batch_size, max_length=max_length, progress=progress)
+    n = len(rows)
+    chosen, rejected = scored[:n], scored[n:]
+    return {
+        "n": n,
+        "gamma": gamma,
+        "accuracy": pairwise_accuracy([c.reward for c in chosen], [r.reward for r in rejected]),
+        "accuracy_logprob": pairwise_accuracy([c.logprob for c in chosen], [r.logprob for r in rejected]),
+        "mean_margin": sum(c.reward - r.reward for c, r in zip(chosen, rejected, strict=True)) / max(n, 1),
+    }
+
+
+def pairwise_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
+    """Fraction of pairs with chosen > rejected; a tie counts one half."""
+    if len(chosen) != len(rejected):
+        raise ValueError("chosen and rejected must have the same length")
+    if not chosen:
+        return math.nan
+    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True))
+    return wins / len(chosen)
+
+
+class RewardScorer:
+    """A `tirl` checkpoint as a reward function for TRL's online trainers (GRPO, RLOO, ...).
+
+    >>> scorer = RewardScorer("runs/iqlearn-smollm2")                      # doctest: +SKIP
+    >>> GRPOTrainer(model=..., reward_funcs=[scorer], ...)                 # doctest: +SKIP
+
+    TRL calls `scorer(prompts=..., completions=..., **columns)` with strings or message lists and expects one float
+    per completion. The reward is R = Σ_t r_t (`normalize="none"`) or its mean per token (`normalize="mean"`, which
+    does not favour long or short completions). The scoring model is frozen and kept in eval mode.
+    """
+
+    def __init__(self, model, tokenizer=None, gamma: float = 0.99, normalize: str = "none", batch_size: int = 8,
+                 max_length: int | None = 1024, bf16: bool = False):
+        if normalize not in ("none", "mean"):
+            raise ValueError(f"normalize must be 'none' or 'mean', got {normalize!r}")
+        if isinstance(model, str):
+            from . import models
+
+            model, tokenizer = models.load(model)
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer together with a model object")
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.gamma, self.normalize, self.batch_size, self.max_length, self.bf16 = gamma, normalize, batch_size, max_length, bf16
+        self.__name__ = "tirl_reward"  # TRL logs each reward function under its __name__
+
+    def __call__(self, prompts: Sequence[Prompt], completions: Sequence[Prompt], **_) -> list[float]:
+        scored = score(self.model, self.tokenizer, list(zip(prompts, completions, strict=True)), gamma=self.gamma,
+                       batch_size=self.batch_size, max_length=self.max_length, bf16=self.bf16, progress=False)
+        if self.normalize == "mean":
+            return [s.reward / max(s.num_tokens, 1) for s in scored]
+        return [s.reward for s in scored]
