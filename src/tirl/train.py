@@ -207,10 +207,14 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
         print(f"[tirl] resuming from {resume_from}" if resume_from else "[tirl] --resume: no checkpoint yet, starting fresh")
 
     metrics: dict = {}
-    if eval_ds is not None and resume_from is None:
-        metrics["eval_before"] = trainer.evaluate()
+    # the "before" evaluation runs inside the training loop (eval_on_start): a plain `evaluate()` before `train()`
+    # leaves transformers' DDP wrapping undone in multi-process runs, so the processes would train unsynchronised
+    trainer.args.eval_on_start = eval_ds is not None and resume_from is None
     t1 = time.time()
     train_output = trainer.train(resume_from_checkpoint=resume_from)
+    first_eval = next((h for h in trainer.state.log_history if "eval_loss" in h), None)
+    if trainer.args.eval_on_start and first_eval is not None:
+        metrics["eval_before"] = {k: v for k, v in first_eval.items() if k.startswith("eval_")}
     metrics["train"] = train_output.metrics
     metrics["train_seconds"] = time.time() - t1
     if eval_ds is not None:
@@ -219,10 +223,7 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
         write_json_atomic(safe_path(output_dir, "metrics.json"), {"method": script.method, "model": model_name, **metrics})
-        history = trainer.state.log_history
-        if "eval_before" in metrics:  # the pre-training evaluation ran before the trainer's history began
-            history = [{"step": 0, **metrics["eval_before"]}, *history]
-        plot_training_curves(history, safe_path(output_dir, "training_curves.png"), title=f"{script.method} · {model_name}")
+        plot_training_curves(trainer.state.log_history, safe_path(output_dir, "training_curves.png"), title=f"{script.method} · {model_name}")
         logging_dir = _tensorboard_dir(trainer)
         write_text_atomic(safe_path(output_dir, "summary.md"),
                           summary_markdown(script.method, model_name, config, metrics, output_dir, logging_dir))

