@@ -35,6 +35,14 @@ def rss_gb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
+def peak_gb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB
+
+
 def worker(variant: str, args) -> dict:
     import torch
     from datasets import Dataset
@@ -47,7 +55,7 @@ def worker(variant: str, args) -> dict:
     torch.manual_seed(0)
     model, tok = models.load(args.model)
     common = dict(output_dir="/tmp/tirl-bench", per_device_train_batch_size=args.batch, report_to="none",
-                  use_cpu=True, bf16=args.bf16, gradient_checkpointing=False, save_strategy="no",
+                  use_cpu=args.device == "cpu", bf16=args.bf16, gradient_checkpointing=False, save_strategy="no",
                   learning_rate=1e-5, disable_tqdm=True, max_length=args.seq)
     dummy = Dataset.from_list([{"prompt": "a", "completion": "b"}] * 2)
     if variant == "trl_sft":
@@ -57,12 +65,15 @@ def worker(variant: str, args) -> dict:
         trainer = IQLearnTrainer(model, cfg, train_dataset=dummy, processing_class=tok)
     trainer.create_optimizer_and_scheduler(num_training_steps=args.warmup + args.steps)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, len(tok), (args.batch, args.seq), generator=g)
+    ids = torch.randint(3, model.config.vocab_size, (args.batch, args.seq), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
     n_items = torch.tensor(args.batch * (args.seq - 1))
     model = trainer.model
     model.train()
     rss_setup = rss_gb()
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times, losses = [], []
     # `Trainer.train` gets autocast from `accelerator.prepare(model)`, which wraps the forward; do the same here
     model = trainer.accelerator.prepare_model(model)
@@ -71,11 +82,13 @@ def worker(variant: str, args) -> dict:
         loss = trainer.training_step(model, dict(batch), n_items)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         if step >= args.warmup:
             times.append(dt)
         losses.append(float(loss))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB
+    peak = peak_gb(args.device)
     return {"variant": variant, "step_s": times, "median_step_s": statistics.median(times),
             "tokens_per_s": args.batch * args.seq / statistics.median(times), "peak_rss_gb": peak,
             "rss_after_setup_gb": rss_setup, "loss_first": losses[0], "loss_last": losses[-1]}
@@ -92,6 +105,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds; each runs every variant once, order rotated")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--bf16", type=lambda s: s.lower() in ("1", "true", "yes"), default=True, help="bf16 autocast")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cpu (peak = process RSS) or cuda (peak = torch.cuda.max_memory_allocated)")
     p.add_argument("--output", default=str(RESULTS / "loss_cost.json"), help="where to write the JSON results")
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -102,7 +117,7 @@ def main() -> None:
 
     forwarded = ["--model", args.model, "--batch", str(args.batch), "--seq", str(args.seq), "--chunk", str(args.chunk),
                  "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-                 "--bf16", str(args.bf16)]
+                 "--bf16", str(args.bf16), "--device", args.device]
     rounds = []
     for r in range(args.rounds):
         order = VARIANTS[r % 3:] + VARIANTS[: r % 3]
@@ -113,7 +128,7 @@ def main() -> None:
             if line is None:
                 sys.exit(f"worker {v} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
             res[v] = json.loads(line[7:])
-            print(f"round {r + 1} {v:<11} median step {res[v]['median_step_s']:.3f} s, peak RSS {res[v]['peak_rss_gb']:.2f} GB",
+            print(f"round {r + 1} {v:<11} median step {res[v]['median_step_s']:.3f} s, peak {res[v]['peak_rss_gb']:.2f} GB",
                   flush=True)
         rounds.append(res)
 
@@ -135,7 +150,9 @@ def main() -> None:
 
     result = {
         "benchmark": "loss_cost",
-        "setup": {"model": args.model, "batch": args.batch, "seq": args.seq, "bf16_autocast": args.bf16,
+        "setup": {"model": args.model, "device": args.device,
+                  "peak_memory": "torch.cuda.max_memory_allocated" if args.device == "cuda" else "process peak RSS",
+                  "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None, "batch": args.batch, "seq": args.seq, "bf16_autocast": args.bf16,
                   "chunk_size": args.chunk, "timed_steps": args.steps, "warmup_steps": args.warmup,
                   "rounds": args.rounds, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
                   "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
@@ -147,7 +164,7 @@ def main() -> None:
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{args.model}, batch {args.batch}×{args.seq}, bf16 autocast={args.bf16}, {args.rounds} rounds × "
           f"{args.steps} steps (medians; ratios within a round)\n")
-    print("| loss | step time (s) | tokens/s | peak RSS (GB) | step time vs TRL SFT | peak RSS vs TRL SFT |")
+    print("| loss | step time (s) | tokens/s | peak memory (GB) | step time vs TRL SFT | peak memory vs TRL SFT |")
     print("|---|---|---|---|---|---|")
     for v in VARIANTS:
         s = summary[v]

@@ -50,6 +50,7 @@ class TinySpec:
     intermediate_size: int
     num_key_value_heads: int | None = None
     max_position_embeddings: int = 1024
+    vocab_size: int | None = None  # None: the tokenizer's size
 
 
 # Sizes measured on 2 CPU cores (see feasibility notes): tiny ≈ 0.1 M parameters, small ≈ 1 M, llama-10m ≈ 10 M.
@@ -57,6 +58,10 @@ TINY_MODELS: dict[str, TinySpec] = {
     "tiny-llama": TinySpec(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
     "small-llama": TinySpec(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),
     "llama-10m": TinySpec(hidden_size=256, num_hidden_layers=10, num_attention_heads=4, intermediate_size=1024),
+    # SmolLM2-135M's shapes with random weights, for speed/memory benchmarks where the weights cannot travel
+    # (its embedding rows beyond the character tokenizer's ~100 ids are never produced by that tokenizer)
+    "smollm2-135m-shape": TinySpec(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, intermediate_size=1536,
+                                   num_key_value_heads=3, max_position_embeddings=8192, vocab_size=49152),
 }
 
 
@@ -108,7 +113,7 @@ def tiny_model(name: str = "tiny-llama", seed: int = 0, tokenizer: PreTrainedTok
     tokenizer = tokenizer or char_tokenizer()
     spec = TINY_MODELS[name]
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), spec.vocab_size or 0),
         hidden_size=spec.hidden_size,
         num_hidden_layers=spec.num_hidden_layers,
         num_attention_heads=spec.num_attention_heads,

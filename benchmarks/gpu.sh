@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# GPU benchmark (≤ 5 minutes on one H100/H200): MLE (TRL SFTTrainer) vs IQLearn (full logits, chunked), full
+# fine-tuning of a SmolLM2-135M-shaped model, bf16, tokens/s and peak GPU memory, side by side in one run.
+#
+# The lent GPU machine has PyTorch, transformers, accelerate and peft but no TRL/datasets and no network, and the
+# SmolLM2 weights (0.5 GB) cannot travel (64 MiB limit), so: random weights with SmolLM2's shapes (speed and memory
+# do not depend on the values), and the missing packages travel as wheels.
+#
+#   1. here (with network):   bash benchmarks/gpu.sh --fetch-wheels          # writes .whl/ (git-ignored, ~15 MB)
+#   2. on the device:         run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=420)
+#
+# Results: $OUT/loss_cost_gpu.json (when $OUT is set) and benchmarks/results/loss_cost_gpu.json, plus a table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(trl==1.16.0 transformers==5.24.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 huggingface_hub==2.4.0
+        tokenizers==0.23.3 safetensors==0.8.0 hf-xet==1.8.0 httpx2==2.16.2 httpcore2==2.16.2)
+
+if [[ "${1:-}" == "--fetch-wheels" ]]; then
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    mkdir -p .whl
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl "${WHEELS[@]}"
+    du -sh .whl
+    exit 0
+fi
+
+python3 - <<'PY' || { echo "no CUDA device: run this on the GPU machine"; exit 1; }
+import torch, sys
+sys.exit(0 if torch.cuda.is_available() else 1)
+PY
+if [[ -d .whl ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD/src
+else
+    export PYTHONPATH=$PWD/src
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__)"
+
+out=benchmarks/results/loss_cost_gpu.json
+python3 benchmarks/loss_cost.py --device cuda --model smollm2-135m-shape --batch 16 --seq 1024 --chunk 4096 \
+    --steps 5 --warmup 2 --rounds 3 --output "$out"
+[[ -n "${OUT:-}" ]] && cp "$out" "$OUT/" || true
