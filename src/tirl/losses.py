@@ -424,3 +424,169 @@ def chunked_iq_loss(
         reduction=reduction,
         stop_grad_next=stop_grad_next,
     )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Online IQLearn: expert rows mixed with policy samples (METHOD.md §2)
+# --------------------------------------------------------------------------------------------------------------------
+
+PolicyTerms = Literal["both", "td", "value"]
+
+
+@dataclass
+class OnlineLossOutput(LossOutput):
+    """`LossOutput` of the expert rows (same fields, same meaning as offline), plus the policy rows' statistics.
+
+    `sums` are the expert rows' sums (so an online run logs the same `mle_loss`/`td_loss` as an offline one);
+    `policy_sums` are the detached sums over policy rows (value_gap = Σ V(s_t) − γV(s_{t+1}), td, reward, tokens,
+    td_tokens, rows).
+    """
+
+    policy_sums: dict[str, torch.Tensor] | None = None
+    value_gap: torch.Tensor | None = None  # E_π[V − γV'] − E_E[V − γV'], the α-weighted value term before α
+
+
+def restrict_rows(qv: QV, rows: torch.Tensor) -> QV:
+    """`qv` with every row outside `rows` ([B] bool) masked out, as if those rows had no completion token."""
+    keep = qv.mask & rows[:, None]
+    return QV(
+        q=qv.q * keep,
+        v=qv.v * keep,
+        actions=qv.actions,
+        mask=keep,
+        entropy=None if qv.entropy is None else qv.entropy * keep,
+        is_top1=None if qv.is_top1 is None else qv.is_top1 & keep,
+    )
+
+
+def masked_mean(per_token: torch.Tensor, mask: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """Local mean of `per_token` over `mask`: token mean, or the mean over rows of each row's token mean."""
+    if reduction == "token":
+        return per_token.sum() / mask.sum().clamp(min=1)
+    counts = mask.sum(-1)
+    has = counts > 0
+    return ((per_token.sum(-1) / counts.clamp(min=1)) * has).sum() / has.sum().clamp(min=1)
+
+
+def policy_weight(
+    expert_mask: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None,
+    reduction: Reduction = "token",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor | float:
+    """The factor that turns a micro-batch's local policy mean into its share of a global policy mean.
+
+    The trainer divides expert sums by `num_items_in_batch` N_E, the expert completion tokens of the whole accumulated
+    batch on every process, and sums the micro-batch losses (and, through DDP, the processes). The policy rows are
+    sampled inside the step, so their global count is unknown in advance; each micro-batch's policy mean is weighted
+    by its share of the expert tokens, n_E / N_E. The weights sum to one over the accumulated batch, so the result is
+    a weighted mean of the micro-batch policy means (exact with one micro-batch on one process). With
+    `num_items_in_batch=None` or `reduction="sequence"` (both local means) the factor is 1.
+    """
+    if num_items_in_batch is None or reduction != "token":
+        return 1.0
+    n_expert = expert_mask.sum().to(torch.float64)
+    total = torch.as_tensor(num_items_in_batch, device=expert_mask.device, dtype=torch.float64).clamp(min=1)
+    return (n_expert / total).to(dtype)
+
+
+def online_iq_loss_from_qv(
+    qv: QV,
+    is_expert: torch.Tensor,
+    alpha: float = 0.1,
+    lam: float = 0.1,
+    gamma: float = 0.99,
+    eos_token_id: int | list[int] | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    reduction: Reduction = "token",
+    stop_grad_next: bool = False,
+    policy_terms: PolicyTerms = "both",
+) -> OnlineLossOutput:
+    """Online IQLearn on a batch of expert rows and policy-sample rows (`is_expert`: [B] bool).
+
+        L_on = −E_E[r_t] + E_mix[V(s_t) − γV(s_{t+1})] + λ·E_mix[r_t²],   E_mix = (1−α)·E_E + α·E_π
+             = E_E[−log π(a_t|s_t)] + α·(E_π[V − γV'] − E_E[V − γV']) + λ·((1−α)·E_E[r²] + α·E_π[r²])
+
+    The second line is the first regrouped: on expert tokens −r_t + (V(s_t) − γV(s_{t+1})) = −log π(a_t|s_t), so the
+    MLE-equivalent −log π appears on expert rows only, and α = 0 is exactly offline IQLearn (`iq_loss_from_qv` on the
+    expert rows; the policy rows are then not even in the graph). E_E and E_π are token means over expert and policy
+    rows (`reduction="sequence"`: means of per-row means). Expert sums are divided by `num_items_in_batch` like
+    offline; the policy mean is local to the micro-batch and weighted by `policy_weight`.
+
+    Which terms see policy samples (`policy_terms`):
+    - "value" — the initial-state term (1−γ)E[V(s_0)], telescoped over the mixture: α·(E_π[V − γV'] − E_E[V − γV']).
+      Caveat (paper-digest §3.6): the telescoping identity holds for *any* policy started from the same prompts, so
+      with γ = 1 and per-sequence sums this difference is V(s_0) − V(s_0) = 0 and carries no signal; it differs from
+      zero here only through per-token averaging (longer rows weigh V(s_0) less) and γ < 1.
+    - "td" — the χ² regulariser on the mixture: λ·((1−α)·E_E[r²] + α·E_π[r²]). This is what makes online data
+      matter: it pulls the implicit reward of the model's own samples towards 0 (IQ-Learn's `regularize` option).
+    - "both" (default, METHOD.md §2): both terms, the L_on above.
+
+    Policy samples are treated as data: no gradient flows through the sampling, as in IQ-Learn's replay buffer. A
+    policy row that ends without EOS was cut at `max_new_tokens`; its last TD and value term are dropped (the same
+    truncation rule as for expert rows, `next_values`). Tokens after the first EOS of a policy row must already be
+    masked out (the rollout code does it).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if policy_terms not in ("both", "td", "value"):
+        raise ValueError(f"policy_terms must be 'both', 'td' or 'value', got {policy_terms!r}")
+    is_expert = is_expert.to(device=qv.mask.device, dtype=torch.bool)
+    expert = restrict_rows(qv, is_expert)
+    policy_mask = qv.mask & ~is_expert[:, None]
+    use_value = alpha > 0 and policy_terms in ("both", "value")
+    use_td = alpha > 0 and policy_terms in ("both", "td")
+
+    # the expert part, computed exactly as offline (λ scaled by (1−α) when the TD term is mixed)
+    offline = iq_loss_from_qv(
+        expert,
+        lam=lam * (1.0 - alpha) if use_td else lam,
+        gamma=gamma,
+        eos_token_id=eos_token_id,
+        num_items_in_batch=num_items_in_batch,
+        reduction=reduction,
+        stop_grad_next=stop_grad_next,
+    )
+    loss = offline.loss
+
+    v_next, td_mask = next_values(qv, eos_token_id)  # [B, T−1]; rows do not interact, so expert rows are unchanged
+    if stop_grad_next:
+        v_next = v_next.detach()
+    reward = (qv.q - gamma * v_next) * td_mask
+    gap = (qv.v - gamma * v_next) * td_mask  # V(s_t) − γV(s_{t+1})
+    pol_td_mask = td_mask & policy_mask
+    exp_td_mask = td_mask & expert.mask
+    weight = policy_weight(expert.mask, num_items_in_batch, reduction, dtype=qv.v.dtype)
+
+    def expert_mean(x: torch.Tensor) -> torch.Tensor:
+        return _reduce(x * exp_td_mask, expert, reduction, num_items_in_batch)
+
+    policy_td = masked_mean(reward.square() * pol_td_mask, policy_mask, reduction)
+    value_gap = masked_mean(gap * pol_td_mask, policy_mask, reduction) * weight - expert_mean(gap)
+    if use_value:
+        loss = loss + alpha * value_gap
+    if use_td and lam != 0:
+        loss = loss + lam * alpha * policy_td * weight
+
+    with torch.no_grad():
+        policy_sums = {
+            "value_gap": (gap * pol_td_mask).sum(),
+            "td": (reward.square() * pol_td_mask).sum(),
+            "reward": (reward * pol_td_mask).sum(),
+            "value": (qv.v * policy_mask).sum(),
+            "nll": (-(qv.q - qv.v) * policy_mask).sum(),
+            "tokens": policy_mask.sum(),
+            "td_tokens": pol_td_mask.sum(),
+            "rows": (~is_expert).sum(),
+        }
+    return OnlineLossOutput(
+        loss=loss,
+        nll=offline.nll,
+        td=offline.td,
+        mean_reward=offline.mean_reward,
+        mean_value=offline.mean_value,
+        num_tokens=offline.num_tokens,
+        sums=offline.sums,
+        policy_sums={k: v.detach() for k, v in policy_sums.items()},
+        value_gap=value_gap.detach(),
+    )

@@ -27,6 +27,13 @@ def plot_training_curves(log_history: list[dict], path: str | Path, title: str =
         ("reward / value", [("mean_reward", "mean r_t"), ("mean_value", "mean V(s_t)")]),
         ("entropy (nats)", [("entropy", "train"), ("eval_entropy", "eval")]),
     ]
+    # online IQLearn / GAIL runs log these too; the panels appear only when their series exist
+    optional = [
+        ("reward: expert vs policy rows", [("reward/expert_mean", "expert rows"), ("reward/policy_mean", "policy samples")]),
+        ("GAIL discriminator / KL", [("disc_accuracy", "disc accuracy"), ("disc_loss", "disc loss"),
+                                     ("kl_to_initial", "KL to initial")]),
+    ]
+    panels += [p for p in optional if any(key in h for key, _ in p[1] for h in train)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (name, series) in zip(axes, panels, strict=True):
         for key, label in series:

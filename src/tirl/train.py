@@ -19,7 +19,24 @@ from trl import ModelConfig
 from .data import DataError, load_rows, shared_data_dir, to_trl
 from .runinfo import rows_checksum, run_record, safe_path, write_json_atomic, write_text_atomic
 
-METHODS = ("mle", "iqlearn")
+# --method -> (config class, trainer class), named in `tirl.trainers` and imported only when a run starts, so that
+# `tirl train --help` stays fast. Each method's config class is also what `tirl train --method M --help` documents.
+METHODS: dict[str, tuple[str, str]] = {
+    "iqlearn": ("IQLearnConfig", "IQLearnTrainer"),
+    "mle": ("IQLearnConfig", "IQLearnTrainer"),
+    "iqlearn-online": ("OnlineIQLearnConfig", "OnlineIQLearnTrainer"),
+    "gail": ("GAILConfig", "GAILTrainer"),
+}
+
+
+def method_classes(method: str) -> tuple[type, type]:
+    """The (config class, trainer class) of a `--method`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    from . import trainers
+
+    config_name, trainer_name = METHODS[method]
+    return getattr(trainers, config_name), getattr(trainers, trainer_name)
 
 
 @dataclass
@@ -44,8 +61,10 @@ class TrainScriptArguments:
     method: str = field(
         default="iqlearn",
         metadata={
-            "help": "Training objective: 'iqlearn' (offline IQLearn = MLE + λ·TD², METHOD.md §2) or 'mle' (plain "
-            "SFT; the same trainer with iq_lambda forced to 0).",
+            "help": "Training objective: 'iqlearn' (offline IQLearn = MLE + λ·TD², METHOD.md §2), 'mle' (plain "
+            "SFT; the same trainer with iq_lambda forced to 0), 'iqlearn-online' (IQLearn on expert rows mixed with "
+            "the model's own samples) or 'gail' (discriminator reward + policy gradient + MLE). Each method has its "
+            "own options: `tirl train --method gail --help` lists them.",
             "choices": list(METHODS),
         },
     )
@@ -163,10 +182,9 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
 
     from . import models
     from .plots import plot_training_curves
-    from .trainers import IQLearnTrainer
-
-    if script.method not in METHODS:
-        raise ValueError(f"unknown method {script.method!r}; choose from {METHODS}")
+    config_class, trainer_class = method_classes(script.method)
+    if not isinstance(config, config_class):
+        raise TypeError(f"--method {script.method} needs a {config_class.__name__}, got {type(config).__name__}")
     if script.method == "mle":
         config.iq_lambda = 0.0
     output_dir = Path(config.output_dir)
@@ -193,7 +211,7 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
                         config=config, data=data_info)
     write_json_atomic(safe_path(output_dir, "run.json"), record)
 
-    trainer = IQLearnTrainer(
+    trainer = trainer_class(
         model=model,
         args=config,
         train_dataset=train_ds,

@@ -14,10 +14,15 @@ package) on {demo_data}, with these defaults for any option you leave unset: {de
 Options can also come from a YAML file: `tirl train --config cfg.yaml` (keys are the option names).
 Several processes or GPUs: `tirl train --accelerate_config multi_cpu|multi_gpu|zero2|zero3|fsdp2|FILE
 [--num_processes N] ...` re-launches the command through `accelerate launch` (TRL's configs, plus tirl's multi_cpu).
+Each --method has its own options, and this help lists those of the method given (default: iqlearn):
+  tirl train --method iqlearn-online --help   # + sampling (--generate_every, --max_new_tokens, ...) and --iq_alpha
+  tirl train --method gail --help             # + sampling and the discriminator / policy-gradient options (--gail_*)
 Examples:
   tirl train                                              # the embedded default job
   tirl train --model tiny-llama --dataset arithmetic --max_steps 50 --output_dir runs/tiny
   tirl train --method mle --dataset data.jsonl --use_peft --lora_r 16 --iq_chunk_size 1024
+  tirl train --method iqlearn-online --model tiny-llama --dataset arithmetic --iq_alpha 0.1 --max_new_tokens 96
+  tirl train --method gail --model tiny-llama --dataset arithmetic --max_steps 50
 """
 
 
@@ -25,26 +30,60 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Defaults in every option's help, and the epilog's examples kept as written."""
 
 
+def selected_method(argv: list[str]) -> str:
+    """The --method of a command line (or of its --config YAML file), read before parsing: it picks the config class."""
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if path:
+            try:
+                import yaml
+
+                with open(path) as f:
+                    data = yaml.safe_load(f) or {}
+                if isinstance(data, dict) and isinstance(data.get("method"), str):
+                    return data["method"]
+            except OSError:
+                pass  # the parser reports the unreadable file
+    return "iqlearn"
+
+
 def build_parser(argv: list[str]):
     from trl import TrlParser
 
-    from tirl.train import CLI_DEFAULTS, DEMO_DEFAULTS, ModelArguments, TrainScriptArguments, default_dataset
-    from tirl.trainers import IQLearnConfig
+    from tirl.train import (
+        CLI_DEFAULTS,
+        DEMO_DEFAULTS,
+        METHODS,
+        ModelArguments,
+        TrainScriptArguments,
+        default_dataset,
+        method_classes,
+    )
 
+    method = selected_method(argv)
+    # an unknown method still gets a parser (the iqlearn one), so that argparse reports it with the valid choices
+    config_class = method_classes(method if method in METHODS else "iqlearn")[0]
     demo = ", ".join(f"{k}={v}" for k, v in DEMO_DEFAULTS.items())
     parser = TrlParser(
-        (TrainScriptArguments, IQLearnConfig, ModelArguments),
+        (TrainScriptArguments, config_class, ModelArguments),
         prog="tirl train",
-        description="Fine-tune a causal LM with MLE or offline IQLearn (TD-regularised MLE). Every option of TRL's "
-        "SFTConfig / transformers' TrainingArguments is accepted, plus the IQLearn options (--iq_lambda, --iq_gamma, "
-        "--iq_chunk_size, ...) and TRL's model/LoRA options (--use_peft, --lora_r, ...).",
+        description="Fine-tune a causal LM with MLE, offline IQLearn (TD-regularised MLE), online IQLearn or GAIL. "
+        "Every option of TRL's SFTConfig / transformers' TrainingArguments is accepted, plus the IQLearn options "
+        "(--iq_lambda, --iq_gamma, --iq_chunk_size, ...), TRL's model/LoRA options (--use_peft, --lora_r, ...) and "
+        f"the options of the chosen method (shown here: {config_class.__name__}, for --method "
+        f"{method if method in METHODS else 'iqlearn'}).",
         epilog=HELP_EPILOG.format(demo=demo, demo_data=f"{default_dataset()!r}"),
         formatter_class=_HelpFormatter,
     )
     defaults = dict(CLI_DEFAULTS)
     if not _given(argv, "model", "model_name_or_path", "dataset", "config"):
         defaults.update(DEMO_DEFAULTS)
-    known = {f.name for dc in (TrainScriptArguments, IQLearnConfig, ModelArguments) for f in fields(dc)}
+    known = {f.name for dc in (TrainScriptArguments, config_class, ModelArguments) for f in fields(dc)}
     parser.set_defaults(**{k: v for k, v in defaults.items() if k in known})
     return parser
 

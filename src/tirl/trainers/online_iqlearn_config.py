@@ -1,0 +1,49 @@
+"""`OnlineIQLearnConfig`: IQLearn with policy samples mixed into each batch (METHOD.md §2, online IQLearn)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .rollout_config import RolloutConfig
+
+POLICY_TERMS = ("both", "td", "value")
+
+
+@dataclass
+class OnlineIQLearnConfig(RolloutConfig):
+    r"""
+    Configuration for [`OnlineIQLearnTrainer`]: every `IQLearnConfig` option, the sampling options of `RolloutConfig`,
+    and the online mixture
+
+        L_on = −E_E[r_t] + E_mix[V(s_t) − γ·V(s_{t+1})] + λ·E_mix[r_t²],   E_mix = (1−α)·E_E + α·E_π
+
+    (`tirl.losses.online_iq_loss_from_qv`). With `iq_alpha=0` nothing is sampled and the trainer is exactly offline
+    IQLearn.
+
+    Parameters:
+        iq_alpha (`float`, defaults to `0.1`):
+            α, the weight of policy samples in the mixture (the paper's mix-in ratio, 0.1). It also sets how many
+            completions are sampled per micro-batch unless `num_policy_samples` is given: max(1, round(α × batch)).
+        iq_policy_terms (`str`, defaults to `"both"`):
+            Which terms see policy samples: `"both"` (METHOD.md's L_on), `"td"` (only the χ² regulariser λ·E_mix[r²])
+            or `"value"` (only the telescoped initial-state term; it vanishes in expectation for γ = 1 with sequence
+            sums, see the loss docstring).
+    """
+
+    iq_alpha: float = field(
+        default=0.1,
+        metadata={"help": "α: weight of policy samples in the online mixture (1−α)·expert + α·policy; 0 = offline "
+                  "IQLearn (nothing is sampled)."},
+    )
+    iq_policy_terms: str = field(
+        default="both",
+        metadata={"help": "Terms that see policy samples: 'both' (value + TD terms, METHOD.md), 'td' (only the χ² "
+                  "regulariser) or 'value' (only the telescoped initial-state term).", "choices": list(POLICY_TERMS)},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.iq_alpha <= 1.0:
+            raise ValueError(f"iq_alpha must be in [0, 1], got {self.iq_alpha}")
+        if self.iq_policy_terms not in POLICY_TERMS:
+            raise ValueError(f"iq_policy_terms must be one of {POLICY_TERMS}, got {self.iq_policy_terms!r}")

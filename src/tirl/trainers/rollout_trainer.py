@@ -1,0 +1,249 @@
+"""`RolloutTrainer`: what the online trainers share — sampling from the batch's prompts, the sample buffer, checkpoints.
+
+The shape follows TRL's GKD trainer: `training_step` draws policy samples under `unwrap_model_for_generation`
+(PEFT, DDP and ZeRO-3 safe) and hands an enlarged batch to the ordinary step. Unlike GKD, expert rows are never
+replaced: the policy rows are appended and flagged (`is_expert`), and the subclass's `compute_loss` weighs them.
+
+    training_step(model, batch):
+        slot = index of this micro-batch within the optimizer step
+        if the buffer's slot is empty or `generate_every` steps old:       (each process, its own prompts)
+            prompts = prompts_from_batch(batch)[chosen rows]
+            buffer[slot] = build_rollout(prompts, generate(prompts))
+        batch = mix_batch(batch, buffer[slot])  (+ subclass extras)
+        Trainer.training_step(model, batch)     -> compute_loss -> backward
+
+Checkpoints also hold each process's sample buffer (`tirl_sample_buffer/rank-<r>.{safetensors,json}`); resuming
+restores it, so a run continues with the samples it had. Subclasses add their own state via `save_extra_state` /
+`load_extra_state`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..rollouts import (
+    BufferEntry,
+    SampleBuffer,
+    build_rollout,
+    choose_prompt_rows,
+    mix_batch,
+    prompts_from_batch,
+    sample_completions,
+)
+from .iqlearn_trainer import IQLearnTrainer
+from .rollout_config import RolloutConfig
+
+# Whether the core trainer already calls `save_extra_state` while staging a checkpoint; if not, the subclass does it
+# right after the checkpoint is written.
+_CORE_SAVES_EXTRA_STATE = hasattr(IQLearnTrainer, "save_extra_state")
+
+
+class RolloutTrainer(IQLearnTrainer):
+    """Base of the online trainers: samples completions for the batch's prompts and keeps them in a `SampleBuffer`.
+
+    Subclasses set `_config_class`, define `num_policy_samples(batch_size)` and `compute_loss`, and may extend
+    `mix_inputs` (per-row extras) and `save_extra_state` / `load_extra_state` (checkpointed state).
+    """
+
+    _config_class: type[RolloutConfig] = RolloutConfig
+    _default_output_dir = "tirl-online"
+
+    def __init__(self, model, args: RolloutConfig | None = None, *pos, **kwargs):
+        if args is None:
+            args = self._config_class(output_dir=self._default_output_dir)
+        if not isinstance(args, self._config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self._config_class.__name__}, got {type(args).__name__}")
+        super().__init__(model, args, *pos, **kwargs)
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = self.eos_token_ids[0] if self.eos_token_ids else 0
+        self.pad_token_id = int(pad)
+        if not self.eos_token_ids:
+            warnings.warn(
+                "neither the tokenizer nor the model's generation config defines an EOS token: every policy sample "
+                f"runs to max_new_tokens={args.max_new_tokens} and is treated as truncated.",
+                stacklevel=2,
+            )
+        self.sample_buffer = SampleBuffer(args.generate_every)
+        self._slot = 0
+        self._slot_step: int | None = None
+        self.last_step_timing: dict[str, float] = {}
+        self.vllm_generation = self._init_vllm() if args.use_vllm else None
+        self._vllm_synced_step = -1
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Sampling
+
+    def num_policy_samples(self, batch_size: int) -> int:
+        """Completions to sample for a micro-batch of `batch_size` expert rows (`num_policy_samples` when set)."""
+        if self.args.num_policy_samples is not None:
+            return self.args.num_policy_samples
+        return batch_size
+
+    def _init_vllm(self):
+        """TRL's vLLM generation backend, or a clear error when vLLM or a GPU is missing (never a silent fallback)."""
+        from trl.import_utils import is_vllm_available
+
+        if not is_vllm_available():
+            raise ImportError(
+                "use_vllm=True needs the `vllm` package, which is not installed (TRL 1.16 supports vLLM 0.17 to 0.25: "
+                "pip install 'trl[vllm]'). Drop --use_vllm to sample with model.generate."
+            )
+        if not torch.cuda.is_available():
+            raise RuntimeError("use_vllm=True needs a CUDA GPU and none is visible; drop --use_vllm to sample with "
+                               "model.generate (the CPU path).")
+        a = self.args
+        name = getattr(self.accelerator.unwrap_model(self.model), "name_or_path", "") or ""
+        if a.vllm_mode == "colocate" and not os.path.isdir(name):
+            raise ValueError(
+                "vLLM in colocate mode loads the model from a local directory, but this model was built in memory "
+                f"(name_or_path={name!r}); save it with save_pretrained and load it from there, or use vllm_mode='server'."
+            )
+        from trl.generation.vllm_generation import VLLMGeneration
+
+        # untested here (no GPU in tirl's CI): argument for argument what TRL's GRPO trainer passes
+        return VLLMGeneration(
+            model=self.model,
+            accelerator=self.accelerator,
+            processing_class=self.processing_class,
+            mode=a.vllm_mode,
+            server_base_url=a.vllm_server_base_url,
+            server_host=a.vllm_server_host,
+            server_port=a.vllm_server_port,
+            group_port=a.vllm_group_port,
+            server_timeout=a.vllm_server_timeout,
+            tensor_parallel_size=a.vllm_tensor_parallel_size,
+            gpu_memory_utilization=a.vllm_gpu_memory_utilization,
+            max_model_length=a.vllm_max_model_length,
+            max_num_seqs=a.per_device_train_batch_size * a.vllm_tensor_parallel_size * a.gradient_accumulation_steps,
+            enable_sleep_mode=a.vllm_enable_sleep_mode,
+            trust_remote_code=a.trust_remote_code,
+            temperature=a.temperature,
+            top_p=a.top_p,
+            top_k=a.top_k,
+            max_completion_length=a.max_new_tokens,
+            logprobs=None,
+        )
+
+    def generate(self, model, prompts: list[list[int]]) -> list[list[int]]:
+        """One sampled completion (token ids) per prompt, with vLLM or `model.generate`."""
+        a = self.args
+        if self.vllm_generation is not None:
+            if self.state.global_step != self._vllm_synced_step:  # push the current weights once per optimizer step
+                self.vllm_generation.sync_weights()
+                self._vllm_synced_step = self.state.global_step
+            _, completions, _, _ = self.vllm_generation.generate(prompts=prompts, images=None, num_generations=1)
+            return [list(c) for c in completions]
+        from trl.models import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(
+            model, self.accelerator, gradient_checkpointing_kwargs=a.gradient_checkpointing_kwargs
+        ) as unwrapped:
+            return sample_completions(
+                unwrapped, prompts, max_new_tokens=a.max_new_tokens, eos_token_ids=self.eos_token_ids,
+                pad_token_id=self.pad_token_id, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+            )
+
+    def rollout_for(self, model, inputs: dict) -> tuple[BufferEntry | None, float]:
+        """The policy samples for this micro-batch (regenerated when due) and the seconds spent generating them."""
+        step = self.state.global_step
+        if step != self._slot_step:
+            self._slot, self._slot_step = 0, step
+        else:
+            self._slot += 1
+        n = self.num_policy_samples(int(inputs["input_ids"].shape[0]))
+        if n <= 0:
+            return None, 0.0
+        if not self.sample_buffer.needs_refresh(self._slot, step):
+            entry = self.sample_buffer.get(self._slot)
+            entry.uses += 1
+            return entry, 0.0
+        labels = inputs["labels"]
+        rows = choose_prompt_rows(labels, n)
+        if not rows:
+            return None, 0.0
+        all_prompts = prompts_from_batch(inputs["input_ids"], inputs.get("attention_mask"), labels)
+        prompts = [all_prompts[i] for i in rows]
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError(
+                "online methods sample completions for each row's prompt, but a row has no prompt tokens (its labels "
+                "start at the first position). Use prompt/completion data (language-modelling rows have no prompt)."
+            )
+        t0 = time.perf_counter()
+        completions = self.generate(model, prompts)
+        seconds = time.perf_counter() - t0
+        rollout = build_rollout(prompts, completions, self.eos_token_ids, self.pad_token_id, device=labels.device)
+        entry = self.sample_buffer.put(self._slot, rollout, step)
+        entry.uses = 1
+        return entry, seconds
+
+    def mix_inputs(self, model, inputs: dict, entry: BufferEntry) -> dict:
+        """The batch the loss sees: expert rows, then the entry's policy rows, flagged by `is_expert`."""
+        return mix_batch(inputs, entry.rollout, self.pad_token_id)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        t0 = time.perf_counter()
+        entry, gen_seconds = self.rollout_for(model, inputs)
+        if entry is not None:
+            inputs = self.mix_inputs(model, inputs, entry)
+        self._current_entry = entry
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._current_entry = None
+        step_seconds = time.perf_counter() - t0
+        self.last_step_timing = {"generation_s": gen_seconds, "training_step_s": step_seconds}
+        self._record_rollout_metrics(entry, gen_seconds, step_seconds)
+        return loss
+
+    def _record_rollout_metrics(self, entry: BufferEntry | None, gen_seconds: float, step_seconds: float) -> None:
+        device = self.accelerator.device
+        if entry is not None:
+            r = entry.rollout
+            local = torch.tensor([r.completion_lengths().float().sum().item(), r.ended.float().sum().item(),
+                                  float(r.num_rows), gen_seconds, step_seconds], device=device, dtype=torch.float64)
+        else:
+            local = torch.tensor([0.0, 0.0, 0.0, gen_seconds, step_seconds], device=device, dtype=torch.float64)
+        g = self.accelerator.gather(local.reshape(1, -1)).reshape(-1, 5)
+        m = self._metrics["train"]
+        rows = g[:, 2].sum().clamp(min=1)
+        m["policy/completion_length"].append((g[:, 0].sum() / rows).item())
+        m["policy/eos_fraction"].append((g[:, 1].sum() / rows).item())
+        m["time/generation"].append(g[:, 3].mean().item())
+        m["time/generation_share"].append((g[:, 3].sum() / g[:, 4].sum().clamp(min=1e-9)).item())
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Checkpoints: the sample buffer (and subclass state) travels with each checkpoint
+
+    def save_extra_state(self, checkpoint_dir: str) -> None:
+        """Write this process's sample buffer (and, in subclasses, more state) into a checkpoint directory."""
+        self.sample_buffer.save(checkpoint_dir, rank=self.accelerator.process_index)
+
+    def load_extra_state(self, checkpoint_dir: str) -> None:
+        """Restore what `save_extra_state` wrote; a checkpoint without it (e.g. from offline IQLearn) regenerates."""
+        if not self.sample_buffer.load(checkpoint_dir, rank=self.accelerator.process_index):
+            warnings.warn(
+                f"{checkpoint_dir} has no saved policy samples for process {self.accelerator.process_index}; they "
+                "are regenerated at the next step.",
+                stacklevel=2,
+            )
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if not _CORE_SAVES_EXTRA_STATE:
+            run_dir = self._get_output_dir(trial=trial)
+            self.save_extra_state(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
+            self.accelerator.wait_for_everyone()
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # called once, on resume, after the model and optimizer exist: the place to restore our own state too
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self.load_extra_state(checkpoint)
+            self._slot_step = None
