@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,3 +287,54 @@ def test_cli_gail_run_finishes_and_resumes(tmp_path):
     assert "checkpoint-4" in proc.stdout and "no saved discriminator" not in proc.stderr
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     assert any("disc_accuracy" in h for h in state["log_history"])
+
+
+DDP_SCRIPT = '''
+import json, sys, torch
+from datasets import Dataset
+from tirl.data import load_rows, to_trl
+from tirl.models import tiny_model
+from tirl.trainers import GAILConfig, GAILTrainer
+torch.set_num_threads(1)
+model, tok = tiny_model("tiny-llama")
+ds = Dataset.from_list(to_trl(load_rows("arithmetic", split="train", limit=64, seed=0), tok))
+cfg = GAILConfig(output_dir=sys.argv[1], per_device_train_batch_size=4, max_steps=3, report_to="none", use_cpu=True,
+                 bf16=False, gradient_checkpointing=False, save_strategy="steps", save_steps=3, disable_tqdm=True,
+                 max_new_tokens=12, gradient_accumulation_steps=2, generate_every=2)
+tr = GAILTrainer(model, cfg, train_dataset=ds, processing_class=tok)
+tr.train()
+flat = lambda ps: torch.cat([p.detach().flatten() for p in ps])[None]
+disc = tr.accelerator.gather(flat(tr.discriminator.trainable_parameters()))
+policy = tr.accelerator.gather(flat(tr.model.parameters()))
+prompt = torch.tensor(tr.sample_buffer.get(0).rollout.input_ids[0, :40])[None]
+prompts = tr.accelerator.gather(torch.nn.functional.pad(prompt, (0, 40 - prompt.shape[1])))
+if tr.accelerator.is_main_process:
+    print("RESULT " + json.dumps({"world": tr.accelerator.num_processes, "disc_same": torch.equal(disc[0], disc[1]),
+                                  "policy_same": torch.equal(policy[0], policy[1]),
+                                  "prompts_differ": not torch.equal(prompts[0], prompts[1]),
+                                  "slots": sorted(tr.sample_buffer.entries)}))
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_sample_their_own_shards_and_keep_replicas_in_sync(tmp_path):
+    """`torchrun` with 2 CPU processes (gloo): each samples for its own prompts, the discriminator replicas and the
+    policy replicas stay identical, and every process's sample buffer is checkpointed."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not found next to the Python interpreter")
+    script = tmp_path / "ddp_gail.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(out)],
+                          capture_output=True, text=True, timeout=600)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    res = json.loads(line[7:])
+    assert res == {"world": 2, "disc_same": True, "policy_same": True, "prompts_differ": True, "slots": [0, 1]}
+    names = {p.name for p in (out / "checkpoint-3" / "tirl_sample_buffer").iterdir()}
+    assert names == {"rank-0.json", "rank-0.safetensors", "rank-1.json", "rank-1.safetensors"}

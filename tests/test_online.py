@@ -340,7 +340,7 @@ def test_short_online_training_lowers_eval_loss(tiny, tmp_path):
     model, tok = tiny
     train, evald = trl_rows(tok, n=800), trl_rows(tok, n=48, split="test")
     cfg = OnlineIQLearnConfig(**common_args(tmp_path, max_steps=120, per_device_train_batch_size=8, learning_rate=3e-3,
-                                            logging_steps=20), iq_lambda=0.1, iq_alpha=0.1, max_new_tokens=48)
+                                            logging_steps=20), iq_lambda=0.1, iq_alpha=0.1, max_new_tokens=32)
     tr = OnlineIQLearnTrainer(model, cfg, train_dataset=train, eval_dataset=evald, processing_class=tok)
     before = tr.evaluate()
     tr.train()
@@ -441,6 +441,16 @@ def test_cli_help_documents_each_methods_options():
     base = build_parser([]).format_help()
     assert "--gail_disc_model" not in base and "--method gail --help" in base
     assert selected_method(["--method=gail"]) == "gail" and selected_method([]) == "iqlearn"
+
+
+def test_cli_reads_the_method_from_a_yaml_config(tmp_path):
+    from tirl.cli.train import build_parser
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("method: iqlearn-online\niq_alpha: 0.3\nmodel_name_or_path: tiny-llama\n")
+    argv = ["--config", str(cfg)]
+    script, config, _ = build_parser(argv).parse_args_and_config(argv)
+    assert script.method == "iqlearn-online" and isinstance(config, OnlineIQLearnConfig) and config.iq_alpha == 0.3
 
 
 def test_vllm_path_is_wired_like_trl(tiny, tmp_path, monkeypatch):
