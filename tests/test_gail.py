@@ -3,7 +3,6 @@
 import copy
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -320,18 +319,14 @@ if tr.accelerator.is_main_process:
 def test_two_processes_sample_their_own_shards_and_keep_replicas_in_sync(tmp_path):
     """`torchrun` with 2 CPU processes (gloo): each samples for its own prompts, the discriminator replicas and the
     policy replicas stay identical, and every process's sample buffer is checkpointed."""
-    import shutil
     import subprocess
     import sys
 
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if torchrun is None:
-        pytest.skip("torchrun not found next to the Python interpreter")
     script = tmp_path / "ddp_gail.py"
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "run"
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(out)], capture_output=True, text=True, timeout=600)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert proc.returncode == 0 and line, proc.stderr[-3000:]
     res = json.loads(line[7:])

@@ -227,6 +227,8 @@ class GAILTrainer(RolloutTrainer):
         weight = policy_weight(expert_qv.mask, num_items_in_batch, a.iq_reduction, dtype=per_token.dtype)
         pg = masked_mean(per_token, policy_mask, a.iq_reduction) * weight
         loss = a.mle_weight * expert.loss + a.gail_pg_coef * pg
+        if mode == "train":
+            self._check_finite(loss, expert)
         if a.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self._tp_size)
 

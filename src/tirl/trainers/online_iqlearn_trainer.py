@@ -59,6 +59,8 @@ class OnlineIQLearnTrainer(RolloutTrainer):
             policy_terms=a.iq_policy_terms,
         )
         loss = out.loss
+        if mode == "train":
+            self._check_finite(loss, out)
         if a.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self._tp_size)
         self._record_metrics(mode, restrict_rows(qv, is_expert), out, inputs)

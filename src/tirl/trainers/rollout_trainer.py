@@ -24,7 +24,6 @@ import time
 import warnings
 
 import torch
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..rollouts import (
     BufferEntry,
@@ -37,10 +36,6 @@ from ..rollouts import (
 )
 from .iqlearn_trainer import IQLearnTrainer
 from .rollout_config import RolloutConfig
-
-# Whether the core trainer already calls `save_extra_state` while staging a checkpoint; if not, the subclass does it
-# right after the checkpoint is written.
-_CORE_SAVES_EXTRA_STATE = hasattr(IQLearnTrainer, "save_extra_state")
 
 
 class RolloutTrainer(IQLearnTrainer):
@@ -222,7 +217,11 @@ class RolloutTrainer(IQLearnTrainer):
     # Checkpoints: the sample buffer (and subclass state) travels with each checkpoint
 
     def save_extra_state(self, checkpoint_dir: str) -> None:
-        """Write this process's sample buffer (and, in subclasses, more state) into a checkpoint directory."""
+        """Write this process's sample buffer (and, in subclasses, more state) into the checkpoint being staged.
+
+        Called on every process by `IQLearnTrainer._save_checkpoint` before the staged checkpoint is renamed into
+        place, so a checkpoint directory never exists without its samples.
+        """
         self.sample_buffer.save(checkpoint_dir, rank=self.accelerator.process_index)
 
     def load_extra_state(self, checkpoint_dir: str) -> None:
@@ -233,13 +232,6 @@ class RolloutTrainer(IQLearnTrainer):
                 "are regenerated at the next step.",
                 stacklevel=2,
             )
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if not _CORE_SAVES_EXTRA_STATE:
-            run_dir = self._get_output_dir(trial=trial)
-            self.save_extra_state(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
-            self.accelerator.wait_for_everyone()
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         # called once, on resume, after the model and optimizer exist: the place to restore our own state too
