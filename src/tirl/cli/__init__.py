@@ -1,4 +1,4 @@
-"""The `tirl` command: `tirl train | env` (each subcommand has its own `--help`)."""
+"""The `tirl` command: `tirl train | eval | compare | rewards | env` (each subcommand has its own `--help`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import sys
 
 COMMANDS = {
     "train": ("tirl.cli.train", "Fine-tune a model with MLE or IQLearn (`tirl train --help` lists every option)."),
+    "eval": ("tirl.cli.eval", "Sample K completions per prompt, score them (task score, Self-BLEU, ...), write a report."),
+    "compare": ("tirl.cli.compare", "Plot task score vs Self-BLEU for several evaluations (PNG + markdown table)."),
     "rewards": ("tirl.cli.rewards", "Per-token rewards r_t of a checkpoint; `tirl rewards analyse` correlates them with task scores."),
     "env": ("tirl.cli.env", "Print versions, devices and data/model availability, for bug reports."),
 }

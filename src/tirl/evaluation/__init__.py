@@ -1,0 +1,77 @@
+"""Evaluation: sampling K completions per prompt, task scores, diversity, and the files `tirl eval` writes.
+
+Public API (stable; other parts of `tirl` build on it):
+
+- sampling (`tirl.evaluation.sampling`): `sample`, `iter_samples`, `Sample`, `encode_prompt`
+- metrics (`tirl.evaluation.metrics`, pure functions): `gsm8k_extract`, `gsm8k_correct`, `gsm8k_accuracy`,
+  `gsm8k_pass_at_k`, `rouge`, `bleu`, `chrf`, `self_bleu`, `distinct_n`, `token_entropy`, `mean_token_entropy`,
+  `task_scores`, `sample_scores`, `diversity_scores`
+- jobs and files (`tirl.evaluation.evaluate`, `tirl.evaluation.report`): `EvalSettings`, `run_eval`,
+  `read_generations`, `find_evaluations`, `compare_table`, `plot_compare`
+
+The sampling and job modules import torch/transformers; they load on first use so `import tirl.evaluation` and the
+metrics stay light.
+"""
+
+from .metrics import (
+    PRIMARY_SCORE,
+    bleu,
+    chrf,
+    distinct_n,
+    diversity_scores,
+    gsm8k_accuracy,
+    gsm8k_correct,
+    gsm8k_extract,
+    gsm8k_normalize,
+    gsm8k_pass_at_k,
+    mean_token_entropy,
+    rouge,
+    sample_scores,
+    self_bleu,
+    task_scores,
+    token_entropy,
+)
+
+_LAZY = {
+    "sample": "sampling",
+    "iter_samples": "sampling",
+    "Sample": "sampling",
+    "encode_prompt": "sampling",
+    "EvalSettings": "evaluate",
+    "EvalResult": "evaluate",
+    "run_eval": "evaluate",
+    "read_generations": "evaluate",
+    "find_evaluations": "report",
+    "compare_table": "report",
+    "plot_compare": "report",
+    "report_markdown": "report",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)
+
+
+__all__ = [
+    "PRIMARY_SCORE",
+    "bleu",
+    "chrf",
+    "distinct_n",
+    "diversity_scores",
+    "gsm8k_accuracy",
+    "gsm8k_correct",
+    "gsm8k_extract",
+    "gsm8k_normalize",
+    "gsm8k_pass_at_k",
+    "mean_token_entropy",
+    "rouge",
+    "sample_scores",
+    "self_bleu",
+    "task_scores",
+    "token_entropy",
+    *_LAZY,
+]

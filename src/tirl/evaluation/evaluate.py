@@ -1,0 +1,327 @@
+"""A whole evaluation job: rows → greedy and sampled generations → scores → files. `tirl eval` parses into `run_eval`.
+
+The output directory holds
+- `eval_config.json`: the settings that determine the generations (checked on resume);
+- `generations.jsonl`: one line per prompt × sample, appended batch by batch as they are produced (so an interrupted
+  run resumes where it stopped), each with its prompt, reference, text, token ids, EOS flag, entropy and own scores;
+- `metrics.json`: scores per pass (`greedy`, `sampled`), all settings, model/dataset/run info, versions, timing;
+- `report.md`: the table and a few example generations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..data import DataError, load_rows, task_metric
+from ..runinfo import rows_checksum, run_record, write_json_atomic
+from .metrics import PRIMARY_SCORE, diversity_scores, mean_token_entropy, sample_scores, task_scores
+
+METRICS_KIND = "tirl.eval"
+GENERATIONS_FILE = "generations.jsonl"
+CONFIG_FILE = "eval_config.json"
+
+
+@dataclass
+class EvalSettings:
+    """Everything `tirl eval` needs; the fields are the CLI options (see `tirl eval --help`)."""
+
+    model: str = "smollm2-135m"
+    dataset: str = "gsm8k"
+    split: str = "test"
+    num_examples: int | None = 100
+    data_seed: int = 0
+    samples: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy: bool = True
+    max_new_tokens: int = 256
+    batch_size: int = 32
+    seed: int = 0
+    bf16: bool = True
+    metric: str = "auto"
+    self_bleu_n: int = 4
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    reference_field: str | None = None
+    skip_bad_rows: bool = False
+    output_dir: str | None = None
+    overwrite: bool = False
+    num_report_examples: int = 3
+    trust_remote_code_model: bool = False
+    progress: bool = True
+
+    def metric_family(self) -> str:
+        return task_metric(self.dataset) if self.metric == "auto" else self.metric
+
+    def generation_key(self) -> dict:
+        """The settings that change what is generated; a resumed run must match them (batch size may differ)."""
+        keys = ("model", "dataset", "split", "num_examples", "data_seed", "samples", "temperature", "top_p", "greedy",
+                "max_new_tokens", "seed", "bf16", "prompt_field", "completion_field", "reference_field")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class EvalResult:
+    output_dir: Path
+    metrics: dict
+
+
+class EvalConfigMismatch(DataError):
+    """The output directory holds generations made with other settings."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Paths and run information
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+def default_output_dir(s: EvalSettings) -> Path:
+    """`<model dir>/eval/<tag>` for a local model directory, else `evals/<model>-<tag>`; tag = dataset-split-n-K-T."""
+    data = Path(s.dataset).stem if os.path.exists(s.dataset) else s.dataset
+    tag = _slug(f"{data}-{s.split}-n{s.num_examples or 'all'}-k{s.samples}-t{s.temperature:g}")
+    if os.path.isdir(s.model):
+        return Path(s.model) / "eval" / tag
+    return Path("evals") / f"{_slug(s.model)}-{tag}"
+
+
+def find_run_info(model: str) -> dict:
+    """What a training run says about the model: method, λ, γ, base model (from `run.json` in the directory or its
+    parent, so a `checkpoint-N` subdirectory works too); empty for built-in names."""
+    if not os.path.isdir(model):
+        return {}
+    for d in (Path(model), Path(model).parent):
+        path = d / "run.json"
+        if path.is_file():
+            try:
+                run = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return {}
+            config = run.get("config") or {}
+            return {"run_dir": str(d), "method": run.get("method"), "base_model": run.get("model"),
+                    "iq_lambda": config.get("iq_lambda"), "iq_gamma": config.get("iq_gamma"),
+                    "max_steps": config.get("max_steps"), "learning_rate": config.get("learning_rate")}
+    return {}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The generations file
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def read_generations(path: Path) -> list[dict]:
+    """The complete lines of a generations file. A torn last line (a crash mid-write) is cut off the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    records = []
+    for lineno, line in enumerate(data[:end].splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}); delete the file or use --overwrite") from e
+    return records
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _done_prompts(records: list[dict], pass_name: str, k: int, rows: list[dict]) -> set[int]:
+    """Prompt indices whose K samples of `pass_name` are all in the file (and belong to the same rows)."""
+    counts: dict[int, int] = {}
+    for r in records:
+        if r["pass"] == pass_name:
+            i = r["prompt_index"]
+            if i >= len(rows) or r["id"] != rows[i]["id"]:
+                raise EvalConfigMismatch(f"{GENERATIONS_FILE} line for prompt {i} has id {r['id']!r}, which is not "
+                                         "that prompt's row; use --overwrite or another --output_dir")
+            counts[i] = counts.get(i, 0) + 1
+    return {i for i, c in counts.items() if c >= k}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def load_eval_rows(s: EvalSettings) -> list[dict]:
+    rows = load_rows(s.dataset, split=s.split, limit=s.num_examples, seed=s.data_seed, skip_bad_rows=s.skip_bad_rows,
+                     prompt_field=s.prompt_field, completion_field=s.completion_field, reference_field=s.reference_field)
+    out = []
+    for r in rows:
+        if "messages" in r:  # a conversation: everything before the last assistant turn is the prompt
+            msgs = r["messages"]
+            last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            out.append({"id": r["id"], "prompt": msgs[:last], "completion": msgs[last]["content"],
+                        "reference": msgs[last]["content"]})
+        elif isinstance(r["completion"], list):  # conversational prompt/completion
+            text = "".join(str(m.get("content", "")) for m in r["completion"] if isinstance(m, dict))
+            out.append({**r, "completion": text, "reference": r.get("reference") or text})
+        else:
+            out.append(r)
+    if not out:
+        raise DataError(f"{s.dataset!r} ({s.split}) has no rows to evaluate")
+    return out
+
+
+def _check_config(out_dir: Path, s: EvalSettings, rows: list[dict]) -> None:
+    key = {**s.generation_key(), "rows_sha256": rows_checksum(rows)}
+    path = out_dir / CONFIG_FILE
+    gen_path = out_dir / GENERATIONS_FILE
+    if s.overwrite:
+        for name in (GENERATIONS_FILE, "metrics.json", "report.md"):
+            (out_dir / name).unlink(missing_ok=True)
+    elif path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
+        if diff and gen_path.is_file():
+            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+            raise EvalConfigMismatch(f"{out_dir} holds generations made with other settings ({shown}); pass "
+                                     "--overwrite to start again there, or choose another --output_dir")
+    write_json_atomic(path, key)
+
+
+def run_eval(s: EvalSettings) -> EvalResult:
+    """Generate (resuming what is already in the output directory), score, and write the four files."""
+    if s.samples < 0 or (s.samples == 0 and not s.greedy):
+        raise ValueError("nothing to do: --samples 0 with --no-greedy")
+    family = s.metric_family()
+    out_dir = Path(s.output_dir) if s.output_dir else default_output_dir(s)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = load_eval_rows(s)
+    _check_config(out_dir, s, rows)
+    gen_path = out_dir / GENERATIONS_FILE
+    records = read_generations(gen_path)
+
+    passes = ([("greedy", 1)] if s.greedy else []) + ([("sampled", s.samples)] if s.samples > 0 else [])
+    todo = {name: set(range(len(rows))) - _done_prompts(records, name, k, rows) for name, k in passes}
+    timing: dict = {"resumed_prompts": {name: len(rows) - len(t) for name, t in todo.items()}}
+    if any(todo.values()):
+        timing.update(_generate(s, rows, passes, todo, family, gen_path))
+        records = read_generations(gen_path)
+
+    metrics = compute_metrics(records, rows, passes, family, s.self_bleu_n)
+    metrics = {
+        "kind": METRICS_KIND,
+        "model": s.model,
+        "run": find_run_info(s.model),
+        "dataset": s.dataset,
+        "split": s.split,
+        "num_prompts": len(rows),
+        "metric_family": family,
+        "primary_score": PRIMARY_SCORE.get(family),
+        **metrics,
+        "settings": {**asdict(s), "output_dir": str(out_dir), "top_k": "off", "repetition_penalty": 1.0,
+                     "self_bleu": {"n": s.self_bleu_n, "tokenize": "13a", "smooth": "exp", "effective_order": True,
+                                   "references": "the other K-1 samples of the same prompt"}},
+        "data": {"rows": len(rows), "sha256": rows_checksum(rows), "first_ids": [r["id"] for r in rows[:5]]},
+        "timing": timing,
+        **{k: v for k, v in run_record().items() if k in ("versions", "git_commit", "command", "host")},
+    }
+    write_json_atomic(out_dir / "metrics.json", _nan_to_none(metrics))
+    from .report import report_markdown
+
+    (out_dir / "report.md").write_text(report_markdown(metrics, records, rows, s.num_report_examples))
+    return EvalResult(output_dir=out_dir, metrics=metrics)
+
+
+def _generate(s: EvalSettings, rows: list[dict], passes, todo: dict, family: str, gen_path: Path) -> dict:
+    import torch
+
+    from .. import models
+    from .sampling import has_chat_template, iter_samples
+
+    t0 = time.time()
+    model, tokenizer = models.load(s.model, seed=s.seed, trust_remote_code=s.trust_remote_code_model)
+    timing: dict = {"model_load_seconds": time.time() - t0, "chat_template": has_chat_template(tokenizer),
+                    "torch_threads": torch.get_num_threads()}
+    prompts = [r["prompt"] for r in rows]
+    for name, k in passes:
+        if not todo[name]:
+            continue
+        t1, tokens = time.time(), 0
+        skip = set(range(len(rows))) - todo[name]
+        for idx, batch in iter_samples(
+            model, tokenizer, prompts, k=k, temperature=s.temperature, top_p=s.top_p,
+            max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=s.seed, greedy=name == "greedy",
+            autocast_bf16=s.bf16, skip=skip, progress=s.progress, desc=f"{name} (K={k})",
+        ):
+            lines = []
+            for i, samples in zip(idx, batch, strict=True):
+                row = rows[i]
+                for j, smp in enumerate(samples):
+                    lines.append({"pass": name, "prompt_index": i, "sample_index": j, "id": row["id"],
+                                  "prompt": row["prompt"], "reference": row["reference"], "text": smp.text,
+                                  "num_tokens": smp.num_tokens, "finished": smp.finished, "entropy": smp.entropy,
+                                  "scores": sample_scores(family, smp.text, row["reference"]),
+                                  "token_ids": smp.token_ids})
+                    tokens += smp.num_tokens
+            _append(gen_path, lines)
+        seconds = time.time() - t1
+        timing[name] = {"prompts": len(todo[name]), "seconds": seconds, "generated_tokens": tokens,
+                        "tokens_per_second": tokens / seconds if seconds > 0 else None}
+    timing["total_seconds"] = time.time() - t0
+    return timing
+
+
+def compute_metrics(records: list[dict], rows: list[dict], passes, family: str, self_bleu_n: int = 4) -> dict:
+    """Scores of each pass from the generation records (the file's contents, so metrics always match the file)."""
+    out: dict = {}
+    refs = [r["reference"] for r in rows]
+    for name, k in passes:
+        per_prompt: list[list[dict]] = [[] for _ in rows]
+        for r in records:
+            if r["pass"] == name and r["sample_index"] < k:
+                per_prompt[r["prompt_index"]].append(r)
+        if any(len(p) != k for p in per_prompt):
+            missing = sum(len(p) != k for p in per_prompt)
+            raise DataError(f"{missing} prompts lack their {k} '{name}' samples; run `tirl eval` again to finish them")
+        for p in per_prompt:
+            p.sort(key=lambda r: r["sample_index"])
+        texts = [[r["text"] for r in p] for p in per_prompt]
+        flat = [r for p in per_prompt for r in p]
+        lengths = [r["num_tokens"] for r in flat]
+        entropies = [r["entropy"] if r["entropy"] == r["entropy"] else 0.0 for r in flat]  # NaN only when 0 tokens
+        diversity = diversity_scores(texts, self_bleu_n)
+        if k < 2:
+            diversity.pop("self_bleu")  # one sample per prompt: nothing to compare it with
+        stats = {
+            "k": k,
+            **task_scores(family, texts, refs),
+            **diversity,
+            "entropy": mean_token_entropy(entropies, lengths),
+            "mean_tokens": sum(lengths) / len(lengths),
+            "eos_rate": sum(r["finished"] for r in flat) / len(flat),
+        }
+        out[name] = stats
+    return out
+
+
+def _nan_to_none(obj):
+    """NaN → null, so metrics.json is strict JSON (a NaN score means "not defined", e.g. Self-BLEU with K < 2)."""
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,304 @@
+"""Task scores and diversity measures: small pure functions on strings and numbers (no model, no files).
+
+Scales follow the tools users know: accuracies and distinct-n are fractions in [0, 1]; ROUGE, BLEU, chrF and
+Self-BLEU are on sacreBLEU's 0–100 scale; entropies are in nats.
+
+- GSM8k: `gsm8k_extract`, `gsm8k_accuracy`, `gsm8k_pass_at_k` — lm-evaluation-harness's `strict-match` and
+  `flexible-extract` filters and its `exact_match` normalisation, verbatim (see the constants below).
+- Summaries: `rouge` — Google's `rouge-score`, stemming on, reference first, `rougeLsum` on newline-split sentences.
+- Translation: `bleu`, `chrf` — sacreBLEU corpus scores with its defaults (13a tokenizer, chrF with β = 2, n = 6).
+- Diversity: `self_bleu` (per prompt over its K samples, never a sample against itself), `distinct_n`,
+  `mean_token_entropy` (with `token_entropy` to compute per-token entropies from logits).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+# lm-evaluation-harness, lm_eval/tasks/gsm8k/gsm8k.yaml (version 3.0): the two filters and the exact_match options
+GSM8K_STRICT_REGEX = re.compile(r"#### (\-?[0-9\.\,]+)")
+GSM8K_FLEXIBLE_REGEX = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+GSM8K_IGNORE_REGEXES = (",", r"\$", r"(?s).*#### ", r"\.$")
+GSM8K_FALLBACK = "[invalid]"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# GSM8k
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def gsm8k_extract(text: str) -> tuple[str | None, str | None]:
+    """The `(strict, flexible)` answers lm-evaluation-harness reads from a generation; `None` where there is none.
+
+    strict: the first match of `#### (-?[0-9.,]+)` (the GSM8k answer line), group 1.
+    flexible: the last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)` anywhere in the text (its first non-empty group), so
+    "... is $1,234." gives "$1,234." and "so 5 apples" gives "5". Both are returned raw, stripped of whitespace;
+    `gsm8k_normalize` makes them comparable.
+    """
+    strict = GSM8K_STRICT_REGEX.search(text)
+    flexible = GSM8K_FLEXIBLE_REGEX.findall(text)
+    flex = None
+    if flexible:
+        groups = [g for g in flexible[-1] if g]
+        flex = groups[0].strip() if groups else None
+    return (strict.group(1).strip() if strict else None), flex
+
+
+def gsm8k_normalize(answer: str) -> str:
+    """lm-eval's `exact_match` normalisation: delete `,`, `$`, everything up to `#### `, and one trailing `.`; lowercase."""
+    for pattern in GSM8K_IGNORE_REGEXES:
+        answer = re.sub(pattern, "", answer)
+    return answer.strip().lower()
+
+
+def gsm8k_correct(text: str, reference: str) -> tuple[bool, bool]:
+    """Whether the generation's (strict, flexible) answer equals the reference after `gsm8k_normalize`.
+
+    A generation with no answer counts as wrong (lm-eval's "[invalid]" fallback never matches a number).
+    """
+    ref = gsm8k_normalize(reference)
+    return tuple(a is not None and gsm8k_normalize(a) == ref for a in gsm8k_extract(text))  # type: ignore[return-value]
+
+
+def gsm8k_accuracy(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Exact-match accuracy of `preds` against the gold numbers `refs`, for both filters.
+
+    Returns `{"accuracy_strict", "accuracy_flexible", "answer_rate_strict", "n"}`: accuracy = (1/n)·Σ 1[answer_i = ref_i];
+    `answer_rate_strict` is the fraction of generations that contain a `#### n` line at all (a format check).
+    """
+    _same_length(preds, refs)
+    if not preds:
+        raise ValueError("gsm8k_accuracy needs at least one prediction")
+    strict = flexible = answered = 0
+    for p, r in zip(preds, refs, strict=True):
+        s, f = gsm8k_correct(p, r)
+        strict += s
+        flexible += f
+        answered += gsm8k_extract(p)[0] is not None
+    n = len(preds)
+    return {"accuracy_strict": strict / n, "accuracy_flexible": flexible / n, "answer_rate_strict": answered / n, "n": n}
+
+
+def gsm8k_pass_at_k(samples_per_prompt: Sequence[Sequence[str]], refs: Sequence[str]) -> dict[str, float]:
+    """Fraction of prompts where ANY of their K samples is correct ("pass@K" with exactly K samples), per filter.
+
+    With K samples drawn per prompt this is the plain estimator 1[∃ i: sample_i correct] averaged over prompts; it is
+    not the unbiased pass@k of Chen et al. for k < K.
+    """
+    _same_length(samples_per_prompt, refs)
+    strict = flexible = 0
+    for samples, ref in zip(samples_per_prompt, refs, strict=True):
+        marks = [gsm8k_correct(s, ref) for s in samples]
+        strict += any(m[0] for m in marks)
+        flexible += any(m[1] for m in marks)
+    n = len(refs)
+    return {"pass_at_k_strict": strict / n, "pass_at_k_flexible": flexible / n}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ROUGE, BLEU, chrF
+# --------------------------------------------------------------------------------------------------------------------
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+@lru_cache(maxsize=2)
+def _rouge_scorer(use_stemmer: bool):
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
+
+
+def rouge(preds: Sequence[str], refs: Sequence[str], use_stemmer: bool = True) -> dict[str, float]:
+    """Mean ROUGE F1 (×100) over pairs: `rouge1`, `rouge2`, `rougeL` and `rougeLsum`, with Google's `rouge-score`.
+
+    Each pair is scored as `RougeScorer.score(target=ref, prediction=pred)` (the target comes first in that API), with
+    the Porter stemmer by default, and the per-pair F-measures are averaged (no bootstrap). `rougeLsum` treats the
+    lines of each text as its sentences (union-LCS over them), rouge-score's convention; a text without newlines is
+    one sentence, and then `rougeLsum == rougeL`. Tokens are lowercase ASCII letters and digits only, so the score
+    is meaningful for English text. Checked against the XSum paper's published scores (tests/test_metrics.py).
+    """
+    _same_length(preds, refs)
+    if not preds:
+        raise ValueError("rouge needs at least one prediction")
+    scorer = _rouge_scorer(use_stemmer)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for p, r in zip(preds, refs, strict=True):
+        scores = scorer.score(r, p)
+        for k in ROUGE_TYPES:
+            totals[k] += scores[k].fmeasure
+    return {k: 100.0 * v / len(preds) for k, v in totals.items()}
+
+
+def _as_reference_streams(refs: Sequence[str] | Sequence[Sequence[str]]) -> list[list[str]]:
+    """sacreBLEU wants one list per reference *set*; accept one reference per prediction or a list per prediction."""
+    if refs and not isinstance(refs[0], str):
+        counts = {len(r) for r in refs}
+        if len(counts) != 1:
+            raise ValueError("every prediction needs the same number of references")
+        return [list(stream) for stream in zip(*refs, strict=True)]
+    return [list(refs)]  # type: ignore[arg-type]
+
+
+def bleu(preds: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]], tokenize: str = "13a") -> float:
+    """Corpus BLEU (0–100) with sacreBLEU's defaults: 4-grams, brevity penalty, no smoothing, `13a` tokenizer.
+
+    BLEU = BP · exp(¼ Σ_{n=1..4} log p_n), with p_n the clipped n-gram precision over the whole corpus and
+    BP = min(1, exp(1 − r/c)). `refs[i]` is one reference string, or a list of references for prediction i.
+    """
+    import sacrebleu
+
+    _same_length(preds, refs)
+    return float(sacrebleu.corpus_bleu(list(preds), _as_reference_streams(refs), tokenize=tokenize).score)
+
+
+def chrf(preds: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]]) -> float:
+    """Corpus chrF (0–100) with sacreBLEU's defaults: character 6-grams, β = 2 (recall weighted twice), no word n-grams."""
+    import sacrebleu
+
+    _same_length(preds, refs)
+    return float(sacrebleu.corpus_chrf(list(preds), _as_reference_streams(refs)).score)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Diversity
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def _sentence_bleu_metric(n: int):
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(max_ngram_order=n, smooth_method="exp", effective_order=True, tokenize="13a")
+
+
+def self_bleu(samples_per_prompt: Sequence[Sequence[str]], n: int = 4) -> float:
+    """Self-BLEU-n (0–100; lower = more diverse): how alike the K samples of one prompt are, averaged over prompts.
+
+    Self-BLEU = mean over prompts p of [ (1/K_p) Σ_i BLEU(s_{p,i}; references = {s_{p,j} : j ≠ i}) ].
+    Each sample is scored against the OTHER samples of its prompt only — never against itself (Texygen's known
+    pitfall) and never across prompts. BLEU is sacreBLEU's sentence BLEU with n-gram order `n`, its `13a`
+    tokenizer, 'exp' smoothing (NIST: the k-th n-gram order with no match gets precision 1/(2^k · total)) and
+    effective order (short samples use only the n-gram orders they have); a sample sharing no word with the others
+    scores exactly 0, and K identical non-empty samples score 100. Prompts with fewer than two samples are ignored;
+    if no prompt has two, the result is NaN.
+    """
+    metric = _sentence_bleu_metric(n)
+    per_prompt = []
+    for samples in samples_per_prompt:
+        if len(samples) < 2:
+            continue
+        scores = [metric.sentence_score(s, [o for j, o in enumerate(samples) if j != i]).score for i, s in enumerate(samples)]
+        per_prompt.append(sum(scores) / len(scores))
+    return sum(per_prompt) / len(per_prompt) if per_prompt else math.nan
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """distinct-n (Li et al., 2016): |unique n-grams| / |n-grams| over all `texts` pooled, in [0, 1].
+
+    Tokens are whitespace-separated words, case kept; n-grams never cross from one text into the next. Returns 0.0
+    when the texts have no n-gram at all.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    total = 0
+    unique: set[tuple[str, ...]] = set()
+    for text in texts:
+        words = text.split()
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        total += len(grams)
+        unique.update(grams)
+    return len(unique) / total if total else 0.0
+
+
+def token_entropy(logits):
+    """Entropy H(π(·|s_t)) = −Σ_a π(a|s_t) log π(a|s_t) in nats of softmax(logits) over the last axis.
+
+    `logits` [..., V] (any float dtype; computed in float32) → [...]. −inf logits (masked actions) contribute 0.
+    """
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+
+
+def mean_token_entropy(sample_entropies: Sequence[float], sample_lengths: Sequence[int]) -> float:
+    """Token-weighted mean entropy (nats) over samples: Σ_i H̄_i·T_i / Σ_i T_i, with H̄_i sample i's mean per-token
+    entropy and T_i its number of tokens (so every generated token counts once). NaN when there are no tokens."""
+    _same_length(sample_entropies, sample_lengths)
+    tokens = sum(sample_lengths)
+    if tokens == 0:
+        return math.nan
+    return sum(h * t for h, t in zip(sample_entropies, sample_lengths, strict=True) if t) / tokens
+
+
+def _same_length(a: Sequence, b: Sequence) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"got {len(a)} predictions but {len(b)} references")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Metric families: what `tirl eval` computes for a task
+# --------------------------------------------------------------------------------------------------------------------
+
+# the score `tirl compare` plots by default for each family (higher is better)
+PRIMARY_SCORE = {"gsm8k": "accuracy_flexible", "rouge": "rouge1", "bleu": "bleu"}
+
+
+def task_scores(family: str, samples_per_prompt: Sequence[Sequence[str]], refs: Sequence[str]) -> dict[str, float]:
+    """The task scores of one decoding pass: K texts per prompt (K = 1 for greedy) against one reference per prompt.
+
+    - 'gsm8k': `gsm8k_accuracy` over all prompt×sample pairs (the mean over samples), plus `gsm8k_pass_at_k` when K > 1.
+    - 'rouge': `rouge` over all prompt×sample pairs (the mean over samples).
+    - 'bleu': corpus `bleu` and `chrf` of the j-th samples of all prompts, averaged over j = 1..K (BLEU is a corpus
+      statistic, so each sample index forms one corpus, as if K systems were scored).
+    - 'none': no task score.
+    """
+    _same_length(samples_per_prompt, refs)
+    flat_preds = [s for samples in samples_per_prompt for s in samples]
+    flat_refs = [r for samples, r in zip(samples_per_prompt, refs, strict=True) for _ in samples]
+    k = min((len(s) for s in samples_per_prompt), default=0)
+    if family == "gsm8k":
+        out = gsm8k_accuracy(flat_preds, flat_refs)
+        out.pop("n")
+        if k > 1:
+            out.update(gsm8k_pass_at_k(samples_per_prompt, refs))
+        return out
+    if family == "rouge":
+        return rouge(flat_preds, flat_refs)
+    if family == "bleu":
+        corpora = [[samples[j] for samples in samples_per_prompt] for j in range(k)]
+        return {"bleu": sum(bleu(c, refs) for c in corpora) / k, "chrf": sum(chrf(c, refs) for c in corpora) / k}
+    if family == "none":
+        return {}
+    raise ValueError(f"unknown metric family {family!r}; choose from gsm8k, rouge, bleu, none")
+
+
+def sample_scores(family: str, text: str, reference: str) -> dict[str, float | bool]:
+    """Scores of ONE generation, stored beside it in generations.jsonl (e.g. to correlate rewards with task scores).
+
+    'gsm8k': `correct_strict`, `correct_flexible`; 'rouge': per-pair `rouge1`, `rouge2`, `rougeLsum`; 'bleu':
+    sacreBLEU sentence BLEU (exp smoothing, effective order) and sentence chrF; 'none': nothing.
+    """
+    if family == "gsm8k":
+        strict, flexible = gsm8k_correct(text, reference)
+        return {"correct_strict": strict, "correct_flexible": flexible}
+    if family == "rouge":
+        scores = _rouge_scorer(True).score(reference, text)
+        return {k: 100.0 * scores[k].fmeasure for k in ("rouge1", "rouge2", "rougeLsum")}
+    if family == "bleu":
+        import sacrebleu
+
+        return {"bleu": float(sacrebleu.sentence_bleu(text, [reference]).score),
+                "chrf": float(sacrebleu.sentence_chrf(text, [reference]).score)}
+    return {}
+
+
+def diversity_scores(samples_per_prompt: Sequence[Sequence[str]], self_bleu_n: int = 4) -> dict[str, float]:
+    """`self_bleu` (per prompt, NaN when K < 2) and pooled `distinct_1`, `distinct_2` over all the texts of a pass."""
+    flat = [s for samples in samples_per_prompt for s in samples]
+    return {"self_bleu": self_bleu(samples_per_prompt, n=self_bleu_n),
+            "distinct_1": distinct_n(flat, 1), "distinct_2": distinct_n(flat, 2)}

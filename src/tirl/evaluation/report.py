@@ -1,0 +1,299 @@
+"""What a person reads after `tirl eval` and `tirl compare`: the markdown report, the comparison table and plot.
+
+`report_markdown` renders one evaluation (metrics.json + generations) as markdown; `find_evaluations` collects the
+metrics.json of several evaluation or training-run directories; `compare_table` and `plot_compare` draw task score
+against Self-BLEU for them, the paper's picture (better = up, more diverse = left).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data import DataError
+
+SCORE_LABELS = {
+    "accuracy_strict": "accuracy (strict `#### n`)",
+    "accuracy_flexible": "accuracy (flexible, last number)",
+    "pass_at_k_strict": "any of K correct (strict)",
+    "pass_at_k_flexible": "any of K correct (flexible)",
+    "answer_rate_strict": "has a `#### n` line",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+    "rougeLsum": "ROUGE-Lsum",
+    "bleu": "BLEU",
+    "chrf": "chrF",
+}
+FRACTION_SCORES = {"accuracy_strict", "accuracy_flexible", "pass_at_k_strict", "pass_at_k_flexible", "answer_rate_strict"}
+
+
+def fmt_score(name: str, value) -> str:
+    """Accuracies as percentages, 0–100 scores with one decimal, missing values as an en dash."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if name in FRACTION_SCORES:
+        return f"{100 * value:.1f}%"
+    if name in ("distinct_1", "distinct_2", "eos_rate"):
+        return f"{value:.3f}"
+    if name == "mean_tokens":
+        return f"{value:.0f}"
+    return f"{value:.2f}" if name == "entropy" else f"{value:.1f}"
+
+
+def _task_keys(metrics: dict) -> list[str]:
+    keys: list[str] = []
+    for pass_name in ("greedy", "sampled"):
+        for k in metrics.get(pass_name, {}):
+            if k in SCORE_LABELS and k not in keys:
+                keys.append(k)
+    return keys
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One evaluation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _quote(text: str, limit: int) -> str:
+    text = text if len(text) <= limit else text[:limit].rstrip() + " […]"
+    return "\n".join("> " + line if line else ">" for line in text.splitlines() or [""])
+
+
+def report_markdown(metrics: dict, records: list[dict], rows: list[dict], num_examples: int = 3) -> str:
+    """The report.md of one evaluation: settings, a table per pass, and the first `num_examples` prompts' outputs."""
+    s = metrics["settings"]
+    run = metrics.get("run") or {}
+    title = f"# tirl eval: `{metrics['model']}` on {metrics['dataset']} ({metrics['split']}, {metrics['num_prompts']} prompts)"
+    lines = [title, ""]
+    if run.get("method"):
+        lines += [f"Trained model: method **{run['method']}**, λ = {run.get('iq_lambda')}, γ = {run.get('iq_gamma')} "
+                  f"(run `{run.get('run_dir')}`).", ""]
+    lines += [
+        f"Decoding: greedy pass {'on' if s['greedy'] else 'off'}; sampled pass K = {s['samples']} at temperature "
+        f"{s['temperature']:g}, top-p {s['top_p']:g}, no top-k; max {s['max_new_tokens']} new tokens, stop at EOS; "
+        f"seed {s['seed']}; bf16 autocast {'on' if s['bf16'] else 'off'}. Metric family: `{metrics['metric_family']}`.",
+        "",
+    ]
+    task_keys = _task_keys(metrics)
+    cols = task_keys + ["self_bleu", "distinct_1", "distinct_2", "entropy", "mean_tokens", "eos_rate"]
+    heads = [SCORE_LABELS.get(c, c) for c in task_keys] + [
+        "Self-BLEU ↓", "distinct-1", "distinct-2", "entropy (nats)", "mean tokens", "EOS reached"]
+    lines += ["| pass | " + " | ".join(heads) + " |", "|---|" + "---|" * len(cols)]
+    for pass_name in ("greedy", "sampled"):
+        if pass_name in metrics:
+            m = metrics[pass_name]
+            label = "greedy" if pass_name == "greedy" else f"sampled (K={m['k']}, T={s['temperature']:g})"
+            lines.append(f"| {label} | " + " | ".join(fmt_score(c, m.get(c)) for c in cols) + " |")
+    lines += [
+        "",
+        "Sampled task scores are means over all K samples; \"any of K correct\" counts a prompt when one of its K "
+        "samples is right. Self-BLEU is the mean over prompts of each sample's BLEU against the prompt's other K−1 "
+        "samples (lower = more diverse); distinct-n pools all texts of the pass; entropy is the model's per-token "
+        "entropy along its own samples.",
+        "",
+    ]
+    timing = metrics.get("timing") or {}
+    for pass_name in ("greedy", "sampled"):
+        t = timing.get(pass_name)
+        if t:
+            tps = t.get("tokens_per_second")
+            lines.append(f"- {pass_name}: {t['prompts']} prompts generated in {t['seconds']:.0f} s"
+                         + (f" ({tps:.0f} tokens/s)" if tps else ""))
+    resumed = {k: v for k, v in (timing.get("resumed_prompts") or {}).items() if v}
+    if resumed:
+        lines.append("- resumed from earlier runs: " + ", ".join(f"{v} {k} prompts" for k, v in resumed.items()))
+    lines += ["", f"## Examples (first {min(num_examples, len(rows))} prompts)", ""]
+    by_prompt: dict[int, list[dict]] = {}
+    for r in records:
+        by_prompt.setdefault(r["prompt_index"], []).append(r)
+    for i, row in enumerate(rows[:num_examples]):
+        prompt = row["prompt"] if isinstance(row["prompt"], str) else json.dumps(row["prompt"], ensure_ascii=False)
+        lines += [f"### {row['id']}", "", "**Prompt**", "", _quote(prompt, 600), "", f"**Reference**: {_inline(row['reference'], 300)}", ""]
+        for r in sorted(by_prompt.get(i, []), key=lambda r: (r["pass"] != "greedy", r["sample_index"]))[:3]:
+            score = ", ".join(f"{k} {'✓' if v is True else '✗' if v is False else f'{v:.1f}'}" for k, v in r["scores"].items())
+            tag = "greedy" if r["pass"] == "greedy" else f"sample {r['sample_index'] + 1}"
+            end = "" if r["finished"] else f", stopped at {r['num_tokens']} tokens without EOS"
+            lines += [f"**{tag}** ({score}{end})", "", _quote(r["text"], 800), ""]
+    lines += ["## Files", "", "- `metrics.json`: every score above, the settings, versions and timing",
+              "- `generations.jsonl`: one line per prompt × sample (text, token ids, EOS flag, entropy, own scores)",
+              "- `eval_config.json`: the settings a resumed run must match", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " […]"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Several evaluations
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """One evaluation found for `tirl compare`: where it is, its metrics.json, and its label in the plot/table."""
+
+    path: Path
+    metrics: dict
+    label: str = ""
+
+
+def find_evaluations(directory: str | Path) -> list[Evaluation]:
+    """The evaluations in a directory: its own metrics.json if `tirl eval` wrote it, else those under `eval/`
+    (`eval/metrics.json` and `eval/*/metrics.json`, as `tirl eval --model RUN_DIR` writes them)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"{d}: no such directory")
+    candidates = [d / "metrics.json", d / "eval" / "metrics.json", *sorted((d / "eval").glob("*/metrics.json"))]
+    found = []
+    for path in candidates:
+        if path.is_file():
+            try:
+                m = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: invalid JSON ({e.msg})") from e
+            if m.get("kind") == "tirl.eval":
+                found.append(Evaluation(path.parent, m))
+        if found and path == d / "metrics.json":
+            break
+    if not found:
+        raise DataError(f"{d}: no evaluation found (no metrics.json written by `tirl eval` here or under eval/); "
+                        f"run `tirl eval --model {d}` first")
+    return found
+
+
+def default_label(e: Evaluation) -> str:
+    """'iqlearn λ=0.1', 'mle', or the model name; the temperature is added by `label_evaluations` when it varies."""
+    run = e.metrics.get("run") or {}
+    if run.get("method") == "iqlearn":
+        return f"iqlearn λ={run.get('iq_lambda'):g}" if isinstance(run.get("iq_lambda"), (int, float)) else "iqlearn"
+    if run.get("method"):
+        return str(run["method"])
+    return Path(str(e.metrics.get("model", e.path.name))).name or e.path.name
+
+
+def label_evaluations(evals: list[Evaluation], labels: list[str] | None = None) -> list[Evaluation]:
+    """Give each evaluation a distinct label: the user's, else method/λ (+ T when temperatures differ, + the
+    directory name when that still leaves two alike)."""
+    if labels:
+        if len(labels) != len(evals):
+            raise ValueError(f"got {len(labels)} labels for {len(evals)} evaluations")
+        for e, lab in zip(evals, labels, strict=True):
+            e.label = lab
+        return evals
+    temps = {e.metrics["settings"]["temperature"] for e in evals}
+    for e in evals:
+        e.label = default_label(e) + (f" T={e.metrics['settings']['temperature']:g}" if len(temps) > 1 else "")
+    seen: dict[str, int] = {}
+    for e in evals:
+        seen[e.label] = seen.get(e.label, 0) + 1
+    for e in evals:
+        if seen[e.label] > 1:
+            e.label = f"{e.label} ({_short_path(e.path)})"
+    return evals
+
+
+def _short_path(p: Path) -> str:
+    """`RUN/eval/TAG` → 'RUN/TAG'; any other directory → its name."""
+    return f"{p.parent.parent.name}/{p.name}" if p.parent.name == "eval" else p.name
+
+
+def resolve_score(evals: list[Evaluation], score: str | None) -> str:
+    """The task score to compare: the one asked for, else the first evaluation's family's primary score."""
+    name = score or evals[0].metrics.get("primary_score")
+    if not name:
+        raise DataError("these evaluations have no task score (metric family 'none'); pass --score")
+    missing = [str(e.path) for e in evals if name not in (e.metrics.get("sampled") or e.metrics.get("greedy") or {})]
+    if missing:
+        raise DataError(f"score {name!r} is missing from: {', '.join(missing)}")
+    return name
+
+
+def compare_table(evals: list[Evaluation], score: str) -> str:
+    """A markdown table, one row per evaluation: task score (sampled and greedy), Self-BLEU, distinct-n, entropy."""
+    cols = [("sampled", score), ("greedy", score)]
+    family = evals[0].metrics.get("metric_family")
+    if family == "gsm8k":
+        cols.append(("sampled", score.replace("accuracy", "pass_at_k")))
+    cols += [("sampled", "self_bleu"), ("sampled", "distinct_2"), ("sampled", "entropy"), ("sampled", "mean_tokens"),
+             ("sampled", "eos_rate")]
+    head = ["run", "dataset", "n", "K", "T", SCORE_LABELS.get(score, score) + " (sampled)",
+            SCORE_LABELS.get(score, score) + " (greedy)"]
+    if family == "gsm8k":
+        head.append("any of K correct")
+    head += ["Self-BLEU ↓", "distinct-2", "entropy", "mean tokens", "EOS reached"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in evals:
+        m, st = e.metrics, e.metrics["settings"]
+        cells = [e.label, m["dataset"], str(m["num_prompts"]), str(st["samples"]), f"{st['temperature']:g}"]
+        cells += [fmt_score(key, (m.get(p) or {}).get(key)) for p, key in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    paths = "\n".join(f"- {e.label}: `{e.path}`" for e in evals)
+    return "\n".join(lines) + "\n\n" + paths + "\n"
+
+
+def plot_compare(evals: list[Evaluation], score: str, path: str | Path, title: str | None = None) -> Path:
+    """Task score (y, up = better) against Self-BLEU (x, left = more diverse), one labelled point per evaluation;
+    evaluations of the same model at several temperatures are joined by a line. PNG at `path`."""
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 5.4))
+    pct = score in FRACTION_SCORES
+    groups: dict[str, list[tuple[float, float, Evaluation]]] = {}
+    for e in evals:
+        sampled = e.metrics.get("sampled") or {}
+        x, y = sampled.get("self_bleu"), sampled.get(score)
+        if x is None or y is None:
+            continue
+        groups.setdefault(str(e.metrics.get("model")), []).append((x, 100 * y if pct else y, e))
+    if not groups:
+        raise DataError("no evaluation has a sampled pass with K ≥ 2 (needed for Self-BLEU); rerun with --samples 4")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    xs = [p[0] for pts in groups.values() for p in pts]
+    ys = [p[1] for pts in groups.values() for p in pts]
+    (x0, x1), (y0, y1) = _pad_limits(ax, xs, ys)
+    placed: list[tuple[float, float]] = []  # label anchors so far, in axes fractions
+    for gi, (_, pts) in enumerate(groups.items()):
+        color = colors[gi % len(colors)]
+        pts.sort(key=lambda p: p[2].metrics["settings"]["temperature"])
+        if len(pts) > 1:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, alpha=0.5, lw=1.5)
+        for x, y, e in pts:
+            ax.scatter([x], [y], s=70, color=color, edgecolor="black", linewidth=0.6, zorder=3, clip_on=False)
+            # stack the labels of points that sit close together instead of printing them over each other
+            fx, fy = (x - x0) / (x1 - x0), (y - y0) / (y1 - y0)
+            crowd = sum(abs(fx - px) < 0.25 and abs(fy - py) < 0.05 for px, py in placed)
+            placed.append((fx, fy))
+            ax.annotate(e.label, (x, y), xytext=(7, 6 + 16 * crowd), textcoords="offset points", fontsize=9,
+                        arrowprops={"arrowstyle": "-", "color": color, "lw": 0.6} if crowd else None,
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": color, "alpha": 0.85})
+    label = SCORE_LABELS.get(score, score)
+    ax.set_ylabel(f"{label}{' (%)' if pct else ''}, sampled  (↑ better)", fontsize=10)
+    ax.set_xlabel("Self-BLEU of the K samples per prompt  (← more diverse)", fontsize=10)
+    first = evals[0].metrics
+    datasets = sorted({e.metrics["dataset"] for e in evals})
+    ax.set_title(title or f"Task score vs diversity — {', '.join(datasets)} ({first['split']}, "
+                 f"{first['num_prompts']} prompts, K={first['settings']['samples']})", fontsize=11)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _pad_limits(ax, xs: list[float], ys: list[float]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Both axes start at 0 (every score and Self-BLEU is >= 0), so small differences are not blown up, and span at
+    least 0–5; leave room above the points and to their right for the labels. Returns the limits."""
+    limits = []
+    for values, setter, room in ((xs, ax.set_xlim, 0.3), (ys, ax.set_ylim, 0.15)):
+        upper = max(max(values) * (1 + room), 5.0)
+        setter(0, upper)
+        limits.append((0.0, upper))
+    return limits[0], limits[1]

@@ -1,0 +1,254 @@
+"""Batched sampling of K completions per prompt with Hugging Face `generate`, recording what the metrics need.
+
+`sample(model, tokenizer, prompts, k=4, ...)` returns, for each prompt, K `Sample`s: the text, the completion token
+ids, their number, whether EOS was reached, and the mean per-token entropy of the policy along the sample.
+`iter_samples` yields the same batch by batch (what `tirl eval` appends to its JSONL file as it goes).
+
+Prompts are formatted exactly as `tirl.data.to_trl` + TRL's SFTTrainer format training prompts: a user message
+rendered with the tokenizer's chat template and the generation prompt when the tokenizer has a template, else the
+plain prompt followed by a newline, tokenized with the tokenizer's default special tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from .metrics import token_entropy
+
+Prompt = str | list[dict]  # a user message, or a conversation (list of {"role", "content"}) ending before the answer
+
+
+@dataclass
+class Sample:
+    """One completion of one prompt.
+
+    `token_ids` are the generated ids up to and including the first EOS (when reached); `num_tokens` is their
+    number; `finished` says whether EOS was reached before `max_new_tokens`; `text` is the decoded completion without
+    special tokens; `entropy` is the mean over those tokens of H(π(·|s_t)) in nats, the entropy of the model's own
+    next-token distribution (raw logits: before temperature and top-p, so it measures the policy, not the sampler).
+    """
+
+    text: str
+    token_ids: list[int]
+    num_tokens: int
+    finished: bool
+    entropy: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prompt formatting
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def has_chat_template(tokenizer) -> bool:
+    return getattr(tokenizer, "chat_template", None) is not None
+
+
+def encode_prompt(prompt: Prompt, tokenizer) -> list[int]:
+    """Token ids of a prompt, as TRL's SFTTrainer tokenizes the prompt side of the rows `tirl.data.to_trl` makes.
+
+    Chat template: `apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)` (a message
+    list is used as it is); no template: `tokenizer(prompt + "\\n")` (TRL's standard prompt/completion format).
+    """
+    if isinstance(prompt, list) or has_chat_template(tokenizer):
+        if not has_chat_template(tokenizer):
+            raise ValueError("a conversational prompt needs a tokenizer with a chat template")
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
+        return list(out["input_ids"])
+    return list(tokenizer(text=prompt + "\n")["input_ids"])
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids: list[int] = []
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        for i in source if isinstance(source, list) else [source]:
+            if i is not None and i not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token, so generation could never stop early")
+    return ids
+
+
+def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] input ids padded on the left (generation continues from the right end) and the attention mask."""
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+        mask[i, width - len(x) :] = 1
+    return ids, mask
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _EntropyRecorder(LogitsProcessor):
+    """Records H(softmax(logits)) per row at every step and passes the scores through unchanged.
+
+    `generate` runs custom processors before its temperature/top-k/top-p warpers, so these are the model's raw
+    next-token logits.
+    """
+
+    def __init__(self, on_step: Callable[[int], None] | None = None) -> None:
+        self.steps: list[torch.Tensor] = []  # each [B]
+        self.on_step = on_step
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.steps.append(token_entropy(scores).cpu())
+        if self.on_step is not None:
+            self.on_step(len(self.steps))
+        return scores
+
+
+def batch_seed(seed: int, start: int) -> int:
+    """The RNG seed of the batch that starts at prompt `start`: a hash of both, so batches never share a stream and a
+    resumed run (same batch size) draws exactly what the uninterrupted run would have drawn."""
+    return int.from_bytes(hashlib.sha256(f"tirl-sample:{seed}:{start}".encode()).digest()[:8], "little") % (2**63)
+
+
+@torch.no_grad()
+def iter_samples(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    k: int = 4,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+    greedy: bool = False,
+    autocast_bf16: bool = False,
+    skip: set[int] | frozenset[int] = frozenset(),
+    progress: bool = True,
+    desc: str = "sampling",
+) -> Iterator[tuple[list[int], list[list[Sample]]]]:
+    """Generate K samples for each prompt not in `skip`, yielding `(prompt indices, samples per prompt)` per batch.
+
+    Each `generate` call holds `batch_size` sequences: `max(1, batch_size // K)` prompts × K samples (greedy: the one
+    greedy completion per prompt, computed once and repeated K times). Sampling is ancestral at `temperature` with
+    nucleus `top_p` (1.0 = off) and no top-k (HF's default top_k=50 is switched off); repetition penalties and the
+    model's own generation defaults are not applied. Each batch is seeded with `batch_seed(seed, first prompt index)`
+    inside a forked RNG, so results are reproducible for a seed and batch size and the caller's RNG is untouched.
+    A tqdm bar counts prompts and shows generated tokens per second.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not greedy and temperature <= 0:
+        raise ValueError("temperature must be > 0 for sampling (use greedy=True for temperature 0)")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    todo = [i for i in range(len(prompts)) if i not in skip]
+    copies = 1 if greedy else k
+    per_call = max(1, batch_size // copies)
+    eos = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    device = next(model.parameters()).device
+    gen_kwargs: dict = {"max_new_tokens": max_new_tokens, "eos_token_id": eos, "pad_token_id": pad_id,
+                        "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+    if greedy:
+        gen_kwargs.update(do_sample=False)
+    else:
+        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, typical_p=1.0,
+                          num_return_sequences=copies)
+
+    was_training = model.training
+    model.eval()
+    bar = _progress(total=len(todo), desc=desc, enabled=progress)
+    tokens_done, t0 = 0, time.time()
+    try:
+        for start in range(0, len(todo), per_call):
+            idx = todo[start : start + per_call]
+            encoded = [encode_prompt(prompts[i], tokenizer) for i in idx]
+            input_ids, attention_mask = _left_pad(encoded, pad_id)
+            done_before = tokens_done
+
+            def show_step(step: int, done_before: int = done_before, rows: int = len(idx) * copies) -> None:
+                # a batch can take minutes on a CPU: show its progress every 16 decoding steps
+                if step % 16 == 0:
+                    rate = (done_before + step * rows) / max(time.time() - t0, 1e-9)
+                    bar.set_postfix_str(f"step {step}/{max_new_tokens} of this batch, ~{rate:.0f} tok/s")
+
+            recorder = _EntropyRecorder(show_step)
+            amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast_bf16 else nullcontext()
+            with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), amp:
+                torch.manual_seed(batch_seed(seed, idx[0]))
+                out = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    logits_processor=LogitsProcessorList([recorder]), **gen_kwargs,
+                )
+            generated = out[:, input_ids.shape[1] :].cpu()  # [B·copies, steps]
+            entropies = torch.stack(recorder.steps, dim=1) if recorder.steps else torch.zeros(generated.shape[0], 0)
+            rows = [_to_sample(generated[r], entropies[r], eos, tokenizer) for r in range(generated.shape[0])]
+            per_prompt = [rows[j * copies : (j + 1) * copies] for j in range(len(idx))]
+            if greedy and k > 1:
+                per_prompt = [[Sample(**s[0].to_dict()) for _ in range(k)] for s in per_prompt]
+            tokens_done += sum(s.num_tokens for s in rows)
+            bar.update(len(idx))
+            bar.set_postfix_str(f"{tokens_done / max(time.time() - t0, 1e-9):.0f} tok/s")
+            yield idx, per_prompt
+    finally:
+        bar.close()
+        model.train(was_training)
+
+
+def sample(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    k: int = 4,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+    greedy: bool = False,
+    autocast_bf16: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[list[int], list[list[Sample]]], None] | None = None,
+) -> list[list[Sample]]:
+    """K `Sample`s for each prompt (a list per prompt, in prompt order); see `iter_samples` for every option.
+
+    `on_batch(indices, samples)` is called after each batch (e.g. to write results as they come).
+    """
+    results: list[list[Sample] | None] = [None] * len(prompts)
+    for idx, batch in iter_samples(model, tokenizer, prompts, k=k, temperature=temperature, top_p=top_p,
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, greedy=greedy,
+                                   autocast_bf16=autocast_bf16, progress=progress):
+        for i, samples in zip(idx, batch, strict=True):
+            results[i] = samples
+        if on_batch is not None:
+            on_batch(idx, batch)
+    return results  # type: ignore[return-value]
+
+
+def _to_sample(ids: torch.Tensor, entropies: torch.Tensor, eos: list[int], tokenizer) -> Sample:
+    """Cut one generated row at its first EOS (kept) and summarise it; padding after EOS is dropped."""
+    ids_list = ids.tolist()
+    end = next((t + 1 for t, tok in enumerate(ids_list) if tok in eos), None)
+    finished = end is not None
+    kept = ids_list[: end if finished else len(ids_list)]
+    n = len(kept)
+    entropy = float(entropies[:n].mean()) if n else float("nan")
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    return Sample(text=text.strip(), token_ids=kept, num_tokens=n, finished=finished, entropy=entropy)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,184 @@
+"""`tirl eval` and `tirl compare` end to end with tiny models on the generated arithmetic task."""
+
+import json
+
+import pytest
+
+from tirl.cli import main
+
+BASE = ["--dataset", "arithmetic", "--num_examples", "6", "--samples", "2", "--max_new_tokens", "8",
+        "--batch_size", "4", "--no_progress"]
+
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def save_run(path, method, iq_lambda, seed):
+    """A stand-in for a `tirl train` run directory: a tiny model + tokenizer and its run.json."""
+    from tirl.models import tiny_model
+
+    model, tok = tiny_model("tiny-llama", seed=seed)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    (path / "run.json").write_text(json.dumps({"method": method, "model": "tiny-llama",
+                                               "config": {"iq_lambda": iq_lambda, "iq_gamma": 0.99}}))
+    return path
+
+
+@pytest.mark.slow
+def test_eval_writes_files_and_resumes_without_recomputing(tmp_path, monkeypatch):
+    import tirl.evaluation.sampling as sampling
+
+    out = tmp_path / "ev"
+    args = ["eval", "--model", "tiny-llama", *BASE, "--output_dir", str(out)]
+
+    # reference: an uninterrupted run
+    assert main([*args[:-1], str(tmp_path / "full")]) == 0
+    full = read_lines(tmp_path / "full" / "generations.jsonl")
+    assert len(full) == 6 * 1 + 6 * 2  # greedy: one per prompt; sampled: K per prompt
+
+    # an interrupted run: the sampled pass dies after its first batch (2 prompts of K=2 at batch size 4)
+    real_iter = sampling.iter_samples
+    generated: list[tuple[str, list[int]]] = []
+
+    def dying_iter(*a, **kw):
+        for n, (idx, batch) in enumerate(real_iter(*a, **kw)):
+            generated.append((kw["desc"], idx))
+            if kw["desc"].startswith("sampled") and n == 1 and not kw.get("skip"):
+                raise KeyboardInterrupt
+            yield idx, batch
+
+    monkeypatch.setattr(sampling, "iter_samples", dying_iter)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    partial = read_lines(out / "generations.jsonl")
+    assert len(partial) == 6 + 2 * 2 and not (out / "metrics.json").exists()
+    with open(out / "generations.jsonl", "a") as f:
+        f.write('{"pass": "sampled", "prompt_in')  # a line torn by the crash
+
+    # resuming generates only the 4 unfinished prompts of the sampled pass, and gives the uninterrupted result
+    generated.clear()
+    assert main(args) == 0
+    assert [(d.split()[0], idx) for d, idx in generated] == [("sampled", [2, 3]), ("sampled", [4, 5])]
+    resumed = read_lines(out / "generations.jsonl")
+    key = lambda r: (r["pass"], r["prompt_index"], r["sample_index"])  # noqa: E731
+    assert sorted(resumed, key=key) == sorted(full, key=key)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "tirl.eval" and metrics["metric_family"] == "gsm8k"
+    assert metrics["timing"]["resumed_prompts"] == {"greedy": 6, "sampled": 2}
+    for name, k in (("greedy", 1), ("sampled", 2)):
+        m = metrics[name]
+        assert m["k"] == k and 0 <= m["accuracy_flexible"] <= 1 and 0 < m["mean_tokens"] <= 8
+        assert 0 <= m["distinct_1"] <= 1 and m["entropy"] > 0
+    assert "self_bleu" in metrics["sampled"] and "self_bleu" not in metrics["greedy"]
+    settings = metrics["settings"]
+    assert (settings["samples"], settings["temperature"], settings["seed"], settings["max_new_tokens"]) == (2, 1.0, 0, 8)
+    assert settings["self_bleu"]["n"] == 4 and metrics["versions"]["torch"]
+    report = (out / "report.md").read_text()
+    assert "| greedy |" in report and "Self-BLEU" in report and "### arith-test-" in report
+
+    # a finished evaluation is not recomputed at all: the model is not even loaded
+    import tirl.models
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded although every generation exists")
+
+    monkeypatch.setattr(tirl.models, "load", no_load)
+    assert main(args) == 0
+    assert read_lines(out / "generations.jsonl") == resumed
+
+
+def test_changed_settings_are_refused_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "ev"
+    small = ["eval", "--model", "tiny-llama", "--dataset", "arithmetic", "--num_examples", "2", "--samples", "2",
+             "--max_new_tokens", "4", "--no-greedy", "--no_progress", "--output_dir", str(out)]
+    assert main(small) == 0
+    assert main([*small, "--temperature", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (temperature: 1.0 -> 0.5)" in err and "--overwrite" in err
+    assert main([*small, "--temperature", "0.5", "--overwrite"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["temperature"] == 0.5 and "greedy" not in metrics
+    assert len(read_lines(out / "generations.jsonl")) == 4
+
+
+def test_eval_argument_errors(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--samples", "0", "--no-greedy"])
+    assert "nothing to generate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--temperature", "0"])
+    assert main(["eval", "--model", "tiny-llama", "--dataset", "no-such-dataset-xyz", "--no_progress"]) == 2
+    assert "not a built-in task" in capsys.readouterr().err
+
+
+def test_eval_and_compare_help_explain_every_option(capsys):
+    from tirl.cli import compare as compare_cli
+    from tirl.cli import eval as eval_cli
+
+    for command, module in (("eval", eval_cli), ("compare", compare_cli)):
+        for action in module.build_parser()._actions:
+            assert action.help and len(action.help) > 10, (command, action.dest)
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "Examples:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compare_two_runs_writes_png_and_table(tmp_path, capsys):
+    runs = [save_run(tmp_path / "mle-run", "mle", 0.0, seed=0), save_run(tmp_path / "iq-run", "iqlearn", 0.1, seed=1)]
+    for run in runs:
+        assert main(["eval", "--model", str(run), *BASE]) == 0
+        assert len(list((run / "eval").glob("*/metrics.json"))) == 1  # the default output: RUN/eval/<tag>
+    png = tmp_path / "out" / "compare.png"
+    assert main(["compare", *map(str, runs), "--output", str(png)]) == 0
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "out" / "compare.md").read_text()
+    assert "![task score vs Self-BLEU](compare.png)" in table
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert "Self-BLEU" in lines[0] and "accuracy (flexible, last number) (sampled)" in lines[0]
+    assert lines[1].startswith("| mle | arithmetic | 6 | 2 | 1 |")
+    assert lines[2].startswith("| iqlearn λ=0.1 | arithmetic | 6 | 2 | 1 |")
+    printed = capsys.readouterr().out
+    assert "iqlearn λ=0.1" in printed and str(png) in printed
+
+    # an eval directory given directly works too, and explicit labels replace the run names
+    eval_dir = next((runs[0] / "eval").glob("*"))
+    assert main(["compare", str(eval_dir), str(runs[1]), "--labels", "A,B", "--output", str(png)]) == 0
+    assert "| A |" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_compare_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(tmp_path / "empty")]) == 2
+    assert "no evaluation found" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "missing")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_eval_on_a_local_file_with_its_own_fields(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) for i in range(3)))
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", "tiny-llama", "--dataset", str(data), "--prompt_field", "question",
+                 "--completion_field", "answer", "--reference_field", "answer", "--metric", "gsm8k",
+                 "--num_examples", "0", "--samples", "2", "--no-greedy", "--max_new_tokens", "4", "--no_progress",
+                 "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_prompts"] == 3 and metrics["metric_family"] == "gsm8k"
+    lines = read_lines(out / "generations.jsonl")
+    assert {line["prompt"] for line in lines} == {f"What is {i} + 1?" for i in range(3)}
+    assert all(line["scores"] == {"correct_strict": False, "correct_flexible": False} for line in lines)
+
+
+def test_conversations_are_evaluated_on_their_last_assistant_turn(tmp_path):
+    from tirl.evaluation.evaluate import EvalSettings, load_eval_rows
+
+    data = tmp_path / "chat.jsonl"
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+            {"role": "assistant", "content": "Hello."}]
+    data.write_text(json.dumps({"messages": msgs}) + "\n")
+    (row,) = load_eval_rows(EvalSettings(dataset=str(data), num_examples=None))
+    assert row["prompt"] == msgs[:2] and row["reference"] == "Hello."

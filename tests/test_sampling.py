@@ -1,0 +1,128 @@
+"""Sampling K completions per prompt with a tiny model built in code."""
+
+import math
+
+import pytest
+import torch
+
+from tirl.data import to_trl
+from tirl.evaluation.sampling import Sample, batch_seed, encode_prompt, iter_samples, sample
+from tirl.models import char_tokenizer, tiny_model
+
+PROMPTS = ["What is 2 + 3?", "Name a colour.", "Count to three."]
+
+
+def test_k_samples_per_prompt_with_their_fields(tiny):
+    model, tok = tiny
+    out = sample(model, tok, PROMPTS, k=3, max_new_tokens=12, batch_size=4, seed=0, progress=False)
+    assert len(out) == len(PROMPTS) and all(len(s) == 3 for s in out)
+    for samples in out:
+        for s in samples:
+            assert isinstance(s, Sample)
+            assert s.num_tokens == len(s.token_ids) <= 12
+            assert s.finished == (tok.eos_token_id in s.token_ids)
+            assert 0 < s.entropy <= math.log(len(tok)) + 1e-4  # a random model is close to uniform
+            assert s.text == tok.decode(s.token_ids, skip_special_tokens=True).strip()
+    # sampling: the K samples of a prompt differ
+    assert len({tuple(s.token_ids) for s in out[0]}) > 1
+
+
+def test_seeds_reproducible_and_rng_untouched(tiny):
+    model, tok = tiny
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = sample(model, tok, PROMPTS, k=2, max_new_tokens=10, batch_size=4, seed=7, progress=False)
+    assert torch.rand(1) == before  # the caller's random stream is not consumed
+    b = sample(model, tok, PROMPTS, k=2, max_new_tokens=10, batch_size=4, seed=7, progress=False)
+    c = sample(model, tok, PROMPTS, k=2, max_new_tokens=10, batch_size=4, seed=8, progress=False)
+    assert a == b
+    assert a != c
+    assert batch_seed(0, 0) != batch_seed(0, 1) != batch_seed(1, 0)
+
+
+def test_skipping_prompts_reproduces_the_same_batches(tiny):
+    """What resuming relies on: with the same batch size, skipping finished batches leaves later ones unchanged."""
+    model, tok = tiny
+    full = sample(model, tok, PROMPTS * 2, k=2, max_new_tokens=8, batch_size=4, seed=3, progress=False)
+    # batch_size 4, K 2 → 2 prompts per call: batches start at prompts 0, 2, 4
+    rest = dict(
+        (i, s)
+        for idx, batch in iter_samples(model, tok, PROMPTS * 2, k=2, max_new_tokens=8, batch_size=4, seed=3,
+                                       skip={0, 1}, progress=False)
+        for i, s in zip(idx, batch, strict=True)
+    )
+    assert sorted(rest) == [2, 3, 4, 5]
+    assert all(rest[i] == full[i] for i in rest)
+
+
+def test_greedy_is_deterministic_and_equal_across_k(tiny):
+    model, tok = tiny
+    a = sample(model, tok, PROMPTS, k=3, max_new_tokens=10, greedy=True, seed=0, progress=False)
+    b = sample(model, tok, PROMPTS, k=3, max_new_tokens=10, greedy=True, seed=99, progress=False)
+    assert a == b
+    for samples in a:
+        assert all(s == samples[0] for s in samples)
+    # greedy = the argmax continuation: the first token is the argmax of the model's next-token logits
+    ids = torch.tensor([encode_prompt(PROMPTS[0], tok)])
+    assert a[0][0].token_ids[0] == model(ids).logits[0, -1].argmax().item()
+
+
+def test_generation_stops_at_eos_and_is_cut_there():
+    model, tok = tiny_model("tiny-llama", seed=0)
+    # a bias on the output layer makes EOS by far the most likely token: generation stops at once
+    bias = torch.zeros(len(tok))
+    bias[tok.eos_token_id] = 1e4
+    model.lm_head.bias = torch.nn.Parameter(bias)
+    out = sample(model, tok, PROMPTS, k=2, max_new_tokens=20, greedy=True, progress=False)
+    for samples in out:
+        s = samples[0]
+        assert s.finished and s.token_ids == [tok.eos_token_id] and s.num_tokens == 1 and s.text == ""
+        assert s.entropy == pytest.approx(0.0, abs=1e-3)
+
+
+def test_sequences_in_a_batch_finish_independently(tiny):
+    """A row that ends early keeps only its own tokens (up to EOS), while the others run to max_new_tokens."""
+    from tirl.evaluation.sampling import _to_sample
+
+    _, tok = tiny
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    ids = torch.tensor([10, 11, eos, pad, pad])
+    ent = torch.tensor([1.0, 2.0, 3.0, 9.0, 9.0])
+    s = _to_sample(ids, ent, [eos], tok)
+    assert s.token_ids == [10, 11, eos] and s.finished and s.entropy == pytest.approx(2.0)
+    s = _to_sample(torch.tensor([10, 11, 12]), torch.tensor([1.0, 1.0, 4.0]), [eos], tok)
+    assert not s.finished and s.num_tokens == 3 and s.entropy == pytest.approx(2.0)
+
+
+def test_prompts_are_encoded_as_trl_encodes_training_prompts(tiny):
+    from trl.data_utils import _tokenize
+
+    _, tok = tiny
+    row = {"id": "0", "prompt": "What is 2 + 3?", "completion": "5", "reference": "5"}
+    trl_prompt = to_trl([row], tok)[0]["prompt"]
+    expected = _tokenize(tok, trl_prompt, add_generation_prompt=True)["input_ids"]
+    assert encode_prompt(row["prompt"], tok) == list(expected)
+    assert tok.decode(encode_prompt(row["prompt"], tok)).endswith("<|im_start|>assistant\n")
+
+    plain = char_tokenizer()
+    plain.chat_template = None
+    trl_plain = to_trl([row], plain)[0]["prompt"]
+    assert encode_prompt(row["prompt"], plain) == list(_tokenize(plain, trl_plain)["input_ids"])
+
+
+def test_left_padding_does_not_change_greedy_outputs(tiny):
+    model, tok = tiny
+    alone = [sample(model, tok, [p], k=1, max_new_tokens=8, greedy=True, progress=False)[0][0] for p in PROMPTS]
+    batched = sample(model, tok, PROMPTS, k=1, max_new_tokens=8, greedy=True, batch_size=8, progress=False)
+    assert [b[0].token_ids for b in batched] == [a.token_ids for a in alone]
+
+
+def test_bad_arguments(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="temperature"):
+        sample(model, tok, PROMPTS, temperature=0.0, progress=False)
+    with pytest.raises(ValueError, match="k must be"):
+        sample(model, tok, PROMPTS, k=0, progress=False)
+    with pytest.raises(ValueError, match="top_p"):
+        sample(model, tok, PROMPTS, top_p=1.5, progress=False)
