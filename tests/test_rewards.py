@@ -160,3 +160,47 @@ def test_grpo_example_uses_the_reward(tmp_path, capsys):
     module.main(["--reward_model", "tiny-llama", "--policy", "tiny-llama", "--max_steps", "1", "--num_prompts", "8",
                  "--output_dir", str(tmp_path)])
     assert "mean reward per step: [" in capsys.readouterr().out
+
+
+def test_rank_correlations_by_hand():
+    from tirl.rewards import pearson, spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 100], [1, 2, 3, 4]) == pytest.approx(1.0)  # ranks, not values
+    assert pearson([1, 2, 3, 100], [1, 2, 3, 4]) < 0.9
+    # ties take their average rank: x ranks (1.5, 1.5, 3), y ranks (1, 2, 3) → r = 0.866…
+    assert spearman([0, 0, 1], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_within_prompt_spearman_ignores_prompts_without_variation():
+    from tirl.reward_analysis import within_prompt_spearman
+
+    groups = {0: [(1.0, 0.0), (2.0, 1.0)], 1: [(5.0, 1.0), (3.0, 1.0)], 2: [(1.0, 1.0), (2.0, 0.0)]}
+    value, n = within_prompt_spearman(groups)
+    assert n == 2 and value == pytest.approx(0.0)  # +1 and −1; prompt 1 has a constant score
+
+
+@pytest.mark.slow
+def test_rewards_analyse_end_to_end(tmp_path):
+    from tirl.models import tiny_model
+
+    model, tok = tiny_model("tiny-llama")
+    for name in ("a", "b"):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text("\n".join(json.dumps({"prompt": "Say hi", "chosen": "hi", "rejected": "bye"}) for _ in range(3)) + "\n")
+    out = tmp_path / "analysis"
+    proc = subprocess.run([sys.executable, "-m", "tirl.cli", "rewards", "analyse", "--models", str(tmp_path / "a"),
+                           str(tmp_path / "b"), "--labels", "a", "b", "--dataset", "arithmetic", "--num_examples", "4",
+                           "--samples", "3", "--max_new_tokens", "24", "--preference", str(prefs), "--no-bf16",
+                           "--output_dir", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "analysis.json").read_text())
+    assert result["num_completions"] == 12 and set(result["models"]) == {"a", "b"}
+    a, b = result["models"]["a"], result["models"]["b"]
+    assert a["reward"] == b["reward"] and a["preference"]["n"] == 3  # the same weights give the same rewards
+    for name in ("analysis.md", "reward_hist_a.png", "rewards_a.html", "samples/generations.jsonl"):
+        assert (out / name).is_file(), name

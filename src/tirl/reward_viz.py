@@ -146,3 +146,22 @@ def reward_histogram(groups: dict[str, Sequence[float]], path: str | Path, title
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def reward_scatter(rewards: Sequence[float], scores: Sequence[float], path: str | Path, ylabel: str = "score",
+                   title: str = "") -> Path:
+    """Sequence reward R against a per-completion task score (e.g. sentence ROUGE-1)."""
+    from .plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(rewards, scores, s=12, alpha=0.6)
+    ax.set_xlabel("R = Σ r_t")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from .data.tokenize import Prompt, encode_prompt_completion
 from .losses import token_rewards
+from .models import eos_token_ids
 from .qv_head import model_qv
-from .trainers.iqlearn_trainer import eos_token_ids
 
 
 @dataclass
@@ -52,7 +52,6 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
 def score(
     model,
     tokenizer,
@@ -69,10 +68,33 @@ def score(
     Pairs are tokenised exactly as training tokenises them (`encode_prompt_completion`), batched with right padding,
     and pushed through the model's LM head in chunks (no [B, T, V] logits).
     """
+    encoded = [encode_prompt_completion(tokenizer, p, c) for p, c in pairs]
+    return score_encoded(model, tokenizer, encoded, gamma=gamma, batch_size=batch_size, max_length=max_length,
+                         chunk_size=chunk_size, bf16=bf16, progress=progress)
+
+
+def encode_generated(prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> dict[str, list[int]]:
+    """A sampled completion as the model produced it (token ids, EOS included only if it was reached), so a
+    completion cut by `max_new_tokens` is scored as truncated rather than given an EOS it never emitted."""
+    return {"input_ids": list(prompt_ids) + list(completion_ids), "labels": [-100] * len(prompt_ids) + list(completion_ids)}
+
+
+@torch.no_grad()
+def score_encoded(
+    model,
+    tokenizer,
+    encoded: Sequence[dict[str, list[int]]],
+    gamma: float = 0.99,
+    batch_size: int = 8,
+    max_length: int | None = 1024,
+    chunk_size: int = 1024,
+    bf16: bool = False,
+    progress: bool = True,
+) -> list[SequenceRewards]:
+    """`score` for sequences already tokenised: dicts with `input_ids` and `labels` (−100 outside the completion)."""
     was_training = model.training
     model.eval()
     eos = eos_token_ids(tokenizer, model.get_base_model() if hasattr(model, "get_base_model") else model) or None
-    encoded = [encode_prompt_completion(tokenizer, p, c) for p, c in pairs]
     if max_length is not None:
         encoded = [{k: v[:max_length] for k, v in e.items()} for e in encoded]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -94,10 +116,9 @@ def score(
             qv = model_qv(model, ids.to(device), attn.to(device), labels.to(device), chunk_size=chunk_size)
         rw = token_rewards(qv, gamma=gamma, eos_token_id=eos)
         for i in range(len(chunk)):
-            m = qv.mask[i]
-            pos = m.nonzero().flatten()
+            pos = qv.mask[i].nonzero().flatten()
             if len(pos) == 0:
-                raise ValueError(f"pair {start + i} has no completion token (empty completion, or cut by max_length)")
+                raise ValueError(f"sequence {start + i} has no completion token (empty completion, or cut by max_length)")
             tok_ids = qv.actions[i, pos].tolist()
             defined = rw.td_mask[i, pos]
             r = torch.where(defined, rw.reward[i, pos], torch.full_like(rw.reward[i, pos], math.nan))
@@ -189,3 +210,41 @@ class RewardScorer:
         if self.normalize == "mean":
             return [s.reward / max(s.num_tokens, 1) for s in scored]
         return [s.reward for s in scored]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Correlation of rewards with task scores
+
+
+def _ranks(x: Sequence[float]) -> list[float]:
+    """Ranks starting at 1, ties given their average rank (as Spearman's coefficient requires)."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    ranks = [0.0] * len(x)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's r; NaN when either variable is constant (no correlation can be measured)."""
+    if len(x) != len(y):
+        raise ValueError("x and y must have the same length")
+    n = len(x)
+    if n < 2:
+        return math.nan
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's ρ: Pearson's r of the (tie-averaged) ranks."""
+    return pearson(_ranks(x), _ranks(y))

@@ -70,11 +70,9 @@ def encode_prompt(prompt: Prompt, tokenizer) -> list[int]:
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
-    ids: list[int] = []
-    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        for i in source if isinstance(source, list) else [source]:
-            if i is not None and i not in ids:
-                ids.append(int(i))
+    from ..models import eos_token_ids
+
+    ids = eos_token_ids(tokenizer, model)
     if not ids:
         raise ValueError("the tokenizer has no EOS token, so generation could never stop early")
     return ids

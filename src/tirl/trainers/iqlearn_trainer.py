@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl import SFTTrainer
 
 from ..losses import QV, LossOutput, iq_loss_from_qv, qv_from_logits
+from ..models import eos_token_ids
 from ..qv_head import add_qv_head
 from .iqlearn_config import IQLearnConfig
 
@@ -31,20 +32,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class NoTrainableTokensError(ValueError):
     """No example of a dataset has a completion token left to learn from."""
-
-
-def eos_token_ids(tokenizer, model) -> list[int]:
-    """Every token id that ends an episode: the tokenizer's EOS and the model's generation EOS ids."""
-    ids = set()
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen = getattr(model, "generation_config", None)
-    gen_eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif gen_eos:
-        ids.update(int(i) for i in gen_eos)
-    return sorted(ids)
 
 
 class IQLearnTrainer(SFTTrainer):

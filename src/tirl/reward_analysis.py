@@ -1,0 +1,193 @@
+"""Do a checkpoint's implicit rewards track task quality? (METHOD.md §4; the job behind `tirl rewards analyse`.)
+
+1. Sample K completions per prompt (with `tirl.evaluation`, from `samples_from`, by default the first model), or read
+   a `generations.jsonl` that `tirl eval` wrote; each completion carries its own task score (GSM8k correctness,
+   sentence ROUGE-1, sentence BLEU).
+2. Score every completion's sequence reward R = Σ r_t under each model (the same completions for every model, so the
+   comparison is about the rewards, not about what each model happened to generate). Completions cut by
+   `max_new_tokens` are scored as truncated.
+3. Spearman and Pearson correlation of R with the task score over all completions, and Spearman within each prompt's
+   K samples (averaged over prompts where both vary), which removes prompt difficulty from the picture; the same for
+   the sequence log-likelihood Σ log π as the reference a reward must beat.
+4. Preference accuracy on chosen/rejected pairs (HH-RLHF or a local file) for each model.
+5. Pictures: R for correct vs wrong completions (or R against the score), completions coloured by r_t.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .runinfo import safe_path, write_json_atomic, write_text_atomic
+
+PRIMARY_SAMPLE_SCORE = {"gsm8k": "correct_flexible", "rouge": "rouge1", "bleu": "bleu"}
+
+
+@dataclass
+class AnalyseSettings:
+    models: list[str]
+    labels: list[str] = field(default_factory=list)
+    dataset: str = "gsm8k"
+    split: str = "test"
+    num_examples: int = 50
+    samples: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 32
+    seed: int = 0
+    gamma: float = 0.99
+    bf16: bool = True
+    samples_from: str | None = None
+    generations: str | None = None
+    preference: str | None = "hh_rlhf"
+    num_pairs: int = 200
+    num_render: int = 8
+    output_dir: str = "reward-analysis"
+
+
+def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str]:
+    """The sampled completions with their scores, and the metric family of the task."""
+    from .data.tasks import task_metric
+    from .evaluation.evaluate import EvalSettings, read_generations, run_eval
+
+    if s.generations:
+        records = read_generations(Path(s.generations))
+        config_path = Path(s.generations).parent / "eval_config.json"
+        dataset = json.loads(config_path.read_text()).get("dataset", s.dataset) if config_path.is_file() else s.dataset
+    else:
+        settings = EvalSettings(model=s.samples_from or s.models[0], dataset=s.dataset, split=s.split,
+                                num_examples=s.num_examples, samples=s.samples, temperature=s.temperature,
+                                greedy=False, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=s.seed,
+                                bf16=s.bf16, output_dir=str(safe_path(out, "samples")))
+        run_eval(settings)
+        records = read_generations(safe_path(out, "samples") / "generations.jsonl")
+        dataset = s.dataset
+    records = [r for r in records if r.get("pass") == "sampled"] or records
+    if not records:
+        raise ValueError("no sampled completions to analyse")
+    return records, task_metric(dataset)
+
+
+def _score_value(record: dict, family: str) -> float:
+    value = record.get("scores", {}).get(PRIMARY_SAMPLE_SCORE.get(family, ""))
+    if value is None:
+        raise ValueError(f"the generations carry no per-sample {PRIMARY_SAMPLE_SCORE.get(family)!r} score")
+    return float(value)
+
+
+def within_prompt_spearman(groups: dict[int, list[tuple[float, float]]]) -> tuple[float, int]:
+    """Mean Spearman ρ over prompts whose samples vary in both variables, and how many prompts that was."""
+    from .rewards import spearman
+
+    values = []
+    for pairs in groups.values():
+        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+        if len(pairs) > 1 and len(set(xs)) > 1 and len(set(ys)) > 1:
+            values.append(spearman(xs, ys))
+    return (statistics.fmean(values) if values else math.nan), len(values)
+
+
+def correlations(records: list[dict], score: list[float], values: list[float]) -> dict:
+    from .rewards import pearson, spearman
+
+    groups: dict[int, list[tuple[float, float]]] = {}
+    for rec, v, y in zip(records, values, score, strict=True):
+        groups.setdefault(rec.get("prompt_index", 0), []).append((v, y))
+    within, n_prompts = within_prompt_spearman(groups)
+    return {"spearman": spearman(values, score), "pearson": pearson(values, score),
+            "spearman_within_prompt": within, "prompts_with_variation": n_prompts}
+
+
+def analyse(s: AnalyseSettings) -> dict:
+    """Run the whole analysis and write analysis.json, analysis.md and the pictures into `s.output_dir`."""
+    from . import models as model_lib
+    from .data.preferences import load_preferences
+    from .evaluation.sampling import encode_prompt
+    from .reward_viz import render_html, reward_histogram, reward_scatter
+    from .rewards import encode_generated, preference_accuracy, score_encoded
+
+    out = Path(s.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = s.labels or [Path(m).name or m for m in s.models]
+    if len(labels) != len(s.models):
+        raise ValueError("give one label per model")
+    records, family = _sampled_records(s, out)
+    score = [_score_value(r, family) for r in records]
+    pref_rows = load_preferences(s.preference, limit=s.num_pairs, seed=s.seed)[0] if s.preference else None
+
+    result: dict = {"settings": asdict(s), "task_metric": family, "sample_score": PRIMARY_SAMPLE_SCORE.get(family),
+                    "num_completions": len(records), "num_prompts": len({r.get("prompt_index") for r in records}),
+                    "mean_sample_score": statistics.fmean(score), "models": {}}
+    for model_name, label in zip(s.models, labels, strict=True):
+        model, tok = model_lib.load(model_name)
+        encoded = [encode_generated(encode_prompt(r["prompt"], tok), r["token_ids"]) for r in records]
+        scored = score_encoded(model, tok, encoded, gamma=s.gamma, batch_size=8, bf16=s.bf16, max_length=None)
+        R = [x.reward for x in scored]
+        entry = {
+            "model": model_name,
+            "reward": correlations(records, score, R),
+            "reward_per_token": correlations(records, score, [x.reward / x.num_tokens for x in scored]),
+            "logprob": correlations(records, score, [x.logprob for x in scored]),
+            "logprob_per_token": correlations(records, score, [x.logprob / x.num_tokens for x in scored]),
+            "mean_R": statistics.fmean(R),
+        }
+        if family == "gsm8k":
+            right = [r for r, y in zip(R, score, strict=True) if y > 0.5]
+            wrong = [r for r, y in zip(R, score, strict=True) if y <= 0.5]
+            entry["mean_R_correct"] = statistics.fmean(right) if right else None
+            entry["mean_R_wrong"] = statistics.fmean(wrong) if wrong else None
+            reward_histogram({"correct": right, "wrong": wrong}, safe_path(out, f"reward_hist_{label}.png"),
+                             title=f"R = Σ r_t under {label} (γ = {s.gamma})")
+        else:
+            reward_scatter(R, score, safe_path(out, f"reward_scatter_{label}.png"), ylabel=result["sample_score"],
+                           title=f"R under {label} vs {result['sample_score']}")
+        shown = scored[: s.num_render]
+        render_html(shown, safe_path(out, f"rewards_{label}.html"), title=f"r_t under {label} (γ = {s.gamma})",
+                    labels=[{"prompt": r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"]),
+                             result["sample_score"]: r["scores"].get(result["sample_score"])} for r in records[: s.num_render]])
+        if pref_rows:
+            entry["preference"] = preference_accuracy(model, tok, pref_rows, gamma=s.gamma, batch_size=8)
+        result["models"][label] = entry
+        del model
+    write_json_atomic(safe_path(out, "analysis.json"), result)
+    write_text_atomic(safe_path(out, "analysis.md"), analysis_markdown(result))
+    return result
+
+
+def _f(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def analysis_markdown(result: dict) -> str:
+    st = result["settings"]
+    lines = [
+        "# Reward analysis",
+        "",
+        f"{result['num_completions']} sampled completions of {result['num_prompts']} {st['dataset']} prompts "
+        f"(K = {st['samples']}, T = {st['temperature']}); per-completion score: {result['sample_score']} "
+        f"(mean {result['mean_sample_score']:.3f}); γ = {st['gamma']}.",
+        "",
+        "| model | Spearman(R, score) | Pearson(R, score) | Spearman within prompt | Spearman(R/len) | "
+        "Spearman(Σ log π) | Spearman(mean log π) | preference acc. (R) | preference acc. (Σ log π) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, e in result["models"].items():
+        pref = e.get("preference", {})
+        lines.append(
+            f"| {label} | {_f(e['reward']['spearman'])} | {_f(e['reward']['pearson'])} | "
+            f"{_f(e['reward']['spearman_within_prompt'])} ({e['reward']['prompts_with_variation']} prompts) | "
+            f"{_f(e['reward_per_token']['spearman'])} | {_f(e['logprob']['spearman'])} | "
+            f"{_f(e['logprob_per_token']['spearman'])} | {_f(pref.get('accuracy'))} | {_f(pref.get('accuracy_logprob'))} |"
+        )
+    if any("mean_R_correct" in e for e in result["models"].values()):
+        lines += ["", "| model | mean R, correct | mean R, wrong |", "|---|---|---|"]
+        lines += [f"| {label} | {_f(e.get('mean_R_correct'))} | {_f(e.get('mean_R_wrong'))} |"
+                  for label, e in result["models"].items()]
+    if st.get("preference"):
+        n = next((e["preference"]["n"] for e in result["models"].values() if "preference" in e), 0)
+        lines += ["", f"Preference pairs: {n} from {st['preference']} (ties count one half)."]
+    lines += ["", "Pictures: `reward_hist_*.png` / `reward_scatter_*.png`, `rewards_*.html` (tokens coloured by r_t)."]
+    return "\n".join(lines) + "\n"
