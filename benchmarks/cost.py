@@ -171,6 +171,10 @@ def main() -> None:
         return
 
     result: dict = {"benchmark": "cost", "setup": {k: v for k, v in vars(args).items() if k not in ("worker", "variant", "batch", "seq")}}
+    if args.part != "all" and Path(args.output).is_file():  # rerunning one part keeps the other part's results
+        previous = json.loads(Path(args.output).read_text())
+        result.update({k: v for k, v in previous.items() if k in ("grid", "vocab")})
+        result["setup"] = {**previous.get("setup", {}), **{k: v for k, v in result["setup"].items() if k.startswith(args.part) or k == "part"}}
     if args.part in ("grid", "all"):
         variants = tuple(v for v in GRID_VARIANTS if v != "iq_online" or online_available())
         result["grid"] = []

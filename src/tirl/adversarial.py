@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .losses import eos_positions
+
 
 @dataclass
 class DiscriminatorStats:
@@ -171,13 +173,4 @@ def mask_after_eos(actions: torch.Tensor, mask: torch.Tensor, eos_token_id: int 
     """
     if eos_token_id is None:
         return mask
-    eos_ids = torch.as_tensor(eos_token_id, device=mask.device).reshape(-1)
-    is_eos = torch.isin(actions, eos_ids) & mask
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    prev_mask = torch.zeros_like(mask)
-    prev_mask[:, 1:] = mask[:, :-1]
-    seg_start = torch.where(mask & ~prev_mask, positions, -1).cummax(-1).values
-    last_eos = torch.where(is_eos, positions, -1).cummax(-1).values
-    prev_eos = torch.full_like(last_eos, -1)
-    prev_eos[:, 1:] = last_eos[:, :-1]
-    return mask & ~(prev_eos >= seg_start)
+    return mask & ~eos_positions(actions, mask, eos_token_id)[1]

@@ -39,6 +39,7 @@ from typing import Literal
 import torch
 
 IGNORE_INDEX = -100
+MAX_CHUNK_ELEMENTS = 2**26  # logits per chunk of the chunked head: 256 MB in float32
 
 Reduction = Literal["token", "sequence"]
 
@@ -162,8 +163,8 @@ class ChunkedQVFunction(torch.autograd.Function):
                 p = z.exp()  # softmax × Σ exp(ℓ − max)
                 sum_p = p.sum(-1)
                 v[s:e] = zmax + sum_p.log()
-                # H = V − Σ softmax·ℓ = log Σp − Σ p·(ℓ − max) / Σp
-                entropy[s:e] = sum_p.log() - (p * z).sum(-1) / sum_p
+                # H = V − Σ softmax·ℓ = log Σp − Σ p·(ℓ − max) / Σp; the product overwrites z (no third buffer)
+                entropy[s:e] = sum_p.log() - z.mul_(p).sum(-1) / sum_p
         ctx.save_for_backward(hidden, weight, bias, actions, v)
         ctx.chunk_size = chunk_size
         ctx.compute_dtype = compute_dtype
@@ -227,10 +228,13 @@ def qv_from_hidden(
 
     hidden: [B, T, D] final hidden states (after the last norm); weight: [V, D] the LM head; labels: [B, T].
     Only completion rows go through the head (prompt and padding rows cost nothing), and peak extra memory is about
-    chunk_size × V floats instead of B × T × V.
+    two chunk_size × V float buffers instead of B × T × V; `chunk_size` is capped at MAX_CHUNK_ELEMENTS / V rows
+    (64 M logits, 256 MB in float32), so a 256k vocabulary gets 256-row chunks.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    # large vocabularies get fewer rows per chunk, so a chunk's logits never exceed MAX_CHUNK_ELEMENTS
+    chunk_size = max(1, min(chunk_size, MAX_CHUNK_ELEMENTS // weight.shape[0]))
     actions, mask = shift_labels(labels)
     rows = hidden[:, :-1][mask]  # [N, D], only completion positions
     q_rows, v_rows, h_rows, top1_rows = ChunkedQVFunction.apply(rows, weight, bias, actions[mask], chunk_size)
@@ -255,6 +259,22 @@ def qv_from_hidden(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def eos_positions(actions: torch.Tensor, mask: torch.Tensor, eos_token_id: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(is_eos, after_eos), both [B, T−1]: completion positions whose action is EOS, and completion positions that
+    follow an EOS inside the same completion segment (a maximal run of completion positions; several per row in
+    multi-turn data)."""
+    eos_ids = torch.as_tensor(eos_token_id, device=mask.device).reshape(-1)
+    is_eos = torch.isin(actions, eos_ids) & mask
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    prev_mask = torch.zeros_like(mask)
+    prev_mask[:, 1:] = mask[:, :-1]
+    seg_start = torch.where(mask & ~prev_mask, positions, -1).cummax(-1).values
+    last_eos = torch.where(is_eos, positions, -1).cummax(-1).values
+    prev_eos = torch.full_like(last_eos, -1)
+    prev_eos[:, 1:] = last_eos[:, :-1]
+    return is_eos, mask & (prev_eos >= seg_start)
+
+
 def next_values(qv: QV, eos_token_id: int | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """V(s_{t+1}) for every action and the mask of actions whose TD term is defined.
 
@@ -271,17 +291,7 @@ def next_values(qv: QV, eos_token_id: int | list[int] | None = None) -> tuple[to
         # no EOS to tell terminal from truncated: every completion end is terminal
         return v_next * next_mask, mask.clone()
 
-    eos_ids = torch.as_tensor(eos_token_id, device=mask.device).reshape(-1)
-    is_eos = torch.isin(qv.actions, eos_ids) & mask
-    # a "segment" is a maximal run of completion positions (one per completion; several in multi-turn rows)
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    prev_mask = torch.zeros_like(mask)
-    prev_mask[:, 1:] = mask[:, :-1]
-    seg_start = torch.where(mask & ~prev_mask, positions, -1).cummax(-1).values
-    last_eos = torch.where(is_eos, positions, -1).cummax(-1).values
-    prev_eos = torch.full_like(last_eos, -1)
-    prev_eos[:, 1:] = last_eos[:, :-1]
-    after_eos = mask & (prev_eos >= seg_start)  # an EOS earlier in the same completion
+    is_eos, after_eos = eos_positions(qv.actions, mask, eos_token_id)
     segment_end = mask & ~next_mask
     truncated = segment_end & ~is_eos & ~after_eos
     terminal = is_eos | segment_end

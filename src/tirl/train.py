@@ -71,7 +71,8 @@ class TrainScriptArguments:
     dataset: str | None = field(
         default=None,
         metadata={
-            "help": "Training data: a built-in task ('gsm8k', 'arithmetic'), a local .jsonl/.json/.csv file with "
+            "help": "Training data: a built-in task (gsm8k, arithmetic, xsum, wmt22-de-en, wmt22-en-de, wmt21-de-en, "
+            "wmt21-en-de, alpaca; see `tirl eval --help`), a local .jsonl/.json/.csv file with "
             "prompt/completion (or messages) rows, or a `datasets` dataset in the local cache. Default: the embedded "
             "demo (GSM8k from ../shared/data when present, else the generated arithmetic task)."
         },

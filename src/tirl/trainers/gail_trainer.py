@@ -226,11 +226,7 @@ class GAILTrainer(RolloutTrainer):
         per_token, clipped = ppo_clip_loss(logprob, old, adv, policy_mask, clip_eps=a.gail_clip_eps)
         weight = policy_weight(expert_qv.mask, num_items_in_batch, a.iq_reduction, dtype=per_token.dtype)
         pg = masked_mean(per_token, policy_mask, a.iq_reduction) * weight
-        loss = a.mle_weight * expert.loss + a.gail_pg_coef * pg
-        if mode == "train":
-            self._check_finite(loss, expert)
-        if a.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * (self.accelerator.num_processes // self._tp_size)
+        loss = self.finalize_loss(mode, a.mle_weight * expert.loss + a.gail_pg_coef * pg, expert, num_items_in_batch)
 
         if first_use and self._current_entry is not None:  # record π_old for later reuses of these samples
             n = int((~is_expert).sum())

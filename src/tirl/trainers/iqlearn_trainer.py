@@ -150,17 +150,22 @@ class IQLearnTrainer(SFTTrainer):
         inputs["use_cache"] = False
         qv = self.compute_qv(model, inputs)
         out = self.iq_loss(qv, num_items_in_batch)
-        loss = out.loss
-        if mode == "train":
-            self._check_finite(loss, out)
-        # like TRL/Trainer: `num_items_in_batch` counts every rank's tokens while DDP averages gradients over ranks
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * (self.accelerator.num_processes // self._tp_size)
+        loss = self.finalize_loss(mode, out.loss, out, num_items_in_batch)
         self._record_metrics(mode, qv, out, inputs)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             return loss, outputs
+        return loss
+
+    def finalize_loss(self, mode: str, loss: torch.Tensor, out: LossOutput, num_items_in_batch) -> torch.Tensor:
+        """The last steps every tirl trainer's loss goes through: stop on a non-finite training loss, and scale by the
+        number of processes like TRL/Trainer (`num_items_in_batch` counts every rank's tokens while DDP averages
+        gradients over ranks)."""
+        if mode == "train":
+            self._check_finite(loss, out)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self._tp_size)
         return loss
 
     def _check_finite(self, loss: torch.Tensor, out: LossOutput) -> None:

@@ -58,11 +58,7 @@ class OnlineIQLearnTrainer(RolloutTrainer):
             stop_grad_next=a.iq_stop_grad_next,
             policy_terms=a.iq_policy_terms,
         )
-        loss = out.loss
-        if mode == "train":
-            self._check_finite(loss, out)
-        if a.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * (self.accelerator.num_processes // self._tp_size)
+        loss = self.finalize_loss(mode, out.loss, out, num_items_in_batch)
         self._record_metrics(mode, restrict_rows(qv, is_expert), out, inputs)
         self._record_online_metrics(mode, out, is_expert)
         return loss
