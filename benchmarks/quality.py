@@ -266,12 +266,17 @@ def main() -> None:
         if previous.get("preset") == args.preset:
             result.update({k: v for k, v in previous.items() if k in ("gsm8k", "grammar")})
     t0 = time.time()
+
+    def save() -> None:  # after each part, so a killed run keeps what it finished
+        result["seconds"] = time.time() - t0
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+
     if args.part in ("grammar", "all"):
         result["grammar"] = grammar_part(preset["grammar"])
+        save()
     if args.part in ("gsm8k", "all"):
         result["gsm8k"] = gsm8k_part(preset["gsm8k"], runs_dir)
-    result["seconds"] = time.time() - t0
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+        save()
     print_tables(result)
     print(f"\nwrote {args.output} in {result['seconds'] / 60:.1f} min")
 
