@@ -11,8 +11,8 @@ several seeds). Every valid string is scored, so forward KL(p*‖q), the probabi
 the reverse KL on the valid set are exact; samples give Self-BLEU and the fraction still valid after t symbols
 (compounding error).
 
-    python benchmarks/quality.py                       # CPU preset, both parts, ≤ 60 min on 2 cores
-    python benchmarks/quality.py --part grammar        # ~10 min
+    python benchmarks/quality.py                       # CPU preset, both parts, ~30 min on 2 cores
+    python benchmarks/quality.py --part grammar        # ~3 min
     python benchmarks/quality.py --preset smoke        # tiny everything, a couple of minutes (checks the script)
 
 Writes benchmarks/results/quality.json, quality_gsm8k.png (+ .md) and quality_grammar.png; prints markdown tables.

@@ -333,7 +333,7 @@ def _reduce(per_token: torch.Tensor, qv: QV, reduction: Reduction, num_items_in_
 
 def iq_loss_from_qv(
     qv: QV,
-    lam: float = 0.1,
+    lam: float = 0.01,
     gamma: float = 0.99,
     eos_token_id: int | list[int] | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
@@ -388,7 +388,7 @@ def mle_loss(
 def iq_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    lam: float = 0.1,
+    lam: float = 0.01,
     gamma: float = 0.99,
     eos_token_id: int | list[int] | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
@@ -411,7 +411,7 @@ def chunked_iq_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
-    lam: float = 0.1,
+    lam: float = 0.01,
     gamma: float = 0.99,
     eos_token_id: int | list[int] | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
@@ -504,7 +504,7 @@ def online_iq_loss_from_qv(
     qv: QV,
     is_expert: torch.Tensor,
     alpha: float = 0.1,
-    lam: float = 0.1,
+    lam: float = 0.01,
     gamma: float = 0.99,
     eos_token_id: int | list[int] | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
