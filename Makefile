@@ -21,12 +21,11 @@ demo: install
 	$(BIN)/tirl train
 
 test: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 bench: install
 	$(BIN)/python benchmarks/loss_cost.py

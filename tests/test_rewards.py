@@ -44,9 +44,12 @@ def test_masks_and_batching_do_not_change_rewards(tiny):
     ps = pairs(tok, n=5)
     together = score(model, tok, ps, batch_size=5, progress=False)
     alone = [score(model, tok, [p], batch_size=1, progress=False)[0] for p in ps]
-    for a, b in zip(together, alone, strict=True):
-        assert a.token_ids == b.token_ids
+    in_twos = score(model, tok, ps, batch_size=2, progress=False)  # batched by length, returned in input order
+    assert len({len(a.token_ids) for a in alone}) > 1
+    for a, b, c in zip(together, alone, in_twos, strict=True):
+        assert a.token_ids == b.token_ids == c.token_ids
         assert abs(a.reward - b.reward) < 1e-4 and abs(a.logprob - b.logprob) < 1e-4
+        assert abs(c.reward - b.reward) < 1e-4
     completion = ps[0][1][0]["content"]
     assert "".join(together[0].tokens).startswith(completion)  # completion tokens only, prompt excluded
     assert together[0].num_tokens == len(completion) + 2  # + "<|im_end|>" + "\n" (char tokenizer)
@@ -204,3 +207,35 @@ def test_rewards_analyse_end_to_end(tmp_path):
     assert a["reward"] == b["reward"] and a["preference"]["n"] == 3  # the same weights give the same rewards
     for name in ("analysis.md", "reward_hist_a.png", "rewards_a.html", "samples/generations.jsonl"):
         assert (out / name).is_file(), name
+
+    # the same completions again, read from the file, against the task's own demonstrations
+    out2 = tmp_path / "analysis2"
+    proc = subprocess.run([sys.executable, "-m", "tirl.cli", "rewards", "analyse", "--models", str(tmp_path / "a"),
+                           "--generations", str(out / "samples" / "generations.jsonl"), "--preference", "demonstrations",
+                           "--no-bf16", "--output_dir", str(out2)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((out2 / "analysis.json").read_text())["models"]["a"]
+    assert again["reward"] == a["reward"]
+    wrong = sum(1 for line in (out / "samples" / "generations.jsonl").read_text().splitlines()
+                if not json.loads(line)["scores"]["correct_flexible"])
+    assert again["preference"]["n"] == wrong > 0
+    assert "demonstrations" in (out2 / "analysis.md").read_text()
+
+
+def test_demonstration_pairs_put_the_reference_above_each_wrong_sample(tiny):
+    from tirl.data.tasks import load_rows, to_trl
+    from tirl.reward_analysis import demonstration_pairs
+
+    _, tok = tiny
+    rows = load_rows("arithmetic", split="test")[:2]
+    records = [{"id": r["id"], "prompt": r["prompt"], "text": f"sample {i}"} for r in rows for i in range(2)]
+    score = [1.0, 0.0, 0.0, 0.0]  # the first sample of the first prompt is correct: no pair for it
+    pairs = demonstration_pairs(records, score, "gsm8k", "arithmetic", "test", tok)
+    assert [p["id"] for p in pairs] == [rows[0]["id"], rows[1]["id"], rows[1]["id"]]
+    trained_as = to_trl([{"prompt": rows[1]["prompt"], "completion": rows[1]["completion"]}], tok)[0]
+    assert pairs[1]["prompt"] == trained_as["prompt"] and pairs[1]["chosen"] == trained_as["completion"]
+    assert pairs[1]["rejected"] == to_trl([{"prompt": rows[1]["prompt"], "completion": "sample 0"}], tok)[0]["completion"]
+    # other tasks have no "wrong": every sample is a rejected one
+    assert len(demonstration_pairs(records, score, "rouge", "arithmetic", "test", tok)) == 4
+    with pytest.raises(ValueError, match="no demonstration pairs"):
+        demonstration_pairs(records[:1], score[:1], "gsm8k", "arithmetic", "test", tok)

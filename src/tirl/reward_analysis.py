@@ -9,7 +9,9 @@
 3. Spearman and Pearson correlation of R with the task score over all completions, and Spearman within each prompt's
    K samples (averaged over prompts where both vary), which removes prompt difficulty from the picture; the same for
    the sequence log-likelihood Σ log π as the reference a reward must beat.
-4. Preference accuracy on chosen/rejected pairs (HH-RLHF or a local file) for each model.
+4. Preference accuracy on chosen/rejected pairs for each model: HH-RLHF, a local file, or `demonstrations` (the
+   task's reference completion against each wrong sample of the same prompt: the reward was fitted to prefer
+   demonstrations, so this is the first thing it should get right).
 5. Pictures: R for correct vs wrong completions (or R against the score), completions coloured by r_t.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,15 +51,16 @@ class AnalyseSettings:
     output_dir: str = "reward-analysis"
 
 
-def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str]:
-    """The sampled completions with their scores, and the metric family of the task."""
+def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str, str, str]:
+    """The sampled completions with their scores, the metric family, the dataset and the split they came from."""
     from .data.tasks import task_metric
     from .evaluation.evaluate import EvalSettings, read_generations, run_eval
 
     if s.generations:
         records = read_generations(Path(s.generations))
         config_path = Path(s.generations).parent / "eval_config.json"
-        dataset = json.loads(config_path.read_text()).get("dataset", s.dataset) if config_path.is_file() else s.dataset
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        dataset, split = config.get("dataset", s.dataset), config.get("split", s.split)
     else:
         settings = EvalSettings(model=s.samples_from or s.models[0], dataset=s.dataset, split=s.split,
                                 num_examples=s.num_examples, samples=s.samples, temperature=s.temperature,
@@ -64,11 +68,38 @@ def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str]:
                                 bf16=s.bf16, output_dir=str(safe_path(out, "samples")))
         run_eval(settings)
         records = read_generations(safe_path(out, "samples") / "generations.jsonl")
-        dataset = s.dataset
+        dataset, split = s.dataset, s.split
     records = [r for r in records if r.get("pass") == "sampled"] or records
     if not records:
         raise ValueError("no sampled completions to analyse")
-    return records, task_metric(dataset)
+    return records, task_metric(dataset), dataset, split
+
+
+def demonstration_pairs(records: list[dict], score: list[float], family: str, dataset: str, split: str,
+                        tokenizer) -> list[dict]:
+    """Preference rows from the task itself: chosen = the dataset's reference completion of a prompt, rejected = one
+    of the model's samples for it (GSM8k: only wrong ones; other tasks: every sample). Rendered as training renders
+    them (`to_trl`), so prompt and completion templates match what the model was trained on."""
+    from .data.tasks import load_rows, to_trl
+
+    key = lambda prompt: prompt if isinstance(prompt, str) else json.dumps(prompt)  # noqa: E731
+    references = {key(r["prompt"]): r for r in load_rows(dataset, split=split)}
+    rows, missing = [], 0
+    for rec, y in zip(records, score, strict=True):
+        ref = references.get(key(rec["prompt"]))
+        if ref is None:
+            missing += 1
+            continue
+        if family == "gsm8k" and y > 0.5:
+            continue
+        chosen = to_trl([{"prompt": ref["prompt"], "completion": ref["completion"]}], tokenizer)[0]
+        rejected = to_trl([{"prompt": ref["prompt"], "completion": rec["text"]}], tokenizer)[0]
+        rows.append({"id": rec.get("id"), "prompt": chosen["prompt"], "chosen": chosen["completion"],
+                     "rejected": rejected["completion"]})
+    if not rows:
+        raise ValueError(f"no demonstration pairs: {missing} completions had no reference in {dataset}/{split}, "
+                         "the rest were correct")
+    return rows
 
 
 def _score_value(record: dict, family: str) -> float:
@@ -114,9 +145,11 @@ def analyse(s: AnalyseSettings) -> dict:
     labels = s.labels or [Path(m).name or m for m in s.models]
     if len(labels) != len(s.models):
         raise ValueError("give one label per model")
-    records, family = _sampled_records(s, out)
+    records, family, dataset, split = _sampled_records(s, out)
     score = [_score_value(r, family) for r in records]
-    pref_rows = load_preferences(s.preference, limit=s.num_pairs, seed=s.seed)[0] if s.preference else None
+    pref_rows = None
+    if s.preference and s.preference != "demonstrations":
+        pref_rows = load_preferences(s.preference, limit=s.num_pairs, seed=s.seed)[0]
 
     result: dict = {"settings": asdict(s), "task_metric": family, "sample_score": PRIMARY_SAMPLE_SCORE.get(family),
                     "num_completions": len(records), "num_prompts": len({r.get("prompt_index") for r in records}),
@@ -148,8 +181,12 @@ def analyse(s: AnalyseSettings) -> dict:
         render_html(shown, safe_path(out, f"rewards_{label}.html"), title=f"r_t under {label} (γ = {s.gamma})",
                     labels=[{"prompt": r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"]),
                              result["sample_score"]: r["scores"].get(result["sample_score"])} for r in records[: s.num_render]])
-        if pref_rows:
-            entry["preference"] = preference_accuracy(model, tok, pref_rows, gamma=s.gamma, batch_size=8)
+        rows = pref_rows
+        if s.preference == "demonstrations":
+            rows = demonstration_pairs(records, score, family, dataset, split, tok)
+            rows = random.Random(s.seed).sample(rows, s.num_pairs) if len(rows) > s.num_pairs else rows
+        if rows:
+            entry["preference"] = preference_accuracy(model, tok, rows, gamma=s.gamma, batch_size=8)
         result["models"][label] = entry
         del model
     write_json_atomic(safe_path(out, "analysis.json"), result)
@@ -188,6 +225,10 @@ def analysis_markdown(result: dict) -> str:
                   for label, e in result["models"].items()]
     if st.get("preference"):
         n = next((e["preference"]["n"] for e in result["models"].values() if "preference" in e), 0)
-        lines += ["", f"Preference pairs: {n} from {st['preference']} (ties count one half)."]
-    lines += ["", "Pictures: `reward_hist_*.png` / `reward_scatter_*.png`, `rewards_*.html` (tokens coloured by r_t)."]
+        source = ("demonstrations: the reference completion (chosen) vs a wrong sample of the same prompt (rejected)"
+                  if st["preference"] == "demonstrations" else st["preference"])
+        lines += ["", f"Preference pairs: {n} from {source} (ties count one half)."]
+    correctness = any("mean_R_correct" in e for e in result["models"].values())
+    plot = "`reward_hist_*.png` (R of correct vs wrong)" if correctness else "`reward_scatter_*.png` (R vs score)"
+    lines += ["", f"Pictures: {plot}, `rewards_*.html` (tokens coloured by r_t)."]
     return "\n".join(lines) + "\n"

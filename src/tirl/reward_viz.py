@@ -125,7 +125,7 @@ def render_png(seqs: Sequence[SequenceRewards], path: str | Path, title: str = "
 
 def reward_histogram(groups: dict[str, Sequence[float]], path: str | Path, title: str = "sequence reward R",
                      xlabel: str = "R = Σ r_t") -> Path:
-    """Overlaid histograms of sequence rewards per group (e.g. {"correct": [...], "wrong": [...]})."""
+    """Overlaid histograms of sequence rewards per group (e.g. {"correct": [...], "wrong": [...]}), each normalised."""
     from .plots import _pyplot
 
     plt = _pyplot()
@@ -136,9 +136,12 @@ def reward_histogram(groups: dict[str, Sequence[float]], path: str | Path, title
     for name, vs in groups.items():
         vs = [v for v in vs if not math.isnan(v)]
         if vs:
-            ax.hist(vs, bins=bins, range=(lo, hi), alpha=0.55, label=f"{name} (n={len(vs)}, mean {statistics.fmean(vs):.2f})")
+            # each group's bars sum to 1: correct answers are often a few percent of the samples, and raw counts
+            # would hide them under the wrong ones
+            ax.hist(vs, bins=bins, range=(lo, hi), weights=[1 / len(vs)] * len(vs), alpha=0.55,
+                    label=f"{name} (n={len(vs)}, mean {statistics.fmean(vs):.2f})")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("completions")
+    ax.set_ylabel("fraction of the group")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -98,11 +98,15 @@ def score_encoded(
     if max_length is not None:
         encoded = [{k: v[:max_length] for k, v in e.items()} for e in encoded]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out: list[SequenceRewards] = []
     device = _device(model)
     bar = tqdm(total=len(encoded), desc="scoring rewards", unit="seq", disable=not progress)
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
+    # sequences of similar length share a batch (less padding: preference dialogues vary from 50 to 1,000 tokens);
+    # results go back in input order
+    order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]["input_ids"]))
+    results: list[SequenceRewards | None] = [None] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        chunk = [encoded[j] for j in index]
         width = max(len(e["input_ids"]) for e in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         labels = torch.full((len(chunk), width), -100, dtype=torch.long)
@@ -115,14 +119,14 @@ def score_encoded(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             qv = model_qv(model, ids.to(device), attn.to(device), labels.to(device), chunk_size=chunk_size)
         rw = token_rewards(qv, gamma=gamma, eos_token_id=eos)
-        for i in range(len(chunk)):
+        for i, j in enumerate(index):
             pos = qv.mask[i].nonzero().flatten()
             if len(pos) == 0:
-                raise ValueError(f"sequence {start + i} has no completion token (empty completion, or cut by max_length)")
+                raise ValueError(f"sequence {j} has no completion token (empty completion, or cut by max_length)")
             tok_ids = qv.actions[i, pos].tolist()
             defined = rw.td_mask[i, pos]
             r = torch.where(defined, rw.reward[i, pos], torch.full_like(rw.reward[i, pos], math.nan))
-            out.append(SequenceRewards(
+            results[j] = SequenceRewards(
                 tokens=[tokenizer.decode([t]) for t in tok_ids],
                 token_ids=tok_ids,
                 rewards=r.tolist(),
@@ -133,11 +137,11 @@ def score_encoded(
                 value0=float(qv.v[i, pos[0]]),
                 num_tokens=len(pos),
                 terminated=bool(eos is not None and any(t in eos for t in tok_ids)),
-            ))
+            )
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)
-    return out
+    return results  # type: ignore[return-value]  # every slot is filled above
 
 
 def preference_accuracy(

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
+
+from .runinfo import write_atomic
 
 IGNORE_INDEX = -100
 BUFFER_DIR = "tirl_sample_buffer"
@@ -290,8 +291,8 @@ class SampleBuffer:
                 tensors[f"{slot}.{name}"] = t.detach().contiguous().cpu()
                 names.append(name)
             index["entries"][str(slot)] = {"step": e.step, "uses": e.uses, "tensors": names}
-        _atomic(tensors_path, lambda tmp: save_file(tensors, tmp, metadata={"format": str(self.FORMAT)}))
-        _atomic(index_path, lambda tmp: _write_text(tmp, json.dumps(index, indent=1) + "\n"))
+        write_atomic(tensors_path, lambda tmp: save_file(tensors, tmp, metadata={"format": str(self.FORMAT)}))
+        write_atomic(index_path, lambda tmp: _write_text(tmp, json.dumps(index, indent=1) + "\n"))
 
     def load(self, checkpoint_dir: str | os.PathLike, rank: int = 0) -> bool:
         """Replace the buffer with the one saved in `checkpoint_dir` for `rank`; False (buffer unchanged) if absent."""
@@ -320,20 +321,3 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-def _atomic(path: str, write) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path` (no half-written files)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_atomic(path: str, write) -> None:
-    """Public name of the atomic writer, for other checkpoint files (discriminator weights, optimizer state)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    _atomic(path, write)

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="run generation and scoring in float32")
     p.add_argument("--samples_from", default=None, help="model that generates the completions (default: the first)")
     p.add_argument("--generations", default=None, help="use this generations.jsonl (from `tirl eval`) instead of sampling")
-    p.add_argument("--preference", default="hh_rlhf", help="preference pairs: 'hh_rlhf', a local prompt/chosen/rejected "
+    p.add_argument("--preference", default="hh_rlhf", help="preference pairs: 'hh_rlhf', 'demonstrations' (the task's "
+                   "reference completion vs each wrong sample of the same prompt), a local prompt/chosen/rejected "
                    "file, or 'none'")
     p.add_argument("--num_pairs", type=int, default=200, help="preference pairs used (seeded subset)")
     p.add_argument("--num_render", type=int, default=8, help="completions drawn in rewards_<label>.html")

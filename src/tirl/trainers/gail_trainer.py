@@ -38,7 +38,8 @@ from ..adversarial import (
 )
 from ..discriminator import TokenDiscriminator, frozen_copy, truncated_trunk
 from ..losses import masked_mean, policy_weight, qv_from_hidden, restrict_rows, shift_labels
-from ..rollouts import BufferEntry, write_atomic
+from ..rollouts import BufferEntry
+from ..runinfo import write_atomic
 from .gail_config import GAILConfig
 from .rollout_trainer import RolloutTrainer
 
