@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU benchmark (≤ 5 minutes on one H100/H200): MLE (TRL SFTTrainer) vs IQLearn (full logits, chunked), full
+# GPU benchmark (~6 minutes on one H100/H200): MLE (TRL SFTTrainer) vs IQLearn (full logits, chunked with the
+# compiled per-chunk maths, chunked eager), full
 # fine-tuning of a SmolLM2-135M-shaped model, bf16, tokens/s and peak GPU memory, side by side in one run.
 #
 # The lent GPU machine has PyTorch, transformers, accelerate and peft but no TRL/datasets and no network, and the
@@ -40,7 +41,10 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__)"
 
+# the compiled (fused) per-chunk head against the eager one, values and gradients, on this GPU
+python3 -m pytest -q -p no:cacheprovider tests/test_losses.py -k fused_head || echo "FUSED HEAD CHECK FAILED"
+
 out=benchmarks/results/loss_cost_gpu.json
 python3 benchmarks/loss_cost.py --device cuda --model smollm2-135m-shape --batch 16 --seq 1024 --chunk 4096 \
-    --steps 5 --warmup 2 --rounds 3 --output "$out"
+    --steps 4 --warmup 2 --rounds 3 --variants trl_sft,iq_naive,iq_chunked,iq_chunked_eager --output "$out"
 [[ -n "${OUT:-}" ]] && cp "$out" "$OUT/" || true

@@ -4,7 +4,10 @@ Three variants of the same trainer step (`Trainer.training_step` + AdamW) on Smo
 with fp32 master weights, every token a completion token:
   trl_sft     TRL's SFTTrainer (its fused, chunked log-prob head)
   iq_naive    IQLearnTrainer, iq_chunk_size=0 (loss from the model's full [B, T, V] logits)
-  iq_chunked  IQLearnTrainer, iq_chunk_size=1024 (chunked Q/V head, never builds the logits)
+  iq_chunked  IQLearnTrainer, iq_chunk_size=1024 (chunked Q/V head, never builds the logits; on CUDA its per-chunk
+              maths is compiled with torch.compile)
+  iq_chunked_eager  the same with TIRL_FUSED_HEAD=0 (eager per-chunk maths; the same as iq_chunked on CPU); only with
+              --variants
 
 Each variant runs in its own process (so its peak RSS is its own) for `--steps` timed steps after `--warmup` steps;
 the variants alternate over `--rounds` rounds with the order rotated, and ratios are taken within a round (side by
@@ -26,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("trl_sft", "iq_naive", "iq_chunked")
+VARIANTS = ("trl_sft", "iq_naive", "iq_chunked", "iq_chunked_eager")
+DEFAULT_VARIANTS = "trl_sft,iq_naive,iq_chunked"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -51,6 +55,8 @@ def worker(variant: str, args) -> dict:
     from tirl import models
     from tirl.trainers import IQLearnConfig, IQLearnTrainer
 
+    if variant == "iq_chunked_eager":
+        os.environ["TIRL_FUSED_HEAD"] = "0"
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok = models.load(args.model)
@@ -107,6 +113,8 @@ def main() -> None:
     p.add_argument("--bf16", type=lambda s: s.lower() in ("1", "true", "yes"), default=True, help="bf16 autocast")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cpu (peak = process RSS) or cuda (peak = torch.cuda.max_memory_allocated)")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS,
+                   help=f"comma-separated, trl_sft first (ratios are to it); any of {', '.join(VARIANTS)}")
     p.add_argument("--output", default=str(RESULTS / "loss_cost.json"), help="where to write the JSON results")
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -118,9 +126,13 @@ def main() -> None:
     forwarded = ["--model", args.model, "--batch", str(args.batch), "--seq", str(args.seq), "--chunk", str(args.chunk),
                  "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
                  "--bf16", str(args.bf16), "--device", args.device]
+    variants = tuple(args.variants.split(","))
+    if variants[0] != "trl_sft" or not set(variants) <= set(VARIANTS):
+        p.error(f"--variants must start with trl_sft and name only {', '.join(VARIANTS)}")
     rounds = []
     for r in range(args.rounds):
-        order = VARIANTS[r % 3:] + VARIANTS[: r % 3]
+        k = r % len(variants)
+        order = variants[k:] + variants[:k]
         res = {}
         for v in order:
             out = subprocess.run([sys.executable, __file__, "--worker", v, *forwarded], capture_output=True, text=True)
@@ -141,7 +153,7 @@ def main() -> None:
     summary = {v: {"median_step_s": med(v, "median_step_s"), "tokens_per_s": med(v, "tokens_per_s"),
                    "peak_rss_gb": med(v, "peak_rss_gb"),
                    "step_time_vs_trl_sft": ratio(v, "median_step_s"), "peak_rss_vs_trl_sft": ratio(v, "peak_rss_gb")}
-               for v in VARIANTS}
+               for v in variants}
     import platform
 
     import torch
@@ -154,7 +166,7 @@ def main() -> None:
                   "peak_memory": "torch.cuda.max_memory_allocated" if args.device == "cuda" else "process peak RSS",
                   "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None, "batch": args.batch, "seq": args.seq, "bf16_autocast": args.bf16,
                   "chunk_size": args.chunk, "timed_steps": args.steps, "warmup_steps": args.warmup,
-                  "rounds": args.rounds, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+                  "rounds": args.rounds, "variants": list(variants), "threads": args.threads, "cpu": platform.processor() or platform.machine(),
                   "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
         "summary": summary,
         "targets": {"iq_chunked_step_time_vs_trl_sft_max": 1.05, "iq_chunked_peak_rss_vs_trl_sft_max": 1.0},
@@ -166,7 +178,7 @@ def main() -> None:
           f"{args.steps} steps (medians; ratios within a round)\n")
     print("| loss | step time (s) | tokens/s | peak memory (GB) | step time vs TRL SFT | peak memory vs TRL SFT |")
     print("|---|---|---|---|---|---|")
-    for v in VARIANTS:
+    for v in variants:
         s = summary[v]
         print(f"| {v} | {s['median_step_s']:.2f} | {s['tokens_per_s']:.0f} | {s['peak_rss_gb']:.2f} | "
               f"{s['step_time_vs_trl_sft']:.3f} | {s['peak_rss_vs_trl_sft']:.3f} |")

@@ -33,6 +33,7 @@ Conventions, decided once here:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -127,6 +128,58 @@ def qv_from_logits(logits: torch.Tensor, labels: torch.Tensor, with_stats: bool 
     return QV(q=q * mask, v=v * mask, actions=actions, mask=mask, entropy=entropy, is_top1=is_top1)
 
 
+def _chunk_stats(z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q, V, entropy and top-1 flag of one chunk of logits z [c, V] (any float dtype; maths in float32)."""
+    z = z.float()
+    zmax = z.amax(-1, keepdim=True)
+    q = z.gather(-1, actions[:, None]).squeeze(-1)
+    p = (z - zmax).exp()
+    sum_p = p.sum(-1)
+    log_sum = sum_p.log()
+    entropy = log_sum - ((z - zmax) * p).sum(-1) / sum_p
+    zmax = zmax.squeeze(-1)
+    return q, zmax + log_sum, entropy, q >= zmax
+
+
+def _chunk_grad(z: torch.Tensor, actions: torch.Tensor, v: torch.Tensor, grad_v: torch.Tensor,
+                grad_q: torch.Tensor) -> torch.Tensor:
+    """dℓ = g_v·softmax(ℓ) + g_q·onehot(a) for one chunk of logits z [c, V], in z's dtype (for the two matmuls)."""
+    onehot = torch.arange(z.shape[-1], device=z.device)[None, :] == actions[:, None]
+    g = (z.float() - v[:, None]).exp() * grad_v[:, None] + onehot * grad_q[:, None]
+    return g.to(z.dtype)
+
+
+_FUSED: dict[str, object] = {}
+
+
+def _fused(name: str):
+    """`_chunk_stats` / `_chunk_grad` compiled by torch.compile into one or two kernels each, built on first use.
+
+    Eagerly, a chunk makes about eight float32 passes over its [c, V] logits (upcast, max, exp, sums; in backward
+    exp, scale, downcast); on a GPU those passes, not the matmuls, are the cost of the head (benchmarks/README.md).
+    Compiled, each function reads the low-precision logits once or twice and writes its result once."""
+    if name not in _FUSED:
+        fn = {"stats": _chunk_stats, "grad": _chunk_grad}[name]
+        _FUSED[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return _FUSED[name]
+
+
+def use_fused_head(hidden: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the chunked head runs its per-chunk maths through `torch.compile` (`_fused`).
+
+    `TIRL_FUSED_HEAD=auto` (default): on CUDA devices with Triton only. `1`: also elsewhere (CPU needs a C++
+    compiler). `0`: never.
+    Float64 inputs (the gradient tests) and LM heads with a bias always take the eager path."""
+    mode = os.environ.get("TIRL_FUSED_HEAD", "auto").lower()
+    if mode in ("0", "false", "no", "off") or bias is not None or hidden.dtype == torch.float64:
+        return False
+    if mode != "auto":
+        return True
+    from torch.utils._triton import has_triton  # torch.compile's GPU backend; without it, stay eager
+
+    return hidden.is_cuda and has_triton()
+
+
 class ChunkedQVFunction(torch.autograd.Function):
     """q = (h Wᵀ + b)[a] and v = logsumexp(h Wᵀ + b) for rows of h, in row chunks, without the [N, V] logits.
 
@@ -147,11 +200,15 @@ class ChunkedQVFunction(torch.autograd.Function):
         v = torch.empty(n, device=device, dtype=acc)
         entropy = torch.empty(n, device=device, dtype=acc)
         is_top1 = torch.empty(n, device=device, dtype=torch.bool)
+        fused = use_fused_head(hidden, bias)
         with torch.autocast(device.type, enabled=False):
             w = weight.to(compute_dtype)
             b = None if bias is None else bias.to(acc)
             for s in range(0, n, chunk_size):
                 e = min(s + chunk_size, n)
+                if fused:
+                    q[s:e], v[s:e], entropy[s:e], is_top1[s:e] = _fused("stats")(hidden[s:e].to(compute_dtype) @ w.t(), actions[s:e])
+                    continue
                 z = (hidden[s:e].to(compute_dtype) @ w.t()).to(acc)  # [c, V]
                 if b is not None:
                     z += b
@@ -168,6 +225,7 @@ class ChunkedQVFunction(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, bias, actions, v)
         ctx.chunk_size = chunk_size
         ctx.compute_dtype = compute_dtype
+        ctx.fused = fused
         ctx.mark_non_differentiable(entropy, is_top1)
         return q, v, entropy, is_top1
 
@@ -187,9 +245,20 @@ class ChunkedQVFunction(torch.autograd.Function):
 
         with torch.autocast(hidden.device.type, enabled=False), maybe_gather_lm_head_ctx(weight, bias):
             w = weight.to(cd)
+            if ctx.fused:
+                zeros = torch.zeros(n, device=hidden.device, dtype=acc)
+                g_v = zeros if grad_v is None else grad_v.to(acc)
+                g_q = zeros if grad_q is None else grad_q.to(acc)
             for s in range(0, n, c):
                 e = min(s + c, n)
                 hc = hidden[s:e].to(cd)
+                if ctx.fused:
+                    zc = _fused("grad")(hc @ w.t(), actions[s:e], v[s:e], g_v[s:e], g_q[s:e])
+                    if grad_h is not None:
+                        grad_h[s:e] = zc @ w
+                    if grad_w is not None:
+                        grad_w += zc.t() @ hc
+                    continue
                 z = (hc @ w.t()).to(acc)
                 if bias is not None:
                     z += bias.to(acc)

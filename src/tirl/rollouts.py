@@ -319,5 +319,3 @@ class SampleBuffer:
 def _write_text(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
-
-
