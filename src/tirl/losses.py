@@ -252,27 +252,23 @@ class ChunkedQVFunction(torch.autograd.Function):
             for s in range(0, n, c):
                 e = min(s + c, n)
                 hc = hidden[s:e].to(cd)
-                if ctx.fused:
+                if ctx.fused:  # never with a bias (use_fused_head)
                     zc = _fused("grad")(hc @ w.t(), actions[s:e], v[s:e], g_v[s:e], g_q[s:e])
-                    if grad_h is not None:
-                        grad_h[s:e] = zc @ w
-                    if grad_w is not None:
-                        grad_w += zc.t() @ hc
-                    continue
-                z = (hc @ w.t()).to(acc)
-                if bias is not None:
-                    z += bias.to(acc)
-                # dℓ = g_v·softmax(ℓ) + g_q·onehot(a), built in place of the logits
-                z.sub_(v[s:e, None]).exp_()
-                if grad_v is not None:
-                    z.mul_(grad_v[s:e, None].to(acc))
                 else:
-                    z.zero_()
-                if grad_q is not None:
-                    z.scatter_add_(-1, actions[s:e, None], grad_q[s:e, None].to(acc))
-                if grad_b is not None:
-                    grad_b += z.sum(0)
-                zc = z.to(cd)
+                    z = (hc @ w.t()).to(acc)
+                    if bias is not None:
+                        z += bias.to(acc)
+                    # dℓ = g_v·softmax(ℓ) + g_q·onehot(a), built in place of the logits
+                    z.sub_(v[s:e, None]).exp_()
+                    if grad_v is not None:
+                        z.mul_(grad_v[s:e, None].to(acc))
+                    else:
+                        z.zero_()
+                    if grad_q is not None:
+                        z.scatter_add_(-1, actions[s:e, None], grad_q[s:e, None].to(acc))
+                    if grad_b is not None:
+                        grad_b += z.sum(0)
+                    zc = z.to(cd)
                 if grad_h is not None:
                     grad_h[s:e] = zc @ w
                 if grad_w is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .runinfo import write_atomic
+from .runinfo import write_atomic, write_text_atomic
 
 IGNORE_INDEX = -100
 BUFFER_DIR = "tirl_sample_buffer"
@@ -292,7 +292,7 @@ class SampleBuffer:
                 names.append(name)
             index["entries"][str(slot)] = {"step": e.step, "uses": e.uses, "tensors": names}
         write_atomic(tensors_path, lambda tmp: save_file(tensors, tmp, metadata={"format": str(self.FORMAT)}))
-        write_atomic(index_path, lambda tmp: _write_text(tmp, json.dumps(index, indent=1) + "\n"))
+        write_text_atomic(index_path, json.dumps(index, indent=1) + "\n")
 
     def load(self, checkpoint_dir: str | os.PathLike, rank: int = 0) -> bool:
         """Replace the buffer with the one saved in `checkpoint_dir` for `rank`; False (buffer unchanged) if absent."""
@@ -314,8 +314,3 @@ class SampleBuffer:
             entries[int(slot)] = BufferEntry(rollout=rollout, step=int(meta["step"]), uses=int(meta["uses"]), extras=extras)
         self.entries = entries
         return True
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)

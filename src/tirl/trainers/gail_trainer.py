@@ -39,7 +39,7 @@ from ..adversarial import (
 from ..discriminator import TokenDiscriminator, frozen_copy, truncated_trunk
 from ..losses import masked_mean, policy_weight, qv_from_hidden, restrict_rows, shift_labels
 from ..rollouts import BufferEntry
-from ..runinfo import write_atomic
+from ..runinfo import write_atomic, write_text_atomic
 from .gail_config import GAILConfig
 from .rollout_trainer import RolloutTrainer
 
@@ -265,7 +265,7 @@ class GAILTrainer(RolloutTrainer):
         tensors, meta = optimizer_state_to_flat(self.disc_optimizer.state_dict())
         write_atomic(os.path.join(d, "optimizer.safetensors"), lambda tmp: save_file(tensors, tmp))
         meta["trainable"] = sorted(weights)
-        write_atomic(os.path.join(d, "state.json"), lambda tmp: _write_json(tmp, meta))
+        write_text_atomic(os.path.join(d, "state.json"), json.dumps(meta, indent=1) + "\n")
 
     def load_extra_state(self, checkpoint_dir: str) -> None:
         super().load_extra_state(checkpoint_dir)
@@ -288,12 +288,6 @@ class GAILTrainer(RolloutTrainer):
         self.discriminator.load_state_dict(weights, strict=False)
         tensors = load_file(os.path.join(d, "optimizer.safetensors"), device=str(self.accelerator.device))
         self.disc_optimizer.load_state_dict(optimizer_state_from_flat(tensors, meta))
-
-
-def _write_json(path: str, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
 
 
 def optimizer_state_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
