@@ -11,6 +11,14 @@ Objectives (METHOD.md §2), means over completion tokens:
     L_MLE = E[ −log π(a_t|s_t) ]
     L_IQ  = E[ −log π(a_t|s_t) + λ·r_t² ]      offline IQLearn = TD-regularised MLE; λ = 0 is exactly L_MLE.
 
+Value parameterisation (METHOD.md §1). Eq. 14 takes v and π as separate arguments: L = E[λ·(v(s) + log π(a|s) −
+γ·v(s'))² − log π(a|s)]. The logits give π = softmax(ℓ) and one choice of v, V = logsumexp(ℓ) ("logits"); a `QV` may
+carry another V in `value`, with the same policy and Q(s_t, a_t) = log π(a_t|s_t) + V(s_t):
+    reference   V = LSE_θ − LSE_θ0, θ0 the starting model (`with_reference`): V ≡ 0 and r_t = log π_θ0 at the start
+    head        V = v_ψ(s), a scalar head on the final hidden state (`with_value`)
+Softmax ignores a per-state shift of the logits, so a pretrained model's logsumexp (≈30 for SmolLM2) is an artefact
+of pretraining, not a value; the two other forms start the TD term at E[(log π_θ0)²] instead of ≈80.
+
 Everything here is built from three per-position tensors: q = Q(s_t, a_t), v = V(s_t) and the action mask. They come
 either from full logits (`qv_from_logits`, the simple reference) or from hidden states and the LM head weight in row
 chunks (`qv_from_hidden`, which never materialises [batch, seq, vocab]); every loss has a logits form and a chunked form
@@ -34,7 +42,7 @@ Conventions, decided once here:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -53,12 +61,24 @@ class QV:
     v: torch.Tensor  # V(s_t) = logsumexp(ℓ_t) (float32)
     actions: torch.Tensor  # a_t, with ignored positions set to 0 (long)
     mask: torch.Tensor  # True where a_t is a completion token (bool)
-    entropy: torch.Tensor | None = None  # H(π(·|s_t)), no gradient; None when not computed
+    entropy: torch.Tensor | None = None  # H(π(·|s_t)); None when not computed; differentiable only when asked for
     is_top1: torch.Tensor | None = None  # whether a_t is the argmax action, no gradient
+    value: torch.Tensor | None = None  # V(s_t) of another parameterisation (module docstring); None: V = logsumexp
 
     @property
     def logprob(self) -> torch.Tensor:
+        """log π(a_t|s_t) = ℓ_t[a_t] − logsumexp(ℓ_t), whatever the value parameterisation."""
         return (self.q - self.v) * self.mask
+
+    @property
+    def state_value(self) -> torch.Tensor:
+        """V(s_t) in the parameterisation the loss uses."""
+        return self.v if self.value is None else self.value
+
+    @property
+    def q_value(self) -> torch.Tensor:
+        """Q(s_t, a_t) = log π(a_t|s_t) + V(s_t); for the logits form exactly the target logit."""
+        return self.q if self.value is None else (self.logprob + self.value) * self.mask
 
 
 @dataclass
@@ -109,21 +129,23 @@ def shift_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return actions.masked_fill(~mask, 0), mask
 
 
-def qv_from_logits(logits: torch.Tensor, labels: torch.Tensor, with_stats: bool = True) -> QV:
+def qv_from_logits(logits: torch.Tensor, labels: torch.Tensor, with_stats: bool = True,
+                   entropy_grad: bool = False) -> QV:
     """Q(s_t, a_t) and V(s_t) from full logits [B, T, V] and unshifted labels [B, T].
 
     The logsumexp is taken once, in float32, and serves both −log π and the TD term (a second softmax-sized pass
-    would double the loss cost).
+    would double the loss cost). `entropy_grad` keeps the entropy in the graph (entropy-regularised MLE).
     """
     actions, mask = shift_labels(labels)
     z = logits[:, :-1].to(_acc_dtype(logits))  # [B, T−1, V]
     v = torch.logsumexp(z, dim=-1)  # [B, T−1]
     q = z.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     entropy = is_top1 = None
-    if with_stats:
-        with torch.no_grad():
+    if with_stats or entropy_grad:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             p = torch.softmax(z, dim=-1)
-            entropy = ((v - (p * z).sum(-1)) * mask).detach()
+            entropy = (v - (p * z).sum(-1)) * mask
+        with torch.no_grad():
             is_top1 = (q >= z.amax(-1)) & mask
     return QV(q=q * mask, v=v * mask, actions=actions, mask=mask, entropy=entropy, is_top1=is_top1)
 
@@ -183,8 +205,10 @@ def use_fused_head(hidden: torch.Tensor, bias: torch.Tensor | None) -> bool:
 class ChunkedQVFunction(torch.autograd.Function):
     """q = (h Wᵀ + b)[a] and v = logsumexp(h Wᵀ + b) for rows of h, in row chunks, without the [N, V] logits.
 
-    Forward keeps only h, W, a and v; backward recomputes each chunk's logits and turns them in place into
-    dℓ = g_v·softmax(ℓ) + g_q·onehot(a), the gradient of any loss that depends on the logits through q and v only.
+    Forward keeps only h, W, a, v and the entropy H; backward recomputes each chunk's logits and turns them in place
+    into dℓ = g_v·softmax(ℓ) + g_q·onehot(a) − g_H·softmax(ℓ)·(log softmax(ℓ) + H), the gradient of any loss that
+    depends on the logits through q, v and H only (the H term only when a loss uses the entropy, e.g. entropy-
+    regularised MLE).
     The matmuls run in the autocast dtype when autocast is on (as the model's own head would); the logsumexp, the
     softmax and the gradient accumulators are float32.
     """
@@ -222,16 +246,16 @@ class ChunkedQVFunction(torch.autograd.Function):
                 v[s:e] = zmax + sum_p.log()
                 # H = V − Σ softmax·ℓ = log Σp − Σ p·(ℓ − max) / Σp; the product overwrites z (no third buffer)
                 entropy[s:e] = sum_p.log() - z.mul_(p).sum(-1) / sum_p
-        ctx.save_for_backward(hidden, weight, bias, actions, v)
+        ctx.save_for_backward(hidden, weight, bias, actions, v, entropy)
         ctx.chunk_size = chunk_size
         ctx.compute_dtype = compute_dtype
         ctx.fused = fused
-        ctx.mark_non_differentiable(entropy, is_top1)
+        ctx.mark_non_differentiable(is_top1)
         return q, v, entropy, is_top1
 
     @staticmethod
-    def backward(ctx, grad_q, grad_v, *_):
-        hidden, weight, bias, actions, v = ctx.saved_tensors
+    def backward(ctx, grad_q, grad_v, grad_entropy, _):
+        hidden, weight, bias, actions, v, entropy = ctx.saved_tensors
         cd, c = ctx.compute_dtype, ctx.chunk_size
         n = hidden.shape[0]
         acc = _acc_dtype(hidden)
@@ -239,29 +263,38 @@ class ChunkedQVFunction(torch.autograd.Function):
         grad_h = torch.zeros(hidden.shape, device=hidden.device, dtype=acc) if need_h else None
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc) if need_w else None
         grad_b = torch.zeros(bias.shape, device=bias.device, dtype=acc) if need_b else None
-        if grad_q is None and grad_v is None:
+        if grad_q is None and grad_v is None and grad_entropy is None:
             return None, None, None, None, None
         from trl.trainer.utils import maybe_gather_lm_head_ctx  # ZeRO-3 re-partitions the head after forward
 
         with torch.autocast(hidden.device.type, enabled=False), maybe_gather_lm_head_ctx(weight, bias):
             w = weight.to(cd)
-            if ctx.fused:
+            fused = ctx.fused and grad_entropy is None  # the compiled chunk maths has no entropy term
+            if fused:
                 zeros = torch.zeros(n, device=hidden.device, dtype=acc)
                 g_v = zeros if grad_v is None else grad_v.to(acc)
                 g_q = zeros if grad_q is None else grad_q.to(acc)
             for s in range(0, n, c):
                 e = min(s + c, n)
                 hc = hidden[s:e].to(cd)
-                if ctx.fused:  # never with a bias (use_fused_head)
+                if fused:  # never with a bias (use_fused_head)
                     zc = _fused("grad")(hc @ w.t(), actions[s:e], v[s:e], g_v[s:e], g_q[s:e])
                 else:
                     z = (hc @ w.t()).to(acc)
                     if bias is not None:
                         z += bias.to(acc)
                     # dℓ = g_v·softmax(ℓ) + g_q·onehot(a), built in place of the logits
-                    z.sub_(v[s:e, None]).exp_()
-                    if grad_v is not None:
-                        z.mul_(grad_v[s:e, None].to(acc))
+                    z.sub_(v[s:e, None])  # log softmax(ℓ)
+                    if grad_entropy is not None:
+                        # ∂H/∂ℓ = −softmax·(log softmax + H): one more [c, V] buffer, only for entropy-using losses
+                        p = z.exp()
+                        z.add_(entropy[s:e, None]).mul_(-grad_entropy[s:e, None].to(acc))
+                        if grad_v is not None:
+                            z.add_(grad_v[s:e, None].to(acc))
+                        z.mul_(p)
+                        del p
+                    elif grad_v is not None:
+                        z.exp_().mul_(grad_v[s:e, None].to(acc))
                     else:
                         z.zero_()
                     if grad_q is not None:
@@ -320,6 +353,28 @@ def qv_from_hidden(
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Value parameterisations: the same policy, another V (module docstring)
+# --------------------------------------------------------------------------------------------------------------------
+
+ValueForm = Literal["logits", "reference", "head"]
+VALUE_FORMS: tuple[str, ...] = ("logits", "reference", "head")
+
+
+def with_value(qv: QV, value: torch.Tensor) -> QV:
+    """`qv` with V(s_t) = `value` [B, T−1] and Q(s_t, a_t) = log π(a_t|s_t) + V(s_t); the policy is unchanged."""
+    if value.shape != qv.mask.shape:
+        raise ValueError(f"value has shape {tuple(value.shape)}, expected {tuple(qv.mask.shape)}")
+    return replace(qv, value=value.to(qv.v.dtype) * qv.mask)
+
+
+def with_reference(qv: QV, reference_v: torch.Tensor) -> QV:
+    """V(s_t) = LSE_θ(s_t) − LSE_θ0(s_t), from the starting model's logsumexp `reference_v` [B, T−1] (no gradient).
+
+    Q(s_t, a_t) = ℓ_θ(s_t)[a_t] − LSE_θ0(s_t): at θ = θ0, V ≡ 0 and r_t = log π_θ0(a_t|s_t)."""
+    return with_value(qv, qv.v - reference_v.detach().to(qv.v.dtype))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Terminal handling and rewards
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -343,15 +398,16 @@ def eos_positions(actions: torch.Tensor, mask: torch.Tensor, eos_token_id: int |
 def next_values(qv: QV, eos_token_id: int | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """V(s_{t+1}) for every action and the mask of actions whose TD term is defined.
 
-    Returns (v_next, td_mask), both [B, T−1]. v_next is V at the next completion position, 0 after EOS (terminal)
+    Returns (v_next, td_mask), both [B, T−1]. v_next is V (`qv.state_value`) at the next completion position, 0 after EOS (terminal)
     and 0 at the end of a completion. td_mask excludes the last action of a completion truncated without EOS and any
     action that follows an EOS inside the same completion (see the module docstring).
     """
     mask = qv.mask
     next_mask = torch.zeros_like(mask)
     next_mask[:, :-1] = mask[:, 1:]
-    v_next = torch.zeros_like(qv.v)
-    v_next[:, :-1] = qv.v[:, 1:]
+    value = qv.state_value
+    v_next = torch.zeros_like(value)
+    v_next[:, :-1] = value[:, 1:]
     if eos_token_id is None:
         # no EOS to tell terminal from truncated: every completion end is terminal
         return v_next * next_mask, mask.clone()
@@ -367,10 +423,10 @@ def next_values(qv: QV, eos_token_id: int | list[int] | None = None) -> tuple[to
 def token_rewards(qv: QV, gamma: float = 0.99, eos_token_id: int | list[int] | None = None) -> TokenRewards:
     """Implicit per-token rewards r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (METHOD.md §4) from `qv_from_logits`/`_hidden`."""
     v_next, td_mask = next_values(qv, eos_token_id)
-    reward = (qv.q - gamma * v_next) * qv.mask
+    reward = (qv.q_value - gamma * v_next) * qv.mask
     return TokenRewards(
         reward=reward,
-        value=qv.v,
+        value=qv.state_value,
         next_value=v_next,
         logprob=qv.logprob,
         mask=qv.mask,
@@ -404,14 +460,20 @@ def iq_loss_from_qv(
     num_items_in_batch: int | torch.Tensor | None = None,
     reduction: Reduction = "token",
     stop_grad_next: bool = False,
+    entropy_coef: float = 0.0,
 ) -> LossOutput:
-    """L_IQ = E[−log π(a_t|s_t)] + λ·E[r_t²] from per-position Q and V (see the module docstring)."""
+    """L_IQ = E[−log π(a_t|s_t)] + λ·E[r_t²] from per-position Q and V (see the module docstring).
+
+    r_t = Q(s_t, a_t) − γ·V(s_{t+1}) uses the value parameterisation `qv` carries (`QV.value`); −log π never depends
+    on it. `entropy_coef` β > 0 subtracts β·E[H(π(·|s_t))] over the same tokens, the paper's entropy-regularised MLE
+    baseline (with λ = 0); it needs `qv.entropy` in the graph (`entropy_grad=True` where the QV is built).
+    """
     nll_tok = -(qv.q - qv.v) * qv.mask
     nll = _reduce(nll_tok, qv, reduction, num_items_in_batch)
     v_next, td_mask = next_values(qv, eos_token_id)
     if stop_grad_next:
         v_next = v_next.detach()
-    reward = (qv.q - gamma * v_next) * td_mask
+    reward = (qv.q_value - gamma * v_next) * td_mask
     if lam != 0:
         td = _reduce(reward.square(), qv, reduction, num_items_in_batch)
         loss = nll + lam * td
@@ -420,12 +482,16 @@ def iq_loss_from_qv(
         loss = nll
         with torch.no_grad():
             td = _reduce(reward.square(), qv, reduction, num_items_in_batch)
+    if entropy_coef != 0:
+        if qv.entropy is None or not qv.entropy.requires_grad:
+            raise ValueError("entropy_coef needs the entropy in the graph: build the QV with entropy_grad=True")
+        loss = loss - entropy_coef * _reduce(qv.entropy * qv.mask, qv, reduction, num_items_in_batch)
     with torch.no_grad():
         sums = {
             "nll": nll_tok.sum(),
             "td": reward.square().sum(),
             "reward": reward.sum(),
-            "value": (qv.v * qv.mask).sum(),
+            "value": (qv.state_value * qv.mask).sum(),
             "tokens": qv.mask.sum(),
             "td_tokens": td_mask.sum(),
         }
@@ -531,6 +597,7 @@ def restrict_rows(qv: QV, rows: torch.Tensor) -> QV:
         mask=keep,
         entropy=None if qv.entropy is None else qv.entropy * keep,
         is_top1=None if qv.is_top1 is None else qv.is_top1 & keep,
+        value=None if qv.value is None else qv.value * keep,
     )
 
 
@@ -627,8 +694,8 @@ def online_iq_loss_from_qv(
     v_next, td_mask = next_values(qv, eos_token_id)  # [B, T−1]; rows do not interact, so expert rows are unchanged
     if stop_grad_next:
         v_next = v_next.detach()
-    reward = (qv.q - gamma * v_next) * td_mask
-    gap = (qv.v - gamma * v_next) * td_mask  # V(s_t) − γV(s_{t+1})
+    reward = (qv.q_value - gamma * v_next) * td_mask
+    gap = (qv.state_value - gamma * v_next) * td_mask  # V(s_t) − γV(s_{t+1})
     pol_td_mask = td_mask & policy_mask
     exp_td_mask = td_mask & expert.mask
     weight = policy_weight(expert.mask, num_items_in_batch, reduction, dtype=qv.v.dtype)
@@ -648,7 +715,7 @@ def online_iq_loss_from_qv(
             "value_gap": (gap * pol_td_mask).sum(),
             "td": (reward.square() * pol_td_mask).sum(),
             "reward": (reward * pol_td_mask).sum(),
-            "value": (qv.v * policy_mask).sum(),
+            "value": (qv.state_value * policy_mask).sum(),
             "nll": (-(qv.q - qv.v) * policy_mask).sum(),
             "tokens": policy_mask.sum(),
             "td_tokens": pol_td_mask.sum(),

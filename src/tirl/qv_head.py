@@ -14,7 +14,8 @@ import types
 import torch
 from torch.distributed.tensor import DTensor
 
-from .losses import QV, qv_from_hidden
+from .losses import QV, qv_from_hidden, with_value
+from .value_head import get_value_head
 
 
 def _check_plain_logits(model: torch.nn.Module) -> None:
@@ -36,7 +37,16 @@ def head_qv(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, 
     from trl.trainer.utils import maybe_gather_lm_head_ctx  # ZeRO-3: gather the head parameters
 
     with maybe_gather_lm_head_ctx(weight, bias):
-        return qv_from_hidden(hidden.to(weight.device), weight, labels.to(weight.device), chunk_size=chunk_size, bias=bias)
+        qv = qv_from_hidden(hidden.to(weight.device), weight, labels.to(weight.device), chunk_size=chunk_size, bias=bias)
+    return with_head_value(model, qv, hidden)
+
+
+def with_head_value(model: torch.nn.Module, qv: QV, hidden: torch.Tensor) -> QV:
+    """`qv` with V = v_ψ(h_t) when `model` has a value head (`iq_value="head"`, `tirl.value_head`), else unchanged."""
+    head = get_value_head(model)
+    if head is None:
+        return qv
+    return with_value(qv, head(hidden[:, :-1].to(qv.v.device)))
 
 
 def model_qv(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
@@ -71,4 +81,4 @@ def has_qv_head(model: torch.nn.Module) -> bool:
     return "qv_head" in getattr(model.forward, "__code__", types.SimpleNamespace(co_varnames=())).co_varnames
 
 
-__all__ = ["QV", "add_qv_head", "has_qv_head", "head_qv", "model_qv"]
+__all__ = ["QV", "add_qv_head", "has_qv_head", "head_qv", "model_qv", "with_head_value"]

@@ -41,7 +41,7 @@ class AnalyseSettings:
     max_new_tokens: int = 256
     batch_size: int = 32
     seed: int = 0
-    gamma: float = 0.99
+    gamma: float | None = None  # None: each run's own iq_gamma (0.99 for models that are not tirl runs)
     bf16: bool = True
     samples_from: str | None = None
     generations: str | None = None
@@ -134,11 +134,10 @@ def correlations(records: list[dict], score: list[float], values: list[float]) -
 
 def analyse(s: AnalyseSettings) -> dict:
     """Run the whole analysis and write analysis.json, analysis.md and the pictures into `s.output_dir`."""
-    from . import models as model_lib
     from .data.preferences import load_preferences
     from .evaluation.sampling import encode_prompt
     from .reward_viz import render_html, reward_histogram, reward_scatter
-    from .rewards import encode_generated, preference_accuracy, score_encoded
+    from .rewards import encode_generated, load_reward_model, preference_accuracy, score_encoded
 
     out = Path(s.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,9 +154,11 @@ def analyse(s: AnalyseSettings) -> dict:
                     "num_completions": len(records), "num_prompts": len({r.get("prompt_index") for r in records}),
                     "mean_sample_score": statistics.fmean(score), "models": {}}
     for model_name, label in zip(s.models, labels, strict=True):
-        model, tok = model_lib.load(model_name)
+        rm = load_reward_model(model_name)
+        model, tok, gamma = rm.model, rm.tokenizer, (rm.gamma if s.gamma is None else s.gamma)
         encoded = [encode_generated(encode_prompt(r["prompt"], tok), r["token_ids"]) for r in records]
-        scored = score_encoded(model, tok, encoded, gamma=s.gamma, batch_size=8, bf16=s.bf16, max_length=None)
+        scored = score_encoded(model, tok, encoded, gamma=gamma, batch_size=8, bf16=s.bf16, max_length=None,
+                               reference_model=rm.reference)
         R = [x.reward for x in scored]
         entry = {
             "model": model_name,
@@ -166,6 +167,8 @@ def analyse(s: AnalyseSettings) -> dict:
             "logprob": correlations(records, score, [x.logprob for x in scored]),
             "logprob_per_token": correlations(records, score, [x.logprob / x.num_tokens for x in scored]),
             "mean_R": statistics.fmean(R),
+            "iq_value": rm.value,
+            "gamma": gamma,
         }
         if family == "gsm8k":
             right = [r for r, y in zip(R, score, strict=True) if y > 0.5]
@@ -173,12 +176,12 @@ def analyse(s: AnalyseSettings) -> dict:
             entry["mean_R_correct"] = statistics.fmean(right) if right else None
             entry["mean_R_wrong"] = statistics.fmean(wrong) if wrong else None
             reward_histogram({"correct": right, "wrong": wrong}, safe_path(out, f"reward_hist_{label}.png"),
-                             title=f"R = Σ r_t under {label} (γ = {s.gamma})")
+                             title=f"R = Σ r_t under {label} (γ = {gamma})")
         else:
             reward_scatter(R, score, safe_path(out, f"reward_scatter_{label}.png"), ylabel=result["sample_score"],
                            title=f"R under {label} vs {result['sample_score']}")
         shown = scored[: s.num_render]
-        render_html(shown, safe_path(out, f"rewards_{label}.html"), title=f"r_t under {label} (γ = {s.gamma})",
+        render_html(shown, safe_path(out, f"rewards_{label}.html"), title=f"r_t under {label} (γ = {gamma})",
                     labels=[{"prompt": r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"]),
                              result["sample_score"]: r["scores"].get(result["sample_score"])} for r in records[: s.num_render]])
         rows = pref_rows
@@ -186,9 +189,10 @@ def analyse(s: AnalyseSettings) -> dict:
             rows = demonstration_pairs(records, score, family, dataset, split, tok)
             rows = random.Random(s.seed).sample(rows, s.num_pairs) if len(rows) > s.num_pairs else rows
         if rows:
-            entry["preference"] = preference_accuracy(model, tok, rows, gamma=s.gamma, batch_size=8)
+            entry["preference"] = preference_accuracy(model, tok, rows, gamma=gamma, batch_size=8,
+                                                      reference_model=rm.reference)
         result["models"][label] = entry
-        del model
+        del model, rm
     write_json_atomic(safe_path(out, "analysis.json"), result)
     write_text_atomic(safe_path(out, "analysis.md"), analysis_markdown(result))
     return result
@@ -205,18 +209,21 @@ def analysis_markdown(result: dict) -> str:
         "",
         f"{result['num_completions']} sampled completions of {result['num_prompts']} {st['dataset']} prompts "
         f"(K = {st['samples']}, T = {st['temperature']}); per-completion score: {result['sample_score']} "
-        f"(mean {result['mean_sample_score']:.3f}); γ = {st['gamma']}.",
+        f"(mean {result['mean_sample_score']:.3f}); γ = "
+        + (str(st["gamma"]) if st["gamma"] is not None else "each run's own") + "; V in each run's own form.",
         "",
-        "| model | Spearman(R, score) | Pearson(R, score) | Spearman within prompt | Spearman(R/len) | "
-        "Spearman(Σ log π) | Spearman(mean log π) | preference acc. (R) | preference acc. (Σ log π) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | V | Spearman(R, score) | Pearson(R, score) | Spearman within prompt | Spearman(R/len) | "
+        "Spearman(Σ log π) | within prompt (Σ log π) | Spearman(mean log π) | preference acc. (R) | "
+        "preference acc. (Σ log π) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, e in result["models"].items():
         pref = e.get("preference", {})
         lines.append(
-            f"| {label} | {_f(e['reward']['spearman'])} | {_f(e['reward']['pearson'])} | "
+            f"| {label} | {e.get('iq_value', 'logits')} | {_f(e['reward']['spearman'])} | {_f(e['reward']['pearson'])} | "
             f"{_f(e['reward']['spearman_within_prompt'])} ({e['reward']['prompts_with_variation']} prompts) | "
             f"{_f(e['reward_per_token']['spearman'])} | {_f(e['logprob']['spearman'])} | "
+            f"{_f(e['logprob']['spearman_within_prompt'])} | "
             f"{_f(e['logprob_per_token']['spearman'])} | {_f(pref.get('accuracy'))} | {_f(pref.get('accuracy_logprob'))} |"
         )
     if any("mean_R_correct" in e for e in result["models"].values()):

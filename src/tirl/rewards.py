@@ -1,7 +1,11 @@
 """Reward extraction: the implicit per-token reward r_t of any causal LM checkpoint (METHOD.md §4).
 
-    r_t = Q(s_t, a_t) − γ·V(s_{t+1}),   Q = logits, V = logsumexp(logits), V after EOS = 0,
+    r_t = Q(s_t, a_t) − γ·V(s_{t+1}),   Q = log π + V, V after EOS = 0,
     R   = Σ_t r_t   (over the completion tokens whose reward is defined; see `tirl.losses`).
+
+V is read in the form the checkpoint was trained with (`iq_value` in its run.json; `load_reward_model` finds it):
+logits (V = logsumexp(logits)), reference (V = LSE_θ − LSE_θ0, with the starting model loaded beside it) or head (the
+saved `value_head.safetensors`). A model that is not a tirl run is read in the logits form.
 
 No extra network: the reward is read off the LM head. With γ = 1, R telescopes to log π(y|x) + V(s_0) (the sequence
 log-likelihood plus a prompt-dependent offset), so rankings for one prompt equal log-likelihood rankings; use γ < 1
@@ -16,17 +20,70 @@ format); `RewardScorer` wraps a checkpoint as a reward function for TRL's online
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from .data.tokenize import Prompt, encode_prompt_completion
-from .losses import token_rewards
+from .losses import token_rewards, with_reference
 from .models import eos_token_ids
 from .qv_head import model_qv
+from .value_head import load_value_head
+
+
+@dataclass
+class RewardModel:
+    """A checkpoint ready to score rewards in its own value parameterisation."""
+
+    model: Any
+    tokenizer: Any
+    value: str = "logits"  # "logits", "reference" or "head" (the run's iq_value)
+    reference: Any = None  # the starting model, for value="reference"
+    gamma: float = 0.99  # the run's iq_gamma (the γ its TD term was trained with)
+    source: str = ""
+
+
+def training_run(path: str) -> dict:
+    """The run.json of a `tirl train` run directory (or of the run holding a `checkpoint-N`), else {}."""
+    if not os.path.isdir(path):
+        return {}
+    for d in (Path(path), Path(path).parent):
+        if (d / "run.json").is_file():
+            try:
+                return json.loads((d / "run.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                return {}
+    return {}
+
+
+def load_reward_model(name_or_path: str, trust_remote_code: bool = False) -> RewardModel:
+    """Load a checkpoint and what its reward needs: the value head (iq_value="head") or the starting model
+    (iq_value="reference", named in run.json; tiny models are rebuilt from the run's seed)."""
+    from . import models
+
+    model, tokenizer = models.load(name_or_path, trust_remote_code=trust_remote_code)
+    run = training_run(name_or_path)
+    config = run.get("config") or {}
+    value = config.get("iq_value") or "logits"
+    reference = None
+    if value == "head":
+        load_value_head(model, name_or_path)
+    elif value == "reference":
+        base = run.get("model")
+        if not base:
+            raise ValueError(f"{name_or_path}: trained with iq_value='reference' but run.json names no starting model")
+        reference, _ = models.load(base, seed=int(config.get("seed", 0)), trust_remote_code=trust_remote_code)
+        reference.eval().requires_grad_(False)
+    gamma = config.get("iq_gamma")
+    return RewardModel(model.eval(), tokenizer, value=value, reference=reference,
+                       gamma=0.99 if gamma is None else float(gamma), source=name_or_path)
 
 
 @dataclass
@@ -62,15 +119,17 @@ def score(
     chunk_size: int = 1024,
     bf16: bool = False,
     progress: bool = True,
+    reference_model=None,
 ) -> list[SequenceRewards]:
     """Per-token and per-sequence rewards of `(prompt, completion)` pairs under `model` (strings or message lists).
 
     Pairs are tokenised exactly as training tokenises them (`encode_prompt_completion`), batched with right padding,
-    and pushed through the model's LM head in chunks (no [B, T, V] logits).
+    and pushed through the model's LM head in chunks (no [B, T, V] logits). V is the model's value head when it has
+    one, LSE − LSE_ref when `reference_model` is given (iq_value="reference"), else the logsumexp of the logits.
     """
     encoded = [encode_prompt_completion(tokenizer, p, c) for p, c in pairs]
     return score_encoded(model, tokenizer, encoded, gamma=gamma, batch_size=batch_size, max_length=max_length,
-                         chunk_size=chunk_size, bf16=bf16, progress=progress)
+                         chunk_size=chunk_size, bf16=bf16, progress=progress, reference_model=reference_model)
 
 
 def encode_generated(prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> dict[str, list[int]]:
@@ -90,6 +149,7 @@ def score_encoded(
     chunk_size: int = 1024,
     bf16: bool = False,
     progress: bool = True,
+    reference_model=None,
 ) -> list[SequenceRewards]:
     """`score` for sequences already tokenised: dicts with `input_ids` and `labels` (−100 outside the completion)."""
     was_training = model.training
@@ -118,6 +178,11 @@ def score_encoded(
             attn[i, :n] = 1
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             qv = model_qv(model, ids.to(device), attn.to(device), labels.to(device), chunk_size=chunk_size)
+            if reference_model is not None:
+                ref_device = _device(reference_model)
+                ref = model_qv(reference_model, ids.to(ref_device), attn.to(ref_device), labels.to(ref_device),
+                               chunk_size=chunk_size)
+                qv = with_reference(qv, ref.v.to(device))
         rw = token_rewards(qv, gamma=gamma, eos_token_id=eos)
         for i, j in enumerate(index):
             pos = qv.mask[i].nonzero().flatten()
@@ -130,11 +195,11 @@ def score_encoded(
                 tokens=[tokenizer.decode([t]) for t in tok_ids],
                 token_ids=tok_ids,
                 rewards=r.tolist(),
-                values=qv.v[i, pos].tolist(),
+                values=qv.state_value[i, pos].tolist(),
                 logprobs=rw.logprob[i, pos].tolist(),
                 reward=float(rw.reward[i, pos][defined].sum()),
                 logprob=float(rw.logprob[i, pos].sum()),
-                value0=float(qv.v[i, pos[0]]),
+                value0=float(qv.state_value[i, pos[0]]),
                 num_tokens=len(pos),
                 terminated=bool(eos is not None and any(t in eos for t in tok_ids)),
             )
@@ -152,6 +217,7 @@ def preference_accuracy(
     batch_size: int = 8,
     max_length: int | None = 1024,
     progress: bool = True,
+    reference_model=None,
 ) -> dict:
     """How often R(prompt, chosen) > R(prompt, rejected) over rows in TRL's preference format.
 
@@ -160,7 +226,8 @@ def preference_accuracy(
     reference a reward must beat to be more than a likelihood.
     """
     pairs = [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows]
-    scored = score(model, tokenizer, pairs, gamma=gamma, batch_size=batch_size, max_length=max_length, progress=progress)
+    scored = score(model, tokenizer, pairs, gamma=gamma, batch_size=batch_size, max_length=max_length, progress=progress,
+                   reference_model=reference_model)
     n = len(rows)
     chosen, rejected = scored[:n], scored[n:]
     return {
@@ -190,19 +257,22 @@ class RewardScorer:
 
     TRL calls `scorer(prompts=..., completions=..., **columns)` with strings or message lists and expects one float
     per completion. The reward is R = Σ_t r_t (`normalize="none"`) or its mean per token (`normalize="mean"`, which
-    does not favour long or short completions). The scoring model is frozen and kept in eval mode.
+    does not favour long or short completions). The scoring model is frozen and kept in eval mode. Given a path, the
+    reward is read in the run's own value parameterisation (`load_reward_model`), and γ defaults to the run's.
     """
 
-    def __init__(self, model, tokenizer=None, gamma: float = 0.99, normalize: str = "none", batch_size: int = 8,
-                 max_length: int | None = 1024, bf16: bool = False):
+    def __init__(self, model, tokenizer=None, gamma: float | None = None, normalize: str = "none", batch_size: int = 8,
+                 max_length: int | None = 1024, bf16: bool = False, reference_model=None):
         if normalize not in ("none", "mean"):
             raise ValueError(f"normalize must be 'none' or 'mean', got {normalize!r}")
         if isinstance(model, str):
-            from . import models
-
-            model, tokenizer = models.load(model)
+            loaded = load_reward_model(model)
+            model, tokenizer, reference_model = loaded.model, loaded.tokenizer, loaded.reference
+            gamma = loaded.gamma if gamma is None else gamma
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a model object")
+        gamma = 0.99 if gamma is None else gamma
+        self.reference_model = reference_model
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.gamma, self.normalize, self.batch_size, self.max_length, self.bf16 = gamma, normalize, batch_size, max_length, bf16
@@ -210,7 +280,8 @@ class RewardScorer:
 
     def __call__(self, prompts: Sequence[Prompt], completions: Sequence[Prompt], **_) -> list[float]:
         scored = score(self.model, self.tokenizer, list(zip(prompts, completions, strict=True)), gamma=self.gamma,
-                       batch_size=self.batch_size, max_length=self.max_length, bf16=self.bf16, progress=False)
+                       batch_size=self.batch_size, max_length=self.max_length, bf16=self.bf16, progress=False,
+                       reference_model=self.reference_model)
         if self.normalize == "mean":
             return [s.reward / max(s.num_tokens, 1) for s in scored]
         return [s.reward for s in scored]

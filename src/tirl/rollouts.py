@@ -29,6 +29,7 @@ from .runinfo import write_atomic, write_text_atomic
 IGNORE_INDEX = -100
 BUFFER_DIR = "tirl_sample_buffer"
 _BATCH_KEYS = ("input_ids", "attention_mask", "labels", "position_ids")
+VALUE_KEYS = ("tirl_ref_values",)  # per-position float columns that travel with a batch (`tirl.reference.COLUMN`)
 
 
 @dataclass
@@ -177,13 +178,19 @@ def sample_completions(
     return out[:, ids.shape[1] :].tolist()
 
 
-def mix_batch(expert: dict, rollout: Rollout, pad_token_id: int) -> dict:
+def mix_batch(expert: dict, rollout: Rollout, pad_token_id: int, policy_values: dict[str, torch.Tensor] | None = None) -> dict:
     """Expert rows of a collated batch followed by rollout rows, padded to one length, with `is_expert` [B + N].
 
-    Keys: input_ids, attention_mask, labels (and position_ids when the batch has them). Padding-free or packed
-    batches (no attention mask) are refused: their rows have no separate prompts to sample from.
+    Keys: input_ids, attention_mask, labels (and position_ids when the batch has them), and per-position float
+    columns (`VALUE_KEYS`, e.g. the reference values of iq_value="reference"), whose policy rows come from
+    `policy_values` ([N, L_rollout] each). Padding-free or packed batches (no attention mask) are refused: their rows
+    have no separate prompts to sample from.
     """
-    unknown = [k for k, v in expert.items() if isinstance(v, torch.Tensor) and k not in _BATCH_KEYS]
+    policy_values = policy_values or {}
+    missing = [k for k in VALUE_KEYS if k in expert and k not in policy_values]
+    if missing:
+        raise ValueError(f"the batch has the per-token columns {missing}, but the policy samples do not")
+    unknown = [k for k, v in expert.items() if isinstance(v, torch.Tensor) and k not in _BATCH_KEYS + VALUE_KEYS]
     if unknown:
         raise ValueError(f"cannot mix policy samples into a batch with the keys {unknown}; expected {list(_BATCH_KEYS)}")
     if "attention_mask" not in expert:
@@ -201,6 +208,9 @@ def mix_batch(expert: dict, rollout: Rollout, pad_token_id: int) -> dict:
         "attention_mask": torch.cat([pad_to(expert["attention_mask"], 0), pad_to(r.attention_mask, 0)]),
         "labels": torch.cat([pad_to(expert["labels"], IGNORE_INDEX), pad_to(r.labels, IGNORE_INDEX)]),
     }
+    for key in VALUE_KEYS:
+        if key in expert:
+            out[key] = torch.cat([pad_to(expert[key], 0), pad_to(policy_values[key].to(device), 0)])
     if "position_ids" in expert:
         policy_positions = (r.attention_mask.cumsum(-1) - 1).clamp(min=0)
         out["position_ids"] = torch.cat([pad_to(expert["position_ids"], 0), pad_to(policy_positions, 0)])

@@ -275,7 +275,7 @@ def summary_markdown(method: str, model: str, config, metrics: dict, output_dir:
     lines = [
         f"# tirl train: {method} on {model}",
         "",
-        f"λ = {config.iq_lambda}, γ = {config.iq_gamma}, steps = {metrics.get('train', {}).get('global_step', config.max_steps)}, "
+        f"λ = {config.iq_lambda}, γ = {config.iq_gamma}, V = {config.iq_value}, steps = {metrics.get('train', {}).get('global_step', config.max_steps)}, "
         f"learning rate = {config.learning_rate}, training time = {metrics.get('train_seconds', 0):.0f} s",
         "",
         "| metric | before | after |",

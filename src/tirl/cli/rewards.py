@@ -13,8 +13,10 @@ from pathlib import Path
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint to read rewards from: a run directory, 'smollm2-135m', "
                    "or a tiny model name")
-    p.add_argument("--gamma", type=float, default=0.99, help="discount γ in r_t = Q(s_t,a_t) − γ·V(s_{t+1}); γ=1 "
-                   "makes R the log-likelihood plus V(s_0), so keep γ < 1 for a reward that is more than a likelihood")
+    p.add_argument("--gamma", type=float, default=None, help="discount γ in r_t = Q(s_t,a_t) − γ·V(s_{t+1}); default: "
+                   "the run's iq_gamma (0.99 for a model that is not a tirl run). γ=1 makes R the log-likelihood plus "
+                   "V(s_0), so keep γ < 1 for a reward that is more than a likelihood. V is read in the run's own "
+                   "iq_value form (logits, reference or head, from its run.json)")
     p.add_argument("--num_examples", type=int, default=50, help="rows to score (seeded random subset)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset")
     p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
@@ -62,10 +64,9 @@ def score_main(argv: list[str]) -> int:
     if not args.dataset and not args.generations:
         print("tirl rewards: error: give --dataset or --generations", file=sys.stderr)
         return 2
-    from tirl import models
     from tirl.data import DataError, load_rows
     from tirl.reward_viz import render_html, render_png
-    from tirl.rewards import score
+    from tirl.rewards import load_reward_model, score
     from tirl.runinfo import safe_path, write_json_atomic, write_text_atomic
 
     try:
@@ -78,21 +79,25 @@ def score_main(argv: list[str]) -> int:
     except DataError as e:
         print(f"tirl rewards: error: {e}", file=sys.stderr)
         return 2
-    model, tok = models.load(args.model)
+    rm = load_reward_model(args.model)
+    model, tok = rm.model, rm.tokenizer
+    args.gamma = rm.gamma if args.gamma is None else args.gamma
+    print(f"[tirl] rewards of {args.model} with V in its '{rm.value}' form, γ = {args.gamma}")
     # prompts from a task are user messages, formatted the way training formats them
     from tirl.data import to_trl
 
     if not args.generations:
         trl_rows = to_trl([{"prompt": p, "completion": c} for p, c in pairs], tok)
         pairs = [(r["prompt"], r["completion"]) for r in trl_rows]
-    scored = score(model, tok, pairs, gamma=args.gamma, batch_size=args.batch_size, max_length=args.max_length, bf16=args.bf16)
+    scored = score(model, tok, pairs, gamma=args.gamma, batch_size=args.batch_size, max_length=args.max_length, bf16=args.bf16,
+                   reference_model=rm.reference)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({**m, **s.to_dict()}, ensure_ascii=False) for m, s in zip(meta, scored, strict=True)]
     write_text_atomic(safe_path(out, "rewards.jsonl"), "\n".join(lines) + "\n")
     R = [s.reward for s in scored]
     per_tok = [r for s in scored for r in s.rewards if not math.isnan(r)]
-    summary = {"model": args.model, "gamma": args.gamma, "n": len(scored), "mean_R": statistics.fmean(R),
+    summary = {"model": args.model, "gamma": args.gamma, "iq_value": rm.value, "n": len(scored), "mean_R": statistics.fmean(R),
                "std_R": statistics.pstdev(R), "mean_r_t": statistics.fmean(per_tok) if per_tok else None,
                "mean_logprob": statistics.fmean(s.logprob for s in scored),
                "mean_tokens": statistics.fmean(s.num_tokens for s in scored)}

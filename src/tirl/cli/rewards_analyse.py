@@ -26,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=int, default=256, help="longest completion")
     p.add_argument("--batch_size", type=int, default=32, help="sequences per generation batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt subset, the sampling and the preference subset")
-    p.add_argument("--gamma", type=float, default=0.99, help="discount γ of the reward (keep < 1: with γ = 1, R is the "
-                   "log-likelihood plus V(s_0))")
+    p.add_argument("--gamma", type=float, default=None, help="discount γ of the reward; default: each run's own "
+                   "iq_gamma (0.99 for other models). Keep < 1: with γ = 1, R is the log-likelihood plus V(s_0). V is "
+                   "read in each run's own iq_value form")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="run generation and scoring in float32")
     p.add_argument("--samples_from", default=None, help="model that generates the completions (default: the first)")
     p.add_argument("--generations", default=None, help="use this generations.jsonl (from `tirl eval`) instead of sampling")

@@ -75,8 +75,6 @@ class GAILTrainer(RolloutTrainer):
                 stacklevel=2,
             )
         device = self.accelerator.device
-        # the initial policy, frozen: reference for the KL and (by default) the discriminator's trunk
-        self.ref_model = frozen_copy(self.accelerator.unwrap_model(self.model)).to(device)
         self._disc_shares_ref_trunk = False
         self.discriminator = (discriminator if discriminator is not None else self._build_discriminator()).to(device)
         params = [p for p in self.discriminator.parameters() if p.requires_grad]
@@ -106,6 +104,9 @@ class GAILTrainer(RolloutTrainer):
             trunk = truncated_trunk(trunk, a.gail_disc_num_layers)
         hidden = trunk.config.get_text_config().hidden_size
         return TokenDiscriminator(trunk, hidden, head_hidden=a.gail_disc_head_hidden, train_trunk=a.gail_disc_train_trunk)
+
+    def needs_reference_model(self) -> bool:
+        return True  # the KL reference and, by default, the discriminator's trunk
 
     def num_policy_samples(self, batch_size: int) -> int:
         """One completion per prompt of the micro-batch unless `num_policy_samples` is set."""

@@ -47,6 +47,19 @@ class IQLearnConfig(SFTConfig):
         iq_stop_grad_next (`bool`, defaults to `False`):
             Stop the gradient through V(s_{t+1}) in the TD term (a target-network-like ablation; the paper's
             objective differentiates through it).
+        iq_value (`str`, defaults to `"logits"`):
+            How V(s) is parameterised (METHOD.md §1; the policy is softmax(logits) in every form). `"logits"`:
+            V = logsumexp(logits), Q = logits. `"reference"`: V = LSE_θ − LSE_θ0, relative to the starting model
+            (computed once over the dataset before training and cached in the run directory; no second model is
+            held; online trainers use their frozen reference for their samples), so V ≡ 0 and r_t = log π_θ0 at the
+            start instead of r_t ≈ 30. `"head"`: V = v_ψ(h), a zero-initialised linear head on the final hidden
+            state, trained with the model and saved beside it (`value_head.safetensors`).
+        iq_lambda_warmup_steps (`int`, defaults to `0`):
+            Ramp λ linearly from 0 (plain MLE) to `iq_lambda` over this many optimizer steps. 0: full λ from the
+            first step. Evaluation always uses the full λ.
+        entropy_coef (`float`, defaults to `0.0`):
+            β of entropy-regularised MLE, the paper's other baseline: subtracts β·E[H(π(·|s_t))] over the expert
+            completion tokens. Combine with `iq_lambda=0` (`--method mle`) for the baseline itself.
     """
 
     iq_lambda: float = field(
@@ -76,6 +89,23 @@ class IQLearnConfig(SFTConfig):
         default=False,
         metadata={"help": "Stop the gradient through V(s_{t+1}) in the TD term (ablation)."},
     )
+    iq_value: str = field(
+        default="logits",
+        metadata={
+            "help": "Parameterisation of V(s): 'logits' (V = logsumexp of the logits), 'reference' (V = logsumexp "
+            "minus the starting model's, so V = 0 at the start) or 'head' (a zero-initialised scalar head on the "
+            "final hidden state). The policy is the model's softmax in every form.",
+            "choices": ["logits", "reference", "head"],
+        },
+    )
+    iq_lambda_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Ramp λ linearly from 0 (MLE) to iq_lambda over this many steps (0 = no warm-up)."},
+    )
+    entropy_coef: float = field(
+        default=0.0,
+        metadata={"help": "β of entropy-regularised MLE: subtract β·E[H(π(·|s_t))] on expert tokens (0 = off)."},
+    )
 
     def __post_init__(self):
         if not self.use_cpu and not accelerator_available():
@@ -89,3 +119,9 @@ class IQLearnConfig(SFTConfig):
             raise ValueError(f"iq_chunk_size must be >= 0 (0 = unchunked), got {self.iq_chunk_size}")
         if self.iq_reduction not in ("token", "sequence"):
             raise ValueError(f"iq_reduction must be 'token' or 'sequence', got {self.iq_reduction!r}")
+        if self.iq_value not in ("logits", "reference", "head"):
+            raise ValueError(f"iq_value must be 'logits', 'reference' or 'head', got {self.iq_value!r}")
+        if self.iq_lambda_warmup_steps < 0:
+            raise ValueError(f"iq_lambda_warmup_steps must be >= 0, got {self.iq_lambda_warmup_steps}")
+        if self.entropy_coef < 0:
+            raise ValueError(f"entropy_coef must be >= 0, got {self.entropy_coef}")

@@ -7,6 +7,8 @@ masking, packing, PEFT via `peft_config`, accelerate multi-process, mixed precis
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
 import warnings
@@ -17,9 +19,11 @@ from datasets import Dataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
-from ..losses import QV, LossOutput, iq_loss_from_qv, qv_from_logits
+from .. import reference
+from ..losses import QV, LossOutput, iq_loss_from_qv, qv_from_logits, with_reference, with_value
 from ..models import eos_token_ids
 from ..qv_head import add_qv_head
+from ..value_head import add_value_head, get_value_head, load_value_head, save_value_head
 from .iqlearn_config import IQLearnConfig
 
 ROW_COLUMN = "_tirl_row"
@@ -38,8 +42,12 @@ class IQLearnTrainer(SFTTrainer):
     """Offline IQLearn: minimise E[−log π(a_t|s_t)] + λ·E[r_t²] over completion tokens. `iq_lambda=0` is SFT.
 
     Logs, besides TRL's `loss`, `entropy`, `mean_token_accuracy` and `num_tokens`: `mle_loss` (the −log π term),
-    `td_loss` (E[r²], before λ), `mean_reward` (E[r_t]) and `mean_value` (E[V(s_t)]), each with an `eval_` prefix in
-    evaluation.
+    `td_loss` (E[r²], before λ), `mean_reward` (E[r_t]) and `mean_value` (E[V(s_t)], in the run's `iq_value` form),
+    each with an `eval_` prefix in evaluation, and `iq_lambda` (the λ in force, during a warm-up).
+
+    `iq_value="head"` attaches a zero-initialised value head to the model (`tirl.value_head`), saved as
+    `value_head.safetensors` with the model and in checkpoints; `iq_value="reference"` computes the starting model's
+    logsumexp over the train and eval datasets before training (`tirl.reference`, cached in the run directory).
     """
 
     _tag_names = ["trl", "sft", "tirl", "iqlearn"]
@@ -76,6 +84,10 @@ class IQLearnTrainer(SFTTrainer):
         if args.iq_chunk_size > 0:
             add_qv_head(base, chunk_size=args.iq_chunk_size)
         self.eos_token_ids = eos_token_ids(self.processing_class, base)
+        if args.iq_value == "head":
+            add_value_head(base)
+        elif args.iq_value == "reference":
+            self._attach_reference_values()
 
     # ----------------------------------------------------------------------------------------------------------------
     # Data: nothing is dropped silently
@@ -126,24 +138,112 @@ class IQLearnTrainer(SFTTrainer):
 
     # ----------------------------------------------------------------------------------------------------------------
 
-    def compute_qv(self, model, inputs) -> QV:
-        """Per-token Q and V of a collated batch, chunked or from full logits according to `iq_chunk_size`."""
+    # ----------------------------------------------------------------------------------------------------------------
+    # Q and V in the run's value parameterisation
+
+    def forward_qv(self, model, inputs) -> QV:
+        """Per-token Q and V of a collated batch in the logits form (V = v_ψ when the model has a value head), chunked
+        or from full logits according to `iq_chunk_size`."""
         if self.args.iq_chunk_size > 0:
             return model(**inputs, qv_head=True)
-        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-        return qv_from_logits(logits, inputs["labels"])
+        head = get_value_head(self.accelerator.unwrap_model(model))
+        out = model(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=head is not None)
+        qv = qv_from_logits(out.logits, inputs["labels"], entropy_grad=self.args.entropy_coef > 0)
+        # hidden_states[-1] is the normed final state the LM head reads
+        return qv if head is None else with_value(qv, head(out.hidden_states[-1][:, :-1]))
+
+    def compute_qv(self, model, inputs) -> QV:
+        """`forward_qv` in the run's `iq_value` form; consumes the batch's reference values (`tirl_ref_values`)."""
+        ref = inputs.pop(reference.COLUMN, None)
+        qv = self.forward_qv(model, inputs)
+        if self.args.iq_value == "reference":
+            if ref is None:
+                raise ValueError(f"iq_value='reference' needs the batch's '{reference.COLUMN}' (the starting model's "
+                                 "logsumexp); it is missing from this batch")
+            qv = with_reference(qv, ref[:, :-1].to(qv.v.device))
+        return qv
+
+    def current_lambda(self) -> float:
+        """λ in force: ramped linearly over `iq_lambda_warmup_steps` during training; the full λ in evaluation."""
+        a = self.args
+        if a.iq_lambda_warmup_steps <= 0 or not self.model.training:
+            return a.iq_lambda
+        return a.iq_lambda * min(1.0, self.state.global_step / a.iq_lambda_warmup_steps)
 
     def iq_loss(self, qv: QV, num_items_in_batch=None) -> LossOutput:
         a = self.args
         return iq_loss_from_qv(
             qv,
-            lam=a.iq_lambda,
+            lam=self.current_lambda(),
             gamma=a.iq_gamma,
             eos_token_id=self.eos_token_ids or None,
             num_items_in_batch=num_items_in_batch,
             reduction=a.iq_reduction,
             stop_grad_next=a.iq_stop_grad_next,
+            entropy_coef=a.entropy_coef,
         )
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # iq_value="reference": the starting model's logsumexp, once, as a dataset column
+
+    def _set_signature_columns_if_needed(self):
+        # Trainer drops dataset columns outside this list before collating; the reference values must survive
+        super()._set_signature_columns_if_needed()
+        if self.args.iq_value == "reference" and reference.COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, reference.COLUMN]
+
+    def _attach_reference_values(self) -> None:
+        """Add LSE_θ0 per token to the train and eval datasets and wrap the collator to batch it."""
+        if self.train_dataset is not None:
+            self.train_dataset = self._with_reference_values(self.train_dataset, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: self._with_reference_values(d, f"eval-{k}") for k, d in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = self._with_reference_values(self.eval_dataset, "eval")
+        self.data_collator = reference.ReferenceValueCollator(self.data_collator)
+
+    def _with_reference_values(self, dataset, name: str):
+        if not isinstance(dataset, Dataset):
+            raise NotImplementedError("iq_value='reference' needs a map-style datasets.Dataset (its values are "
+                                      "computed once before training); use iq_value='head' for streaming data")
+        if reference.COLUMN in dataset.column_names:
+            return dataset
+        self._set_signature_columns_if_needed()
+        keep = [c for c in self._signature_columns if c in dataset.column_names and c != reference.COLUMN]
+        rows = dataset.select_columns(keep).to_list()
+        model = self.model
+        settings = f"chunk={self.args.iq_chunk_size};bf16={self.args.bf16};fp16={self.args.fp16}"
+        key = hashlib.sha256((reference.model_fingerprint(model) + reference.rows_fingerprint(rows, settings))
+                             .encode()).hexdigest()
+        path = os.path.join(self.args.output_dir, reference.CACHE_DIR, f"{name}-{key[:16]}.safetensors")
+        with self.accelerator.main_process_first():
+            values = reference.load_values(path, key)
+            if values is None:
+                values = self._compute_reference_values(rows, name)
+                if self.accelerator.is_main_process:
+                    reference.save_values(path, values, key)
+        return dataset.add_column(reference.COLUMN, values)
+
+    def _compute_reference_values(self, rows: list[dict], name: str) -> list[list[float]]:
+        """LSE_θ0 of the starting model (with LoRA: adapters disabled), in eval mode and the run's precision."""
+        model = self.model
+        device = self.accelerator.device
+        adapters_off = model.disable_adapter() if is_peft_model(model) else contextlib.nullcontext()
+
+        def qv_fn(batch: dict) -> QV:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch["use_cache"] = False
+            return self.forward_qv(model, batch)
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), adapters_off, self.accelerator.autocast():
+                return reference.compute_reference_values(
+                    rows, self.data_collator, qv_fn, batch_size=self.args.per_device_eval_batch_size,
+                    progress=not self.args.disable_tqdm, desc=f"reference values ({name})")
+        finally:
+            model.train(was_training)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -223,8 +323,25 @@ class IQLearnTrainer(SFTTrainer):
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """`Trainer.save_model` (final model and each checkpoint), plus `value_head.safetensors` with iq_value="head"."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save and get_value_head(self.accelerator.unwrap_model(self.model)) is not None:
+            save_value_head(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+
     def save_extra_state(self, checkpoint_dir: str) -> None:
         """Hook for subclasses: write extra state (sample buffers, discriminators) into a checkpoint being staged."""
+
+    def load_extra_state(self, checkpoint_dir: str) -> None:
+        """Restore what `save_model`/`save_extra_state` wrote beyond the model weights: the value head."""
+        if self.args.iq_value == "head":
+            load_value_head(self.accelerator.unwrap_model(self.model), checkpoint_dir)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # called once, on resume, after the model and optimizer exist: the place to restore our own state too
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self.load_extra_state(checkpoint)
 
     def _record_metrics(self, mode: str, qv: QV, out: LossOutput, inputs) -> None:
         gather = self.accelerator.gather_for_metrics
@@ -240,6 +357,8 @@ class IQLearnTrainer(SFTTrainer):
         m["mean_value"].append((sums["value"] / n).item())
         m["entropy"].append((entropy / n).item())
         m["mean_token_accuracy"].append((top1 / n).item())
+        if mode == "train" and self.args.iq_lambda_warmup_steps > 0:
+            m["iq_lambda"].append(self.current_lambda())
         if mode == "train":
             if "attention_mask" in inputs:
                 local = inputs["attention_mask"].sum()

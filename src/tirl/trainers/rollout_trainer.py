@@ -25,7 +25,11 @@ import warnings
 
 import torch
 
+from .. import reference
+from ..discriminator import frozen_copy
+from ..qv_head import model_qv
 from ..rollouts import (
+    VALUE_KEYS,
     BufferEntry,
     SampleBuffer,
     build_rollout,
@@ -71,6 +75,23 @@ class RolloutTrainer(IQLearnTrainer):
         self.last_step_timing: dict[str, float] = {}
         self.vllm_generation = self._init_vllm() if args.use_vllm else None
         self._vllm_synced_step = -1
+        # the initial policy, frozen: GAIL's KL reference and discriminator trunk; with iq_value="reference" the
+        # LSE_θ0 of policy samples (the states of expert rows have theirs precomputed, `tirl.reference`)
+        self.ref_model = None
+        if self.needs_reference_model():
+            self.ref_model = frozen_copy(self.accelerator.unwrap_model(self.model)).to(self.accelerator.device)
+
+    def needs_reference_model(self) -> bool:
+        """Whether this trainer holds a frozen copy of the initial policy (`ref_model`)."""
+        return self.args.iq_value == "reference"
+
+    @torch.no_grad()
+    def reference_values(self, rollout) -> torch.Tensor:
+        """LSE_θ0 of the frozen reference at every position of the rollout rows, in input-position layout [N, L]."""
+        with self.accelerator.autocast():
+            qv = model_qv(self.ref_model, rollout.input_ids, rollout.attention_mask, rollout.labels,
+                          chunk_size=max(self.args.iq_chunk_size, 256))
+        return torch.nn.functional.pad((qv.v * qv.mask).float(), (0, 1))
 
     # ----------------------------------------------------------------------------------------------------------------
     # Sampling
@@ -175,12 +196,15 @@ class RolloutTrainer(IQLearnTrainer):
         seconds = time.perf_counter() - t0
         rollout = build_rollout(prompts, completions, self.eos_token_ids, self.pad_token_id, device=labels.device)
         entry = self.sample_buffer.put(self._slot, rollout, step)
+        if self.args.iq_value == "reference":  # recorded with the samples, so reused samples keep them
+            entry.extras[reference.COLUMN] = self.reference_values(rollout)
         entry.uses = 1
         return entry, seconds
 
     def mix_inputs(self, model, inputs: dict, entry: BufferEntry) -> dict:
         """The batch the loss sees: expert rows, then the entry's policy rows, flagged by `is_expert`."""
-        return mix_batch(inputs, entry.rollout, self.pad_token_id)
+        values = {k: v for k, v in entry.extras.items() if k in VALUE_KEYS}
+        return mix_batch(inputs, entry.rollout, self.pad_token_id, policy_values=values)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         t0 = time.perf_counter()
@@ -226,16 +250,11 @@ class RolloutTrainer(IQLearnTrainer):
 
     def load_extra_state(self, checkpoint_dir: str) -> None:
         """Restore what `save_extra_state` wrote; a checkpoint without it (e.g. from offline IQLearn) regenerates."""
+        super().load_extra_state(checkpoint_dir)
+        self._slot_step = None
         if not self.sample_buffer.load(checkpoint_dir, rank=self.accelerator.process_index):
             warnings.warn(
                 f"{checkpoint_dir} has no saved policy samples for process {self.accelerator.process_index}; they "
                 "are regenerated at the next step.",
                 stacklevel=2,
             )
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        # called once, on resume, after the model and optimizer exist: the place to restore our own state too
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None:
-            self.load_extra_state(checkpoint)
-            self._slot_step = None
