@@ -1,22 +1,36 @@
-"""Quality: IQLearn vs MLE on real data (GSM8k, SmolLM2-135M) and on a task whose expert is known exactly.
+"""Quality: does IQLearn give something MLE does not? One section per claim of the paper, each judged against MLE
+and against entropy-regularised MLE (the paper's other baseline), mean ± s.e.m. over seeds.
 
-Part "gsm8k" — fine-tune SmolLM2-135M-Instruct on a GSM8k train subset with MLE and with IQLearn at several λ
-(through `tirl train`, the same seed and data for all), evaluate each (and the untrained model) on a fixed GSM8k test
-subset with `tirl eval` (greedy, and K samples at temperature 1: accuracy and Self-BLEU), and draw the
-score-vs-diversity picture with `tirl compare`.
+Variants (every section trains the same ones; the preset fixes λ, β and the value forms):
+    mle            --method mle                        plain SFT
+    ent-mle        --method mle --entropy_coef β        entropy-regularised MLE
+    iq-logits      --iq_value logits    --iq_lambda λ   V = logsumexp(logits) (the first implementation)
+    iq-reference   --iq_value reference --iq_lambda λ   V = LSE_θ − LSE_θ0 (V ≡ 0 at the start)
+    iq-head        --iq_value head      --iq_lambda λ   V = a zero-initialised value head
+    iq-online      --method iqlearn-online, α = 0.1     (arithmetic only: online IQLearn on a real task)
 
-Part "grammar" — the known-expert task (`tirl.data.grammar`): a probabilistic grammar with 1,887 valid strings whose
-probabilities are known. A small Llama is trained from scratch on expert samples with MLE and IQLearn (several λ,
-several seeds). Every valid string is scored, so forward KL(p*‖q), the probability of generating a valid string and
-the reverse KL on the valid set are exact; samples give Self-BLEU and the fraction still valid after t symbols
-(compounding error).
+Sections:
+    arithmetic   SmolLM2-135M on the generated GSM8k-style task, where a 135M model's accuracy moves. A small
+                 subset, several epochs, a checkpoint per epoch: held-out −log π and greedy accuracy per epoch
+                 (overfitting / data efficiency, paper Fig. 7). The checkpoint with the best held-out −log π (early
+                 stopping, as a user would) is then sampled at T ∈ {0.5, 0.7, 1.0} with K samples, plus greedy:
+                 accuracy against Self-BLEU along each method's temperature frontier (paper Fig. 4).
+    xsum         SmolLM2 on XSum (articles cut to their lead, `xsum-lead`, so it fits a CPU): the same frontier with
+                 ROUGE-1, then reward quality on a continuous metric: Spearman of each model's R = Σ r_t against
+                 sentence ROUGE-1 over one shared pool of samples, within prompt and overall, with Σ log π as the bar
+                 a reward must clear (paper: TL;DR ρ(R, ROUGE-1) 0.64 for IQLearn vs −0.05 for MLE).
+    gsm8k        the paper-comparable row. Floor-bound at 135M: every method, untrained included, scores 2–10%.
+    grammar      a known expert (`tirl.data.grammar`): small Llama from scratch, offline variants plus online
+                 IQLearn and GAIL; exact forward KL, P(valid), and compounding error (validity after t symbols).
 
-    python benchmarks/quality.py                       # CPU preset, both parts, ~30 min on 2 cores
-    python benchmarks/quality.py --part grammar        # ~3 min
-    python benchmarks/quality.py --preset smoke        # tiny everything, a couple of minutes (checks the script)
+    python benchmarks/quality.py                          # CPU preset, every section (see README for its time)
+    python benchmarks/quality.py --section grammar        # one section
+    python benchmarks/quality.py --preset screen          # the λ / β screen that chose the CPU preset's values
+    python benchmarks/quality.py --preset smoke           # tiny models, a few minutes (checks the script)
+    bash benchmarks/gpu.sh quality                        # full scale on a GPU (preset "gpu")
 
-Writes benchmarks/results/quality.json, quality_gsm8k.png (+ .md) and quality_grammar.png; prints markdown tables.
-Run directories go to benchmarks/runs/ (git-ignored).
+Writes benchmarks/results/quality.json (or quality_<preset>.json), quality_*.png and quality.md (the tables).
+Runs are cached under benchmarks/runs/quality/<preset>/ (git-ignored): an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,22 +50,99 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 RUNS = HERE / "runs" / "quality"
 
-PRESETS = {
+
+def variants(lam_logits: float, lam_reference: float, lam_head: float, beta: float, online_alpha: float = 0.1,
+             online_form: str = "reference", online_lambda: float | None = None, extra: dict | None = None) -> dict:
+    """The variants every section trains: name -> `tirl train` arguments (plus `extra` ones, for screens)."""
+    out = {
+        "mle": ["--method", "mle"],
+        "ent-mle": ["--method", "mle", "--entropy_coef", f"{beta:g}"],
+        "iq-logits": ["--method", "iqlearn", "--iq_value", "logits", "--iq_lambda", f"{lam_logits:g}"],
+        "iq-reference": ["--method", "iqlearn", "--iq_value", "reference", "--iq_lambda", f"{lam_reference:g}"],
+        "iq-head": ["--method", "iqlearn", "--iq_value", "head", "--iq_lambda", f"{lam_head:g}"],
+        "iq-online": ["--method", "iqlearn-online", "--iq_alpha", f"{online_alpha:g}", "--iq_value", online_form,
+                      "--iq_lambda", f"{online_lambda if online_lambda is not None else lam_reference:g}",
+                      "--max_new_tokens", "64"],
+    }
+    out.update(extra or {})
+    return out
+
+
+CPU_VARIANTS = variants(lam_logits=0.01, lam_reference=0.1, lam_head=0.1, beta=0.1)
+
+PRESETS: dict[str, dict] = {
     "cpu": {
-        "gsm8k": {"model": "smollm2-135m", "lambdas": [0.01, 0.1, 1.0], "seeds": [0], "train_examples": 320,
-                  "max_steps": 40, "batch": 4, "lr": 5e-5, "eval_examples": 50, "samples": 4, "max_new_tokens": 192,
-                  "eval_batch": 64},
-        "grammar": {"model": "small-llama", "lambdas": [0.01, 0.1, 1.0], "seeds": [0, 1, 2], "train_examples": 2000,
-                    "max_steps": 200, "batch": 32, "lr": 2e-3, "num_samples": 400},
+        "variants": CPU_VARIANTS,
+        "arithmetic": {"model": "smollm2-135m", "dataset": "arithmetic", "seeds": [0, 1, 2], "train_examples": 64,
+                       "epochs": 5, "batch": 8, "lr": 5e-5, "eval_rows": 64, "prompts": 32, "samples": 4,
+                       "temperatures": [0.5, 0.7, 1.0], "max_new_tokens": 64, "eval_batch": 128,
+                       "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online"]},
+        "xsum": {"model": "smollm2-135m", "dataset": "xsum-lead", "seeds": [0], "train_examples": 160, "epochs": 1,
+                 "batch": 4, "lr": 5e-5, "eval_rows": 32, "prompts": 32, "samples": 4, "temperatures": [0.5, 0.7, 1.0],
+                 "max_new_tokens": 64, "eval_batch": 64, "reward_prompts": 48, "reward_samples": 4,
+                 "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head"]},
+        "gsm8k": {"model": "smollm2-135m", "dataset": "gsm8k", "seeds": [0], "train_examples": 320, "max_steps": 40,
+                  "batch": 4, "lr": 5e-5, "eval_rows": 16, "prompts": 50, "samples": 4, "temperatures": [1.0],
+                  "max_new_tokens": 192, "eval_batch": 64,
+                  "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head"]},
+        "grammar": {"model": "small-llama", "seeds": [0, 1, 2], "train_examples": 2000, "max_steps": 200, "batch": 32,
+                    "lr": 2e-3, "num_samples": 400, "online_alpha": 0.1, "gail_steps": 200,
+                    "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online", "gail"]},
+    },
+    # the λ / β screen behind the CPU preset's choice: one seed, a grid per value form, arithmetic only
+    "screen": {
+        "variants": variants(lam_logits=0.01, lam_reference=0.1, lam_head=0.1, beta=0.1, extra={
+            "ent-mle-0.03": ["--method", "mle", "--entropy_coef", "0.03"],
+            "ent-mle-0.3": ["--method", "mle", "--entropy_coef", "0.3"],
+            "iq-logits-0.1": ["--method", "iqlearn", "--iq_value", "logits", "--iq_lambda", "0.1"],
+            "iq-reference-1": ["--method", "iqlearn", "--iq_value", "reference", "--iq_lambda", "1"],
+            "iq-reference-0.01": ["--method", "iqlearn", "--iq_value", "reference", "--iq_lambda", "0.01"],
+            "iq-head-1": ["--method", "iqlearn", "--iq_value", "head", "--iq_lambda", "1"],
+            "iq-reference-1-warmup": ["--method", "iqlearn", "--iq_value", "reference", "--iq_lambda", "1",
+                                      "--iq_lambda_warmup_steps", "16"],
+        }),
+        "arithmetic": {"model": "smollm2-135m", "dataset": "arithmetic", "seeds": [0], "train_examples": 64,
+                       "epochs": 5, "batch": 8, "lr": 5e-5, "eval_rows": 64, "prompts": 32, "samples": 4,
+                       "temperatures": [0.7, 1.0], "max_new_tokens": 64, "eval_batch": 128,
+                       "variants": ["mle", "ent-mle-0.03", "ent-mle", "ent-mle-0.3", "iq-logits", "iq-logits-0.1",
+                                    "iq-reference-0.01", "iq-reference", "iq-reference-1", "iq-reference-1-warmup",
+                                    "iq-head", "iq-head-1"]},
+    },
+    # full scale, for one GPU (`benchmarks/gpu.sh quality`)
+    "gpu": {
+        "variants": CPU_VARIANTS,
+        "arithmetic": {"model": "smollm2-135m", "dataset": "arithmetic", "seeds": [0, 1, 2], "train_examples": 256,
+                       "epochs": 8, "batch": 16, "lr": 5e-5, "eval_rows": 256, "prompts": 200, "samples": 4,
+                       "temperatures": [0.5, 0.7, 1.0], "max_new_tokens": 64, "eval_batch": 256,
+                       "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online"]},
+        "xsum": {"model": "smollm2-135m", "dataset": "xsum", "seeds": [0, 1, 2], "train_examples": 800, "epochs": 2,
+                 "batch": 16, "lr": 5e-5, "eval_rows": 200, "prompts": 200, "samples": 4,
+                 "temperatures": [0.5, 0.7, 1.0], "max_new_tokens": 64, "eval_batch": 128, "reward_prompts": 200,
+                 "reward_samples": 8, "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head"]},
+        "gsm8k": {"model": "smollm2-135m", "dataset": "gsm8k", "seeds": [0, 1, 2], "train_examples": None,
+                  "epochs": 1, "batch": 16, "lr": 5e-5, "eval_rows": 256, "prompts": None, "samples": 4,
+                  "temperatures": [1.0], "max_new_tokens": 256, "eval_batch": 256,
+                  "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head"]},
+        "grammar": {"model": "llama-10m", "seeds": [0, 1, 2], "train_examples": 5000, "max_steps": 500, "batch": 64,
+                    "lr": 1e-3, "num_samples": 1000, "online_alpha": 0.1, "gail_steps": 500,
+                    "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online", "gail"]},
     },
     "smoke": {
-        "gsm8k": {"model": "tiny-llama", "lambdas": [0.1], "seeds": [0], "train_examples": 32, "max_steps": 4,
-                  "batch": 4, "lr": 3e-3, "eval_examples": 4, "samples": 2, "max_new_tokens": 16, "eval_batch": 8,
-                  "dataset": "arithmetic"},
-        "grammar": {"model": "tiny-llama", "lambdas": [0.1], "seeds": [0], "train_examples": 200, "max_steps": 10,
-                    "batch": 16, "lr": 3e-3, "num_samples": 40},
+        "variants": variants(lam_logits=0.01, lam_reference=0.1, lam_head=0.1, beta=0.1),
+        "arithmetic": {"model": "tiny-llama", "dataset": "arithmetic", "seeds": [0, 1], "train_examples": 16,
+                       "epochs": 2, "batch": 8, "lr": 3e-3, "eval_rows": 8, "prompts": 4, "samples": 2,
+                       "temperatures": [0.7, 1.0], "max_new_tokens": 8, "eval_batch": 16,
+                       "variants": ["mle", "ent-mle", "iq-reference", "iq-head", "iq-online"]},
+        "xsum": {"model": "tiny-llama", "dataset": "arithmetic", "seeds": [0], "train_examples": 16, "epochs": 1,
+                 "batch": 8, "lr": 3e-3, "eval_rows": 8, "prompts": 4, "samples": 2, "temperatures": [1.0],
+                 "max_new_tokens": 8, "eval_batch": 16, "reward_prompts": 4, "reward_samples": 2,
+                 "variants": ["mle", "iq-reference", "iq-head"]},
+        "grammar": {"model": "tiny-llama", "seeds": [0], "train_examples": 200, "max_steps": 6, "batch": 16,
+                    "lr": 3e-3, "num_samples": 40, "online_alpha": 0.25, "gail_steps": 3,
+                    "variants": ["mle", "ent-mle", "iq-reference", "iq-head", "iq-online", "gail"]},
     },
 }
+SECTIONS = ("arithmetic", "xsum", "gsm8k", "grammar")
 
 
 def tirl(*args: str) -> None:
@@ -61,53 +153,286 @@ def tirl(*args: str) -> None:
         raise SystemExit(f"tirl {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
+def mean_sem(values: list[float]) -> dict:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return {"mean": None, "sem": None, "n": 0}
+    mean = statistics.fmean(values)
+    sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    return {"mean": mean, "sem": sem, "n": len(values)}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# GSM8k
+# Training and evaluation runs (through the `tirl` CLI, cached on disk)
 
 
-def gsm8k_part(cfg: dict, out_runs: Path) -> dict:
-    dataset = cfg.get("dataset", "gsm8k")
-    eval_args = ["--dataset", dataset, "--split", "test", "--num_examples", str(cfg["eval_examples"]), "--samples",
-                 str(cfg["samples"]), "--temperature", "1.0", "--max_new_tokens", str(cfg["max_new_tokens"]),
-                 "--batch_size", str(cfg["eval_batch"]), "--seed", "0"]
-    runs = [("untrained", None, None)]
-    for seed in cfg["seeds"]:
-        runs.append((f"mle-s{seed}", 0.0, seed))
-        runs += [(f"iqlearn-l{lam:g}-s{seed}", lam, seed) for lam in cfg["lambdas"]]
-    eval_dirs, timings = [], {}
-    for name, lam, seed in runs:
-        run_dir = out_runs / name
-        t0 = time.time()
-        if lam is None:
-            model = cfg["model"]
+def train(cfg: dict, variant: list[str], seed: int, run_dir: Path, per_epoch: bool) -> Path:
+    """`tirl train` one variant; with `per_epoch`, a checkpoint and a held-out evaluation after every epoch."""
+    if (run_dir / "metrics.json").is_file():
+        return run_dir
+    if run_dir.exists():  # an interrupted run: start it again (the benchmark's unit of caching is a finished run)
+        shutil.rmtree(run_dir)
+    length = ["--max_steps", str(cfg["max_steps"])] if cfg.get("max_steps") else ["--num_train_epochs", str(cfg["epochs"])]
+    subset = ["--num_train_examples", str(cfg["train_examples"])] if cfg.get("train_examples") else []
+    # held-out −log π after every epoch (and before training); per-epoch checkpoints only for the epoch curves
+    schedule = ["--eval_strategy", "epoch", *(["--save_strategy", "epoch", "--save_only_model", "true",
+                                               "--save_total_limit", "1000"] if per_epoch else ["--save_strategy", "no"])]
+    tirl("train", *variant, "--model", cfg["model"], "--dataset", cfg["dataset"], *subset, *length,
+         "--num_eval_examples", str(cfg["eval_rows"]), "--per_device_train_batch_size", str(cfg["batch"]),
+         "--per_device_eval_batch_size", "16", "--learning_rate", str(cfg["lr"]), "--lr_scheduler_type", "cosine",
+         "--warmup_steps", "0.1", "--max_length", "512" if "xsum" in cfg["dataset"] else "384",
+         "--gradient_checkpointing", "false", *schedule, "--report_to", "none", "--logging_steps", "5",
+         "--seed", str(seed), "--disable_tqdm", "true", "--output_dir", str(run_dir))
+    return run_dir
+
+
+def evaluate(cfg: dict, model: str, out: Path, temperature: float | None, samples: int | None = None,
+             prompts: int | None = None, dataset: str | None = None) -> dict:
+    """`tirl eval`: greedy only (`temperature=None`), or K samples at `temperature` without a greedy pass."""
+    if not (out / "metrics.json").is_file():
+        passes = ["--samples", "0"] if temperature is None else [
+            "--samples", str(samples or cfg["samples"]), "--temperature", str(temperature), "--no-greedy"]
+        n = prompts if prompts is not None else cfg["prompts"]
+        tirl("eval", "--model", model, "--dataset", dataset or cfg["dataset"], "--split", "test", "--num_examples",
+             str(n or 0), *passes, "--max_new_tokens", str(cfg["max_new_tokens"]), "--batch_size",
+             str(cfg["eval_batch"]), "--seed", "0", "--no_progress", "--output_dir", str(out))
+    return json.loads((out / "metrics.json").read_text())
+
+
+def log_history(run_dir: Path) -> list[dict]:
+    """The trainer's log history: from the last checkpoint's trainer_state.json (it holds every epoch's eval)."""
+    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if checkpoints:
+        return json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+    return []
+
+
+def frontier_evals(cfg: dict, model: str, eval_root: Path) -> dict:
+    """Greedy plus K samples at each temperature of `cfg`: {"greedy": metrics, "T=0.5": metrics, ...}."""
+    out = {"greedy": evaluate(cfg, model, eval_root / "greedy", None)}
+    for t in cfg["temperatures"]:
+        out[f"T={t:g}"] = evaluate(cfg, model, eval_root / f"t{t:g}", t)
+    return out
+
+
+def points(evals: dict, score: str) -> dict:
+    """Per pass: task score (×100 for accuracies), Self-BLEU (100 for greedy), entropy and distinct-2."""
+    scale = 100.0 if score.startswith(("accuracy", "pass_at_k")) else 1.0
+    out = {}
+    for name, m in evals.items():
+        p = m["greedy"] if name == "greedy" else m["sampled"]
+        out[name] = {"score": scale * p[score], "self_bleu": 100.0 if name == "greedy" else p.get("self_bleu"),
+                     "entropy": p.get("entropy"), "distinct_2": p.get("distinct_2"), "mean_tokens": p.get("mean_tokens")}
+    return out
+
+
+def along_frontier(ref: dict, other: dict) -> dict:
+    """Score of `other`'s sampled points minus the reference frontier's score at the same Self-BLEU.
+
+    The reference frontier is piecewise linear through its points sorted by Self-BLEU (greedy at 100); outside its
+    range the nearest end is used (flagged `extrapolated`). Positive = better at equal diversity."""
+    curve = sorted((p["self_bleu"], p["score"]) for p in ref.values() if p["self_bleu"] is not None)
+    out = {}
+    for name, p in other.items():
+        if name == "greedy" or p["self_bleu"] is None:
+            continue
+        x = p["self_bleu"]
+        if x <= curve[0][0]:
+            y, extra = curve[0][1], x < curve[0][0]
+        elif x >= curve[-1][0]:
+            y, extra = curve[-1][1], x > curve[-1][0]
         else:
-            if not (run_dir / "model.safetensors").is_file():
-                method = ["--method", "mle"] if lam == 0 else ["--method", "iqlearn", "--iq_lambda", str(lam)]
-                tirl("train", *method, "--model", cfg["model"], "--dataset", dataset, "--num_train_examples",
-                     str(cfg["train_examples"]), "--num_eval_examples", "16", "--max_steps", str(cfg["max_steps"]),
-                     "--per_device_train_batch_size", str(cfg["batch"]), "--learning_rate", str(cfg["lr"]),
-                     "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(1, cfg["max_steps"] // 10)),
-                     "--max_length", "384", "--gradient_checkpointing", "false", "--save_strategy", "no",
-                     "--report_to", "none", "--seed", str(seed), "--disable_tqdm", "true", "--output_dir", str(run_dir))
-            model = str(run_dir)
-        eval_dir = out_runs / "eval" / name
-        tirl("eval", "--model", model, *eval_args, "--output_dir", str(eval_dir))
-        timings[name] = time.time() - t0
-        eval_dirs.append((name, eval_dir))
-    names = [n for n, _ in eval_dirs]
-    tirl("compare", *[str(d) for _, d in eval_dirs], "--labels", ",".join(names), "--output", str(RESULTS / "quality_gsm8k.png"))
-    rows = {}
-    for name, d in eval_dirs:
-        m = json.loads((d / "metrics.json").read_text())
-        rows[name] = {"greedy": m.get("greedy"), "sampled": m.get("sampled"), "seconds": timings[name]}
-    return {"config": cfg, "runs": rows}
+            (x0, y0), (x1, y1) = next(((a, b) for a, b in zip(curve, curve[1:], strict=False) if a[0] <= x <= b[0]))
+            y, extra = y0 + (y1 - y0) * (x - x0) / max(x1 - x0, 1e-9), False
+        out[name] = {"delta": p["score"] - y, "extrapolated": extra}
+    return out
+
+
+def compare_plot(run_dirs: list[Path], labels: list[str], png: Path, score: str | None = None) -> None:
+    """`tirl compare`: one frontier per label, seeds averaged."""
+    args = [*map(str, run_dirs), "--labels", ",".join(labels), "--output", str(png)]
+    tirl("compare", *args, *(["--score", score] if score else []))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Known-expert grammar
+# Sections on real tasks: arithmetic (overfitting + frontier), xsum (frontier + rewards), gsm8k (floor row)
 
 
-def grammar_run(cfg: dict, lam: float, seed: int, train: list[str]) -> dict:
+def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: str, per_epoch: bool,
+                 rewards: bool = False) -> dict:
+    section: dict = {"config": cfg, "score": score, "runs": {}}
+    base_evals = frontier_evals(cfg, cfg["model"], runs / "untrained" / "eval")
+    section["untrained"] = points(base_evals, score)
+    eval_dirs, labels = [runs / "untrained" / "eval"], ["untrained"]
+    for vname in cfg["variants"]:
+        for seed in cfg["seeds"]:
+            key = f"{vname}-s{seed}"
+            t0 = time.time()
+            run_dir = train(cfg, all_variants[vname], seed, runs / key, per_epoch)
+            entry: dict = {"variant": vname, "seed": seed}
+            model = str(run_dir)
+            if per_epoch:
+                entry["epochs"] = epoch_curve(cfg, run_dir, runs / key / "eval", score, section["untrained"])
+                best = min(entry["epochs"], key=lambda e: e["heldout_nll"] if e["epoch"] > 0 else math.inf)
+                entry["best_epoch"] = best["epoch"]
+                model = best["checkpoint"]
+            evals = frontier_evals(cfg, model, runs / key / "eval" / "frontier")
+            entry["frontier"] = points(evals, score)
+            entry["train"] = json.loads((run_dir / "metrics.json").read_text()).get("eval_after", {})
+            entry["seconds"] = time.time() - t0
+            section["runs"][key] = entry
+            eval_dirs.append(runs / key / "eval" / "frontier")
+            labels.append(vname)
+            if per_epoch:  # keep the chosen checkpoint and the final model; the others were only for the curves
+                for ck in run_dir.glob("checkpoint-*"):
+                    if str(ck) != model:
+                        shutil.rmtree(ck, ignore_errors=True)
+    section["summary"] = summarise(section, cfg)
+    compare_plot(_frontier_dirs(eval_dirs), _frontier_labels(eval_dirs, labels), RESULTS / f"quality_{name}_frontier.png",
+                 score)
+    if per_epoch:
+        plot_epochs(section, cfg, RESULTS / f"quality_{name}_epochs.png", score)
+    if rewards:
+        section["rewards"] = reward_section(cfg, section, runs)
+    return section
+
+
+def _frontier_dirs(eval_dirs: list[Path]) -> list[Path]:
+    return [d / sub for d in eval_dirs for sub in ["greedy", *sorted(p.name for p in d.iterdir() if p.name.startswith("t"))]]
+
+
+def _frontier_labels(eval_dirs: list[Path], labels: list[str]) -> list[str]:
+    return [lab for d, lab in zip(eval_dirs, labels, strict=True)
+            for _ in ["greedy", *sorted(p.name for p in d.iterdir() if p.name.startswith("t"))]]
+
+
+def epoch_curve(cfg: dict, run_dir: Path, eval_root: Path, score: str, untrained: dict) -> list[dict]:
+    """Per epoch: held-out −log π (the trainer's eval on held-out rows) and the greedy task score of the checkpoint."""
+    history = log_history(run_dir)
+    before = json.loads((run_dir / "metrics.json").read_text()).get("eval_before", {})
+    scale = 100.0 if score.startswith("accuracy") else 1.0
+    curve = [{"epoch": 0, "heldout_nll": before.get("eval_mle_loss"), "greedy_score": untrained["greedy"]["score"],
+              "checkpoint": None}]
+    evals = {round(h["epoch"]): h for h in history if "eval_mle_loss" in h}
+    for ck in sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        state = json.loads((ck / "trainer_state.json").read_text())
+        epoch = round(state["epoch"])
+        m = evaluate(cfg, str(ck), eval_root / f"epoch{epoch}", None)
+        curve.append({"epoch": epoch, "heldout_nll": evals.get(epoch, {}).get("eval_mle_loss"),
+                      "heldout_td": evals.get(epoch, {}).get("eval_td_loss"),
+                      "greedy_score": scale * m["greedy"][score], "checkpoint": str(ck)})
+    return curve
+
+
+def summarise(section: dict, cfg: dict) -> dict:
+    """Mean ± s.e.m. over seeds per variant, and paired differences to MLE and to entropy-MLE along their frontiers."""
+    out: dict = {}
+    by_variant: dict[str, list[dict]] = {}
+    for entry in section["runs"].values():
+        by_variant.setdefault(entry["variant"], []).append(entry)
+    for vname, entries in by_variant.items():
+        s: dict = {"seeds": len(entries), "frontier": {}}
+        for pname in entries[0]["frontier"]:
+            s["frontier"][pname] = {k: mean_sem([e["frontier"][pname][k] for e in entries])
+                                    for k in ("score", "self_bleu", "entropy", "distinct_2")}
+        if "epochs" in entries[0]:
+            n_epochs = min(len(e["epochs"]) for e in entries)
+            s["epochs"] = [{"epoch": entries[0]["epochs"][i]["epoch"],
+                            "heldout_nll": mean_sem([e["epochs"][i]["heldout_nll"] for e in entries]),
+                            "greedy_score": mean_sem([e["epochs"][i]["greedy_score"] for e in entries])}
+                           for i in range(n_epochs)]
+            s["best_epoch"] = mean_sem([e["best_epoch"] for e in entries])
+            s["min_heldout_nll"] = mean_sem([min(x["heldout_nll"] for x in e["epochs"][1:]) for e in entries])
+            s["final_heldout_nll"] = mean_sem([e["epochs"][-1]["heldout_nll"] for e in entries])
+            s["final_greedy_score"] = mean_sem([e["epochs"][-1]["greedy_score"] for e in entries])
+            s["best_greedy_score"] = mean_sem([max(x["greedy_score"] for x in e["epochs"][1:]) for e in entries])
+        for ref in ("mle", "ent-mle"):
+            if ref not in by_variant or ref == vname:
+                continue
+            refs = {e["seed"]: e for e in by_variant[ref]}
+            paired = [(e, refs[e["seed"]]) for e in entries if e["seed"] in refs]
+            deltas: dict[str, list[float]] = {}
+            extrapolated: dict[str, bool] = {}
+            for e, r in paired:
+                for pname, d in along_frontier(r["frontier"], e["frontier"]).items():
+                    deltas.setdefault(pname, []).append(d["delta"])
+                    extrapolated[pname] = extrapolated.get(pname, False) or d["extrapolated"]
+            s[f"vs_{ref}"] = {p: {**mean_sem(v), "extrapolated": extrapolated[p]} for p, v in deltas.items()}
+            s[f"vs_{ref}"]["greedy"] = mean_sem([e["frontier"]["greedy"]["score"] - r["frontier"]["greedy"]["score"]
+                                                 for e, r in paired])
+            if "epochs" in entries[0]:
+                s[f"vs_{ref}"]["final_heldout_nll"] = mean_sem([e["epochs"][-1]["heldout_nll"] - r["epochs"][-1]["heldout_nll"]
+                                                                for e, r in paired])
+                s[f"vs_{ref}"]["final_greedy_score"] = mean_sem([e["epochs"][-1]["greedy_score"] - r["epochs"][-1]["greedy_score"]
+                                                                 for e, r in paired])
+        out[vname] = s
+    return out
+
+
+def plot_epochs(section: dict, cfg: dict, png: Path, score: str) -> None:
+    from tirl.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for vname, s in section["summary"].items():
+        if "epochs" not in s:
+            continue
+        ep = [x["epoch"] for x in s["epochs"]]
+        for ax, key in zip(axes, ("heldout_nll", "greedy_score"), strict=True):
+            m = [x[key]["mean"] for x in s["epochs"]]
+            e = [x[key]["sem"] or 0.0 for x in s["epochs"]]
+            ax.errorbar(ep, m, yerr=e, marker="o", ms=4, capsize=2, label=vname)
+    axes[0].set_title("held-out −log π per token (lower is better)", fontsize=10)
+    axes[1].set_title(f"greedy {score} (%) on held-out problems", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    n = len(cfg["seeds"])
+    fig.suptitle(f"{cfg['dataset']}: {cfg['train_examples']} training rows, {cfg['epochs']} epochs "
+                 f"(mean ± s.e.m. over {n} seed{'s' if n > 1 else ''}; each seed draws its own subset)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def reward_section(cfg: dict, section: dict, runs: Path) -> dict:
+    """Spearman of each model's R with sentence ROUGE-1 over one pool of MLE samples (seed 0's models)."""
+    seed = cfg["seeds"][0]
+    mle_model = _chosen_model(section, f"mle-s{seed}", runs)
+    pool = evaluate(cfg, mle_model, runs / "reward-pool", 1.0, samples=cfg["reward_samples"],
+                    prompts=cfg["reward_prompts"])
+    del pool
+    models, labels = [], []
+    for vname in cfg["variants"]:
+        models.append(_chosen_model(section, f"{vname}-s{seed}", runs))
+        labels.append(vname)
+    out_dir = runs / "reward-analysis"
+    if not (out_dir / "analysis.json").is_file():
+        tirl("rewards", "analyse", "--models", *models, "--labels", *labels, "--generations",
+             str(runs / "reward-pool" / "generations.jsonl"), "--preference", "demonstrations", "--num_pairs", "200",
+             "--output_dir", str(out_dir))
+    analysis = json.loads((out_dir / "analysis.json").read_text())
+    for name in ("analysis.md",):
+        shutil.copy(out_dir / name, RESULTS / f"quality_rewards_{name}")
+    return {"pool": f"{cfg['reward_prompts']} prompts × {cfg['reward_samples']} samples of mle-s{seed} at T = 1",
+            "models": {k: {x: v.get(x) for x in ("iq_value", "gamma", "reward", "logprob", "reward_per_token",
+                                                  "preference", "mean_R")} for k, v in analysis["models"].items()}}
+
+
+def _chosen_model(section: dict, key: str, runs: Path) -> str:
+    entry = section["runs"][key]
+    if "epochs" in entry:
+        best = next(e for e in entry["epochs"] if e["epoch"] == entry["best_epoch"])
+        return best["checkpoint"]
+    return str(runs / key)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Known-expert grammar (in process: small models train in seconds)
+
+
+def grammar_run(cfg: dict, vname: str, seed: int, train_rows: list[str]) -> dict:
     import torch
     from datasets import Dataset
 
@@ -115,20 +440,35 @@ def grammar_run(cfg: dict, lam: float, seed: int, train: list[str]) -> dict:
     from tirl.data.grammar import default_grammar, forward_kl, reverse_kl_on_support, survival_by_length, validity_mass
     from tirl.evaluation.metrics import self_bleu
     from tirl.rewards import score
-    from tirl.trainers import IQLearnConfig, IQLearnTrainer
+    from tirl.trainers import (
+        GAILConfig,
+        GAILTrainer,
+        IQLearnConfig,
+        IQLearnTrainer,
+        OnlineIQLearnConfig,
+        OnlineIQLearnTrainer,
+    )
 
     grammar = default_grammar()
     support = list(grammar.support().items())
     model, tok = models.tiny_model(cfg["model"], seed=seed)
     tok.chat_template = None  # plain "prompt + string + EOS": log q(y) is exactly the sum over the string and EOS
     prompt = "> "
-    ds = Dataset.from_list([{"prompt": prompt, "completion": y} for y in train])
-    args = IQLearnConfig(output_dir=str(RUNS / "grammar-tmp"), per_device_train_batch_size=cfg["batch"],
-                         max_steps=cfg["max_steps"], learning_rate=cfg["lr"], lr_scheduler_type="cosine",
-                         warmup_steps=max(1, cfg["max_steps"] // 10), report_to="none", bf16=False,
-                         gradient_checkpointing=False, save_strategy="no", logging_steps=50, seed=seed,
-                         disable_tqdm=True, iq_lambda=lam, iq_gamma=0.99)
-    trainer = IQLearnTrainer(model, args, train_dataset=ds, processing_class=tok)
+    ds = Dataset.from_list([{"prompt": prompt, "completion": y} for y in train_rows])
+    common = dict(output_dir=str(RUNS / "grammar-tmp"), per_device_train_batch_size=cfg["batch"],
+                  max_steps=cfg["max_steps"], learning_rate=cfg["lr"], lr_scheduler_type="cosine",
+                  warmup_steps=max(1, cfg["max_steps"] // 10), report_to="none", bf16=False,
+                  gradient_checkpointing=False, save_strategy="no", logging_steps=50, seed=seed, disable_tqdm=True,
+                  iq_gamma=0.99)
+    spec = grammar_variant(vname)
+    if vname == "gail":
+        args = GAILConfig(**{**common, "max_steps": cfg["gail_steps"]}, max_new_tokens=grammar.max_len + 8)
+        trainer = GAILTrainer(model, args, train_dataset=ds, processing_class=tok)
+    elif vname == "iq-online":
+        args = OnlineIQLearnConfig(**common, **spec, iq_alpha=cfg["online_alpha"], max_new_tokens=grammar.max_len + 8)
+        trainer = OnlineIQLearnTrainer(model, args, train_dataset=ds, processing_class=tok)
+    else:
+        trainer = IQLearnTrainer(model, IQLearnConfig(**common, **spec), train_dataset=ds, processing_class=tok)
     t0 = time.time()
     trainer.train()
     seconds = time.time() - t0
@@ -139,12 +479,13 @@ def grammar_run(cfg: dict, lam: float, seed: int, train: list[str]) -> dict:
     enc = tok([prompt] * cfg["num_samples"], return_tensors="pt")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        gen = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=grammar.max_len + 8,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        gen = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
+                             max_new_tokens=grammar.max_len + 8, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
     samples = [tok.decode(g[enc["input_ids"].shape[1]:], skip_special_tokens=True) for g in gen]
     groups = [[" ".join(s) for s in samples[i : i + 4]] for i in range(0, len(samples), 4)]
     return {
-        "lambda": lam, "seed": seed, "train_seconds": seconds,
+        "variant": vname, "seed": seed, "train_seconds": seconds,
         "forward_kl": forward_kl(lp, lq), "validity_mass": validity_mass(lq), "reverse_kl_on_support": reverse_kl_on_support(lp, lq),
         "sample_validity": sum(s in grammar.support() for s in samples) / len(samples),
         "self_bleu": self_bleu(groups), "survival_by_length": survival_by_length(grammar, samples),
@@ -152,133 +493,199 @@ def grammar_run(cfg: dict, lam: float, seed: int, train: list[str]) -> dict:
     }
 
 
-def grammar_part(cfg: dict) -> dict:
+def grammar_variant(vname: str) -> dict:
+    """IQLearnConfig fields of a variant, read off its `tirl train` arguments (same λ / β / form as the tasks)."""
+    argv = CURRENT_VARIANTS.get(vname, [])
+    fields: dict = {}
+    for flag, cast in (("--iq_lambda", float), ("--iq_value", str), ("--entropy_coef", float),
+                       ("--iq_lambda_warmup_steps", int)):
+        if flag in argv:
+            fields[flag[2:]] = cast(argv[argv.index(flag) + 1])
+    if "mle" in argv:
+        fields["iq_lambda"] = 0.0
+    return fields
+
+
+CURRENT_VARIANTS: dict = {}
+
+
+def grammar_section(cfg: dict) -> dict:
     from tirl.data.grammar import default_grammar, survival_by_length
     from tirl.evaluation.metrics import self_bleu
 
     grammar = default_grammar()
-    train = grammar.sample(cfg["train_examples"], seed=1234)
+    train_rows = grammar.sample(cfg["train_examples"], seed=1234)
     expert = grammar.sample(cfg["num_samples"], seed=99)
     reference = {"self_bleu": self_bleu([[" ".join(s) for s in expert[i : i + 4]] for i in range(0, len(expert), 4)]),
                  "mean_length": statistics.fmean(len(s) for s in expert),
                  "survival_by_length": survival_by_length(grammar, expert)}
     runs = []
     for seed in cfg["seeds"]:
-        for lam in [0.0, *cfg["lambdas"]]:
-            r = grammar_run(cfg, lam, seed, train)
-            print(f"  grammar λ={lam:g} seed={seed}: fwd KL {r['forward_kl']:.4f}, valid {r['validity_mass']:.4f}, "
+        for vname in cfg["variants"]:
+            r = grammar_run(cfg, vname, seed, train_rows)
+            print(f"  grammar {vname} seed={seed}: fwd KL {r['forward_kl']:.4f}, valid {r['validity_mass']:.4f}, "
                   f"rev KL {r['reverse_kl_on_support']:.4f}, Self-BLEU {r['self_bleu']:.1f} ({r['train_seconds']:.0f} s)",
                   flush=True)
             runs.append(r)
     summary = {}
-    for lam in [0.0, *cfg["lambdas"]]:
-        rs = [r for r in runs if r["lambda"] == lam]
-        summary[f"{lam:g}"] = {k: _mean_sem([r[k] for r in rs]) for k in
-                               ("forward_kl", "validity_mass", "reverse_kl_on_support", "sample_validity", "self_bleu", "mean_length")}
-        summary[f"{lam:g}"]["survival_by_length"] = [statistics.fmean(v) for v in zip(*(r["survival_by_length"] for r in rs), strict=True)]
+    keys = ("forward_kl", "validity_mass", "reverse_kl_on_support", "sample_validity", "self_bleu", "mean_length")
+    for vname in cfg["variants"]:
+        rs = [r for r in runs if r["variant"] == vname]
+        summary[vname] = {k: mean_sem([r[k] for r in rs]) for k in keys}
+        summary[vname]["survival_by_length"] = [statistics.fmean(v) for v in zip(*(r["survival_by_length"] for r in rs), strict=True)]
+        for ref in ("mle", "ent-mle"):
+            if ref in cfg["variants"] and ref != vname:
+                pairs = [(r, next(x for x in runs if x["variant"] == ref and x["seed"] == r["seed"])) for r in rs]
+                summary[vname][f"vs_{ref}"] = {k: mean_sem([a[k] - b[k] for a, b in pairs]) for k in keys}
     plot_grammar(summary, reference, RESULTS / "quality_grammar.png")
     return {"config": cfg, "expert": reference, "runs": runs, "summary": summary}
-
-
-def _mean_sem(values: list[float]) -> dict:
-    mean = statistics.fmean(values)
-    sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
-    return {"mean": mean, "sem": sem}
 
 
 def plot_grammar(summary: dict, expert: dict, path: Path) -> None:
     from tirl.plots import _pyplot
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    lams = list(summary)
-    names = ["MLE" if lam == "0" else f"IQ λ={lam}" for lam in lams]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    names = list(summary)
     for ax, key, title in ((axes[0], "forward_kl", "forward KL(p* ‖ q), nats (lower is better)"),
                            (axes[1], "validity_mass", "P(valid string) under q (higher is better)")):
-        means = [summary[lam][key]["mean"] for lam in lams]
-        errs = [summary[lam][key]["sem"] or 0 for lam in lams]
-        ax.bar(names, means, yerr=errs, capsize=3, color=["#777"] + ["#2166bf"] * (len(lams) - 1))
+        means = [summary[n][key]["mean"] for n in names]
+        errs = [summary[n][key]["sem"] or 0 for n in names]
+        ax.bar(names, means, yerr=errs, capsize=3, color=["#777" if "mle" in n else "#2166bf" for n in names])
         ax.set_title(title, fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
+        lo = min(m - e for m, e in zip(means, errs, strict=True))
+        hi = max(m + e for m, e in zip(means, errs, strict=True))
+        ax.set_ylim(max(0.0, lo - 0.2 * (hi - lo)), hi + 0.2 * (hi - lo))
     ax = axes[2]
     ts = range(1, len(expert["survival_by_length"]) + 1)
-    for lam, name in zip(lams, names, strict=True):
-        ax.plot(ts, summary[lam]["survival_by_length"], marker="o", ms=3, label=name)
+    for n in names:
+        ax.plot(ts, summary[n]["survival_by_length"], marker="o", ms=3, label=n)
     ax.plot(ts, expert["survival_by_length"], "k--", label="expert samples")
     ax.set_xlabel("generated symbols t")
-    ax.set_title("fraction of samples still valid after t symbols", fontsize=9)
+    ax.set_title("fraction of samples still valid after t symbols (compounding error)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.suptitle("known-expert grammar: MLE vs IQLearn (mean ± s.e.m. over seeds)", fontsize=10)
+    fig.suptitle("known-expert grammar: MLE vs IQLearn, online IQLearn and GAIL (mean ± s.e.m. over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Tables
 
 
-def print_tables(result: dict) -> None:
-    if "gsm8k" in result:
-        print("\n### GSM8k test subset (greedy and K samples at T = 1)\n")
-        print("| run | greedy acc. (flexible) | greedy acc. (strict) | sampled acc. (flexible) | any-of-K (flexible) | Self-BLEU | distinct-2 | entropy |")
-        print("|---|---|---|---|---|---|---|---|")
-        for name, r in result["gsm8k"]["runs"].items():
-            g, s = r["greedy"] or {}, r["sampled"] or {}
-            print(f"| {name} | {_pct(g.get('accuracy_flexible'))} | {_pct(g.get('accuracy_strict'))} | "
-                  f"{_pct(s.get('accuracy_flexible'))} | {_pct(s.get('pass_at_k_flexible'))} | {_num(s.get('self_bleu'))} | "
-                  f"{_num(s.get('distinct_2'), 3)} | {_num(s.get('entropy'), 2)} |")
+def _ms(s: dict | None, d: int = 1, signed: bool = False) -> str:
+    if not s or s.get("mean") is None:
+        return "–"
+    fmt = f"{{:{'+' if signed else ''}.{d}f}}"
+    return fmt.format(s["mean"]) + (f" ± {s['sem']:.{d}f}" if s.get("sem") is not None else "")
+
+
+def tables(result: dict) -> str:
+    lines: list[str] = []
+    for name in ("arithmetic", "xsum", "gsm8k"):
+        if name not in result:
+            continue
+        sec = result[name]
+        cfg, score = sec["config"], sec["score"]
+        passes = ["greedy", *[f"T={t:g}" for t in cfg["temperatures"]]]
+        lines += [f"\n### {name}: {score} along the temperature frontier (mean ± s.e.m., {len(cfg['seeds'])} seed(s))\n",
+                  "| variant | " + " | ".join(f"{p} {score}" + ("" if p == "greedy" else " / Self-BLEU") for p in passes) + " |",
+                  "|---|" + "---|" * len(passes)]
+        u = sec["untrained"]
+        lines.append("| untrained | " + " | ".join(
+            f"{u[p]['score']:.1f}" + ("" if p == "greedy" else f" / {u[p]['self_bleu']:.1f}") for p in passes) + " |")
+        for vname, s in sec["summary"].items():
+            f = s["frontier"]
+            lines.append(f"| {vname} | " + " | ".join(
+                _ms(f[p]["score"]) + ("" if p == "greedy" else f" / {_ms(f[p]['self_bleu'])}") for p in passes) + " |")
+        lines += [f"\n{name}: difference in {score} to MLE's (and entropy-MLE's) frontier at the same Self-BLEU, paired "
+                  "by seed (positive = better at equal diversity; * = outside the reference's range)\n",
+                  "| variant | vs | " + " | ".join(passes) + " |", "|---|---|" + "---|" * len(passes)]
+        for vname, s in sec["summary"].items():
+            for ref in ("mle", "ent-mle"):
+                d = s.get(f"vs_{ref}")
+                if not d:
+                    continue
+                cells = [_ms(d.get(p), signed=True) + ("*" if d.get(p, {}).get("extrapolated") else "") for p in passes]
+                lines.append(f"| {vname} | {ref} | " + " | ".join(cells) + " |")
+        if any("epochs" in s for s in sec["summary"].values()):
+            lines += [f"\n{name}: overfitting ({cfg['train_examples']} rows, {cfg['epochs']} epochs)\n",
+                      "| variant | held-out −log π, best epoch | held-out −log π, last epoch | Δ last vs MLE | "
+                      f"greedy {score}, last epoch | Δ vs MLE | best epoch |", "|---|---|---|---|---|---|---|"]
+            for vname, s in sec["summary"].items():
+                d = s.get("vs_mle", {})
+                lines.append(f"| {vname} | {_ms(s['min_heldout_nll'], 3)} | {_ms(s['final_heldout_nll'], 3)} | "
+                             f"{_ms(d.get('final_heldout_nll'), 3, True)} | {_ms(s['final_greedy_score'])} | "
+                             f"{_ms(d.get('final_greedy_score'), 1, True)} | {_ms(s['best_epoch'])} |")
+        if "rewards" in sec:
+            lines += [f"\n{name}: rewards vs sentence {score} over {sec['rewards']['pool']}\n",
+                      "| variant | V | Spearman R within prompt | Σ log π within prompt (the bar) | Spearman R overall | "
+                      "Σ log π overall | preference acc. R (demonstrations) | Σ log π |", "|---|---|---|---|---|---|---|---|"]
+            for vname, m in sec["rewards"]["models"].items():
+                r, lp, pref = m["reward"], m["logprob"], m.get("preference") or {}
+                lines.append(f"| {vname} | {m['iq_value']} | {_f(r['spearman_within_prompt'])} | "
+                             f"{_f(lp['spearman_within_prompt'])} | {_f(r['spearman'])} | {_f(lp['spearman'])} | "
+                             f"{_f(pref.get('accuracy'))} | {_f(pref.get('accuracy_logprob'))} |")
     if "grammar" in result:
-        print("\n### Known-expert grammar (mean ± s.e.m. over seeds)\n")
-        print("| method | forward KL | P(valid) | reverse KL on support | valid samples | Self-BLEU (expert "
-              f"{result['grammar']['expert']['self_bleu']:.1f}) |")
-        print("|---|---|---|---|---|---|")
-        for lam, s in result["grammar"]["summary"].items():
-            name = "MLE" if lam == "0" else f"IQLearn λ={lam}"
-            print(f"| {name} | " + " | ".join(_ms(s[k]) for k in ("forward_kl", "validity_mass", "reverse_kl_on_support",
-                                                                  "sample_validity", "self_bleu")) + " |")
+        g = result["grammar"]
+        lines += [f"\n### Known-expert grammar (mean ± s.e.m. over {len(g['config']['seeds'])} seeds)\n",
+                  "| variant | forward KL ↓ | Δ vs MLE | P(valid) ↑ | reverse KL on support ↓ | valid samples | Self-BLEU "
+                  f"(expert {g['expert']['self_bleu']:.1f}) |", "|---|---|---|---|---|---|---|"]
+        for vname, s in g["summary"].items():
+            lines.append(f"| {vname} | {_ms(s['forward_kl'], 4)} | {_ms(s.get('vs_mle', {}).get('forward_kl'), 4, True)} | "
+                         f"{_ms(s['validity_mass'], 4)} | {_ms(s['reverse_kl_on_support'], 4)} | "
+                         f"{_ms(s['sample_validity'], 3)} | {_ms(s['self_bleu'])} |")
+    return "\n".join(lines) + "\n"
 
 
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x, d: int = 1) -> str:
-    return "–" if x is None else f"{x:.{d}f}"
-
-
-def _ms(s: dict) -> str:
-    return f"{s['mean']:.4f}" + (f" ± {s['sem']:.4f}" if s["sem"] is not None else "")
+def _f(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["gsm8k", "grammar", "all"], default="all", help="which part to run")
-    p.add_argument("--preset", choices=list(PRESETS), default="cpu", help="sizes: 'cpu' (≤ 60 min) or 'smoke'")
-    p.add_argument("--output", default=str(RESULTS / "quality.json"), help="JSON results")
+    p.add_argument("--section", choices=[*SECTIONS, "all"], default="all", help="which section to run")
+    p.add_argument("--preset", choices=list(PRESETS), default="cpu", help="sizes and variants (see the docstring)")
+    p.add_argument("--output", default=None, help="JSON results (default: results/quality.json for the cpu preset, "
+                   "results/quality_<preset>.json for the others)")
     args = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     preset = PRESETS[args.preset]
-    runs_dir = RUNS / args.preset
-    result: dict = {"benchmark": "quality", "preset": args.preset}
-    if Path(args.output).is_file():  # keep the other part's results when only one part is rerun
-        previous = json.loads(Path(args.output).read_text())
+    CURRENT_VARIANTS.update(preset["variants"])
+    runs = RUNS / args.preset
+    output = Path(args.output or RESULTS / ("quality.json" if args.preset == "cpu" else f"quality_{args.preset}.json"))
+    result: dict = {"benchmark": "quality", "preset": args.preset, "variants": preset["variants"], "seconds": {}}
+    if output.is_file():  # keep the other sections' results when one is rerun
+        previous = json.loads(output.read_text())
         if previous.get("preset") == args.preset:
-            result.update({k: v for k, v in previous.items() if k in ("gsm8k", "grammar")})
-    t0 = time.time()
+            result.update({k: v for k, v in previous.items() if k in SECTIONS})
+            result["seconds"] = previous.get("seconds", {})
 
-    def save() -> None:  # after each part, so a killed run keeps what it finished
-        result["seconds"] = time.time() - t0
-        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    def save() -> None:  # after each section, so a killed run keeps what it finished
+        output.write_text(json.dumps(result, indent=1) + "\n")
+        (output.with_suffix(".md")).write_text(f"# Quality benchmark ({args.preset} preset)\n" + tables(result))
 
-    if args.part in ("grammar", "all"):
-        result["grammar"] = grammar_part(preset["grammar"])
+    for name in SECTIONS:
+        if args.section not in (name, "all") or name not in preset:
+            continue
+        t0 = time.time()
+        cfg = preset[name]
+        if name == "grammar":
+            result[name] = grammar_section(cfg)
+        else:
+            score = {"arithmetic": "accuracy_flexible", "gsm8k": "accuracy_flexible"}.get(name, "rouge1")
+            if cfg["dataset"] == "arithmetic" and name == "xsum":
+                score = "accuracy_flexible"  # the smoke preset stands arithmetic in for XSum
+            result[name] = task_section(name, cfg, preset["variants"], runs / name, score,
+                                        per_epoch=name == "arithmetic", rewards=name == "xsum")
+        result["seconds"][name] = time.time() - t0
         save()
-    if args.part in ("gsm8k", "all"):
-        result["gsm8k"] = gsm8k_part(preset["gsm8k"], runs_dir)
-        save()
-    print_tables(result)
-    print(f"\nwrote {args.output} in {result['seconds'] / 60:.1f} min")
+        print(f"section {name}: {result['seconds'][name] / 60:.1f} min", flush=True)
+    print(tables(result))
+    print(f"wrote {output} ({sum(result['seconds'].values()) / 60:.1f} min in all)")
 
 
 if __name__ == "__main__":

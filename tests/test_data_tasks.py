@@ -113,3 +113,18 @@ def test_missing_shared_data_is_a_clear_error(tmp_path, monkeypatch):
     for name in ("xsum", "wmt22-de-en", "alpaca"):
         with pytest.raises(DataError, match="shared data folder"):
             load_rows(name, split="train")
+
+
+def test_xsum_lead_keeps_whole_sentences_up_to_the_word_budget(shared_data):
+    from tirl.data.tasks import XSUM_LEAD_WORDS, lead
+
+    assert lead("a b c\nd e\nf g h i", 5) == "a b c\nd e"
+    assert lead("a b c d e f g", 3) == "a b c"  # a first sentence longer than the budget is cut
+    full = {r["id"].removeprefix("xsum-"): r for r in load_rows("xsum", split="test", limit=None)}
+    short = load_rows("xsum-lead", split="test", limit=None)
+    assert len(short) == len(full) == 200
+    for r in short:
+        f = full[r["id"].removeprefix("xsum-lead-")]
+        assert r["reference"] == f["reference"]
+        body = r["prompt"].split("\n\n", 1)[1]
+        assert len(body.split()) <= XSUM_LEAD_WORDS and f["prompt"].startswith(r["prompt"][: len(r["prompt"]) - 1])

@@ -182,3 +182,36 @@ def test_conversations_are_evaluated_on_their_last_assistant_turn(tmp_path):
     data.write_text(json.dumps({"messages": msgs}) + "\n")
     (row,) = load_eval_rows(EvalSettings(dataset=str(data), num_examples=None))
     assert row["prompt"] == msgs[:2] and row["reference"] == "Hello."
+
+
+def test_frontier_averages_seeds_per_label_and_temperature(tmp_path):
+    from tirl.evaluation.report import Evaluation, compare_table, frontier, label_evaluations, plot_compare
+
+    def ev(model, temp, acc, sb, greedy_acc, method="mle", lam=0.0):
+        m = {"kind": "tirl.eval", "model": model, "dataset": "arithmetic", "split": "test", "num_prompts": 8,
+             "metric_family": "gsm8k", "run": {"method": method, "iq_lambda": lam, "iq_value": "reference"},
+             "settings": {"temperature": temp, "samples": 4},
+             "sampled": {"accuracy_flexible": acc, "self_bleu": sb}, "greedy": {"accuracy_flexible": greedy_acc}}
+        return Evaluation(tmp_path / f"{model}-{temp}", m)
+
+    evals = [ev("mle-s0", 0.7, 0.4, 30.0, 0.5), ev("mle-s0", 1.0, 0.3, 20.0, 0.5),
+             ev("mle-s1", 0.7, 0.6, 40.0, 0.7), ev("mle-s1", 1.0, 0.5, 10.0, 0.7),
+             ev("iq-s0", 1.0, 0.45, 15.0, 0.6, method="iqlearn", lam=0.1)]
+    label_evaluations(evals)
+    assert [e.label for e in evals[-2:]] == ["mle", "iqlearn λ=0.1 (reference V)"]
+    series = frontier(evals, "accuracy_flexible")
+    mle = {p.temperature: p for p in series["mle"]}
+    assert [p.temperature for p in series["mle"]] == [None, 0.7, 1.0]  # greedy end first
+    assert mle[None].n == 2 and mle[None].score == pytest.approx(60.0) and mle[None].self_bleu == 100.0  # greedy once per model
+    assert mle[0.7].score == pytest.approx(50.0) and mle[0.7].score_sem == pytest.approx(10.0)
+    assert mle[1.0].self_bleu == pytest.approx(15.0) and mle[1.0].self_bleu_sem == pytest.approx(5.0)
+    assert series["iqlearn λ=0.1 (reference V)"][1].score_sem is None  # one run: no error bar
+    table = compare_table(evals, "accuracy_flexible")
+    assert "| mle | 0.7 | 2 | 50.0 ± 10.0 | 35.0 ± 5.0 |" in table
+    png = plot_compare(evals, "accuracy_flexible", tmp_path / "f.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one label per RUN_DIR
+    label_evaluations(evals, ["A", "B", "C"], groups=[0, 0, 1, 1, 2])
+    assert [e.label for e in evals] == ["A", "A", "B", "B", "C"]
+    with pytest.raises(ValueError, match="labels"):
+        label_evaluations(evals, ["A", "B"], groups=[0, 0, 1, 1, 2])

@@ -483,7 +483,8 @@ def iq_loss_from_qv(
         with torch.no_grad():
             td = _reduce(reward.square(), qv, reduction, num_items_in_batch)
     if entropy_coef != 0:
-        if qv.entropy is None or not qv.entropy.requires_grad:
+        # (under no_grad, e.g. in evaluation, the value is all that is needed)
+        if qv.entropy is None or (torch.is_grad_enabled() and qv.q.requires_grad and not qv.entropy.requires_grad):
             raise ValueError("entropy_coef needs the entropy in the graph: build the QV with entropy_grad=True")
         loss = loss - entropy_coef * _reduce(qv.entropy * qv.mask, qv, reduction, num_items_in_batch)
     with torch.no_grad():

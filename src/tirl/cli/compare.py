@@ -9,12 +9,19 @@ from pathlib import Path
 EPILOG = """
 Each RUN_DIR is a `tirl eval` output directory (it holds metrics.json) or a `tirl train` run directory with
 evaluations under eval/ (as `tirl eval --model RUN_DIR` writes them; several there give several points).
-Labels come from the run's run.json (method and λ), with the temperature added when runs differ in it.
+Evaluations that share a label form one frontier: a line through their temperatures, with the greedy pass at
+Self-BLEU 100. Runs that share a label are averaged (mean ± s.e.m.), so seeds of one method make one frontier.
+Labels come from each run's run.json (method, λ, value form, entropy β), or --labels: one per RUN_DIR or one
+per evaluation found.
+
+Sampling hotter also lowers Self-BLEU, so compare methods along their frontiers, not at one temperature.
 
 Examples:
   tirl eval --model runs/mle-a --dataset gsm8k && tirl eval --model runs/iq-b --dataset gsm8k
   tirl compare runs/mle-a runs/iq-b --output compare.png       # also writes compare.md
   tirl compare evals/* --score accuracy_strict --labels "T=0.7,T=1.0"
+  for T in 0.5 0.7 1.0; do tirl eval --model runs/mle-s0 --temperature $T; done   # ... for each run and seed
+  tirl compare runs/mle-s0 runs/mle-s1 runs/iq-s0 runs/iq-s1 --labels MLE,MLE,IQLearn,IQLearn
 """
 
 
@@ -36,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score", default=None, help="Task score on the y axis, e.g. accuracy_strict, "
                    "accuracy_flexible, rouge1, rouge2, rougeLsum, bleu, chrf. Default: the task's primary score "
                    "(GSM8k: accuracy_flexible; ROUGE tasks: rouge1; translation: bleu).")
-    p.add_argument("--labels", default=None, help="Comma-separated labels, one per evaluation found, in order.")
+    p.add_argument("--labels", default=None, help="Comma-separated labels, one per RUN_DIR or one per evaluation "
+                   "found, in order; evaluations with the same label are one frontier (seeds averaged).")
     p.add_argument("--title", default=None, help="Plot title (default: dataset, split, prompts, K).")
     return p
 
@@ -48,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     from tirl.evaluation.report import compare_table, find_evaluations, label_evaluations, plot_compare, resolve_score
 
     try:
-        evals = [e for d in args.run_dirs for e in find_evaluations(d)]
+        found = [(i, e) for i, d in enumerate(args.run_dirs) for e in find_evaluations(d)]
+        evals = [e for _, e in found]
         labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
-        label_evaluations(evals, labels)
+        label_evaluations(evals, labels, groups=[i for i, _ in found])
         score = resolve_score(evals, args.score)
         datasets = {e.metrics["dataset"] for e in evals}
         if len(datasets) > 1:

@@ -109,6 +109,8 @@ def find_run_info(model: str) -> dict:
             config = run.get("config") or {}
             return {"run_dir": str(d), "method": run.get("method"), "base_model": run.get("model"),
                     "iq_lambda": config.get("iq_lambda"), "iq_gamma": config.get("iq_gamma"),
+                    "iq_value": config.get("iq_value"), "entropy_coef": config.get("entropy_coef"),
+                    "seed": config.get("seed"),
                     "max_steps": config.get("max_steps"), "learning_rate": config.get("learning_rate")}
     return {}
 

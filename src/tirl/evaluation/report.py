@@ -167,39 +167,114 @@ def find_evaluations(directory: str | Path) -> list[Evaluation]:
 
 
 def default_label(e: Evaluation) -> str:
-    """'iqlearn λ=0.1', 'mle', or the model name; the temperature is added by `label_evaluations` when it varies."""
+    """What the run trained with: 'mle', 'mle β=0.1', 'iqlearn λ=0.1', 'iqlearn λ=0.1 (reference V)', ..., or the
+    model name for a model that is not a tirl run."""
     run = e.metrics.get("run") or {}
-    if run.get("method") == "iqlearn":
-        return f"iqlearn λ={run.get('iq_lambda'):g}" if isinstance(run.get("iq_lambda"), (int, float)) else "iqlearn"
-    if run.get("method"):
-        return str(run["method"])
-    return Path(str(e.metrics.get("model", e.path.name))).name or e.path.name
+    method = run.get("method")
+    if not method:
+        return Path(str(e.metrics.get("model", e.path.name))).name or e.path.name
+    label = str(method)
+    if method != "mle" and isinstance(run.get("iq_lambda"), (int, float)):
+        label += f" λ={run['iq_lambda']:g}"
+    if run.get("iq_value") not in (None, "logits") and method != "mle":
+        label += f" ({run['iq_value']} V)"
+    if run.get("entropy_coef"):
+        label += f" β={run['entropy_coef']:g}"
+    return label
 
 
-def label_evaluations(evals: list[Evaluation], labels: list[str] | None = None) -> list[Evaluation]:
-    """Give each evaluation a distinct label: the user's, else method/λ (+ T when temperatures differ, + the
-    directory name when that still leaves two alike)."""
+def label_evaluations(evals: list[Evaluation], labels: list[str] | None = None,
+                      groups: list[int] | None = None) -> list[Evaluation]:
+    """Label each evaluation: the user's labels (one per evaluation, or one per RUN_DIR when `groups` says which
+    RUN_DIR each evaluation came from), else what its run trained with (`default_label`).
+
+    Evaluations that share a label form one series of `frontier`: its points are the temperatures, and runs that
+    differ only in their seed are averaged (mean ± s.e.m.)."""
     if labels:
+        if groups is not None and len(labels) == len(set(groups)) != len(evals):
+            labels = [labels[g] for g in groups]
         if len(labels) != len(evals):
-            raise ValueError(f"got {len(labels)} labels for {len(evals)} evaluations")
+            raise ValueError(f"got {len(labels)} labels for {len(evals)} evaluations"
+                             + (f" from {len(set(groups))} directories" if groups is not None else ""))
         for e, lab in zip(evals, labels, strict=True):
             e.label = lab
         return evals
-    temps = {e.metrics["settings"]["temperature"] for e in evals}
     for e in evals:
-        e.label = default_label(e) + (f" T={e.metrics['settings']['temperature']:g}" if len(temps) > 1 else "")
-    seen: dict[str, int] = {}
-    for e in evals:
-        seen[e.label] = seen.get(e.label, 0) + 1
-    for e in evals:
-        if seen[e.label] > 1:
-            e.label = f"{e.label} ({_short_path(e.path)})"
+        e.label = default_label(e)
     return evals
 
 
-def _short_path(p: Path) -> str:
-    """`RUN/eval/TAG` → 'RUN/TAG'; any other directory → its name."""
-    return f"{p.parent.parent.name}/{p.name}" if p.parent.name == "eval" else p.name
+# --------------------------------------------------------------------------------------------------------------------
+# Frontiers: task score against diversity along the temperature, one series per label, seeds averaged
+# --------------------------------------------------------------------------------------------------------------------
+
+GREEDY_SELF_BLEU = 100.0  # K greedy completions are identical, so the greedy pass sits at Self-BLEU 100
+
+
+@dataclass
+class FrontierPoint:
+    """One temperature of one series: means and standard errors over the runs (seeds) that share it."""
+
+    label: str
+    temperature: float | None  # None: the greedy pass
+    self_bleu: float
+    self_bleu_sem: float | None
+    score: float
+    score_sem: float | None
+    n: int
+
+
+def _mean_sem(values: list[float]) -> tuple[float, float | None]:
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
+    return m, math.sqrt(var / len(values))
+
+
+def frontier(evals: list[Evaluation], score: str) -> dict[str, list[FrontierPoint]]:
+    """Per label, the sampled pass of each temperature and the greedy pass (once per model), averaged over runs.
+
+    Sampled points are (Self-BLEU, score) at temperature T; the greedy point is (100, greedy score). Points are sorted
+    from the greedy end (low temperature, high Self-BLEU) to the hottest."""
+    cells: dict[tuple[str, float | None], dict[str, list[float]]] = {}
+    greedy_seen: set[tuple[str, str]] = set()
+    scale = 100.0 if score in FRACTION_SCORES else 1.0
+    for e in evals:
+        sampled, greedy = e.metrics.get("sampled") or {}, e.metrics.get("greedy") or {}
+        if sampled.get("self_bleu") is not None and sampled.get(score) is not None:
+            c = cells.setdefault((e.label, float(e.metrics["settings"]["temperature"])), {"x": [], "y": []})
+            c["x"].append(sampled["self_bleu"])
+            c["y"].append(scale * sampled[score])
+        model = str(e.metrics.get("model"))
+        if greedy.get(score) is not None and (e.label, model) not in greedy_seen:
+            greedy_seen.add((e.label, model))
+            c = cells.setdefault((e.label, None), {"x": [], "y": []})
+            c["x"].append(GREEDY_SELF_BLEU)
+            c["y"].append(scale * greedy[score])
+    out: dict[str, list[FrontierPoint]] = {}
+    for (label, temp), c in cells.items():
+        (x, xs), (y, ys) = _mean_sem(c["x"]), _mean_sem(c["y"])
+        out.setdefault(label, []).append(FrontierPoint(label, temp, x, xs, y, ys, len(c["y"])))
+    for pts in out.values():
+        pts.sort(key=lambda p: -1.0 if p.temperature is None else p.temperature)
+    return out
+
+
+def frontier_table(series: dict[str, list[FrontierPoint]], score: str) -> str:
+    """Markdown: one row per series and temperature, mean ± s.e.m. over runs (n)."""
+    unit = " (%)" if score in FRACTION_SCORES else ""
+    lines = [f"| series | T | n | {SCORE_LABELS.get(score, score)}{unit} | Self-BLEU ↓ |", "|---|---|---|---|---|"]
+    for label, pts in series.items():
+        for p in pts:
+            t = "greedy" if p.temperature is None else f"{p.temperature:g}"
+            sb = "–" if p.temperature is None else _pm(p.self_bleu, p.self_bleu_sem)
+            lines.append(f"| {label} | {t} | {p.n} | {_pm(p.score, p.score_sem)} | {sb} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pm(mean: float, sem: float | None) -> str:
+    return f"{mean:.1f}" + (f" ± {sem:.1f}" if sem is not None else "")
 
 
 def resolve_score(evals: list[Evaluation], score: str | None) -> str:
@@ -233,52 +308,49 @@ def compare_table(evals: list[Evaluation], score: str) -> str:
         cells += [fmt_score(key, (m.get(p) or {}).get(key)) for p, key in cols]
         lines.append("| " + " | ".join(cells) + " |")
     paths = "\n".join(f"- {e.label}: `{e.path}`" for e in evals)
-    return "\n".join(lines) + "\n\n" + paths + "\n"
+    table = "\n".join(lines) + "\n\n" + paths + "\n"
+    series = frontier(evals, score)
+    if any(len(pts) > 1 or pts[0].n > 1 for pts in series.values()):
+        table += ("\n## Frontiers (mean ± s.e.m. over runs that share a label)\n\n" + frontier_table(series, score))
+    return table
 
 
 def plot_compare(evals: list[Evaluation], score: str, path: str | Path, title: str | None = None) -> Path:
-    """Task score (y, up = better) against Self-BLEU (x, left = more diverse), one labelled point per evaluation;
-    evaluations of the same model at several temperatures are joined by a line. PNG at `path`."""
+    """Task score (y, up = better) against Self-BLEU (x, left = more diverse): one frontier per label, through its
+    temperatures, with the greedy pass at Self-BLEU 100 (hollow marker); runs sharing a label (seeds) are averaged,
+    with s.e.m. error bars. PNG at `path`."""
     from ..plots import _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.2, 5.4))
+    fig, ax = plt.subplots(figsize=(7.6, 5.6))
     pct = score in FRACTION_SCORES
-    groups: dict[str, list[tuple[float, float, Evaluation]]] = {}
-    for e in evals:
-        sampled = e.metrics.get("sampled") or {}
-        x, y = sampled.get("self_bleu"), sampled.get(score)
-        if x is None or y is None:
-            continue
-        groups.setdefault(str(e.metrics.get("model")), []).append((x, 100 * y if pct else y, e))
-    if not groups:
+    series = frontier(evals, score)
+    if not any(p.temperature is not None for pts in series.values() for p in pts):
         raise DataError("no evaluation has a sampled pass with K ≥ 2 (needed for Self-BLEU); rerun with --samples 4")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    xs = [p[0] for pts in groups.values() for p in pts]
-    ys = [p[1] for pts in groups.values() for p in pts]
-    (x0, x1), (y0, y1) = _pad_limits(ax, xs, ys)
-    placed: list[tuple[float, float]] = []  # label anchors so far, in axes fractions
-    for gi, (_, pts) in enumerate(groups.items()):
+    xs = [p.self_bleu for pts in series.values() for p in pts]
+    ys = [p.score for pts in series.values() for p in pts]
+    _pad_limits(ax, xs, ys)
+    for gi, (label, pts) in enumerate(series.items()):
         color = colors[gi % len(colors)]
-        pts.sort(key=lambda p: p[2].metrics["settings"]["temperature"])
-        if len(pts) > 1:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, alpha=0.5, lw=1.5)
-        for x, y, e in pts:
-            ax.scatter([x], [y], s=70, color=color, edgecolor="black", linewidth=0.6, zorder=3, clip_on=False)
-            # stack the labels of points that sit close together instead of printing them over each other
-            fx, fy = (x - x0) / (x1 - x0), (y - y0) / (y1 - y0)
-            crowd = sum(abs(fx - px) < 0.25 and abs(fy - py) < 0.05 for px, py in placed)
-            placed.append((fx, fy))
-            ax.annotate(e.label, (x, y), xytext=(7, 6 + 16 * crowd), textcoords="offset points", fontsize=9,
-                        arrowprops={"arrowstyle": "-", "color": color, "lw": 0.6} if crowd else None,
-                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": color, "alpha": 0.85})
+        ax.plot([p.self_bleu for p in pts], [p.score for p in pts], color=color, alpha=0.6, lw=1.5, label=label)
+        for p in pts:
+            ax.errorbar([p.self_bleu], [p.score], xerr=p.self_bleu_sem, yerr=p.score_sem, fmt="o", ms=7,
+                        color=color, mfc="white" if p.temperature is None else color, mec="black", mew=0.6,
+                        elinewidth=1, capsize=2, zorder=3, clip_on=False)
+            tag = "greedy" if p.temperature is None else f"T={p.temperature:g}"
+            ax.annotate(tag, (p.self_bleu, p.score), xytext=(5, -11), textcoords="offset points", fontsize=7,
+                        color=color)
     label = SCORE_LABELS.get(score, score)
-    ax.set_ylabel(f"{label}{' (%)' if pct else ''}, sampled  (↑ better)", fontsize=10)
-    ax.set_xlabel("Self-BLEU of the K samples per prompt  (← more diverse)", fontsize=10)
+    ax.set_ylabel(f"{label}{' (%)' if pct else ''}  (↑ better)", fontsize=10)
+    ax.set_xlabel("Self-BLEU of the K samples per prompt  (← more diverse; greedy = 100)", fontsize=10)
     first = evals[0].metrics
     datasets = sorted({e.metrics["dataset"] for e in evals})
+    n_runs = max((p.n for pts in series.values() for p in pts), default=1)
     ax.set_title(title or f"Task score vs diversity — {', '.join(datasets)} ({first['split']}, "
-                 f"{first['num_prompts']} prompts, K={first['settings']['samples']})", fontsize=11)
+                 f"{first['num_prompts']} prompts, K={first['settings']['samples']}"
+                 + (f", mean ± s.e.m. of up to {n_runs} runs" if n_runs > 1 else "") + ")", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
@@ -292,7 +364,7 @@ def _pad_limits(ax, xs: list[float], ys: list[float]) -> tuple[tuple[float, floa
     """Both axes start at 0 (every score and Self-BLEU is >= 0), so small differences are not blown up, and span at
     least 0–5; leave room above the points and to their right for the labels. Returns the limits."""
     limits = []
-    for values, setter, room in ((xs, ax.set_xlim, 0.3), (ys, ax.set_ylim, 0.15)):
+    for values, setter, room in ((xs, ax.set_xlim, 0.08), (ys, ax.set_ylim, 0.15)):
         upper = max(max(values) * (1 + room), 5.0)
         setter(0, upper)
         limits.append((0.0, upper))
