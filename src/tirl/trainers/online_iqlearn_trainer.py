@@ -46,6 +46,7 @@ class OnlineIQLearnTrainer(RolloutTrainer):
         inputs["use_cache"] = False
         qv = self.compute_qv(model, inputs)
         a = self.args
+        counts = self.loss_counts(inputs, num_items_in_batch, is_expert)
         out = online_iq_loss_from_qv(
             qv,
             is_expert,
@@ -57,6 +58,9 @@ class OnlineIQLearnTrainer(RolloutTrainer):
             reduction=a.iq_reduction,
             stop_grad_next=a.iq_stop_grad_next,
             policy_terms=a.iq_policy_terms,
+            num_sequences_in_batch=counts.get("sequences"),
+            num_policy_items_in_batch=counts.get("policy_tokens"),
+            num_policy_sequences_in_batch=counts.get("policy_sequences"),
         )
         loss = self.finalize_loss(mode, out.loss, out, num_items_in_batch)
         self._record_metrics(mode, restrict_rows(qv, is_expert), out, inputs)
