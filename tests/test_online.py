@@ -366,7 +366,7 @@ def fixed_completions(prompts, eos):
 @pytest.mark.parametrize("reduction", ["token", "sequence"])
 def test_online_gradient_accumulation_matches_large_batch(tiny, tmp_path, reduction):
     """PDB=2 × GAS=2 gives the same loss and update as PDB=4 × GAS=1 for online IQLearn (the policy terms are means
-    over the policy rows of the whole accumulated batch)."""
+    over the policy rows of the whole accumulated batch), and the logged value_gap is the float64 one of each batch."""
     model, tok = tiny
     model = model.double()
     ds = trl_rows(tok, n=8)
@@ -389,7 +389,20 @@ def test_online_gradient_accumulation_matches_large_batch(tiny, tmp_path, reduct
         tr.compute_loss = spy
         tr.train()
         log = next(h for h in tr.state.log_history if "loss" in h)
+        # value_gap oracle: E_π[V − γV'] − E_E[V − γV'] per micro-batch (token means, float64, the step's weights),
+        # averaged over the micro-batches like every logged metric
+        gaps = []
+        for batch in seen:
+            with torch.no_grad():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            qv = L.qv_from_logits(logits, batch["labels"])
+            v_next, td_mask = L.next_values(qv, tok.eos_token_id)
+            gap = (qv.v - 0.9 * v_next) * td_mask
+            expert = batch["is_expert"][:, None] & qv.mask
+            policy = ~batch["is_expert"][:, None] & qv.mask
+            gaps.append(gap[policy].sum() / policy.sum() - gap[expert].sum() / expert.sum())
         assert len(seen) == gas and all(int((~b["is_expert"]).sum()) == pdb for b in seen)
+        assert log["value_gap"] == pytest.approx(float(sum(gaps) / len(gaps)), rel=1e-9, abs=1e-9)
         runs.append((log["loss"], torch.cat([p.detach().flatten() for p in tr.model.parameters()])))
     assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-9)
     assert torch.allclose(runs[0][1], runs[1][1], atol=1e-9)
