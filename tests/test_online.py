@@ -559,6 +559,7 @@ def test_vllm_path_is_wired_like_trl(tiny, tmp_path, monkeypatch):
                               max_new_tokens=5)
     tr = OnlineIQLearnTrainer(model, cfg, train_dataset=trl_rows(tok), processing_class=tok)
     assert seen["init"]["mode"] == "server" and seen["init"]["max_completion_length"] == 5
+    assert (seen["init"]["repetition_penalty"], seen["init"]["min_p"], seen["init"]["top_k"]) == (1.0, 0.0, 0)
     tr.train()
     assert seen["synced"] == 1 and len(seen["prompts"]) == 2
     r = tr.sample_buffer.get(0).rollout

@@ -130,6 +130,9 @@ class RolloutTrainer(IQLearnTrainer):
             temperature=a.temperature,
             top_p=a.top_p,
             top_k=a.top_k,
+            # explicit, like every option that changes the sampled distribution (tirl.generation); TRL's defaults too
+            repetition_penalty=1.0,
+            min_p=0.0,
             max_completion_length=a.max_new_tokens,
             logprobs=None,
         )
