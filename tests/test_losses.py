@@ -174,14 +174,37 @@ def test_rewards_telescope_with_gamma_one():
     assert abs(lhs.item() - rhs.item()) < 1e-10
 
 
-def test_gradient_accumulation_normalisation_is_exact():
-    """Two micro-batches with num_items_in_batch = all tokens sum to the one-batch loss (Trainer's GA contract)."""
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+def test_gradient_accumulation_normalisation_is_exact(reduction):
+    """Micro-batches given the whole batch's counts (num_items_in_batch, num_sequences_in_batch) sum to the one-batch
+    loss, values and gradients: Trainer's contract when it passes num_items_in_batch (no division by the steps)."""
     h, W, _, labels = make_batch()
-    kw = dict(lam=0.2, gamma=0.95, eos_token_id=EOS)
+    labels[1, 4:] = -100  # a row without completion tokens: not a sequence of the mean
+    kw = dict(lam=0.2, gamma=0.95, eos_token_id=EOS, reduction=reduction)
     full = L.iq_loss(logits_of(h, W), labels, **kw).loss
-    n = int((labels[:, 1:] != -100).sum())
-    parts = sum(L.iq_loss(logits_of(h[i : i + 1], W), labels[i : i + 1], num_items_in_batch=n, **kw).loss for i in range(3))
+    actions = labels[:, 1:] != -100
+    counts = dict(num_items_in_batch=int(actions.sum()), num_sequences_in_batch=int(actions.any(-1).sum()))
+    parts = sum(L.iq_loss(logits_of(h[i : i + 1], W), labels[i : i + 1], **counts, **kw).loss for i in range(3))
     assert abs(full.item() - parts.item()) < 1e-10
+    for a, b in zip(torch.autograd.grad(full, (h, W)), torch.autograd.grad(parts, (h, W)), strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_sequence_reduction_is_the_mean_of_row_means():
+    """reduction="sequence", float64 oracle: the mean over rows with completion tokens of each row's token mean of
+    −log π + λ·r², whatever the micro-batch split, once the global number of sequences is given."""
+    h, W, _, labels = make_batch(B=4, seed=2)
+    labels[3, 4:] = -100
+    lam, gamma = 0.3, 0.9
+    qv = L.qv_from_logits(logits_of(h, W), labels)
+    v_next, td_mask = L.next_values(qv, EOS)
+    per_token = -qv.logprob + lam * ((qv.q - gamma * v_next) * td_mask) ** 2
+    rows = [per_token[b][qv.mask[b]].mean() for b in range(4) if qv.mask[b].any()]
+    oracle = sum(rows) / len(rows)
+    kw = dict(lam=lam, gamma=gamma, eos_token_id=EOS, reduction="sequence", num_sequences_in_batch=len(rows))
+    split = sum(L.iq_loss(logits_of(h[s], W), labels[s], num_items_in_batch=999, **kw).loss
+                for s in (slice(0, 1), slice(1, 4)))
+    assert abs(split.item() - oracle.item()) < 1e-10
 
 
 def test_all_masked_micro_batch_gives_differentiable_zero():

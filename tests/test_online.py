@@ -165,11 +165,30 @@ def test_value_term_telescopes_to_zero_for_matching_rows_gamma_one():
     assert abs(out.value_gap.item()) > 1e-3  # per-token means: 5 vs 3 tokens, so it does not cancel
 
 
-def test_policy_weight_sums_to_one_over_micro_batches():
-    masks = [torch.tensor([[True] * 3 + [False]]), torch.tensor([[True] * 5]), torch.tensor([[True] * 2 + [False] * 3])]
-    total = sum(int(m.sum()) for m in masks)
-    assert sum(float(L.policy_weight(m, total)) for m in masks) == pytest.approx(1.0)
-    assert L.policy_weight(masks[0], None) == 1.0
+def batch_counts(labels, is_expert):
+    """The global counts a trainer passes with num_items_in_batch, for the whole batch (`labels`, `is_expert`)."""
+    actions = labels[:, 1:] != -100
+    e, p = actions[is_expert], actions[~is_expert]
+    return dict(num_items_in_batch=int(e.sum()), num_sequences_in_batch=int(e.any(-1).sum()),
+                num_policy_items_in_batch=int(p.sum()), num_policy_sequences_in_batch=int(p.any(-1).sum()))
+
+
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+@pytest.mark.parametrize("policy_terms", ["both", "td", "value"])
+def test_accumulated_micro_batches_equal_one_batch(reduction, policy_terms):
+    """Micro-batches with different shares of expert and policy rows, each given the whole batch's counts, sum to the
+    one-batch loss (values and gradients): gradient accumulation and data parallelism are exact for L_on."""
+    logits, labels, is_expert = mixed_batch()
+    kw = dict(alpha=0.3, lam=0.2, gamma=0.95, eos_token_id=EOS, reduction=reduction, policy_terms=policy_terms)
+    full = L.online_iq_loss_from_qv(L.qv_from_logits(logits, labels), is_expert, **kw).loss
+    counts = batch_counts(labels, is_expert)
+    parts = sum(L.online_iq_loss_from_qv(L.qv_from_logits(logits[rows], labels[rows]), is_expert[rows], **counts, **kw).loss
+                for rows in ([0, 3], [1, 2, 4]))
+    assert abs(full.item() - parts.item()) < 1e-10
+    g_full, g_parts = (torch.autograd.grad(x, logits, retain_graph=True)[0] for x in (full, parts))
+    assert torch.allclose(g_full, g_parts, atol=1e-12)
+    if reduction == "token" and policy_terms == "both":  # and both are METHOD.md's L_on, token by token
+        assert abs(parts.item() - loop_reference(logits, labels, is_expert, 0.3, 0.2, 0.95).item()) < 1e-10
 
 
 def test_online_loss_rejects_bad_arguments():
@@ -334,6 +353,61 @@ def test_trainer_mixes_flagged_policy_rows_with_correct_masks(tiny, tmp_path):
     assert {"reward/expert_mean", "reward/policy_mean", "time/generation"} <= set(logged)
 
 
+def fixed_completions(prompts, eos):
+    """A deterministic stand-in for sampling: each prompt's completion depends on the prompt only (2 to 6 tokens,
+    one in three cut without EOS), so differently split runs see the same policy rows."""
+    out = []
+    for p in prompts:
+        h = sum(p) + len(p)
+        out.append([5 + (h * (i + 3)) % 60 for i in range(2 + h % 5)] + ([eos] if h % 3 else []))
+    return out
+
+
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+def test_online_gradient_accumulation_matches_large_batch(tiny, tmp_path, reduction):
+    """PDB=2 × GAS=2 gives the same loss and update as PDB=4 × GAS=1 for online IQLearn (the policy terms are means
+    over the policy rows of the whole accumulated batch), and the logged value_gap is the float64 one of each batch."""
+    model, tok = tiny
+    model = model.double()
+    ds = trl_rows(tok, n=8)
+    runs = []
+    for pdb, gas in ((4, 1), (2, 2)):
+        cfg = OnlineIQLearnConfig(**common_args(tmp_path, max_steps=1, per_device_train_batch_size=pdb,
+                                                gradient_accumulation_steps=gas, learning_rate=1e-2, optim="sgd",
+                                                max_grad_norm=0.0, lr_scheduler_type="constant"),
+                                  iq_lambda=0.2, iq_alpha=0.5, iq_gamma=0.9, iq_reduction=reduction,
+                                  num_policy_samples=pdb, max_new_tokens=8)
+        tr = OnlineIQLearnTrainer(copy.deepcopy(model), cfg, train_dataset=ds, processing_class=tok)
+        tr.generate = lambda model, prompts: fixed_completions(prompts, tok.eos_token_id)
+        seen = []
+        original = tr.compute_loss
+
+        def spy(model, inputs, *a, original=original, seen=seen, **k):
+            seen.append({k2: v.clone() for k2, v in inputs.items() if isinstance(v, torch.Tensor)})
+            return original(model, inputs, *a, **k)
+
+        tr.compute_loss = spy
+        tr.train()
+        log = next(h for h in tr.state.log_history if "loss" in h)
+        # value_gap oracle: E_π[V − γV'] − E_E[V − γV'] per micro-batch (token means, float64, the step's weights),
+        # averaged over the micro-batches like every logged metric
+        gaps = []
+        for batch in seen:
+            with torch.no_grad():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            qv = L.qv_from_logits(logits, batch["labels"])
+            v_next, td_mask = L.next_values(qv, tok.eos_token_id)
+            gap = (qv.v - 0.9 * v_next) * td_mask
+            expert = batch["is_expert"][:, None] & qv.mask
+            policy = ~batch["is_expert"][:, None] & qv.mask
+            gaps.append(gap[policy].sum() / policy.sum() - gap[expert].sum() / expert.sum())
+        assert len(seen) == gas and all(int((~b["is_expert"]).sum()) == pdb for b in seen)
+        assert log["value_gap"] == pytest.approx(float(sum(gaps) / len(gaps)), rel=1e-9, abs=1e-9)
+        runs.append((log["loss"], torch.cat([p.detach().flatten() for p in tr.model.parameters()])))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-9)
+    assert torch.allclose(runs[0][1], runs[1][1], atol=1e-9)
+
+
 @pytest.mark.slow
 def test_short_online_training_lowers_eval_loss(tiny, tmp_path):
     """About 30 s of online IQLearn (α = 0.1, fresh samples each step) on the generated task lowers the eval loss."""
@@ -485,6 +559,7 @@ def test_vllm_path_is_wired_like_trl(tiny, tmp_path, monkeypatch):
                               max_new_tokens=5)
     tr = OnlineIQLearnTrainer(model, cfg, train_dataset=trl_rows(tok), processing_class=tok)
     assert seen["init"]["mode"] == "server" and seen["init"]["max_completion_length"] == 5
+    assert (seen["init"]["repetition_penalty"], seen["init"]["min_p"], seen["init"]["top_k"]) == (1.0, 0.0, 0)
     tr.train()
     assert seen["synced"] == 1 and len(seen["prompts"]) == 2
     r = tr.sample_buffer.get(0).rollout

@@ -7,6 +7,7 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from tirl import losses as L
 from tirl.data import load_rows, to_trl
 from tirl.trainers import IQLearnConfig, IQLearnTrainer
 
@@ -92,21 +93,46 @@ def test_lora_trains_only_adapters(tiny, tmp_path):
     assert changed and all("lora_" in n for n in changed)
 
 
-def test_gradient_accumulation_matches_large_batch(tiny, tmp_path):
-    """PDB=2 × GAS=2 gives the same update as PDB=4 × GAS=1 (normalisation by num_items_in_batch)."""
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+def test_gradient_accumulation_matches_large_batch(tiny, tmp_path, reduction):
+    """PDB=2 × GAS=2 gives the same loss and update as PDB=4 × GAS=1 (normalisation by num_items_in_batch, and by
+    the global number of sequences for iq_reduction="sequence")."""
     model, tok = tiny
     model = model.double()
     ds = trl_rows(tok, n=8)
-    params = []
+    params, losses = [], []
     for pdb, gas in ((4, 1), (2, 2)):
         cfg = IQLearnConfig(**common_args(tmp_path, max_steps=1, per_device_train_batch_size=pdb,
                                           gradient_accumulation_steps=gas, learning_rate=1e-2, optim="sgd",
                                           max_grad_norm=0.0, lr_scheduler_type="constant"),
-                            iq_lambda=0.2)
+                            iq_lambda=0.2, iq_reduction=reduction)
         tr = IQLearnTrainer(copy.deepcopy(model), cfg, train_dataset=ds, processing_class=tok)
         tr.train()
         params.append(torch.cat([p.detach().flatten() for p in tr.model.parameters()]))
+        losses.append(next(h["loss"] for h in tr.state.log_history if "loss" in h))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-9)
     assert torch.allclose(params[0], params[1], atol=1e-9)
+
+
+def test_sequence_reduction_eval_loss_is_the_mean_of_row_means(tiny, tmp_path):
+    """Evaluation with iq_reduction="sequence" (Trainer counts each eval batch alone): the float64 mean over rows of
+    each row's token mean, the same for any eval batch size."""
+    model, tok = tiny
+    model = model.double()
+    ds = trl_rows(tok, n=6)
+    results = []
+    for bs in (6, 4):
+        cfg = IQLearnConfig(**common_args(tmp_path, per_device_eval_batch_size=bs), iq_lambda=0.0, iq_reduction="sequence")
+        tr = IQLearnTrainer(copy.deepcopy(model), cfg, train_dataset=ds, eval_dataset=ds, processing_class=tok)
+        results.append(tr.evaluate()["eval_loss"])
+    batch = tr.data_collator([tr.eval_dataset[i] for i in range(6)])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    qv = L.qv_from_logits(logits, batch["labels"])
+    oracle = torch.stack([-qv.logprob[b][qv.mask[b]].mean() for b in range(6)])
+    assert results[0] == pytest.approx(oracle.mean().item(), rel=1e-6)
+    # batches of 4 and 2 rows, each loss a mean over its own rows; Trainer weighs batch losses by their rows
+    assert results[1] == pytest.approx(((4 * oracle[:4].mean() + 2 * oracle[4:].mean()) / 6).item(), rel=1e-6)
 
 
 def test_config_validation():

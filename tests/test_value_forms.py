@@ -211,7 +211,7 @@ def test_head_trains_and_is_saved_beside_the_model(tiny, tmp_path):
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "final" / "model.safetensors"), framework="pt") as f:
-        assert not any("tirl_value_head" in k for k in f.keys())  # the policy file stays a plain causal LM
+        assert not any("tirl_value_head" in k for k in f.keys())  # noqa: SIM118  (safe_open is not a dict) the policy file stays a plain causal LM
 
 
 @pytest.mark.parametrize("form", ["head", "reference"])
@@ -303,7 +303,7 @@ def test_rewards_are_read_in_the_runs_own_form(tmp_path, form):
     from tirl.rewards import score
 
     (s,) = score(rm.model, rm.tokenizer, [(prompt, completion)], gamma=0.9, reference_model=rm.reference)
-    assert R == pytest.approx(s.reward)
+    assert pytest.approx(s.reward) == R
     # the values are the form's own: LSE − LSE_θ0 (the starting model rebuilt from the run's seed), or the head's
     (plain,) = score(rm.model, rm.tokenizer, [(prompt, completion)], gamma=0.9) if form == "reference" else (None,)
     if form == "reference":

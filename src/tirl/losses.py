@@ -36,7 +36,10 @@ Conventions, decided once here:
 - Normalisation: token sums divided by `num_items_in_batch` when given (the number of completion tokens in the whole
   accumulated batch, as `transformers.Trainer` passes it, so gradient accumulation and data parallelism are exact),
   else by the local count of completion tokens. Both terms share the denominator, so λ = 0 reproduces TRL's SFT
-  loss. `reduction="sequence"` instead averages each sequence's token mean over the sequences.
+  loss. `reduction="sequence"` instead sums each sequence's token mean and divides by `num_sequences_in_batch` when
+  given (the sequences with a completion token in the whole accumulated batch, counted like `num_items_in_batch`),
+  else by the local number of sequences. A trainer that passes `num_items_in_batch` must pass the global counts of
+  every reduction it uses: `Trainer` then neither divides by the accumulation steps nor averages over processes.
 """
 
 from __future__ import annotations
@@ -439,17 +442,11 @@ def token_rewards(qv: QV, gamma: float = 0.99, eos_token_id: int | list[int] | N
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _reduce(per_token: torch.Tensor, qv: QV, reduction: Reduction, num_items_in_batch) -> torch.Tensor:
-    if reduction == "token":
-        denom = qv.mask.sum() if num_items_in_batch is None else num_items_in_batch
-        # clamped so a micro-batch without completion tokens gives a finite zero, not 0/0
-        return per_token.sum() / torch.as_tensor(denom, device=per_token.device).clamp(min=1)
-    if reduction == "sequence":
-        counts = qv.mask.sum(-1)
-        has = counts > 0
-        per_seq = per_token.sum(-1) / counts.clamp(min=1)
-        return (per_seq * has).sum() / has.sum().clamp(min=1)
-    raise ValueError(f"reduction must be 'token' or 'sequence', got {reduction!r}")
+def _reduce(per_token: torch.Tensor, qv: QV, reduction: Reduction, num_items_in_batch,
+            num_sequences_in_batch=None) -> torch.Tensor:
+    """`masked_mean` over `qv.mask`, divided by the global count of the reduction when given."""
+    total = num_items_in_batch if reduction == "token" else num_sequences_in_batch
+    return masked_mean(per_token, qv.mask, reduction, total)
 
 
 def iq_loss_from_qv(
@@ -460,33 +457,38 @@ def iq_loss_from_qv(
     num_items_in_batch: int | torch.Tensor | None = None,
     reduction: Reduction = "token",
     stop_grad_next: bool = False,
+    num_sequences_in_batch: int | torch.Tensor | None = None,
     entropy_coef: float = 0.0,
 ) -> LossOutput:
     """L_IQ = E[−log π(a_t|s_t)] + λ·E[r_t²] from per-position Q and V (see the module docstring).
+
+    E is a token mean (Σ / `num_items_in_batch`) or, with `reduction="sequence"`, a mean of per-sequence token means
+    (Σ over sequences / `num_sequences_in_batch`); a count left None is this batch's own.
 
     r_t = Q(s_t, a_t) − γ·V(s_{t+1}) uses the value parameterisation `qv` carries (`QV.value`); −log π never depends
     on it. `entropy_coef` β > 0 subtracts β·E[H(π(·|s_t))] over the same tokens, the paper's entropy-regularised MLE
     baseline (with λ = 0); it needs `qv.entropy` in the graph (`entropy_grad=True` where the QV is built).
     """
+    counts = (num_items_in_batch, num_sequences_in_batch)
     nll_tok = -(qv.q - qv.v) * qv.mask
-    nll = _reduce(nll_tok, qv, reduction, num_items_in_batch)
+    nll = _reduce(nll_tok, qv, reduction, *counts)
     v_next, td_mask = next_values(qv, eos_token_id)
     if stop_grad_next:
         v_next = v_next.detach()
     reward = (qv.q_value - gamma * v_next) * td_mask
     if lam != 0:
-        td = _reduce(reward.square(), qv, reduction, num_items_in_batch)
+        td = _reduce(reward.square(), qv, reduction, *counts)
         loss = nll + lam * td
     else:
         # λ = 0 is exactly MLE: the TD term is not even in the graph
         loss = nll
         with torch.no_grad():
-            td = _reduce(reward.square(), qv, reduction, num_items_in_batch)
+            td = _reduce(reward.square(), qv, reduction, *counts)
     if entropy_coef != 0:
         # (under no_grad, e.g. in evaluation, the value is all that is needed)
         if qv.entropy is None or (torch.is_grad_enabled() and qv.q.requires_grad and not qv.entropy.requires_grad):
             raise ValueError("entropy_coef needs the entropy in the graph: build the QV with entropy_grad=True")
-        loss = loss - entropy_coef * _reduce(qv.entropy * qv.mask, qv, reduction, num_items_in_batch)
+        loss = loss - entropy_coef * _reduce(qv.entropy * qv.mask, qv, reduction, *counts)
     with torch.no_grad():
         sums = {
             "nll": nll_tok.sum(),
@@ -512,9 +514,11 @@ def mle_loss(
     labels: torch.Tensor,
     num_items_in_batch: int | torch.Tensor | None = None,
     reduction: Reduction = "token",
+    num_sequences_in_batch: int | torch.Tensor | None = None,
 ) -> LossOutput:
     """L_MLE = E[−log π(a_t|s_t)] over completion tokens, from logits [B, T, V] and unshifted labels [B, T]."""
-    return iq_loss_from_qv(qv_from_logits(logits, labels), lam=0.0, num_items_in_batch=num_items_in_batch, reduction=reduction)
+    return iq_loss_from_qv(qv_from_logits(logits, labels), lam=0.0, num_items_in_batch=num_items_in_batch, reduction=reduction,
+                           num_sequences_in_batch=num_sequences_in_batch)
 
 
 def iq_loss(
@@ -526,6 +530,7 @@ def iq_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     reduction: Reduction = "token",
     stop_grad_next: bool = False,
+    num_sequences_in_batch: int | torch.Tensor | None = None,
 ) -> LossOutput:
     """Offline IQLearn, E[−log π + λ·r²], from full logits [B, T, V] and unshifted labels [B, T]. λ = 0 is MLE."""
     return iq_loss_from_qv(
@@ -536,6 +541,7 @@ def iq_loss(
         num_items_in_batch=num_items_in_batch,
         reduction=reduction,
         stop_grad_next=stop_grad_next,
+        num_sequences_in_batch=num_sequences_in_batch,
     )
 
 
@@ -551,6 +557,7 @@ def chunked_iq_loss(
     stop_grad_next: bool = False,
     chunk_size: int = 1024,
     bias: torch.Tensor | None = None,
+    num_sequences_in_batch: int | torch.Tensor | None = None,
 ) -> LossOutput:
     """`iq_loss` for logits = hidden @ weightᵀ (+ bias), in row chunks, never building [B, T, V].
 
@@ -565,6 +572,7 @@ def chunked_iq_loss(
         num_items_in_batch=num_items_in_batch,
         reduction=reduction,
         stop_grad_next=stop_grad_next,
+        num_sequences_in_batch=num_sequences_in_batch,
     )
 
 
@@ -579,13 +587,16 @@ PolicyTerms = Literal["both", "td", "value"]
 class OnlineLossOutput(LossOutput):
     """`LossOutput` of the expert rows (same fields, same meaning as offline), plus the policy rows' statistics.
 
-    `sums` are the expert rows' sums (so an online run logs the same `mle_loss`/`td_loss` as an offline one);
-    `policy_sums` are the detached sums over policy rows (value_gap = Σ V(s_t) − γV(s_{t+1}), td, reward, tokens,
-    td_tokens, rows).
+    `sums` are the expert rows' sums (so an online run logs the same `mle_loss`/`td_loss` as an offline one), plus
+    their `value_gap` = Σ V(s_t) − γV(s_{t+1}) over the tokens with a TD term; `policy_sums` are the detached sums over
+    policy rows (value_gap, td, reward, tokens, td_tokens, rows). Trainers log ratios of these sums gathered over
+    processes, never per-micro-batch means.
     """
 
     policy_sums: dict[str, torch.Tensor] | None = None
-    value_gap: torch.Tensor | None = None  # E_π[V − γV'] − E_E[V − γV'], the α-weighted value term before α
+    # this micro-batch's part of E_π[V − γV'] − E_E[V − γV'] (the α-weighted value term before α), normalised by the
+    # counts it was given: the whole gap only for one micro-batch on one process
+    value_gap: torch.Tensor | None = None
 
 
 def restrict_rows(qv: QV, rows: torch.Tensor) -> QV:
@@ -602,35 +613,31 @@ def restrict_rows(qv: QV, rows: torch.Tensor) -> QV:
     )
 
 
-def masked_mean(per_token: torch.Tensor, mask: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    """Local mean of `per_token` over `mask`: token mean, or the mean over rows of each row's token mean."""
-    if reduction == "token":
-        return per_token.sum() / mask.sum().clamp(min=1)
-    counts = mask.sum(-1)
-    has = counts > 0
-    return ((per_token.sum(-1) / counts.clamp(min=1)) * has).sum() / has.sum().clamp(min=1)
+def masked_mean(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    reduction: Reduction,
+    total: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean of `per_token` [B, T−1] over `mask`, as every loss here takes it:
 
+        token:     Σ_{b,t} x_bt / N,                     N = Σ_{b,t} mask_bt
+        sequence:  Σ_b (Σ_t x_bt / n_b) / S,             n_b = Σ_t mask_bt, S = #{b : n_b > 0}
 
-def policy_weight(
-    expert_mask: torch.Tensor,
-    num_items_in_batch: int | torch.Tensor | None,
-    reduction: Reduction = "token",
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor | float:
-    """The factor that turns a micro-batch's local policy mean into its share of a global policy mean.
-
-    The trainer divides expert sums by `num_items_in_batch` N_E, the expert completion tokens of the whole accumulated
-    batch on every process, and sums the micro-batch losses (and, through DDP, the processes). The policy rows are
-    sampled inside the step, so their global count is unknown in advance; each micro-batch's policy mean is weighted
-    by its share of the expert tokens, n_E / N_E. The weights sum to one over the accumulated batch, so the result is
-    a weighted mean of the micro-batch policy means (exact with one micro-batch on one process). With
-    `num_items_in_batch=None` or `reduction="sequence"` (both local means) the factor is 1.
+    `total` replaces N (or S) with the count of the whole accumulated batch on every process (`num_items_in_batch`
+    and its siblings), so that the micro-batches' results sum to the large batch's mean; None: this batch's own count.
+    The denominator is clamped at 1, so a batch without masked tokens gives a finite zero, not 0/0.
     """
-    if num_items_in_batch is None or reduction != "token":
-        return 1.0
-    n_expert = expert_mask.sum().to(torch.float64)
-    total = torch.as_tensor(num_items_in_batch, device=expert_mask.device, dtype=torch.float64).clamp(min=1)
-    return (n_expert / total).to(dtype)
+    if reduction == "token":
+        num, local = per_token.sum(), mask.sum()
+    elif reduction == "sequence":
+        counts = mask.sum(-1)
+        has = counts > 0
+        num, local = ((per_token.sum(-1) / counts.clamp(min=1)) * has).sum(), has.sum()
+    else:
+        raise ValueError(f"reduction must be 'token' or 'sequence', got {reduction!r}")
+    denom = local if total is None else torch.as_tensor(total, device=per_token.device)
+    return num / denom.clamp(min=1)
 
 
 def online_iq_loss_from_qv(
@@ -644,6 +651,9 @@ def online_iq_loss_from_qv(
     reduction: Reduction = "token",
     stop_grad_next: bool = False,
     policy_terms: PolicyTerms = "both",
+    num_sequences_in_batch: int | torch.Tensor | None = None,
+    num_policy_items_in_batch: int | torch.Tensor | None = None,
+    num_policy_sequences_in_batch: int | torch.Tensor | None = None,
 ) -> OnlineLossOutput:
     """Online IQLearn on a batch of expert rows and policy-sample rows (`is_expert`: [B] bool).
 
@@ -653,8 +663,12 @@ def online_iq_loss_from_qv(
     The second line is the first regrouped: on expert tokens −r_t + (V(s_t) − γV(s_{t+1})) = −log π(a_t|s_t), so the
     MLE-equivalent −log π appears on expert rows only, and α = 0 is exactly offline IQLearn (`iq_loss_from_qv` on the
     expert rows; the policy rows are then not even in the graph). E_E and E_π are token means over expert and policy
-    rows (`reduction="sequence"`: means of per-row means). Expert sums are divided by `num_items_in_batch` like
-    offline; the policy mean is local to the micro-batch and weighted by `policy_weight`.
+    rows (`reduction="sequence"`: means of per-row means), each over the whole accumulated batch on every process:
+    expert sums are divided by `num_items_in_batch` (`num_sequences_in_batch`) like offline, policy sums by
+    `num_policy_items_in_batch` (`num_policy_sequences_in_batch`), the policy completion tokens (rows with one) of
+    the whole accumulated batch. Summed over micro-batches (and averaged over processes × their number), the losses
+    are then exactly the large batch's. A count left None is this micro-batch's own (exact for one micro-batch on
+    one process).
 
     Which terms see policy samples (`policy_terms`):
     - "value" — the initial-state term (1−γ)E[V(s_0)], telescoped over the mixture: α·(E_π[V − γV'] − E_E[V − γV']).
@@ -689,6 +703,7 @@ def online_iq_loss_from_qv(
         num_items_in_batch=num_items_in_batch,
         reduction=reduction,
         stop_grad_next=stop_grad_next,
+        num_sequences_in_batch=num_sequences_in_batch,
     )
     loss = offline.loss
 
@@ -699,17 +714,20 @@ def online_iq_loss_from_qv(
     gap = (qv.state_value - gamma * v_next) * td_mask  # V(s_t) − γV(s_{t+1})
     pol_td_mask = td_mask & policy_mask
     exp_td_mask = td_mask & expert.mask
-    weight = policy_weight(expert.mask, num_items_in_batch, reduction, dtype=qv.v.dtype)
+    policy_total = num_policy_items_in_batch if reduction == "token" else num_policy_sequences_in_batch
 
     def expert_mean(x: torch.Tensor) -> torch.Tensor:
-        return _reduce(x * exp_td_mask, expert, reduction, num_items_in_batch)
+        return _reduce(x * exp_td_mask, expert, reduction, num_items_in_batch, num_sequences_in_batch)
 
-    policy_td = masked_mean(reward.square() * pol_td_mask, policy_mask, reduction)
-    value_gap = masked_mean(gap * pol_td_mask, policy_mask, reduction) * weight - expert_mean(gap)
+    def policy_mean(x: torch.Tensor) -> torch.Tensor:
+        return masked_mean(x * pol_td_mask, policy_mask, reduction, policy_total)
+
+    policy_td = policy_mean(reward.square())
+    value_gap = policy_mean(gap) - expert_mean(gap)
     if use_value:
         loss = loss + alpha * value_gap
     if use_td and lam != 0:
-        loss = loss + lam * alpha * policy_td * weight
+        loss = loss + lam * alpha * policy_td
 
     with torch.no_grad():
         policy_sums = {
@@ -729,7 +747,7 @@ def online_iq_loss_from_qv(
         mean_reward=offline.mean_reward,
         mean_value=offline.mean_value,
         num_tokens=offline.num_tokens,
-        sums=offline.sums,
+        sums={**offline.sums, "value_gap": (gap * exp_td_mask).sum().detach()},
         policy_sums={k: v.detach() for k, v in policy_sums.items()},
         value_gap=value_gap.detach(),
     )

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .generation import generate, generation_config
 from .runinfo import write_atomic, write_text_atomic
 
 IGNORE_INDEX = -100
@@ -150,29 +151,28 @@ def sample_completions(
 ) -> list[list[int]]:
     """Sample one completion per prompt with `model.generate` (ancestral sampling; temperature 1 = the policy itself).
 
-    `model` must be unwrapped (`trl.models.unwrap_model_for_generation`). Returns the new token ids of each row as
-    `generate` produced them (cut them with `truncate_at_eos` / `build_rollout`). The model is put in eval mode for
-    the call and its previous mode restored.
+    Samples come from softmax(logits / temperature), cut to top-k / top-p when asked (0 / 1.0 = off), and nothing
+    else: no option of the model's own `generation_config` (repetition penalty, min-p, ...) is applied
+    (`tirl.generation`); `generation_kwargs` are explicit extra `GenerationConfig` options. `model` must be unwrapped
+    (`trl.models.unwrap_model_for_generation`). Returns the new token ids of each row as `generate` produced them (cut
+    them with `truncate_at_eos` / `build_rollout`). The model is put in eval mode for the call and its previous mode
+    restored.
     """
-    from transformers import GenerationConfig
-
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_token_id, device)
-    config = GenerationConfig(
+    config = generation_config(
         max_new_tokens=max_new_tokens,
-        do_sample=True,
+        eos_token_id=list(eos_token_ids) or None,
+        pad_token_id=pad_token_id,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
-        eos_token_id=list(eos_token_ids) or None,
-        pad_token_id=pad_token_id,
-        use_cache=True,
         **(generation_kwargs or {}),
     )
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        out = generate(model, config, input_ids=ids, attention_mask=mask)
     finally:
         model.train(was_training)
     return out[:, ids.shape[1] :].tolist()

@@ -60,10 +60,17 @@ class EvalSettings:
         return task_metric(self.dataset) if self.metric == "auto" else self.metric
 
     def generation_key(self) -> dict:
-        """The settings that change what is generated; a resumed run must match them (batch size may differ)."""
+        """The settings that change what is generated; a resumed run must match them (batch size may differ).
+        `sampler`: every other generation option of each pass, as sampled (temperature and top_p are the fields of
+        the same name; `tirl.evaluation.sampling.generation_settings`), so the file says what a score sampled from."""
+        from .sampling import generation_settings
+
         keys = ("model", "dataset", "split", "num_examples", "data_seed", "samples", "temperature", "top_p", "greedy",
                 "max_new_tokens", "seed", "bf16", "prompt_field", "completion_field", "reference_field")
-        return {k: getattr(self, k) for k in keys}
+        passes = {"greedy": self.greedy, "sampled": self.samples > 0}
+        sampler = {name: {k: v for k, v in generation_settings(self.temperature, self.top_p, name == "greedy").items()
+                          if k not in keys} for name, run in passes.items() if run}
+        return {**{k: getattr(self, k) for k in keys}, "sampler": sampler}
 
 
 @dataclass
@@ -232,7 +239,7 @@ def run_eval(s: EvalSettings) -> EvalResult:
         "metric_family": family,
         "primary_score": PRIMARY_SCORE.get(family),
         **metrics,
-        "settings": {**asdict(s), "output_dir": str(out_dir), "top_k": "off", "repetition_penalty": 1.0,
+        "settings": {**asdict(s), "output_dir": str(out_dir), "sampler": s.generation_key()["sampler"],
                      "self_bleu": {"n": s.self_bleu_n, "tokenize": "13a", "smooth": "exp", "effective_order": True,
                                    "references": "the other K-1 samples of the same prompt"}},
         "data": {"rows": len(rows), "sha256": rows_checksum(rows), "first_ids": [r["id"] for r in rows[:5]]},

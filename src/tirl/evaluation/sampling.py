@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from ..generation import generate, generation_config, sampler_settings
 from .metrics import token_entropy
 
 Prompt = str | list[dict]  # a user message, or a conversation (list of {"role", "content"}) ending before the answer
@@ -139,8 +140,9 @@ def iter_samples(
 
     Each `generate` call holds `batch_size` sequences: `max(1, batch_size // K)` prompts × K samples (greedy: the one
     greedy completion per prompt, computed once and repeated K times). Sampling is ancestral at `temperature` with
-    nucleus `top_p` (1.0 = off) and no top-k (HF's default top_k=50 is switched off); repetition penalties and the
-    model's own generation defaults are not applied. Each batch is seeded with `batch_seed(seed, first prompt index)`
+    nucleus `top_p` (1.0 = off) and nothing else: no top-k (HF's default top_k=50 is switched off), and no option of
+    the model's own generation config (repetition penalty, min-p, ...; see `tirl.generation` and `generation_settings`,
+    which lists every option as used). Each batch is seeded with `batch_seed(seed, first prompt index)`
     inside a forked RNG, so results are reproducible for a seed and batch size and the caller's RNG is untouched.
     A tqdm bar counts prompts and shows generated tokens per second.
     """
@@ -156,13 +158,7 @@ def iter_samples(
     eos = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     device = next(model.parameters()).device
-    gen_kwargs: dict = {"max_new_tokens": max_new_tokens, "eos_token_id": eos, "pad_token_id": pad_id,
-                        "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
-    if greedy:
-        gen_kwargs.update(do_sample=False)
-    else:
-        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, typical_p=1.0,
-                          num_return_sequences=copies)
+    config = _config(temperature, top_p, greedy, max_new_tokens, eos, pad_id, copies)
 
     was_training = model.training
     model.eval()
@@ -185,10 +181,8 @@ def iter_samples(
             amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast_bf16 else nullcontext()
             with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), amp:
                 torch.manual_seed(batch_seed(seed, idx[0]))
-                out = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    logits_processor=LogitsProcessorList([recorder]), **gen_kwargs,
-                )
+                out = generate(model, config, input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                               logits_processor=LogitsProcessorList([recorder]))
             generated = out[:, input_ids.shape[1] :].cpu()  # [B·copies, steps]
             entropies = torch.stack(recorder.steps, dim=1) if recorder.steps else torch.zeros(generated.shape[0], 0)
             rows = [_to_sample(generated[r], entropies[r], eos, tokenizer) for r in range(generated.shape[0])]
@@ -202,6 +196,21 @@ def iter_samples(
     finally:
         bar.close()
         model.train(was_training)
+
+
+def _config(temperature: float, top_p: float, greedy: bool, max_new_tokens: int, eos: list[int] | None,
+            pad_id: int | None, copies: int = 1):
+    """The `GenerationConfig` of a pass: greedy, or ancestral sampling at `temperature` with nucleus `top_p`."""
+    if greedy:
+        return generation_config(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad_id, do_sample=False)
+    return generation_config(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad_id, temperature=temperature,
+                             top_k=0, top_p=top_p, num_return_sequences=copies)
+
+
+def generation_settings(temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False) -> dict:
+    """Every generation option that shapes the distribution of a pass (`tirl.generation.sampler_settings`), as
+    `iter_samples` sets it; the model's own generation config never adds to it. For run records (eval_config.json)."""
+    return sampler_settings(_config(temperature, top_p, greedy, max_new_tokens=1, eos=None, pad_id=None))
 
 
 def sample(

@@ -37,7 +37,7 @@ from ..adversarial import (
     shaped_rewards,
 )
 from ..discriminator import TokenDiscriminator, frozen_copy, truncated_trunk
-from ..losses import masked_mean, policy_weight, qv_from_hidden, restrict_rows, shift_labels
+from ..losses import masked_mean, qv_from_hidden, restrict_rows, shift_labels
 from ..rollouts import BufferEntry
 from ..runinfo import write_atomic, write_text_atomic
 from .gail_config import GAILConfig
@@ -216,7 +216,8 @@ class GAILTrainer(RolloutTrainer):
         inputs["use_cache"] = False
         qv = self.compute_qv(model, inputs)
         expert_qv = restrict_rows(qv, is_expert)
-        expert = self.iq_loss(expert_qv, num_items_in_batch)
+        counts = self.loss_counts(inputs, num_items_in_batch, is_expert)
+        expert = self.iq_loss(expert_qv, num_items_in_batch, counts)
 
         policy_mask = qv.mask & ~is_expert[:, None]
         logprob = qv.logprob  # [B + N, T − 1], differentiable
@@ -226,8 +227,9 @@ class GAILTrainer(RolloutTrainer):
         returns = discounted_returns(shaped * policy_mask, policy_mask, a.iq_gamma)
         adv = advantages(returns, policy_mask, normalize=a.gail_normalize_advantages)
         per_token, clipped = ppo_clip_loss(logprob, old, adv, policy_mask, clip_eps=a.gail_clip_eps)
-        weight = policy_weight(expert_qv.mask, num_items_in_batch, a.iq_reduction, dtype=per_token.dtype)
-        pg = masked_mean(per_token, policy_mask, a.iq_reduction) * weight
+        # a mean over the policy tokens (rows) of the whole accumulated batch, like the expert term
+        pg = masked_mean(per_token, policy_mask, a.iq_reduction,
+                         counts.get("policy_tokens" if a.iq_reduction == "token" else "policy_sequences"))
         loss = self.finalize_loss(mode, a.mle_weight * expert.loss + a.gail_pg_coef * pg, expert, num_items_in_batch)
 
         if first_use and self._current_entry is not None:  # record π_old for later reuses of these samples

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import warnings
+from collections.abc import Sequence
 
 import torch
 from accelerate.utils import is_peft_model
@@ -20,7 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl import SFTTrainer
 
 from .. import reference
-from ..losses import QV, LossOutput, iq_loss_from_qv, qv_from_logits, with_reference, with_value
+from ..losses import IGNORE_INDEX, QV, LossOutput, iq_loss_from_qv, qv_from_logits, with_reference, with_value
 from ..models import eos_token_ids
 from ..qv_head import add_qv_head
 from ..value_head import add_value_head, get_value_head, load_value_head, save_value_head
@@ -84,6 +85,8 @@ class IQLearnTrainer(SFTTrainer):
         if args.iq_chunk_size > 0:
             add_qv_head(base, chunk_size=args.iq_chunk_size)
         self.eos_token_ids = eos_token_ids(self.processing_class, base)
+        # (num_items_in_batch, the other global counts of the same accumulated batch), see `get_batch_samples`
+        self._batch_counts: tuple[torch.Tensor | int | None, dict[str, torch.Tensor]] | None = None
         if args.iq_value == "head":
             add_value_head(base)
         elif args.iq_value == "reference":
@@ -170,7 +173,8 @@ class IQLearnTrainer(SFTTrainer):
             return a.iq_lambda
         return a.iq_lambda * min(1.0, self.state.global_step / a.iq_lambda_warmup_steps)
 
-    def iq_loss(self, qv: QV, num_items_in_batch=None) -> LossOutput:
+    def iq_loss(self, qv: QV, num_items_in_batch=None, counts: dict[str, torch.Tensor] | None = None) -> LossOutput:
+        """The offline loss of `qv`; `counts` are `loss_counts`' global counts that go with `num_items_in_batch`."""
         a = self.args
         return iq_loss_from_qv(
             qv,
@@ -181,6 +185,7 @@ class IQLearnTrainer(SFTTrainer):
             reduction=a.iq_reduction,
             stop_grad_next=a.iq_stop_grad_next,
             entropy_coef=a.entropy_coef,
+            num_sequences_in_batch=(counts or {}).get("sequences"),
         )
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -245,11 +250,82 @@ class IQLearnTrainer(SFTTrainer):
         finally:
             model.train(was_training)
 
+    # ----------------------------------------------------------------------------------------------------------------
+    # Normalisation: the global counts that go with `num_items_in_batch`
+    #
+    # `Trainer` counts the completion tokens of the whole accumulated batch on every process (`num_items_in_batch`)
+    # before the step's first forward. Whenever it passes that count to `compute_loss`, it no longer divides the loss
+    # by the accumulation steps, and `finalize_loss` multiplies it by the number of processes (DDP averages them):
+    # every loss term must then be a sum divided by a count of the whole accumulated batch. These methods give the
+    # terms that are not token means (`iq_reduction="sequence"`; the online trainers' policy rows) their counts.
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
+        """`Trainer.get_batch_samples` (the micro-batches of one optimizer step and `num_items_in_batch`), plus the
+        global number of sequences of those micro-batches, kept for `compute_loss` (`loss_counts`)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        counts: dict[str, torch.Tensor] = {}
+        if num_items_in_batch is not None:
+            counts = self.global_counts(self.local_counts([b["labels"] for b in batch_samples]))
+        self._batch_counts = (num_items_in_batch, counts)
+        return batch_samples, num_items_in_batch
+
+    @staticmethod
+    def local_counts(expert_labels: Sequence[torch.Tensor],
+                     policy_labels: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """This process's counts over batches of unshifted labels [B, T]: `sequences` (expert rows with a completion
+        token) and, when `policy_labels` is given, `policy_tokens` and `policy_sequences` (the policy rows' completion
+        tokens, and rows with one). Positions are counted on `labels[:, 1:]`, the actions the losses see, as `Trainer`
+        counts `num_items_in_batch`."""
+        def tokens_and_rows(labels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            actions = [lab[..., 1:] != IGNORE_INDEX for lab in labels]
+            tokens = sum(int(a.sum()) for a in actions)
+            rows = sum(int(a.any(-1).sum()) for a in actions)
+            return torch.tensor(tokens), torch.tensor(rows)
+
+        counts = {"sequences": tokens_and_rows(expert_labels)[1]}
+        if policy_labels is not None:
+            counts["policy_tokens"], counts["policy_sequences"] = tokens_and_rows(policy_labels)
+        return counts
+
+    def global_counts(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Counts of this process's share of a batch made global exactly as `Trainer` makes `num_items_in_batch`
+        (`Trainer._get_num_items_in_batch`): summed over processes when `average_tokens_across_devices`, then divided
+        by the ranks that hold the same batch (tensor, context and sequence parallelism). A collective: every process
+        must call it at the same point."""
+        names = list(local)
+        values = torch.stack([local[k].to(self.args.device).long().reshape(()) for k in names])
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            values = self.accelerator.gather(values.reshape(1, -1)).reshape(-1, len(names)).sum(0)
+        same_batch = self.get_tp_size() * self.get_cp_size() * self.get_sp_size()
+        if same_batch > 1:
+            values = values / same_batch
+        return dict(zip(names, values.unbind(), strict=True))
+
+    def loss_counts(self, inputs: dict, num_items_in_batch, is_expert: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The global counts the loss divides by next to `num_items_in_batch` (see `local_counts` for the names).
+
+        In training, those `get_batch_samples` counted for the accumulated batch that `num_items_in_batch` belongs to.
+        Otherwise (evaluation, where `Trainer` counts each batch alone, or a direct `compute_loss` call) `inputs` is
+        taken as the whole batch, counted the same way. Without `num_items_in_batch` the losses take local means and
+        `Trainer` divides by the accumulation steps, so there is nothing to count.
+        """
+        if num_items_in_batch is None:
+            return {}
+        stored = self._batch_counts
+        if stored is not None and torch.is_tensor(num_items_in_batch) and stored[0] is num_items_in_batch:
+            return stored[1]
+        labels = inputs["labels"]
+        if is_expert is None:
+            return self.global_counts(self.local_counts([labels]))
+        return self.global_counts(self.local_counts([labels[is_expert]], [labels[~is_expert]]))
+
+    # ----------------------------------------------------------------------------------------------------------------
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         inputs["use_cache"] = False
         qv = self.compute_qv(model, inputs)
-        out = self.iq_loss(qv, num_items_in_batch)
+        out = self.iq_loss(qv, num_items_in_batch, self.loss_counts(inputs, num_items_in_batch))
         loss = self.finalize_loss(mode, out.loss, out, num_items_in_batch)
         self._record_metrics(mode, qv, out, inputs)
         if return_outputs:

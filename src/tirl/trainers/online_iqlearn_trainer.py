@@ -46,6 +46,7 @@ class OnlineIQLearnTrainer(RolloutTrainer):
         inputs["use_cache"] = False
         qv = self.compute_qv(model, inputs)
         a = self.args
+        counts = self.loss_counts(inputs, num_items_in_batch, is_expert)
         out = online_iq_loss_from_qv(
             qv,
             is_expert,
@@ -57,6 +58,9 @@ class OnlineIQLearnTrainer(RolloutTrainer):
             reduction=a.iq_reduction,
             stop_grad_next=a.iq_stop_grad_next,
             policy_terms=a.iq_policy_terms,
+            num_sequences_in_batch=counts.get("sequences"),
+            num_policy_items_in_batch=counts.get("policy_tokens"),
+            num_policy_sequences_in_batch=counts.get("policy_sequences"),
         )
         loss = self.finalize_loss(mode, out.loss, out, num_items_in_batch)
         self._record_metrics(mode, restrict_rows(qv, is_expert), out, inputs)
@@ -67,10 +71,12 @@ class OnlineIQLearnTrainer(RolloutTrainer):
         gather = self.accelerator.gather
         p = {k: gather(v.reshape(1).double()).sum() for k, v in out.policy_sums.items()}
         expert_rows = gather(is_expert.sum().reshape(1).double()).sum()
-        e = {k: gather(out.sums[k].reshape(1).double()).sum() for k in ("reward", "td_tokens")}
+        e = {k: gather(out.sums[k].reshape(1).double()).sum() for k in ("reward", "td_tokens", "value_gap", "tokens")}
         m = self._metrics[mode]
         m["policy_fraction"].append((p["rows"] / (p["rows"] + expert_rows).clamp(min=1)).item())
         m["reward/expert_mean"].append((e["reward"] / e["td_tokens"].clamp(min=1)).item())
         m["reward/policy_mean"].append((p["reward"] / p["td_tokens"].clamp(min=1)).item())
         m["policy/td_loss"].append((p["td"] / p["tokens"].clamp(min=1)).item())
-        m["value_gap"].append(gather(out.value_gap.reshape(1).double()).mean().item())
+        # token means from sums over every process, like the metrics above (the loss's `value_gap` is only this
+        # micro-batch's share of the accumulated batch's)
+        m["value_gap"].append((p["value_gap"] / p["tokens"].clamp(min=1) - e["value_gap"] / e["tokens"].clamp(min=1)).item())

@@ -1,16 +1,23 @@
 """`RolloutTrainer`: what the online trainers share — sampling from the batch's prompts, the sample buffer, checkpoints.
 
-The shape follows TRL's GKD trainer: `training_step` draws policy samples under `unwrap_model_for_generation`
-(PEFT, DDP and ZeRO-3 safe) and hands an enlarged batch to the ordinary step. Unlike GKD, expert rows are never
-replaced: the policy rows are appended and flagged (`is_expert`), and the subclass's `compute_loss` weighs them.
+The shape follows TRL's GKD trainer: policy samples are drawn under `unwrap_model_for_generation` (PEFT, DDP and
+ZeRO-3 safe) and an enlarged batch goes to the ordinary step. Unlike GKD, expert rows are never replaced: the policy
+rows are appended and flagged (`is_expert`), and the subclass's `compute_loss` weighs them.
 
-    training_step(model, batch):
-        slot = index of this micro-batch within the optimizer step
-        if the buffer's slot is empty or `generate_every` steps old:       (each process, its own prompts)
-            prompts = prompts_from_batch(batch)[chosen rows]
-            buffer[slot] = build_rollout(prompts, generate(prompts))
+    get_batch_samples():                        the micro-batches of one optimizer step, before its first forward
+        for slot, batch in enumerate(micro-batches):
+            if the buffer's slot is empty or `generate_every` steps old:   (each process, its own prompts)
+                prompts = prompts_from_batch(batch)[chosen rows]
+                buffer[slot] = build_rollout(prompts, generate(prompts))
+        count the policy tokens and rows of all slots, over all processes  (the policy terms' denominators)
+    training_step(model, batch):                once per micro-batch
         batch = mix_batch(batch, buffer[slot])  (+ subclass extras)
         Trainer.training_step(model, batch)     -> compute_loss -> backward
+
+All of a step's samples are drawn before its first forward because the policy terms are means over the policy rows
+of the whole accumulated batch (`tirl.losses.online_iq_loss_from_qv`), whose count the first micro-batch's loss
+already needs. The weights only change at the optimizer step, so this samples the same policy as drawing each
+micro-batch's rows just before its forward would.
 
 Checkpoints also hold each process's sample buffer (`tirl_sample_buffer/rank-<r>.{safetensors,json}`); resuming
 restores it, so a run continues with the samples it had. Subclasses add their own state via `save_extra_state` /
@@ -72,6 +79,7 @@ class RolloutTrainer(IQLearnTrainer):
         self.sample_buffer = SampleBuffer(args.generate_every)
         self._slot = 0
         self._slot_step: int | None = None
+        self._step_rollouts: list[tuple[BufferEntry | None, float]] = []  # drawn by get_batch_samples, one per micro-batch
         self.last_step_timing: dict[str, float] = {}
         self.vllm_generation = self._init_vllm() if args.use_vllm else None
         self._vllm_synced_step = -1
@@ -143,6 +151,9 @@ class RolloutTrainer(IQLearnTrainer):
             temperature=a.temperature,
             top_p=a.top_p,
             top_k=a.top_k,
+            # explicit, like every option that changes the sampled distribution (tirl.generation); TRL's defaults too
+            repetition_penalty=1.0,
+            min_p=0.0,
             max_completion_length=a.max_new_tokens,
             logprobs=None,
         )
@@ -166,10 +177,13 @@ class RolloutTrainer(IQLearnTrainer):
                 pad_token_id=self.pad_token_id, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
             )
 
-    def rollout_for(self, model, inputs: dict) -> tuple[BufferEntry | None, float]:
-        """The policy samples for this micro-batch (regenerated when due) and the seconds spent generating them."""
+    def rollout_for(self, model, inputs: dict, slot: int | None = None) -> tuple[BufferEntry | None, float]:
+        """The policy samples for micro-batch `slot` of this step (regenerated when due) and the seconds spent
+        generating them. Without `slot`, successive calls within one optimizer step take slots 0, 1, ..."""
         step = self.state.global_step
-        if step != self._slot_step:
+        if slot is not None:
+            self._slot, self._slot_step = slot, step
+        elif step != self._slot_step:
             self._slot, self._slot_step = 0, step
         else:
             self._slot += 1
@@ -206,9 +220,25 @@ class RolloutTrainer(IQLearnTrainer):
         values = {k: v for k, v in entry.extras.items() if k in VALUE_KEYS}
         return mix_batch(inputs, entry.rollout, self.pad_token_id, policy_values=values)
 
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
+        """The micro-batches of one optimizer step (`IQLearnTrainer.get_batch_samples`), with the policy samples of
+        each drawn now, and the global count of their completion tokens and rows kept for the loss (`loss_counts`)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._step_rollouts = [self.rollout_for(self.model_wrapped, batch, slot)
+                               for slot, batch in enumerate(batch_samples)]
+        if num_items_in_batch is not None:
+            policy = [entry.rollout.labels for entry, _ in self._step_rollouts if entry is not None]
+            local = self.local_counts([], policy)
+            self._batch_counts[1].update(self.global_counts({k: local[k] for k in ("policy_tokens", "policy_sequences")}))
+        return batch_samples, num_items_in_batch
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         t0 = time.perf_counter()
-        entry, gen_seconds = self.rollout_for(model, inputs)
+        if self._step_rollouts:  # drawn for this micro-batch by get_batch_samples
+            entry, gen_seconds = self._step_rollouts.pop(0)
+            t0 -= gen_seconds
+        else:  # called outside Trainer's loop: sample now, and the loss counts this micro-batch alone
+            entry, gen_seconds = self.rollout_for(model, inputs)
         if entry is not None:
             inputs = self.mix_inputs(model, inputs, entry)
         self._current_entry = entry
@@ -216,7 +246,7 @@ class RolloutTrainer(IQLearnTrainer):
             loss = super().training_step(model, inputs, num_items_in_batch)
         finally:
             self._current_entry = None
-        step_seconds = time.perf_counter() - t0
+        step_seconds = time.perf_counter() - t0  # generation included, wherever it happened
         self.last_step_timing = {"generation_s": gen_seconds, "training_step_s": step_seconds}
         self._record_rollout_metrics(entry, gen_seconds, step_seconds)
         return loss
