@@ -288,10 +288,10 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
                     if str(ck) != model:
                         shutil.rmtree(ck, ignore_errors=True)
     section["summary"] = summarise(section, cfg)
-    compare_plot(_frontier_dirs(eval_dirs), _frontier_labels(eval_dirs, labels), RESULTS / f"quality_{name}_frontier.png",
+    compare_plot(_frontier_dirs(eval_dirs), _frontier_labels(eval_dirs, labels), result_path(f"quality_{name}_frontier.png"),
                  score)
     if per_epoch:
-        plot_epochs(section, cfg, RESULTS / f"quality_{name}_epochs.png", score)
+        plot_epochs(section, cfg, result_path(f"quality_{name}_epochs.png"), score)
     if rewards:
         section["rewards"] = reward_section(cfg, section, runs)
     return section
@@ -414,7 +414,7 @@ def reward_section(cfg: dict, section: dict, runs: Path) -> dict:
              "--output_dir", str(out_dir))
     analysis = json.loads((out_dir / "analysis.json").read_text())
     for name in ("analysis.md",):
-        shutil.copy(out_dir / name, RESULTS / f"quality_rewards_{name}")
+        shutil.copy(out_dir / name, result_path(f"quality_rewards_{name}"))
     return {"pool": f"{cfg['reward_prompts']} prompts × {cfg['reward_samples']} samples of mle-s{seed} at T = 1",
             "models": {k: {x: v.get(x) for x in ("iq_value", "gamma", "reward", "logprob", "reward_per_token",
                                                   "preference", "mean_R")} for k, v in analysis["models"].items()}}
@@ -507,6 +507,16 @@ def grammar_variant(vname: str) -> dict:
 
 
 CURRENT_VARIANTS: dict = {}
+CURRENT_PRESET: list[str] = ["cpu"]
+
+
+def result_path(name: str) -> Path:
+    """benchmarks/results/<name>, with the preset in the name for presets other than "cpu" (the committed one)."""
+    preset = CURRENT_PRESET[0]
+    if preset == "cpu":
+        return RESULTS / name
+    stem, dot, ext = name.rpartition(".")
+    return RESULTS / f"{stem}_{preset}{dot}{ext}"
 
 
 def grammar_section(cfg: dict) -> dict:
@@ -537,7 +547,7 @@ def grammar_section(cfg: dict) -> dict:
             if ref in cfg["variants"] and ref != vname:
                 pairs = [(r, next(x for x in runs if x["variant"] == ref and x["seed"] == r["seed"])) for r in rs]
                 summary[vname][f"vs_{ref}"] = {k: mean_sem([a[k] - b[k] for a, b in pairs]) for k in keys}
-    plot_grammar(summary, reference, RESULTS / "quality_grammar.png")
+    plot_grammar(summary, reference, result_path("quality_grammar.png"))
     return {"config": cfg, "expert": reference, "runs": runs, "summary": summary}
 
 
@@ -655,6 +665,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     preset = PRESETS[args.preset]
     CURRENT_VARIANTS.update(preset["variants"])
+    CURRENT_PRESET[0] = args.preset
     runs = RUNS / args.preset
     output = Path(args.output or RESULTS / ("quality.json" if args.preset == "cpu" else f"quality_{args.preset}.json"))
     result: dict = {"benchmark": "quality", "preset": args.preset, "variants": preset["variants"], "seconds": {}}

@@ -347,8 +347,9 @@ def plot_compare(evals: list[Evaluation], score: str, path: str | Path, title: s
     first = evals[0].metrics
     datasets = sorted({e.metrics["dataset"] for e in evals})
     n_runs = max((p.n for pts in series.values() for p in pts), default=1)
+    k = max(e.metrics["settings"]["samples"] for e in evals)
     ax.set_title(title or f"Task score vs diversity — {', '.join(datasets)} ({first['split']}, "
-                 f"{first['num_prompts']} prompts, K={first['settings']['samples']}"
+                 f"{first['num_prompts']} prompts, K={k}"
                  + (f", mean ± s.e.m. of up to {n_runs} runs" if n_runs > 1 else "") + ")", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
