@@ -44,10 +44,11 @@ def git_commit(path: str | Path | None = None) -> str | None:
 
 
 def rows_checksum(rows: list[dict]) -> str:
-    """sha256 of the rows as canonical JSON: the same data gives the same checksum whatever file it came from."""
+    """sha256 of the rows as canonical JSON: the same data gives the same checksum whatever file it came from (a
+    row's `location`, where it was read, is left out)."""
     h = hashlib.sha256()
     for r in rows:
-        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode())
+        h.update(json.dumps({k: v for k, v in r.items() if k != "location"}, sort_keys=True, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
 
