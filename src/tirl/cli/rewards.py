@@ -66,19 +66,23 @@ def score_main(argv: list[str]) -> int:
     from tirl.data import DataError, load_rows
     from tirl.reward_viz import render_html, render_png
     from tirl.rewards import score
+    from tirl.rundir import RunDirError, check_no_links, check_writable
     from tirl.runinfo import safe_path, write_json_atomic, write_text_atomic
 
     try:
+        # before any work: nothing is written through a link, nor into a path that cannot be written
+        if check_writable(args.output_dir):
+            check_no_links(args.output_dir)
         if args.generations:
             pairs, meta = _pairs_from_generations(args.generations, args.num_examples)
         else:
             rows = load_rows(args.dataset, split=args.split, limit=args.num_examples, seed=args.seed)
             pairs = [(r["prompt"], r["completion"]) for r in rows]
             meta = [{"id": r.get("id"), "prompt": r["prompt"]} for r in rows]
-    except DataError as e:
+        model, tok = models.load(args.model)
+    except (DataError, RunDirError, models.ModelNotAvailableError) as e:
         print(f"tirl rewards: error: {e}", file=sys.stderr)
         return 2
-    model, tok = models.load(args.model)
     # prompts from a task are user messages, formatted the way training formats them
     from tirl.data import to_trl
 
