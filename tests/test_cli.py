@@ -96,3 +96,262 @@ def test_env_command(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["versions"]["torch"].startswith("2.13.0")
     assert Path(info["model_cache"]).name == "tirl" or info["model_cache"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reliability of the command (README "Reliability"): user errors, reused directories, resumed runs
+
+
+TINY = ["--model", "tiny-llama", "--dataset", "arithmetic", "--num_train_examples", "32", "--num_eval_examples", "8",
+        "--per_device_train_batch_size", "4", "--learning_rate", "3e-3", "--logging_steps", "1", "--bf16", "false",
+        "--disable_tqdm", "true", "--report_to", "none", "--seed", "0"]
+
+
+def tirl(capsys, *args):
+    """`tirl ARGS` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        rc = cli_main([str(a) for a in args])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tirl train: error: "), err
+    return lines[0]
+
+
+def files_of(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_reusing_an_output_directory_is_refused_and_overwrite_replaces_the_run(tmp_path, capsys):
+    """The issue's sequence: an IQLearn run, then an MLE run into the same directory, then an MLE --resume."""
+    out = tmp_path / "X"
+    assert tirl(capsys, "train", *TINY, "--max_steps", 6, "--save_steps", 2, "--eval_strategy", "no", "--output_dir", out)[0] == 0
+    before = files_of(out)
+    rc, _, err = tirl(capsys, "train", *TINY, "--method", "mle", "--max_steps", 5, "--save_steps", 5,
+                      "--eval_strategy", "no", "--output_dir", out)
+    assert rc == 2 and "already holds a run (method iqlearn, model tiny-llama, last checkpoint checkpoint-6)" in one_line_error(err)
+    assert "--resume" in err and "--overwrite" in err
+    rc, _, err = tirl(capsys, "train", *TINY, "--method", "mle", "--max_steps", 8, "--save_steps", 5,
+                      "--eval_strategy", "no", "--output_dir", out, "--resume")
+    assert rc == 2 and "--resume: " in one_line_error(err) and "method 'iqlearn' here, 'mle' now" in err
+    rc, _, err = tirl(capsys, "train", *TINY, "--num_train_examples", 16, "--max_steps", 8, "--save_steps", 2,
+                      "--eval_strategy", "no", "--output_dir", out, "--resume")
+    assert rc == 2 and "training data sha256" in one_line_error(err)
+    assert files_of(out) == before  # nothing written by the refused commands
+
+    assert tirl(capsys, "train", *TINY, "--method", "mle", "--max_steps", 5, "--save_steps", 5, "--eval_strategy", "no",
+                "--output_dir", out, "--overwrite")[0] == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-5"]  # none of the old run's
+    assert json.loads((out / "run.json").read_text())["method"] == "mle"
+
+
+def test_resumed_run_keeps_the_before_training_evaluation(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert tirl(capsys, "train", *TINY, "--max_steps", 4, "--save_steps", 2, "--output_dir", out)[0] == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert tirl(capsys, "train", *TINY, "--max_steps", 6, "--save_steps", 2, "--output_dir", out, "--resume")[0] == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["eval_before"] == first["eval_before"] and (out / "checkpoint-6").is_dir()
+    assert f"| eval loss | {first['eval_before']['eval_loss']:.4g} |" in (out / "summary.md").read_text()
+    assert json.loads((out / "run.json").read_text())["resumed_from"] == [str(out / "checkpoint-4")]
+
+
+def test_run_directory_files_get_the_permissions_of_a_plain_open(tmp_path, capsys):
+    """model.safetensors (safetensors writes 0600) included, in the run directory and its checkpoints."""
+    out = tmp_path / "run"
+    assert tirl(capsys, "train", *TINY, "--max_steps", 2, "--save_steps", 2, "--eval_strategy", "no", "--output_dir", out)[0] == 0
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+    assert "model.safetensors" in modes and "checkpoint-2/model.safetensors" in modes
+    assert set(modes.values()) == {oct(plain.stat().st_mode & 0o777)}, modes
+
+
+def _bad_model_dir(tmp_path, kind):
+    d = tmp_path / kind
+    d.mkdir()
+    if kind == "corrupt":
+        from tirl.models import tiny_model
+
+        model, tok = tiny_model()
+        model.save_pretrained(d)
+        data = (d / "model.safetensors").read_bytes()
+        (d / "model.safetensors").write_bytes(data[: len(data) // 2])  # a copy cut short
+    return d
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--iq_lambda", "-1"], "--iq_lambda must be >= 0"),
+    (["--iq_lambda", "nan"], "--iq_lambda must be a finite number"),
+    (["--iq_lambda", "abc"], "argument --iq_lambda"),
+    (["--iq_gamma", "1.5"], "--iq_gamma must be in [0, 1]"),
+    (["--iq_chunk_size", "-2"], "--iq_chunk_size must be >= 0"),
+    (["--max_steps", "0"], "--max_steps 0 would train nothing"),
+    (["--model", "{empty}"], "--model: {empty} is not a model directory: it has no config.json"),
+    (["--model", "{corrupt}"], "--model: {corrupt}/model.safetensors: not a readable safetensors file"),
+    (["--model", "./no-such-dir"], "--model: ./no-such-dir: no such model directory; built-in models: smollm2-135m, tiny-llama"),
+    (["--dataset", "{tmp}"], "--dataset: {tmp} is a directory, not a data file"),
+    (["--output_dir", "{file}"], "--output_dir {file} is a file, not a directory"),
+    (["--output_dir", "/sys/tirl-test"], "--output_dir /sys/tirl-test is not writable"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys, args, expected):
+    if "/sys/tirl-test" in args and not Path("/sys").is_dir():
+        pytest.skip("no /sys to stand for an unwritable directory (chmod does not stop root)")
+    names = {"tmp": tmp_path, "file": tmp_path / "file", "empty": _bad_model_dir(tmp_path, "empty"),
+             "corrupt": _bad_model_dir(tmp_path, "corrupt")}
+    (tmp_path / "file").write_text("x")
+    args = [a.format(**names) for a in args]
+    out = tmp_path / "out"
+    rc, _, err = tirl(capsys, "train", *TINY, "--max_steps", 2, "--output_dir", out, *args)
+    assert rc == 2 and expected.format(**names) in one_line_error(err)
+    assert not out.exists()  # nothing left behind
+
+
+def test_links_in_the_output_directory_are_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert tirl(capsys, "train", *TINY, "--max_steps", 2, "--save_steps", 2, "--eval_strategy", "no", "--output_dir", out)[0] == 0
+    target = tmp_path / "outside.txt"
+    target.write_text("keep")
+    for name in ("config.json", "tokenizer.json", "README.md", "metrics.json"):
+        (out / name).unlink()
+        (out / name).symlink_to(target)
+        rc, _, err = tirl(capsys, "train", *TINY, "--max_steps", 4, "--save_steps", 2, "--eval_strategy", "no",
+                          "--output_dir", out, "--resume")
+        assert rc == 2 and f"{out / name} is a symbolic link" in one_line_error(err)
+        assert target.read_text() == "keep" and not (out / "checkpoint-4").exists()  # refused before training
+        (out / name).unlink()
+
+
+def test_eval_writes_nothing_through_links(tmp_path, capsys):
+    target = tmp_path / "outside.txt"
+    target.write_text("keep")
+    base = ["eval", "--model", "tiny-llama", "--dataset", "arithmetic", "--num_examples", 2, "--samples", 1,
+            "--max_new_tokens", 4, "--no_progress"]
+    for name in ("generations.jsonl", "report.md", "metrics.json", "eval_config.json"):
+        out = tmp_path / f"ev-{name}"
+        out.mkdir()
+        (out / name).symlink_to(target)
+        rc, _, err = tirl(capsys, *base, "--output_dir", out)
+        assert rc == 2 and f"{out / name} is a symbolic link" in err and len(err.strip().splitlines()) == 1
+        assert target.read_text() == "keep" and sorted(p.name for p in out.iterdir()) == [name]
+    # the default output directory inside a model directory: its eval/ must not lead elsewhere
+    from tirl.models import tiny_model
+
+    model_dir = tmp_path / "model"
+    model, tok = tiny_model()
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    (tmp_path / "elsewhere").mkdir()
+    (model_dir / "eval").symlink_to(tmp_path / "elsewhere")
+    rc, _, err = tirl(capsys, *[a if a != "tiny-llama" else model_dir for a in base])
+    assert rc == 2 and "eval is a symbolic link" in err and not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_failed_run_before_its_first_checkpoint_leaves_no_directory(tmp_path, capsys, monkeypatch):
+    from tirl.trainers import IQLearnTrainer
+
+    def crash(self, *a, **kw):
+        raise RuntimeError("simulated crash in a training step")
+
+    monkeypatch.setattr(IQLearnTrainer, "training_step", crash)
+    out = tmp_path / "new"
+    with pytest.raises(RuntimeError, match="simulated"):
+        tirl(capsys, "train", *TINY, "--max_steps", 4, "--save_steps", 2, "--output_dir", out)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("writer", ["optimizer.pt stream error", "model.safetensors ENOSPC"])
+def test_full_disk_during_a_checkpoint_names_device_file_and_intact_checkpoint(tmp_path, capsys, monkeypatch, writer):
+    import errno
+    import shutil
+
+    import torch
+    import transformers.modeling_utils
+
+    from tirl.rundir import device_of
+
+    out = tmp_path / "run"
+    if writer.startswith("optimizer"):
+        real_save = torch.save
+
+        def save(obj, f, *a, **kw):  # the disk fills while optimizer.pt of checkpoint-4 is being written
+            if str(f).endswith("checkpoint-4/optimizer.pt"):
+                Path(f).write_bytes(b"\0" * 100)
+                monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**10, 10**10, 0))
+                raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0 "
+                                   "basic_ios::clear: iostream error")
+            return real_save(obj, f, *a, **kw)
+
+        monkeypatch.setattr(torch, "save", save)
+        written = out / ".partial-checkpoint-4" / "checkpoint-4" / "optimizer.pt"
+    else:
+        real_save_file = transformers.modeling_utils.safe_save_file
+
+        def save_file(tensors, filename, *a, **kw):
+            if "checkpoint-4" in str(filename):
+                raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+            return real_save_file(tensors, filename, *a, **kw)
+
+        monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_file)
+        written = out / ".partial-checkpoint-4" / "checkpoint-4" / "model.safetensors"
+    rc, _, err = tirl(capsys, "train", *TINY, "--max_steps", 6, "--save_steps", 2, "--eval_strategy", "no",
+                      "--output_dir", out)
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and last == (
+        f"tirl train: error: no space left on {device_of(out)} while writing {written}; the partial checkpoint was "
+        f"removed; the last complete checkpoint, {out / 'checkpoint-2'}, is intact: free some space and rerun with "
+        "--resume")
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]
+    monkeypatch.undo()
+    rc, outp, _ = tirl(capsys, "train", *TINY, "--max_steps", 6, "--save_steps", 2, "--eval_strategy", "no",
+                       "--output_dir", out, "--resume")
+    assert rc == 0 and f"resuming from {out / 'checkpoint-2'}" in outp and (out / "checkpoint-6").is_dir()
+
+
+def test_too_long_prompt_warning_names_file_and_line(tmp_path, capsys):
+    rows = [{"prompt": f"what is {i} + 1?", "completion": f"{i + 1}"} for i in range(40)]
+    rows[6]["prompt"] = "x" * 300  # line 7
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(UserWarning, match=rf"1 of \d+ (train|eval) examples were skipped .* \({data}:7\)"):
+        rc, _, _ = tirl(capsys, "train", *TINY[:2], "--dataset", data, *TINY[4:], "--max_steps", 1,
+                        "--max_length", 64, "--output_dir", tmp_path / "out")
+    assert rc == 0
+
+
+def test_resume_refuses_a_tampered_pickle_in_one_line(tmp_path, capsys):
+    """optimizer.pt & co. go through torch.load(weights_only=True): a payload is refused, not run."""
+    import torch
+
+    out = tmp_path / "run"
+    assert tirl(capsys, "train", *TINY, "--max_steps", 2, "--save_steps", 2, "--eval_strategy", "no", "--output_dir", out)[0] == 0
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"state": Payload()}, out / "checkpoint-2" / "optimizer.pt")
+    rc, _, err = tirl(capsys, "train", *TINY, "--max_steps", 4, "--save_steps", 2, "--eval_strategy", "no",
+                      "--output_dir", out, "--resume")
+    assert rc == 2 and err.strip().splitlines()[-1].startswith(
+        f"tirl train: error: --resume: {out / 'checkpoint-2'} holds a pickle that torch.load(weights_only=True) refuses")
+    assert not marker.exists() and not (out / "checkpoint-4").exists()
+
+
+def test_rewards_commands_write_nothing_through_links(tmp_path, capsys):
+    target = tmp_path / "outside.html"
+    target.write_text("keep")
+    for command, name in ((["rewards"], "rewards.html"), (["rewards", "analyse"], "analysis.md")):
+        out = tmp_path / name
+        out.mkdir()
+        (out / name).symlink_to(target)
+        rc, _, err = tirl(capsys, *command, "--model", "tiny-llama", "--dataset", "arithmetic", "--num_examples", 2,
+                          "--output_dir", out)
+        assert rc == 2 and f"{out / name} is a symbolic link" in err and target.read_text() == "keep"

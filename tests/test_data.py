@@ -92,3 +92,118 @@ def test_custom_fields_csv_and_messages(tmp_path):
 def test_unknown_dataset_name_is_clear():
     with pytest.raises(DataError, match="not a built-in task"):
         load_rows("definitely-not-a-dataset-xyz")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A bad row is that row alone, named FILE:LINE in every format; counts add up to the file's rows
+
+
+def test_csv_with_one_bad_byte_skips_that_row_alone(tmp_path):
+    """5,000 rows with one Latin-1 byte at line 2502: the error names that line and the byte's offset in the file;
+    skipping drops that row only (Python's CSV reader alone stops at the first decoding error)."""
+    lines = [b"prompt,completion\n"] + [f"question {i},answer {i}\n".encode() for i in range(2, 5002)]
+    lines[2501] = b"question caf\xe9,answer\n"  # line 2502
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"".join(lines))
+    offset = path.read_bytes().index(b"\xe9")
+    with pytest.raises(DataError) as err:
+        load_local(path)
+    assert str(err.value).startswith(f"{path}:2502: not valid UTF-8") and f"at byte {offset} of the file" in str(err.value)
+    rows, report = load_local(path, skip_bad_rows=True)
+    assert len(rows) == 4999 and [loc for loc, _ in report.skipped] == [f"{path}:2502"]
+    assert len(rows) + len(report.skipped) == 5000
+    assert rows[2499]["prompt"] == "question 2501" and rows[2500]["prompt"] == "question 2503"
+    assert report.summary().startswith(f"{path}: 4999 rows, 1 skipped")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv"])
+def test_non_utf8_row_is_named_and_skipped_alone_in_every_format(tmp_path, fmt):
+    bad = "caf\udce9"  # written as the single byte 0xe9
+    rows = [("p1", "c1"), (bad, "c2"), ("p3", "c3")]
+    if fmt == "jsonl":
+        text = "".join(json.dumps({"prompt": p, "completion": c}, ensure_ascii=False) + "\n" for p, c in rows)
+    elif fmt == "json":
+        text = "[\n" + ",\n".join(json.dumps({"prompt": p, "completion": c}, ensure_ascii=False) for p, c in rows) + "\n]\n"
+    else:
+        text = "prompt,completion\n" + "".join(f"{p},{c}\n" for p, c in rows)
+    path = tmp_path / f"d.{fmt}"
+    path.write_bytes(text.encode("utf-8", errors="surrogateescape"))
+    line = 3 if fmt in ("json", "csv") else 2
+    offset = path.read_bytes().index(b"\xe9")
+    with pytest.raises(DataError, match=rf"^{path}:{line}: not valid UTF-8 .* at byte {offset} of the file"):
+        load_local(path)
+    kept, report = load_local(path, skip_bad_rows=True)
+    assert [r["prompt"] for r in kept] == ["p1", "p3"] and [loc for loc, _ in report.skipped] == [f"{path}:{line}"]
+    assert [r["location"] for r in kept] == [f"{path}:{line - 1}", f"{path}:{line + 1}"]
+
+
+def test_csv_row_with_wrong_field_count_is_that_row_alone(tmp_path):
+    path = write(tmp_path / "d.csv", ["prompt,completion", "a,b", "c,d,e", '"multi', 'line",f', "g,h"])
+    with pytest.raises(DataError, match=rf"^{path}:3: 3 fields where the header has 2"):
+        load_local(path)
+    rows, report = load_local(path, skip_bad_rows=True)
+    assert [r["prompt"] for r in rows] == ["a", "multi\nline", "g"] and report.skipped[0][0] == f"{path}:3"
+    assert [r["location"] for r in rows] == [f"{path}:2", f"{path}:4", f"{path}:6"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv"])
+def test_byte_order_mark_is_read_like_excel_writes_it(tmp_path, fmt):
+    rows = [{"prompt": "p1", "completion": "c1"}, {"prompt": "p2", "completion": "c2"}]
+    if fmt == "jsonl":
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+    elif fmt == "json":
+        text = json.dumps(rows)
+    else:
+        text = "prompt,completion\r\np1,c1\r\np2,c2\r\n"
+    path = tmp_path / f"bom.{fmt}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    for skip in (False, True):
+        kept, report = load_local(path, skip_bad_rows=skip)
+        assert [(r["prompt"], r["completion"]) for r in kept] == [("p1", "c1"), ("p2", "c2")] and not report.skipped
+
+
+def test_json_array_rows_are_named_by_line(tmp_path):
+    path = write(tmp_path / "d.json", ["[", json.dumps({"prompt": "p", "completion": "c"}) + ",", json.dumps({"prompt": "p"}), "]"])
+    with pytest.raises(DataError, match=rf"^{path}:3: missing field"):
+        load_local(path)
+    broken = write(tmp_path / "broken.json", ["[", json.dumps({"prompt": "p", "completion": "c"}) + ",", '{"prompt" "p"}', "]"])
+    with pytest.raises(DataError, match=rf"^{broken}:3: invalid JSON"):
+        load_local(broken, skip_bad_rows=True)
+
+
+def test_a_directory_is_not_a_data_file(tmp_path):
+    with pytest.raises(DataError, match=rf"^{tmp_path} is a directory, not a data file"):
+        load_rows(str(tmp_path))
+
+
+def test_location_is_not_part_of_the_checksum(tmp_path):
+    from tirl.runinfo import rows_checksum
+
+    a = write(tmp_path / "a.jsonl", [json.dumps({"prompt": "p", "completion": "c"})])
+    b = write(tmp_path / "b.jsonl", ["", json.dumps({"prompt": "p", "completion": "c"})])
+    ra, rb = load_local(a)[0], load_local(b)[0]
+    assert ra[0]["location"] != rb[0]["location"] and rows_checksum(ra) == rows_checksum(rb)
+
+
+def test_missing_file_and_unreachable_hub_dataset_are_one_line_at_once(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import tirl
+
+    with pytest.raises(DataError, match=r"^data/trian.jsonl: no such file \(nor a built-in task"):
+        load_rows("data/trian.jsonl")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=closed, HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(Path(tirl.__file__).parents[1]))
+    code = "from tirl.data import load_rows\ntry:\n    load_rows('org/some-data')\nexcept Exception as e:\n    print(e)"
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "'org/some-data' is not a built-in task" in proc.stdout and f"hub cannot be reached to look for it as a dataset ({closed}: " in proc.stdout
+    assert time.time() - t0 < 30 and "Retrying" not in proc.stderr

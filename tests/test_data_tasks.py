@@ -1,6 +1,7 @@
 """Loaders of the real datasets in ../shared/data (skipped when it is absent) and the task registry."""
 
 import json
+import re
 
 import pytest
 
@@ -11,9 +12,11 @@ ROW_KEYS = {"id", "prompt", "completion", "reference"}
 
 
 def _check_rows(rows):
-    assert rows and all(set(r) == ROW_KEYS for r in rows)
+    """Rows of a file-backed task: the four fields, plus where each was read (`FILE:LINE`)."""
+    assert rows and all(set(r) == ROW_KEYS | {"location"} for r in rows)
     assert all(isinstance(r[k], str) and r[k].strip() for r in rows for k in ROW_KEYS)
     assert len({r["id"] for r in rows}) == len(rows)
+    assert all(re.fullmatch(r".+:[1-9][0-9]*", r["location"]) for r in rows)
 
 
 def test_registry_and_metric_families():

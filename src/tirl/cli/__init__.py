@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 COMMANDS = {
@@ -26,6 +27,10 @@ default: SmolLM2-135M-Instruct on a GSM8k subset, a few minutes on 2 CPU cores.
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The command's one setting of its own, made here and not on `import tirl`: TRL's trainers report their use to
+    # the hub (huggingface_hub's send_telemetry) unless told not to; HF_HUB_DISABLE_TELEMETRY=0 turns it back on.
+    # Downloads and offline mode are left to the user's environment, as with transformers and TRL.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE.format(commands="\n".join(f"  {name:<9}{doc}" for name, (_, doc) in COMMANDS.items())))
         return 0

@@ -29,6 +29,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Defaults in every option's help, and the epilog kept as written."""
 
 
+def fail(message: object) -> int:
+    """A user error: one line on stderr, exit code 2."""
+    print(f"tirl eval: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        sys.exit(fail(f"{message} (`tirl eval --help` lists the options)"))  # one line, not the usage block first
+
+
 def _optional_int(text: str) -> int | None:
     value = int(text)
     return None if value <= 0 else value
@@ -38,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tirl.data.tasks import METRIC_FAMILIES, TASK_INFO
 
     tasks = "\n".join(f"  {name:<13}{info.metric:<7}{info.description}" for name, info in TASK_INFO.items())
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="tirl eval",
         description="Evaluate a model: greedy and sampled generations for a dataset's prompts, the task score, and "
         "the diversity of the samples (Self-BLEU, distinct-n, entropy). Resumable: finished prompts are never "
@@ -48,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a = p.add_argument
     a("--model", default="smollm2-135m", help="Model to evaluate: 'smollm2-135m' (embedded), 'tiny-llama' etc. "
-      "(random init, for tests), a `tirl train` run directory or checkpoint, or any local model directory.")
+      "(random init, for tests), a `tirl train` run directory or checkpoint, any local model directory, or a hub id.")
     a("--dataset", default="gsm8k", help="Prompts and references: a built-in task (listed below), a local "
-      ".jsonl/.json/.csv file of prompt/completion (or messages) rows, or a `datasets` dataset in the local cache.")
+      ".jsonl/.json/.csv file of prompt/completion (or messages) rows, or a hub dataset id (`datasets.load_dataset`).")
     a("--split", default="test", help="Split of a built-in task or cached dataset (built-in tasks: train/test; "
       "WMT22's train split is WMT21 newstest).")
     a("--num_examples", type=_optional_int, default=100, help="Evaluate a seeded random subset of this many prompts "
@@ -104,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     from tirl.data import DataError
     from tirl.evaluation.evaluate import EvalSettings, run_eval
     from tirl.models import ModelNotAvailableError
+    from tirl.rundir import RunDirError
 
     settings = EvalSettings(**{k: v for k, v in vars(args).items() if k != "no_progress"}, progress=not args.no_progress)
     try:
         result = run_eval(settings)
-    except (DataError, ModelNotAvailableError) as e:
-        print(f"tirl eval: error: {e}", file=sys.stderr)
-        return 2
+    except (DataError, ModelNotAvailableError, RunDirError) as e:
+        return fail(e)
     _print_summary(result)
     return 0
 

@@ -64,22 +64,27 @@ def score_main(argv: list[str]) -> int:
     if not args.dataset and not args.generations:
         print("tirl rewards: error: give --dataset or --generations", file=sys.stderr)
         return 2
+    from tirl import models
     from tirl.data import DataError, load_rows
     from tirl.reward_viz import render_html, render_png
     from tirl.rewards import load_reward_model, score
+    from tirl.rundir import RunDirError, check_no_links, check_writable
     from tirl.runinfo import safe_path, write_json_atomic, write_text_atomic
 
     try:
+        # before any work: nothing is written through a link, nor into a path that cannot be written
+        if check_writable(args.output_dir):
+            check_no_links(args.output_dir)
         if args.generations:
             pairs, meta = _pairs_from_generations(args.generations, args.num_examples)
         else:
             rows = load_rows(args.dataset, split=args.split, limit=args.num_examples, seed=args.seed)
             pairs = [(r["prompt"], r["completion"]) for r in rows]
             meta = [{"id": r.get("id"), "prompt": r["prompt"]} for r in rows]
-    except DataError as e:
+        rm = load_reward_model(args.model)
+    except (DataError, RunDirError, models.ModelNotAvailableError, FileNotFoundError) as e:
         print(f"tirl rewards: error: {e}", file=sys.stderr)
         return 2
-    rm = load_reward_model(args.model)
     model, tok = rm.model, rm.tokenizer
     args.gamma = rm.gamma if args.gamma is None else args.gamma
     print(f"[tirl] rewards of {args.model} with V in its '{rm.value}' form, γ = {args.gamma}")

@@ -44,14 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tirl.data import DataError
+    from tirl.models import ModelNotAvailableError
     from tirl.reward_analysis import AnalyseSettings, analyse
+    from tirl.rundir import check_no_links, check_writable
 
     settings = AnalyseSettings(**{k: v for k, v in vars(args).items()})
     if settings.preference == "none":
         settings.preference = None
     try:
+        # before any work: nothing is written through a link, nor into a path that cannot be written
+        if check_writable(settings.output_dir):
+            check_no_links(settings.output_dir)
         result = analyse(settings)
-    except (DataError, ValueError) as e:
+    except (DataError, ValueError, ModelNotAvailableError) as e:  # RunDirError is a ValueError
         print(f"tirl rewards analyse: error: {e}", file=sys.stderr)
         return 2
     from tirl.reward_analysis import analysis_markdown

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
+import warnings
 from dataclasses import fields
 
 HELP_EPILOG = """
@@ -28,6 +30,20 @@ Examples:
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in every option's help, and the epilog's examples kept as written."""
+
+
+def fail(message: object) -> int:
+    """A user error: one line on stderr, exit code 2."""
+    print(f"tirl train: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def option_message(error: ValueError, known: set[str]) -> str:
+    """A config's validation error with the option written as typed: the dataclasses say `iq_lambda must be >= 0`,
+    the user gave `--iq_lambda`."""
+    text = " ".join(str(error).split())
+    first = re.match(r"(\w+)\b", text)
+    return f"--{text}" if first and first.group(1) in known else text
 
 
 def selected_method(argv: list[str]) -> str:
@@ -55,6 +71,11 @@ def selected_method(argv: list[str]) -> str:
 def build_parser(argv: list[str]):
     from trl import TrlParser
 
+    class Parser(TrlParser):
+        def error(self, message: str):
+            # argparse prints the whole usage first: hundreds of options for `tirl train`
+            sys.exit(fail(f"{message} (`tirl train --help` lists the options)"))
+
     from tirl.train import (
         CLI_DEFAULTS,
         DEMO_DEFAULTS,
@@ -69,7 +90,7 @@ def build_parser(argv: list[str]):
     # an unknown method still gets a parser (the iqlearn one), so that argparse reports it with the valid choices
     config_class = method_classes(method if method in METHODS else "iqlearn")[0]
     demo = ", ".join(f"{k}={v}" for k, v in DEMO_DEFAULTS.items())
-    parser = TrlParser(
+    parser = Parser(
         (TrainScriptArguments, config_class, ModelArguments),
         prog="tirl train",
         description="Fine-tune a causal LM with MLE, offline IQLearn (TD-regularised MLE), online IQLearn or GAIL. "
@@ -100,8 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     relaunched = maybe_relaunch("train", argv)
     if relaunched is not None:
         return relaunched
+    # TRL's SFTConfig sets `gradient_checkpointing`, which transformers 5 renamed: the FutureWarning it prints on
+    # every run is about TRL's default, not anything the user typed
+    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     parser = build_parser(argv)
-    script, config, model_args = parser.parse_args_and_config(argv)
+    try:
+        script, config, model_args = parser.parse_args_and_config(argv)
+    except (ValueError, OSError) as e:  # a config's own validation (e.g. iq_gamma outside [0, 1]), an unreadable --config
+        known = {a.dest for a in parser._actions if a.option_strings}
+        return fail(option_message(e, known) if isinstance(e, ValueError) else e)
     if not _given(argv, "output_dir", "config") and config.output_dir in (None, "trainer_output"):
         model = (model_args.model_name_or_path or "smollm2-135m").rstrip("/").split("/")[-1]
         config.output_dir = f"runs/{script.method}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -110,20 +138,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from tirl.data import DataError
     from tirl.models import ModelNotAvailableError
-    from tirl.train import run
+    from tirl.rundir import RunDirError, last_checkpoint
+    from tirl.train import OptionError, run
     from tirl.trainers.iqlearn_trainer import NonFiniteLossError, NoTrainableTokensError
 
     try:
         result = run(script, config, model_args)
-    except (DataError, ModelNotAvailableError, NoTrainableTokensError) as e:
-        print(f"tirl train: error: {e}", file=sys.stderr)
-        return 2
+    except (DataError, ModelNotAvailableError, NoTrainableTokensError, OptionError, RunDirError) as e:
+        return fail(e)
     except NonFiniteLossError as e:
         print(f"tirl train: stopped: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print(f"\ntirl train: interrupted; continue with the same command plus --resume (checkpoints in {config.output_dir})",
-              file=sys.stderr)
+        if last_checkpoint(config.output_dir):
+            print(f"\ntirl train: interrupted; continue with the same command plus --resume (checkpoints in "
+                  f"{config.output_dir})", file=sys.stderr)
+        else:
+            print("\ntirl train: interrupted before the first checkpoint; nothing was kept", file=sys.stderr)
         return 130
     if os.environ.get("RANK", "0") == "0":  # one summary, from the main process of a multi-process run
         _print_summary(result)

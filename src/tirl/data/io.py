@@ -1,14 +1,20 @@
 """Reading user-supplied rows (JSONL, JSON arrays, CSV) with errors that name the file and line.
 
 Nothing is dropped silently: a malformed row raises `DataError` naming `path:line`, or, with `skip_bad_rows=True`,
-is counted in the returned `ReadReport` (and the caller prints the count).
+is counted in the returned `ReadReport` (and the caller prints the count). A bad row is that row alone in every
+format: the files are decoded with `surrogateescape`, so a byte that is not UTF-8 marks its own row bad instead of
+ending the reader (Python's CSV reader stops at the first decoding error otherwise). A UTF-8 byte-order mark, as
+Excel writes it, is dropped.
 """
 
 from __future__ import annotations
 
+import bisect
+import codecs
 import csv
 import gzip
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,59 +40,186 @@ class ReadReport:
         return text
 
 
-def _open_text(path: Path):
-    opener = gzip.open if path.suffix == ".gz" else open
-    return opener(path, "rt", encoding="utf-8", newline="")
+# bytes that are not UTF-8 come out of a `surrogateescape` decode as these code points, and nothing else does
+_UNDECODED = re.compile("[\udc80-\udcff]")
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _utf8_error(path: Path, line: int, raw: bytes, offset: int) -> DataError:
+    """The error for the first non-UTF-8 byte of `raw`, which starts on `line` at byte `offset` of the file."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line += raw.count(b"\n", 0, e.start)
+        return DataError(f"{path}:{line}: not valid UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at byte {offset + e.start} "
+                         "of the file)")
+    return DataError(f"{path}:{line}: not valid UTF-8")
+
+
+def check_data_file(path: str | Path) -> Path:
+    """`path` as a `Path` if it is a readable file; a `DataError` saying what it is otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a data file (give a .jsonl, .json or .csv file)")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return path
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """Yield `(location, record)` for each row of a .jsonl/.json/.csv file (optionally .gz); location is `path:line`.
+    """Yield `(location, record)` for each row of a .jsonl/.json/.csv file (optionally .gz); location is `path:line`
+    (for a JSON array, the line where the element starts).
 
-    Errors in decoding (bad UTF-8, bad JSON) are yielded as `(location, DataError)` so the caller decides whether to
-    raise or skip.
+    A row that cannot be decoded (bytes that are not UTF-8, bad JSON on a JSONL line, a CSV row with the wrong number
+    of fields) is yielded as `(location, DataError)` so the caller decides whether to raise or skip. Errors that leave
+    the rest of the file unreadable (a JSON array's syntax) raise.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    path = check_data_file(path)
     name = path.name[:-3] if path.suffix == ".gz" else path.name
     if name.endswith(".csv"):
-        with _open_text(path) as f:
-            try:
-                reader = csv.DictReader(f)
-                for i, row in enumerate(reader, start=2):  # line 1 is the header
-                    yield f"{path}:{i}", row
-            except UnicodeDecodeError as e:
-                yield f"{path}", DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})")
-        return
-    if name.endswith(".json"):
-        try:
-            with _open_text(path) as f:
-                data = json.load(f)
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
-        for i, row in enumerate(data):
-            yield f"{path}[{i}]", row
-        return
-    # JSON lines: read bytes so one bad line is reported with its number instead of failing the whole file
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
+        yield from _iter_csv(path)
+    elif name.endswith(".json"):
+        yield from _iter_json_array(path)
+    else:
+        yield from _iter_jsonl(path)
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    # bytes, line by line, so one bad line is reported with its number instead of failing the whole file
+    offset = 0
+    with _open_binary(path) as f:
         for lineno, raw in enumerate(f, start=1):
+            start, offset = offset, offset + len(raw)
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw, start = raw[len(codecs.BOM_UTF8):], start + len(codecs.BOM_UTF8)
             loc = f"{path}:{lineno}"
             if not raw.strip():
                 continue
             try:
                 text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield loc, DataError(f"{loc}: not valid UTF-8 ({e.reason} at byte {e.start})")
+            except UnicodeDecodeError:
+                yield loc, _utf8_error(path, lineno, raw, start)
                 continue
             try:
                 yield loc, json.loads(text)
             except json.JSONDecodeError as e:
                 yield loc, DataError(f"{loc}: invalid JSON: {e.msg} (column {e.colno})")
+
+
+def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
+    with _open_binary(path) as f:
+        data = f.read()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    text = data[bom:].decode("utf-8", errors="surrogateescape")
+    line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def line_of(pos: int) -> int:
+        return bisect.bisect_right(line_starts, pos)
+
+    decoder = json.JSONDecoder()
+
+    def fail(pos: int, msg: str) -> DataError:
+        return DataError(f"{path}:{line_of(pos)}: invalid JSON: {msg}")
+
+    pos = _JSON_SPACE.match(text, 0).end()
+    if pos == len(text):
+        return  # no rows; the caller reports an empty file
+    if text[pos] != "[":
+        try:
+            value, _ = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise fail(e.pos, e.msg) from None
+        raise DataError(f"{path}: expected a JSON array of objects, got {type(value).__name__}")
+    pos = _JSON_SPACE.match(text, pos + 1).end()
+    if text.startswith("]", pos):
+        return
+    while True:
+        # one element per step, so each is located by its line and a non-UTF-8 byte spoils that element only
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise fail(e.pos, f"{e.msg} (the rest of a JSON array cannot be read past this point)") from None
+        loc = f"{path}:{line_of(pos)}"
+        if _UNDECODED.search(text, pos, end):
+            raw = text[pos:end].encode("utf-8", errors="surrogateescape")
+            prefix = len(text[:pos].encode("utf-8", errors="surrogateescape"))
+            yield loc, _utf8_error(path, line_of(pos), raw, bom + prefix)
+        else:
+            yield loc, value
+        pos = _JSON_SPACE.match(text, end).end()
+        if text.startswith("]", pos):
+            if _JSON_SPACE.match(text, pos + 1).end() != len(text):
+                raise fail(pos + 1, "extra data after the array")
+            return
+        if not text.startswith(",", pos):
+            raise fail(pos, "expected ',' or ']' between array elements")
+        pos = _JSON_SPACE.match(text, pos + 1).end()
+
+
+class _CountedLines:
+    """The lines of a binary file as text for the csv module, with the lines of the current record and its byte offset,
+    so a bad record can be named and skipped by itself.
+
+    Lines are split at b"\\n" (no UTF-8 character contains that byte) and decoded one by one with `surrogateescape`;
+    line ends stay in the text, as with `open(..., newline="")`, so quoted fields may span lines.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self.offset = 0  # bytes of the file consumed so far
+        self.record: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._f)
+        if self.offset == 0 and raw.startswith(codecs.BOM_UTF8):
+            raw, self.offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+        self.offset += len(raw)
+        line = raw.decode("utf-8", errors="surrogateescape")
+        self.record.append(line)
+        return line
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
+    with _open_binary(path) as f:
+        lines = _CountedLines(f)
+        reader = csv.reader(lines)
+        header: list[str] | None = None
+        while True:
+            first_line, start = reader.line_num + 1, lines.offset
+            lines.record = []
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                if header is None:
+                    raise DataError(f"{path}:{first_line}: {e}") from None
+                yield f"{path}:{first_line}", DataError(f"{path}:{first_line}: {e}")
+                continue
+            raw_text = "".join(lines.record)
+            if _UNDECODED.search(raw_text):
+                error = _utf8_error(path, first_line, raw_text.encode("utf-8", errors="surrogateescape"), start)
+                if header is None:
+                    raise error
+                yield f"{path}:{first_line}", error
+                continue
+            if not row:
+                continue  # a blank line
+            if header is None:
+                header = row
+                continue
+            loc = f"{path}:{first_line}"
+            if len(row) != len(header):
+                yield loc, DataError(f"{loc}: {len(row)} fields where the header has {len(header)}")
+                continue
+            yield loc, dict(zip(header, row, strict=True))
 
 
 def read_records(path: str | Path, skip_bad_rows: bool = False) -> tuple[list[tuple[str, Any]], ReadReport]:

@@ -1,7 +1,8 @@
 """Named datasets as plain prompt/completion rows, and the conversion to TRL's formats.
 
 Every loader returns a list of dicts with string fields `prompt` (the user's message), `completion` (the target
-answer), `reference` (what a task metric compares against, e.g. GSM8k's final number) and `id`. `to_trl` turns them
+answer), `reference` (what a task metric compares against, e.g. GSM8k's final number) and `id`; rows read from a file
+also have `location` (`FILE:LINE`), which names them in warnings and is not part of their checksum. `to_trl` turns them
 into TRL's conversational prompt/completion format when the tokenizer has a chat template, else into TRL's standard
 prompt/completion format with the prompt followed by a newline (TRL appends EOS to the completion).
 
@@ -87,9 +88,8 @@ def load_gsm8k(split: str = "train", keep_calculator: bool = False, skip_bad_row
                 continue
             raise DataError(f"{loc}: expected fields 'question' and 'answer'")
         answer = rec["answer"] if keep_calculator else CALCULATOR_ANNOTATION.sub("", rec["answer"])
-        rows.append(
-            {"id": f"gsm8k-{split}-{i}", "prompt": rec["question"], "completion": answer, "reference": gsm8k_final_answer(answer)}
-        )
+        rows.append({"id": f"gsm8k-{split}-{i}", "prompt": rec["question"], "completion": answer,
+                     "reference": gsm8k_final_answer(answer), "location": loc})
     return rows
 
 
@@ -161,15 +161,15 @@ def load_xsum(split: str = "test", skip_bad_rows: bool = False, max_document_wor
             if skip_bad_rows:
                 continue
             raise DataError(f"{loc}: expected string fields 'document' and 'summary' (non-empty) and an 'id'")
-        usable.append(rec)
-    ranked = sorted(usable, key=lambda r: _split_rank(str(r["id"])))
+        usable.append((loc, rec))
+    ranked = sorted(usable, key=lambda lr: _split_rank(str(lr[1]["id"])))
     chosen = ranked[:XSUM_TEST_SIZE] if split == "test" else ranked[XSUM_TEST_SIZE:]
-    chosen.sort(key=lambda r: int(r["id"]))  # a readable, stable order inside each split
+    chosen.sort(key=lambda lr: int(lr[1]["id"]))  # a readable, stable order inside each split
     return [
         {"id": f"xsum-{r['id']}", "prompt": XSUM_TEMPLATE.format(
             document=r["document"].strip() if max_document_words is None else lead(r["document"], max_document_words)),
-         "completion": r["summary"].strip(), "reference": r["summary"].strip()}
-        for r in chosen
+         "completion": r["summary"].strip(), "reference": r["summary"].strip(), "location": loc}
+        for loc, r in chosen
     ]
 
 
@@ -238,7 +238,8 @@ def load_wmt(pair: str, year: int = 22, split: str = "test", skip_bad_rows: bool
             bad = source if not s.strip() else reference
             raise DataError(f"{bad}:{i + 1}: empty segment")
         prompt = WMT_TEMPLATE.format(src=LANGUAGES.get(src, src), tgt=LANGUAGES.get(tgt, tgt), text=s.strip())
-        rows.append({"id": f"wmt{file_year}-{pair}-{i}", "prompt": prompt, "completion": r.strip(), "reference": r.strip()})
+        rows.append({"id": f"wmt{file_year}-{pair}-{i}", "prompt": prompt, "completion": r.strip(), "reference": r.strip(),
+                     "location": f"{source}:{i + 1}"})
     return rows
 
 
@@ -283,7 +284,8 @@ def load_alpaca(split: str = "train", skip_bad_rows: bool = False) -> list[dict]
             continue  # documented above: two entries of the published file have no output
         instruction, extra = rec["instruction"].strip(), rec["input"].strip()
         prompt = f"{instruction}\n\n{extra}" if extra else instruction
-        rows.append({"id": f"alpaca-{i}", "prompt": prompt, "completion": rec["output"].strip(), "reference": rec["output"].strip()})
+        rows.append({"id": f"alpaca-{i}", "prompt": prompt, "completion": rec["output"].strip(),
+                     "reference": rec["output"].strip(), "location": loc})
     return rows
 
 
@@ -309,7 +311,7 @@ def load_local(
     rows = []
     for i, (loc, rec) in enumerate(records):
         try:
-            rows.append(_local_row(rec, i, prompt_field, completion_field, reference_field))
+            rows.append({**_local_row(rec, i, prompt_field, completion_field, reference_field), "location": loc})
         except DataError as e:
             if not skip_bad_rows:
                 raise DataError(f"{loc}: {e}") from None
@@ -399,7 +401,7 @@ def load_rows(
     completion_field: str = "completion",
     reference_field: str | None = None,
 ) -> list[dict]:
-    """Rows of a named task, a local file, or a `datasets` dataset in the local cache; `limit` takes a seeded sample."""
+    """Rows of a named task, a local file, or a hub dataset (`datasets.load_dataset`); `limit` takes a seeded sample."""
     if name_or_path in TASKS:
         loader = TASKS[name_or_path]
         # each loader takes the subset of these it understands (a generated task makes exactly `n` rows)
@@ -420,14 +422,16 @@ def load_rows(
 def _load_hf_dataset(name, split, prompt_field, completion_field, reference_field, skip_bad_rows) -> list[dict]:
     import datasets
 
+    known = ", ".join(sorted(TASKS))
+    if name.endswith((".jsonl", ".json", ".csv", ".gz")) or name.startswith(("/", ".", "~")):
+        raise DataError(f"{name}: no such file (nor a built-in task: {known})")
+    source = _hub_dataset_source(name, known)
     try:
-        ds = datasets.load_dataset(name, split=split)
-    except Exception as e:  # datasets raises many types for "not found / offline"
-        known = ", ".join(sorted(TASKS))
-        raise DataError(
-            f"{name!r} is not a built-in task ({known}), not a local file, and could not be loaded with "
-            f"datasets.load_dataset from the local cache: {e}"
-        ) from e
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:  # datasets raises many types for "not found / no such split / unreadable"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{name!r} is not a built-in task ({known}), not a local file, and datasets.load_dataset "
+                        f"could not load it: {first}") from e
     rows = []
     for i, rec in enumerate(ds):
         try:
@@ -436,6 +440,40 @@ def _load_hf_dataset(name, split, prompt_field, completion_field, reference_fiel
             if not skip_bad_rows:
                 raise DataError(f"{name}[{split}][{i}]: {err}") from None
     return rows
+
+
+def _hub_dataset_source(name: str, known: str) -> str:
+    """What `datasets.load_dataset` should read for `name`: the id itself when the hub answers for it, the cached
+    snapshot when the hub cannot be reached. An id the hub does not know, or one out of reach and not cached, is a
+    one-line `DataError` at once instead of after the hub client's retries."""
+    from huggingface_hub import constants, dataset_info, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise DataError(f"{name!r} is not a built-in task ({known}), not a local file, nor a hub dataset id") from None
+    if constants.HF_HUB_OFFLINE:
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            dataset_info(name, timeout=10.0)
+            return name
+        except GatedRepoError:
+            raise DataError(f"{name!r} is gated on the hub ({constants.ENDPOINT}): accept its conditions there and log "
+                            "in (`hf auth login`)") from None
+        except RepositoryNotFoundError:
+            raise DataError(f"{name!r} is not a built-in task ({known}), not a local file, and not a dataset on the hub "
+                            f"({constants.ENDPOINT})") from None
+        except Exception as e:  # connection refused, DNS failure, timeout: the hub cannot be used
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = f"{constants.ENDPOINT}: {first}"
+    try:
+        return snapshot_download(name, repo_type="dataset", local_files_only=True)
+    except Exception:  # nothing cached for this id
+        raise DataError(f"{name!r} is not a built-in task ({known}) nor a local file, and the Hugging Face hub cannot "
+                        f"be reached to look for it as a dataset ({reason}); it is not in the local cache") from None
 
 
 def to_trl(rows: list[dict], tokenizer) -> list[dict]:

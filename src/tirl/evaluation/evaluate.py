@@ -6,6 +6,10 @@ The output directory holds
   run resumes where it stopped), each with its prompt, reference, text, token ids, EOS flag, entropy and own scores;
 - `metrics.json`: scores per pass (`greedy`, `sampled`), all settings, model/dataset/run info, versions, timing;
 - `report.md`: the table and a few example generations.
+
+Before anything is generated the output directory is checked (`tirl.rundir`): a file, an unwritable path or a
+symbolic link inside it is refused, so nothing is appended or written through a link; a new directory is removed
+again if the job fails before its first generation.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..data import DataError, load_rows, task_metric
-from ..runinfo import rows_checksum, run_record, write_json_atomic
+from ..rundir import RunDirError, check_no_links, check_writable
+from ..runinfo import rows_checksum, run_record, safe_path, write_json_atomic, write_text_atomic
 from .metrics import PRIMARY_SCORE, diversity_scores, mean_token_entropy, sample_scores, task_scores
 
 METRICS_KIND = "tirl.eval"
@@ -206,7 +211,21 @@ def _check_config(out_dir: Path, s: EvalSettings, rows: list[dict]) -> None:
             shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
             raise EvalConfigMismatch(f"{out_dir} holds generations made with other settings ({shown}); pass "
                                      "--overwrite to start again there, or choose another --output_dir")
-    write_json_atomic(path, key)
+    write_json_atomic(safe_path(out_dir, CONFIG_FILE), key)
+
+
+def check_output_dir(s: EvalSettings, out_dir: Path) -> bool:
+    """Refuse an output directory that cannot be written or holds a symbolic link (the default one inside a model
+    directory included: `eval/` there must not lead elsewhere). Returns whether it exists. Writes nothing."""
+    if not s.output_dir and os.path.isdir(s.model):
+        for p in (Path(s.model) / "eval", out_dir):
+            if p.is_symlink():
+                raise RunDirError(f"{p} is a symbolic link (to {os.readlink(p)}): tirl writes nothing through links; "
+                                  "remove it or give --output_dir")
+    existed = check_writable(out_dir)
+    if existed:
+        check_no_links(out_dir)
+    return existed
 
 
 def run_eval(s: EvalSettings) -> EvalResult:
@@ -215,10 +234,23 @@ def run_eval(s: EvalSettings) -> EvalResult:
         raise ValueError("nothing to do: --samples 0 with --no-greedy")
     family = s.metric_family()
     out_dir = Path(s.output_dir) if s.output_dir else default_output_dir(s)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    existed = check_output_dir(s, out_dir)
     rows = load_eval_rows(s)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_eval(s, family, out_dir, rows)
+    except BaseException:
+        gen_path = out_dir / GENERATIONS_FILE
+        if not existed and not (gen_path.is_file() and gen_path.stat().st_size):
+            import shutil
+
+            shutil.rmtree(out_dir, ignore_errors=True)  # nothing generated: leave no directory behind
+        raise
+
+
+def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> EvalResult:
     _check_config(out_dir, s, rows)
-    gen_path = out_dir / GENERATIONS_FILE
+    gen_path = safe_path(out_dir, GENERATIONS_FILE)
     records = read_generations(gen_path)
 
     passes = ([("greedy", 1)] if s.greedy else []) + ([("sampled", s.samples)] if s.samples > 0 else [])
@@ -246,10 +278,10 @@ def run_eval(s: EvalSettings) -> EvalResult:
         "timing": timing,
         **{k: v for k, v in run_record().items() if k in ("versions", "git_commit", "command", "host")},
     }
-    write_json_atomic(out_dir / "metrics.json", _nan_to_none(metrics))
+    write_json_atomic(safe_path(out_dir, "metrics.json"), _nan_to_none(metrics))
     from .report import report_markdown
 
-    (out_dir / "report.md").write_text(report_markdown(metrics, records, rows, s.num_report_examples))
+    write_text_atomic(safe_path(out_dir, "report.md"), report_markdown(metrics, records, rows, s.num_report_examples))
     return EvalResult(output_dir=out_dir, metrics=metrics)
 
 

@@ -28,6 +28,8 @@ from ..value_head import add_value_head, get_value_head, load_value_head, save_v
 from .iqlearn_config import IQLearnConfig
 
 ROW_COLUMN = "_tirl_row"
+# optional column: where each row came from (`FILE:LINE`), so a dropped row is named by its place in the user's file
+SOURCE_COLUMN = "_tirl_source"
 PARTIAL_PREFIX = ".partial-"
 
 
@@ -99,10 +101,14 @@ class IQLearnTrainer(SFTTrainer):
         """TRL's preparation, plus an account of what it dropped or cut.
 
         TRL drops examples whose completion is entirely cut by `max_length` (e.g. a prompt longer than `max_length`)
-        and does so quietly; here they are named (row indices) in a warning, and a dataset left with no trainable
-        token is an error. Completions that lose their EOS to truncation are counted (their last TD term is dropped,
-        see `tirl.losses`).
+        and does so quietly; here they are named in a warning (by their `SOURCE_COLUMN` entry, e.g. `FILE:LINE`,
+        when the dataset has one, else by row index), and a dataset left with no trainable token is an error.
+        Completions that lose their EOS to truncation are counted (their last TD term is dropped, see `tirl.losses`).
         """
+        sources = None
+        if isinstance(dataset, Dataset) and SOURCE_COLUMN in dataset.column_names:
+            sources = dataset[SOURCE_COLUMN]
+            dataset = dataset.remove_columns(SOURCE_COLUMN)
         track = isinstance(dataset, Dataset) and "input_ids" not in dataset.column_names and not packing
         if track:
             dataset = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
@@ -119,10 +125,11 @@ class IQLearnTrainer(SFTTrainer):
                 "a chat template that masks every token). Raise --max_length or check the data."
             )
         if dropped:
-            shown = ", ".join(map(str, dropped[:10])) + (" ..." if len(dropped) > 10 else "")
+            shown = ", ".join(sources[i] if sources else str(i) for i in dropped[:10]) + (" ..." if len(dropped) > 10 else "")
             warnings.warn(
                 f"{len(dropped)} of {len(dataset)} {name} examples were skipped because truncation to "
-                f"max_length={args.max_length} left them no completion token (rows {shown}); raise --max_length to keep them.",
+                f"max_length={args.max_length} left them no completion token ({'' if sources else 'rows '}{shown}); "
+                "raise --max_length to keep them.",
                 stacklevel=2,
             )
         eos = set(eos_token_ids(processing_class, self.model if hasattr(self, "model") else None))

@@ -1,0 +1,267 @@
+"""The output directory's guards: what `tirl train` and `tirl eval` check before writing, and how a failure ends.
+
+- A directory holding another run is never silently reused. `tirl train` refuses a non-empty `--output_dir` unless
+  `--resume` continues the same run (its `run.json` names the same method, model and training data) or
+  `--overwrite` replaces a tirl run directory (one with a `run.json`; nothing else is ever deleted).
+- Nothing is written through a symbolic link: a link anywhere inside the output directory is refused before the work
+  starts, so no file that tirl, transformers or TRL would write there (model, tokenizer, model card, checkpoints,
+  logs, metrics, generations) can land outside it.
+- A path that is a file, or a directory that cannot be written, is found by a probe before anything else runs.
+- A run that fails before saving a checkpoint leaves nothing behind (`remove_failed_run`).
+- A full disk is reported with the device, the file and the last complete checkpoint (`write_failure`).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# below this much free space, a stream error while writing (torch.save's "basic_ios::clear: iostream error", which
+# carries no errno) is taken for a full disk
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+class RunDirError(ValueError):
+    """The output directory cannot be used as asked; the message names the cause and the option that changes it."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checks that write nothing
+
+
+def find_links(root: str | Path) -> list[Path]:
+    """Every symbolic link inside `root` (a linked directory is listed, not entered)."""
+    links = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        links += [Path(dirpath) / n for n in dirnames + filenames if os.path.islink(os.path.join(dirpath, n))]
+    return sorted(links)
+
+
+def check_no_links(root: str | Path, option: str = "--output_dir") -> None:
+    """Refuse an output directory that holds a symbolic link: whatever writes through it would land elsewhere."""
+    links = find_links(root)
+    if links:
+        more = f" (and {len(links) - 1} more)" if len(links) > 1 else ""
+        raise RunDirError(f"{links[0]} is a symbolic link (to {os.readlink(links[0])}){more}: tirl writes nothing "
+                          f"through links in its output directory; remove it or choose another {option}")
+
+
+def check_writable(path: str | Path, option: str = "--output_dir") -> bool:
+    """Refuse `path` unless it is, or can be created as, a writable directory. Returns whether it exists."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise RunDirError(f"{option} {path} is a broken symbolic link (to {os.readlink(path)})")
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{option} {path} is a file, not a directory")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunDirError(f"{option} {path} cannot be created: {probe} is a file, not a directory")
+    try:  # a real write: permissions, read-only mounts and ACLs all show up here (os.access is blind to some)
+        fd, tmp = tempfile.mkstemp(prefix=".tirl-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise RunDirError(f"{option} {path} is not writable ({e.strerror or e}: {probe})") from None
+    return path.exists()
+
+
+def read_run_json(path: str | Path) -> dict | None:
+    """The `run.json` of a run directory; None when there is none, {} when it cannot be read."""
+    f = Path(path) / "run.json"
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def last_checkpoint(path: str | Path) -> str | None:
+    """The newest complete `checkpoint-N` in `path` (the one `--resume` continues from)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(path)) if os.path.isdir(path) else None
+
+
+def _describe(run: dict, path: Path) -> str:
+    checkpoint = last_checkpoint(path)
+    where = f"last checkpoint {Path(checkpoint).name}" if checkpoint else "no checkpoint"
+    return f"a run (method {run.get('method', '?')}, model {run.get('model', '?')}, {where})"
+
+
+def _train_sha(run: dict) -> str | None:
+    return ((run.get("data") or {}).get("train") or {}).get("sha256")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The plan for a training run's directory
+
+
+@dataclass
+class RunDir:
+    """What `tirl train` will do with its output directory, decided before anything is written."""
+
+    path: Path
+    existed: bool
+    fresh: bool  # nothing of value was there (new, empty or replaced): a run failing before a checkpoint removes it
+    replace: bool = False  # --overwrite: the old run's files are removed before this run writes
+    resume_from: str | None = None
+
+
+def plan_train_dir(path: str | Path, *, resume: bool, overwrite: bool, method: str, model: str,
+                   train_sha256: str) -> RunDir:
+    """Check `--output_dir` against `--resume`/`--overwrite` and the run it may hold; raise `RunDirError` (one line)
+    when it cannot be used. Writes nothing."""
+    path = Path(path)
+    if resume and overwrite:
+        raise RunDirError("--resume continues the run in --output_dir and --overwrite replaces it: give one of them")
+    existed = check_writable(path)
+    if not existed or not any(path.iterdir()):
+        return RunDir(path, existed=existed, fresh=True)
+    check_no_links(path)
+    previous = read_run_json(path)
+    if overwrite:
+        if previous is None:
+            raise RunDirError(f"--overwrite: {path} is not a tirl run directory (no run.json), so it is not deleted; "
+                              "choose an empty or new --output_dir")
+        return RunDir(path, existed=True, fresh=True, replace=True)
+    if previous is None:
+        shown = ", ".join(sorted(p.name for p in path.iterdir())[:5])
+        raise RunDirError(f"--output_dir {path} is not empty ({shown}) and holds no tirl run; choose an empty or new "
+                          "directory")
+    if not resume:
+        raise RunDirError(f"--output_dir {path} already holds {_describe(previous, path)}: pass --resume to continue "
+                          "it, --overwrite to replace it, or choose another --output_dir")
+    differences = [f"{label} {old!r} here, {new!r} now" for label, old, new in (
+        ("method", previous.get("method"), method),
+        ("model", previous.get("model"), model),
+        ("training data sha256", (_train_sha(previous) or "")[:12] or None, train_sha256[:12]),
+    ) if old != new]
+    if differences:
+        raise RunDirError(f"--resume: {path} holds another run ({'; '.join(differences)}); resume it with the "
+                          "options that started it, or pass --overwrite to replace it")
+    checkpoint = last_checkpoint(path)
+    if checkpoint is not None:
+        check_checkpoint_weights(checkpoint)
+    return RunDir(path, existed=True, fresh=False, resume_from=checkpoint)
+
+
+def check_checkpoint_weights(checkpoint: str | Path) -> None:
+    """Refuse to resume from a checkpoint whose weights are not readable safetensors (pickled `pytorch_model.bin`
+    weights would go through `torch.load`)."""
+    from .models import ModelNotAvailableError, check_model_dir
+
+    try:
+        check_model_dir(checkpoint)
+    except ModelNotAvailableError as e:
+        raise RunDirError(f"--resume: {e}") from None
+
+
+def prepare(run_dir: RunDir) -> None:
+    """Carry out the plan on the main process: remove the replaced run's files, create the directory."""
+    if run_dir.replace:
+        _empty(run_dir.path)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+
+
+def remove_failed_run(run_dir: RunDir) -> bool:
+    """After a failure: remove what this run wrote if it saved no checkpoint and nothing of value was there before.
+    Returns whether it did."""
+    if not run_dir.fresh or not run_dir.path.is_dir() or last_checkpoint(run_dir.path) is not None:
+        return False
+    if run_dir.existed:
+        _empty(run_dir.path)
+    else:
+        shutil.rmtree(run_dir.path, ignore_errors=True)
+    return True
+
+
+def _empty(path: Path) -> None:
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Full disks
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _says_disk_full(exc: BaseException) -> bool:
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        # safetensors (Rust) reports `IoError(Os { code: 28, kind: StorageFull, .. })` in a SafetensorError
+        if "No space left on device" in text or "StorageFull" in text or "os error 28" in text:
+            return True
+    return False
+
+
+def _is_stream_error(exc: BaseException) -> bool:
+    """torch.save's C++ writer fails with a bare stream error, naming neither the cause nor the file."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("iostream error" in text or "failed writing file" in text
+                                              or "file write failed" in text)
+
+
+def device_of(path: str | Path) -> str:
+    """The device (and mount point) holding `path`, as `/proc/mounts` names it."""
+    mount = Path(path).resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    device = None
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[1].replace("\\040", " ") == str(mount):
+                    device = parts[0]
+    except OSError:
+        pass
+    return f"{device} (mounted at {mount})" if device else str(mount)
+
+
+def write_failure(exc: BaseException, output_dir: str | Path, staging_prefix: str) -> str | None:
+    """If `exc` is a full disk while writing into `output_dir`, the one-line message for it (after removing the
+    partial checkpoint, the directory named `staging_prefix + checkpoint-N`, which frees its space); else None."""
+    output_dir = Path(output_dir)
+    full = _says_disk_full(exc)
+    if not full and _is_stream_error(exc):
+        try:
+            full = shutil.disk_usage(output_dir).free < LOW_SPACE_BYTES
+        except OSError:
+            full = False
+    if not full:
+        return None
+    partial = sorted(p for p in output_dir.glob(staging_prefix + "*") if p.is_dir()) if output_dir.is_dir() else []
+    path = next((e.filename for e in _chain(exc) if isinstance(e, OSError) and e.filename), None)
+    if path is None and partial:
+        # the writer says no file name: the one it was writing is the newest file of the partial checkpoint
+        files = [f for p in partial for f in p.rglob("*") if f.is_file()]
+        path = max(files, key=lambda f: f.stat().st_mtime_ns) if files else partial[0]
+    path = path or output_dir
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    checkpoint = last_checkpoint(output_dir)
+    state = (f"the last complete checkpoint, {checkpoint}, is intact: free some space and rerun with --resume"
+             if checkpoint else "no checkpoint had been saved yet")
+    removed = "the partial checkpoint was removed; " if partial else ""
+    return f"no space left on {device_of(output_dir)} while writing {path}; {removed}{state}"
