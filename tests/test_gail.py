@@ -8,10 +8,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from tirl import adversarial as A
 from tirl import losses as L
 from tirl.data import load_rows, to_trl
 from tirl.discriminator import TokenDiscriminator, frozen_copy, truncated_trunk
+from tirl.losses import gail as A
 from tirl.trainers import GAILConfig, GAILTrainer
 from tirl.trainers.gail_trainer import optimizer_state_from_flat, optimizer_state_to_flat
 

@@ -248,23 +248,21 @@ def _fused_devices():
 @pytest.mark.slow
 @pytest.mark.parametrize("device", _fused_devices())
 @pytest.mark.parametrize("autocast", [False, True])
-def test_fused_head_matches_the_eager_one(device, autocast, monkeypatch):
-    """The torch.compile'd per-chunk maths (default on CUDA) gives the eager chunked head's values and gradients."""
+def test_compiled_head_matches_the_eager_one(device, autocast):
+    """The per-chunk maths through torch.compile (the CUDA default, `tirl.qv_head.compile_chunks`) gives the eager
+    chunked head's values and gradients: one function, two ways to run it."""
     h, W, _, labels = make_batch(B=4, T=40, D=32, V=300, dtype=torch.float32)
     h, W, labels = h.detach().to(device), W.detach().to(device), labels.to(device)
     results = {}
-    for mode in ("0", "1"):
-        monkeypatch.setenv("TIRL_FUSED_HEAD", mode)
+    for compiled in (False, True):
         hh, WW = h.clone().requires_grad_(), W.clone().requires_grad_()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            out = L.chunked_iq_loss(hh, WW, labels, lam=0.1, eos_token_id=EOS, chunk_size=48)  # 3 full chunks + 1 short
-        qv = L.qv_from_hidden(hh.detach(), WW.detach(), labels, chunk_size=48)
-        results[mode] = (out.loss.detach(), *torch.autograd.grad(out.loss, [hh, WW]), qv.entropy, qv.is_top1)
+            out = L.chunked_iq_loss(hh, WW, labels, lam=0.1, eos_token_id=EOS, chunk_size=48,  # 3 full chunks + 1 short
+                                    compiled=compiled)
+        qv = L.qv_from_hidden(hh.detach(), WW.detach(), labels, chunk_size=48, compiled=compiled)
+        results[compiled] = (out.loss.detach(), *torch.autograd.grad(out.loss, [hh, WW]), qv.entropy, qv.is_top1)
     tol = 1e-2 if autocast else 1e-5
-    eager, fused = results["0"], results["1"]
+    eager, fused = results[False], results[True]
     for a, b in zip(eager[:4], fused[:4], strict=True):
         assert torch.allclose(a, b, rtol=tol, atol=tol), (a - b).abs().max()
     assert (eager[4] == fused[4]).float().mean() > 0.97  # top-1 ties may break differently in bf16
-    monkeypatch.setenv("TIRL_FUSED_HEAD", "auto")
-    assert L.use_fused_head(h, None) == (device == "cuda")
-    assert not L.use_fused_head(h.double(), None) and not L.use_fused_head(h, W[:, 0])

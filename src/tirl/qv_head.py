@@ -9,10 +9,13 @@ IQLearn needs V as well) and stacks on top of it.
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 import types
 
 import torch
 from torch.distributed.tensor import DTensor
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .losses import QV, qv_from_hidden, with_value
 from .value_head import get_value_head
@@ -27,17 +30,37 @@ def _check_plain_logits(model: torch.nn.Module) -> None:
         )
 
 
+def compile_chunks(hidden: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the chunked head runs its per-chunk maths through `torch.compile` (`tirl.losses.chunked_head`).
+
+    `TIRL_FUSED_HEAD=auto` (default): on CUDA devices where Triton, torch.compile's GPU backend, is installed and
+    supported (compute capability 7.0 or newer). `1`: also elsewhere (CPU needs a C++ compiler). `0`: never.
+    Float64 inputs (the gradient tests) and LM heads with a bias always take the eager path, as before the compiled
+    path existed (neither was benchmarked compiled)."""
+    mode = os.environ.get("TIRL_FUSED_HEAD", "auto").lower()
+    if mode in ("0", "false", "no", "off") or bias is not None or hidden.dtype == torch.float64:
+        return False
+    if mode != "auto":
+        return True
+    if not hidden.is_cuda or importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.get_device_capability(hidden.device)[0] >= 7
+
+
 def head_qv(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024) -> QV:
-    """Q and V from final hidden states [B, T, D] through `model`'s LM head, in chunks (see `losses.qv_from_hidden`)."""
+    """Q and V from final hidden states [B, T, D] through `model`'s LM head, in chunks (`losses.qv_from_hidden`).
+
+    Where the head's parameters are sharded, they are made whole here: FSDP2 (DTensor) parameters are gathered once
+    (not once per chunk; `full_tensor` is differentiable, so their gradients go back sharded), and ZeRO-3 partitions
+    through TRL's `maybe_gather_lm_head_ctx`, which the chunked head enters in forward and again in backward."""
     head = model.get_output_embeddings()
     weight, bias = head.weight, getattr(head, "bias", None)
-    if isinstance(weight, DTensor):  # FSDP2 shards: gather the head once, not once per chunk
+    if isinstance(weight, DTensor):
         weight = weight.full_tensor()
         bias = bias.full_tensor() if isinstance(bias, DTensor) else bias
-    from trl.trainer.utils import maybe_gather_lm_head_ctx  # ZeRO-3: gather the head parameters
-
-    with maybe_gather_lm_head_ctx(weight, bias):
-        qv = qv_from_hidden(hidden.to(weight.device), weight, labels.to(weight.device), chunk_size=chunk_size, bias=bias)
+    h = hidden.to(weight.device)
+    qv = qv_from_hidden(h, weight, labels.to(weight.device), chunk_size=chunk_size, bias=bias,
+                        compiled=compile_chunks(h, bias), gather=functools.partial(maybe_gather_lm_head_ctx, weight, bias))
     return with_head_value(model, qv, hidden)
 
 
@@ -81,4 +104,4 @@ def has_qv_head(model: torch.nn.Module) -> bool:
     return "qv_head" in getattr(model.forward, "__code__", types.SimpleNamespace(co_varnames=())).co_varnames
 
 
-__all__ = ["QV", "add_qv_head", "has_qv_head", "head_qv", "model_qv", "with_head_value"]
+__all__ = ["QV", "add_qv_head", "compile_chunks", "has_qv_head", "head_qv", "model_qv", "with_head_value"]

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .generation import generate, generation_config
+from .losses.mdp import IGNORE_INDEX
 from .runinfo import write_atomic, write_text_atomic
 
-IGNORE_INDEX = -100
 BUFFER_DIR = "tirl_sample_buffer"
 _BATCH_KEYS = ("input_ids", "attention_mask", "labels", "position_ids")
 VALUE_KEYS = ("tirl_ref_values",)  # per-position float columns that travel with a batch (`tirl.reference.COLUMN`)

@@ -6,9 +6,20 @@ Reward extraction and scoring must see the same tokens, chat template and comple
 
 from __future__ import annotations
 
-from trl.data_utils import common_prefix_length
+from ..losses.mdp import IGNORE_INDEX
 
 Prompt = str | list[dict]
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading ids `a` and `b` share: where a completion starts after its prompt (TRL's rule, written here
+    so that tokenisation does not depend on a helper outside TRL's documented API)."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def messages_to_text(messages: list[dict]) -> str:
@@ -40,4 +51,4 @@ def encode_prompt_completion(tokenizer, prompt: Prompt, completion: Prompt) -> d
         prompt_ids = tokenizer(prompt)["input_ids"]
         full_ids = tokenizer(prompt + completion)["input_ids"]
     n = common_prefix_length(prompt_ids, full_ids)
-    return {"input_ids": list(full_ids), "labels": [-100] * n + list(full_ids[n:])}
+    return {"input_ids": list(full_ids), "labels": [IGNORE_INDEX] * n + list(full_ids[n:])}

@@ -1,4 +1,4 @@
-"""Trainers: TRL trainer subclasses whose `compute_loss` calls into `tirl.losses` / `tirl.adversarial`."""
+"""Trainers: TRL trainer subclasses whose `compute_loss` calls into `tirl.losses` / `tirl.losses.gail`."""
 
 from .gail_config import GAILConfig
 from .gail_trainer import GAILTrainer

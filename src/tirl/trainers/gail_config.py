@@ -11,7 +11,7 @@ from .rollout_config import RolloutConfig
 class GAILConfig(RolloutConfig):
     r"""
     Configuration for [`GAILTrainer`]: every `IQLearnConfig` option, the sampling options of `RolloutConfig`, and GAIL's
-    discriminator and policy-gradient options (maths in `tirl.adversarial`):
+    discriminator and policy-gradient options (maths in `tirl.losses.gail`):
 
         loss = mle_weight · L_expert + gail_pg_coef · L_PG
 

@@ -1,6 +1,6 @@
 """`GAILTrainer`: adversarial imitation (token discriminator + PPO-clip policy gradient) plus MLE (METHOD.md §2).
 
-Per micro-batch (maths in `tirl.adversarial`):
+Per micro-batch (maths in `tirl.losses.gail`):
 
     1. policy samples for the batch's prompts (regenerated every `generate_every` steps; `RolloutTrainer`)
     2. discriminator: trunk states of expert and policy rows, `gail_disc_steps` AdamW steps on the balanced BCE
@@ -12,7 +12,7 @@ Per micro-batch (maths in `tirl.adversarial`):
 The policy-gradient choice: PPO-clip on REINFORCE returns with a scalar baseline (no value network). With fresh samples
 (`generate_every=1`) the ratio is 1 and this *is* REINFORCE with a baseline; when samples are reused, the ratio to the
 log-probabilities recorded at their first use keeps the stale steps off-policy-correct and clipped. The KL penalty
-and the entropy bonus are reward terms (see `tirl.adversarial`).
+and the entropy bonus are reward terms (see `tirl.losses.gail`).
 
 The discriminator, its optimizer and the sample buffer (with the recorded log-probabilities) are saved in each
 checkpoint (`tirl_discriminator/`, safetensors + JSON) and restored on resume.
@@ -26,7 +26,9 @@ import warnings
 
 import torch
 
-from ..adversarial import (
+from ..discriminator import TokenDiscriminator, frozen_copy, truncated_trunk
+from ..losses import masked_mean, qv_from_hidden, restrict_rows, shift_labels
+from ..losses.gail import (
     advantages,
     discounted_returns,
     discriminator_loss,
@@ -36,8 +38,6 @@ from ..adversarial import (
     ppo_clip_loss,
     shaped_rewards,
 )
-from ..discriminator import TokenDiscriminator, frozen_copy, truncated_trunk
-from ..losses import masked_mean, qv_from_hidden, restrict_rows, shift_labels
 from ..rollouts import BufferEntry
 from ..runinfo import write_atomic, write_text_atomic
 from .gail_config import GAILConfig

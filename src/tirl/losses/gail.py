@@ -22,7 +22,7 @@ expected return then includes −β_KL·KL(π‖π_ref) + β_H·H(π) per step),
 A completion that ends in EOS is terminal (nothing after it); one cut at `max_new_tokens` is not bootstrapped (there
 is no value network), its return simply stops.
 
-All per-token tensors are [B, T − 1] in the shifted layout of `tirl.losses` (position t scores action a_t =
+All per-token tensors are [B, T − 1] in the shifted layout of `tirl.losses.mdp` (position t scores action a_t =
 labels[:, t + 1]), zero where their mask is False.
 """
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .losses import eos_positions
+from .mdp import eos_positions
 
 
 @dataclass
@@ -174,3 +174,7 @@ def mask_after_eos(actions: torch.Tensor, mask: torch.Tensor, eos_token_id: int 
     if eos_token_id is None:
         return mask
     return mask & ~eos_positions(actions, mask, eos_token_id)[1]
+
+
+__all__ = ["DiscriminatorStats", "advantages", "discounted_returns", "discriminator_loss", "discriminator_reward",
+           "discriminator_stats", "kl_estimate", "mask_after_eos", "ppo_clip_loss", "shaped_rewards"]
