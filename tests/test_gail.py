@@ -122,7 +122,7 @@ def test_optimizer_state_round_trips_without_pickle():
 
 
 def test_frozen_copy_and_truncated_trunk(tiny):
-    from tirl.qv_head import add_qv_head
+    from tirl.qv.head import add_qv_head
 
     model, tok = tiny
     add_qv_head(model, chunk_size=16)

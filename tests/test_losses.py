@@ -249,7 +249,7 @@ def _fused_devices():
 @pytest.mark.parametrize("device", _fused_devices())
 @pytest.mark.parametrize("autocast", [False, True])
 def test_compiled_head_matches_the_eager_one(device, autocast):
-    """The per-chunk maths through torch.compile (the CUDA default, `tirl.qv_head.compile_chunks`) gives the eager
+    """The per-chunk maths through torch.compile (the CUDA default, `tirl.qv.head.compile_chunks`) gives the eager
     chunked head's values and gradients: one function, two ways to run it."""
     h, W, _, labels = make_batch(B=4, T=40, D=32, V=300, dtype=torch.float32)
     h, W, labels = h.detach().to(device), W.detach().to(device), labels.to(device)

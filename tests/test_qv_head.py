@@ -1,10 +1,10 @@
-"""tirl.qv_head: Q and V of a model through its LM head, and the choices the chunked head leaves to its caller."""
+"""tirl.qv.head: Q and V of a model through its LM head, and the choices the chunked head leaves to its caller."""
 
 import pytest
 import torch
 
 from tirl import losses as L
-from tirl import qv_head
+from tirl.qv import head as qv_head
 
 
 def test_the_environment_decides_compilation_here_not_in_the_maths(monkeypatch):

@@ -15,11 +15,11 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from tirl import losses as L
-from tirl import reference
 from tirl.data import load_rows, to_trl
+from tirl.qv import reference
+from tirl.qv.value_head import FILENAME as VALUE_HEAD_FILE
+from tirl.qv.value_head import get_value_head
 from tirl.trainers import IQLearnConfig, IQLearnTrainer, OnlineIQLearnConfig, OnlineIQLearnTrainer
-from tirl.value_head import FILENAME as VALUE_HEAD_FILE
-from tirl.value_head import get_value_head
 
 FORMS = ("logits", "reference", "head")
 
@@ -183,7 +183,7 @@ def test_chunked_head_equals_full_logits_in_every_form(tiny, tmp_path, form):
     model, tok = tiny
     model = model.double()
     if form == "head":  # a non-zero head, so its gradient path is exercised
-        from tirl.value_head import add_value_head
+        from tirl.qv.value_head import add_value_head
 
         head = add_value_head(model)
         with torch.no_grad():

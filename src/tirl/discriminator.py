@@ -23,7 +23,7 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     """A frozen, eval-mode copy of a causal LM as it is now (the reference / initial policy).
 
     A PEFT model is copied and merged into a plain model (at the start of training its adapters are the identity, so
-    this is the initial policy). Instance-level `forward` patches (such as `tirl.qv_head`'s) are dropped from the copy:
+    this is the initial policy). Instance-level `forward` patches (such as `tirl.qv.head`'s) are dropped from the copy:
     they hold a reference to the original model's forward.
     """
     from accelerate.utils import is_peft_model

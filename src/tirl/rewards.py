@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 from .data.tokenize import Prompt, encode_prompt_completion
 from .losses import token_rewards, with_reference
 from .models import eos_token_ids
-from .qv_head import model_qv
-from .value_head import load_value_head
+from .qv.head import model_qv
+from .qv.value_head import load_value_head
 
 
 @dataclass

@@ -30,7 +30,7 @@ from .runinfo import write_atomic, write_text_atomic
 
 BUFFER_DIR = "tirl_sample_buffer"
 _BATCH_KEYS = ("input_ids", "attention_mask", "labels", "position_ids")
-VALUE_KEYS = ("tirl_ref_values",)  # per-position float columns that travel with a batch (`tirl.reference.COLUMN`)
+VALUE_KEYS = ("tirl_ref_values",)  # per-position float columns that travel with a batch (`tirl.qv.reference.COLUMN`)
 
 
 @dataclass

@@ -20,11 +20,11 @@ from datasets import Dataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
-from .. import reference
 from ..losses import IGNORE_INDEX, QV, LossOutput, iq_loss_from_qv, qv_from_logits, with_reference, with_value
 from ..models import eos_token_ids
-from ..qv_head import add_qv_head
-from ..value_head import add_value_head, get_value_head, load_value_head, save_value_head
+from ..qv import reference
+from ..qv.head import add_qv_head
+from ..qv.value_head import add_value_head, get_value_head, load_value_head, save_value_head
 from .iqlearn_config import IQLearnConfig
 
 ROW_COLUMN = "_tirl_row"
@@ -48,9 +48,9 @@ class IQLearnTrainer(SFTTrainer):
     `td_loss` (E[r²], before λ), `mean_reward` (E[r_t]) and `mean_value` (E[V(s_t)], in the run's `iq_value` form),
     each with an `eval_` prefix in evaluation, and `iq_lambda` (the λ in force, during a warm-up).
 
-    `iq_value="head"` attaches a zero-initialised value head to the model (`tirl.value_head`), saved as
+    `iq_value="head"` attaches a zero-initialised value head to the model (`tirl.qv.value_head`), saved as
     `value_head.safetensors` with the model and in checkpoints; `iq_value="reference"` computes the starting model's
-    logsumexp over the train and eval datasets before training (`tirl.reference`, cached in the run directory).
+    logsumexp over the train and eval datasets before training (`tirl.qv.reference`, cached in the run directory).
     """
 
     _tag_names = ["trl", "sft", "tirl", "iqlearn"]

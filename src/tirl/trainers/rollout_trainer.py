@@ -32,9 +32,9 @@ import warnings
 
 import torch
 
-from .. import reference
 from ..discriminator import frozen_copy
-from ..qv_head import model_qv
+from ..qv import reference
+from ..qv.head import model_qv
 from ..rollouts import (
     VALUE_KEYS,
     BufferEntry,
@@ -84,7 +84,7 @@ class RolloutTrainer(IQLearnTrainer):
         self.vllm_generation = self._init_vllm() if args.use_vllm else None
         self._vllm_synced_step = -1
         # the initial policy, frozen: GAIL's KL reference and discriminator trunk; with iq_value="reference" the
-        # LSE_θ0 of policy samples (the states of expert rows have theirs precomputed, `tirl.reference`)
+        # LSE_θ0 of policy samples (the states of expert rows have theirs precomputed, `tirl.qv.reference`)
         self.ref_model = None
         if self.needs_reference_model():
             self.ref_model = frozen_copy(self.accelerator.unwrap_model(self.model)).to(self.accelerator.device)

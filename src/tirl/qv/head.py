@@ -17,7 +17,7 @@ import torch
 from torch.distributed.tensor import DTensor
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from .losses import QV, qv_from_hidden, with_value
+from ..losses import QV, qv_from_hidden, with_value
 from .value_head import get_value_head
 
 
@@ -65,7 +65,7 @@ def head_qv(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, 
 
 
 def with_head_value(model: torch.nn.Module, qv: QV, hidden: torch.Tensor) -> QV:
-    """`qv` with V = v_ψ(h_t) when `model` has a value head (`iq_value="head"`, `tirl.value_head`), else unchanged."""
+    """`qv` with V = v_ψ(h_t) when `model` has a value head (`iq_value="head"`, `tirl.qv.value_head`), else unchanged."""
     head = get_value_head(model)
     if head is None:
         return qv

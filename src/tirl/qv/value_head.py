@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..runinfo import write_atomic
 
 ATTRIBUTE = "tirl_value_head"
 FILENAME = "value_head.safetensors"
@@ -59,10 +62,6 @@ def add_value_head(model: nn.Module) -> ValueHead:
 
 def save_value_head(model: nn.Module, directory: str | os.PathLike) -> str | None:
     """Write the head's weights to `directory/value_head.safetensors` (atomically); None when there is no head."""
-    from safetensors.torch import save_file
-
-    from .runinfo import write_atomic
-
     head = get_value_head(model)
     if head is None:
         return None
@@ -74,8 +73,6 @@ def save_value_head(model: nn.Module, directory: str | os.PathLike) -> str | Non
 
 def load_value_head(model: nn.Module, directory: str | os.PathLike) -> ValueHead:
     """Attach a value head to `model` and load its weights from `directory/value_head.safetensors`."""
-    from safetensors.torch import load_file
-
     path = os.path.join(directory, FILENAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: the run trained with iq_value='head' but its value head is missing")

@@ -7,7 +7,8 @@ position t belongs to the logits that predict token t + 1). No second model is h
 cached in the run directory under a key of the model's weights and the tokenised rows, so a resumed run reads the
 exact values it started with. `ReferenceValueCollator` lays the column out like TRL's collator lays out `input_ids`.
 
-Online samples are new states; the online trainers compute their values with the frozen reference they hold.
+Online samples are new states; the online trainers compute their values with the frozen reference they hold, when
+the samples are drawn.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..runinfo import write_atomic
 
 COLUMN = "tirl_ref_values"
 CACHE_DIR = "tirl_reference_values"
@@ -68,8 +74,6 @@ def compute_reference_values(
     desc: str = "reference values",
 ) -> list[list[float]]:
     """LSE_θ0 at every input position of every row, through `collate` and `qv_fn` (batch → logits-form `QV`)."""
-    from tqdm.auto import tqdm
-
     out: list[list[float]] = []
     bar = tqdm(total=len(rows), desc=desc, unit="row", disable=not progress)
     for start in range(0, len(rows), batch_size):
@@ -86,10 +90,6 @@ def compute_reference_values(
 
 def save_values(path: str | os.PathLike, values: list[list[float]], key: str) -> None:
     """Write per-row values as one flat float32 tensor plus row offsets (safetensors, atomically)."""
-    from safetensors.torch import save_file
-
-    from .runinfo import write_atomic
-
     lengths = torch.tensor([len(v) for v in values], dtype=torch.int64)
     flat = torch.tensor([x for v in values for x in v], dtype=torch.float32)
     write_atomic(path, lambda tmp: save_file({"values": flat, "lengths": lengths}, tmp, metadata={"key": key}))
@@ -97,8 +97,6 @@ def save_values(path: str | os.PathLike, values: list[list[float]], key: str) ->
 
 def load_values(path: str | os.PathLike, key: str) -> list[list[float]] | None:
     """The values `save_values` wrote under `key`, or None when the file is absent or belongs to another key."""
-    from safetensors import safe_open
-
     if not os.path.isfile(path):
         return None
     with safe_open(str(path), framework="pt") as f:
