@@ -370,7 +370,7 @@ def summarise(section: dict, cfg: dict) -> dict:
 
 
 def plot_epochs(section: dict, cfg: dict, png: Path, score: str) -> None:
-    from tirl.plots import _pyplot
+    from tirl.plots import pyplot as _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -552,7 +552,7 @@ def grammar_section(cfg: dict) -> dict:
 
 
 def plot_grammar(summary: dict, expert: dict, path: Path) -> None:
-    from tirl.plots import _pyplot
+    from tirl.plots import pyplot as _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))

@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from tirl import models
 from tirl.data import load_rows, to_trl
-from tirl.runinfo import safe_path
+from tirl.files import safe_path
 from tirl.trainers import IQLearnConfig, IQLearnTrainer
 from tirl.trainers.iqlearn_trainer import NonFiniteLossError, NoTrainableTokensError
 

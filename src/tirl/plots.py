@@ -1,11 +1,16 @@
-"""Pictures a person would rather look at than read: training curves (more in `tirl.evaluation.report`)."""
+"""Pictures a person would rather look at than read: training curves, and `pyplot`, the one way `tirl` draws.
+
+Other modules draw through `pyplot()` (evaluation frontiers, reward pictures), so matplotlib is imported only when
+a picture is made, and only ever into files.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend (never opens a window), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -20,7 +25,7 @@ def plot_training_curves(log_history: list[dict], path: str | Path, title: str =
     evals = [h for h in log_history if "eval_loss" in h and "step" in h]
     if not train and not evals:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     panels = [
         ("loss", [("loss", "loss"), ("mle_loss", "−log π (MLE term)"), ("eval_loss", "eval loss"), ("eval_mle_loss", "eval −log π")]),
         ("TD term E[r²]", [("td_loss", "train"), ("eval_td_loss", "eval")]),

@@ -24,7 +24,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .runinfo import safe_path, write_json_atomic, write_text_atomic
+from .files import safe_path, write_json_atomic, write_text_atomic
 
 PRIMARY_SAMPLE_SCORE = {"gsm8k": "correct_flexible", "rouge": "rouge1", "bleu": "bleu"}
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .files import write_atomic, write_text_atomic
 from .generation import generate, generation_config
 from .losses.mdp import IGNORE_INDEX
-from .runinfo import write_atomic, write_text_atomic
 
 BUFFER_DIR = "tirl_sample_buffer"
 _BATCH_KEYS = ("input_ids", "attention_mask", "labels", "position_ids")

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from .files import jsonable
 
 PACKAGES = ("tirl", "torch", "transformers", "trl", "accelerate", "peft", "datasets", "tokenizers", "sacrebleu", "rouge-score")
 
@@ -51,73 +50,6 @@ def rows_checksum(rows: list[dict]) -> str:
         h.update(json.dumps({k: v for k, v in r.items() if k != "location"}, sort_keys=True, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
-
-
-def jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-def safe_path(root: str | Path, relative: str | Path) -> Path:
-    """`root / relative`, refusing any path that would land outside `root` (absolute paths, `..`, symlinks out).
-
-    Every file `tirl` writes into a run directory goes through this, so a name taken from a config or a dataset can
-    never make it write elsewhere.
-    """
-    root_resolved = Path(root).resolve()
-    target = (root_resolved / relative).resolve()
-    if Path(relative).is_absolute() or (target != root_resolved and root_resolved not in target.parents):
-        raise ValueError(f"refusing to write {relative!r}: it resolves outside the output directory {root_resolved}")
-    return target
-
-
-def _default_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_atomic(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`: a crash never leaves half a
-    file. The file gets the permissions a plain `open` would give it (mkstemp's own are 0600)."""
-    path = str(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path) or ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def share_file_modes(directory: str | Path) -> None:
-    """Give the `*.safetensors` files under `directory` the permissions a plain `open` would (safetensors writes them
-    0600 through a temporary file, while every other file of a run directory gets the umask's 0644)."""
-    mode = _default_file_mode()
-    for path in Path(directory).rglob("*.safetensors"):
-        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) != mode:
-            os.chmod(path, mode)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write text through a temporary file and a rename, so a crash never leaves half a file."""
-    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
-    write_text_atomic(path, json.dumps(jsonable(data), indent=2) + "\n")
 
 
 def run_record(**sections: Any) -> dict[str, Any]:

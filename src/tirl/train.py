@@ -19,7 +19,8 @@ from trl import ModelConfig
 
 from . import rundir
 from .data import DataError, load_rows, shared_data_dir, to_trl
-from .runinfo import rows_checksum, run_record, safe_path, share_file_modes, write_json_atomic, write_text_atomic
+from .files import safe_path, share_file_modes, write_json_atomic, write_text_atomic
+from .runinfo import rows_checksum, run_record
 
 # --method -> (config class, trainer class), named in `tirl.trainers` and imported only when a run starts, so that
 # `tirl train --help` stays fast. Each method's config class is also what `tirl train --method M --help` documents.

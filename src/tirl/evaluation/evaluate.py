@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..data import DataError, load_rows, task_metric
+from ..files import safe_path, write_json_atomic, write_text_atomic
 from ..rundir import RunDirError, check_no_links, check_writable
-from ..runinfo import rows_checksum, run_record, safe_path, write_json_atomic, write_text_atomic
+from ..runinfo import rows_checksum, run_record
 from .metrics import PRIMARY_SCORE, diversity_scores, mean_token_entropy, sample_scores, task_scores
 
 METRICS_KIND = "tirl.eval"

@@ -319,9 +319,9 @@ def plot_compare(evals: list[Evaluation], score: str, path: str | Path, title: s
     """Task score (y, up = better) against Self-BLEU (x, left = more diverse): one frontier per label, through its
     temperatures, with the greedy pass at Self-BLEU 100 (hollow marker); runs sharing a label (seeds) are averaged,
     with s.e.m. error bars. PNG at `path`."""
-    from ..plots import _pyplot
+    from ..plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.6, 5.6))
     pct = score in FRACTION_SCORES
     series = frontier(evals, score)

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..runinfo import write_atomic
+from ..files import write_atomic
 
 COLUMN = "tirl_ref_values"
 CACHE_DIR = "tirl_reference_values"

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..runinfo import write_atomic
+from ..files import write_atomic
 
 ATTRIBUTE = "tirl_value_head"
 FILENAME = "value_head.safetensors"

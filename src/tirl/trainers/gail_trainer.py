@@ -27,6 +27,7 @@ import warnings
 import torch
 
 from ..discriminator import TokenDiscriminator, frozen_copy, truncated_trunk
+from ..files import write_atomic, write_text_atomic
 from ..losses import masked_mean, qv_from_hidden, restrict_rows, shift_labels
 from ..losses.gail import (
     advantages,
@@ -39,7 +40,6 @@ from ..losses.gail import (
     shaped_rewards,
 )
 from ..rollouts import BufferEntry
-from ..runinfo import write_atomic, write_text_atomic
 from .gail_config import GAILConfig
 from .rollout_trainer import RolloutTrainer
 
