@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from tirl.evaluation.sampling import generation_settings, iter_samples
-from tirl.generation import NEUTRAL, generation_config, sampler_settings
-from tirl.rollouts import sample_completions
+from tirl.generation import NEUTRAL, generation_config, sample_completions, sampler_settings
 
 # a checkpoint's generation_config.json could set any of these; each one changes what `generate` samples
 ISSUE = dict(repetition_penalty=1.5, min_p=0.1)

@@ -9,15 +9,14 @@ from datasets import Dataset
 
 from tirl import losses as L
 from tirl.data import load_rows, to_trl
+from tirl.generation import left_pad, sample_completions
 from tirl.rollouts import (
     Rollout,
     SampleBuffer,
     build_rollout,
     choose_prompt_rows,
-    left_pad,
     mix_batch,
     prompts_from_batch,
-    sample_completions,
 )
 from tirl.trainers import IQLearnConfig, IQLearnTrainer, OnlineIQLearnConfig, OnlineIQLearnTrainer
 

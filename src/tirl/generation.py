@@ -4,8 +4,8 @@ In transformers 5.x, `generate(generation_config=c)` fills every option that `c`
 own `generation_config` (a checkpoint's `generation_config.json`: `repetition_penalty=1.05`, `top_k=20`, `min_p=0.1`,
 ...), and what is still unset from library defaults (`top_k=50`). Policy samples drawn that way come from another
 distribution than π, which biases online IQLearn and GAIL (their losses treat the samples as π's), and an evaluation
-score would not say what it sampled from. So the samplers of training (`tirl.rollouts.sample_completions`) and of
-evaluation (`tirl.evaluation.sampling`) both
+score would not say what it sampled from. So the samplers of training (`sample_completions`, for the online
+trainers) and of evaluation (`tirl.evaluation.sampling`) both
 
 - build their config with `generation_config`, which sets every option with a neutral value (`NEUTRAL`) to it and
   the sampler's own options (temperature, top-k, top-p) to what was asked, and
@@ -14,17 +14,23 @@ evaluation (`tirl.evaluation.sampling`) both
   stop strings, watermarking, DoLa, assisted decoding, ...) cannot be filled in from the model either.
 
 `sampler_settings(config)` lists every such option with the value used, for run records (`eval_config.json`).
+
+This module is the one generation stack of training and evaluation: prompts (token ids) are left-padded by
+`left_pad`, decoded by `generate` in eval mode (`eval_mode`), and cut after their first EOS by `truncate_at_eos`.
+`sample_completions` is that whole path for the online trainers; `tirl.evaluation.sampling` adds what evaluation
+records (prompt rendering, seeds, per-token entropy, text).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 if TYPE_CHECKING:  # transformers is imported when a config is built, not when this module is
-    import torch
     from transformers import GenerationConfig
 
 # Options of `GenerationConfig` that change which tokens can be drawn or how likely they are, at values that change
@@ -148,3 +154,82 @@ def generate(model, config: GenerationConfig, **kwargs: Any) -> torch.Tensor:
     (`generation_defaults`); `kwargs` are generate's inputs (input_ids, attention_mask, logits_processor, ...)."""
     with generation_defaults(model, config) as own:
         return model.generate(generation_config=own, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Token ids in, token ids out
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def left_pad(prompts: list[list[int]], pad_token_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as a left-padded [N, P] id tensor and its attention mask, the layout `generate` continues from."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, P - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def truncate_at_eos(completion: Iterable[int], eos_token_ids: Iterable[int]) -> tuple[list[int], bool]:
+    """The completion up to and including its first EOS, and whether it had one. What `generate` put after it
+    (padding, a second turn) is not part of the sample."""
+    completion, eos = list(completion), set(eos_token_ids)
+    for i, tok in enumerate(completion):
+        if tok in eos:
+            return completion[: i + 1], True
+    return completion, False
+
+
+@contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """The model in eval mode (no dropout) within the block, and in its previous mode after it, also on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def sample_completions(
+    model,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generation_kwargs: dict | None = None,
+) -> list[list[int]]:
+    """Sample one completion per prompt with `model.generate` (ancestral sampling; temperature 1 = the policy itself).
+
+    Samples come from softmax(logits / temperature), cut to top-k / top-p when asked (0 / 1.0 = off), and nothing
+    else: no option of the model's own `generation_config` (repetition penalty, min-p, ...) is applied;
+    `generation_kwargs` are explicit extra `GenerationConfig` options. `model` must be unwrapped
+    (`trl.models.unwrap_model_for_generation`). Returns the new token ids of each row as `generate` produced them (cut
+    them with `truncate_at_eos`). The model is put in eval mode for the call and its previous mode restored.
+    """
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_token_id, device)
+    config = generation_config(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=list(eos_token_ids) or None,
+        pad_token_id=pad_token_id,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        **(generation_kwargs or {}),
+    )
+    with eval_mode(model):
+        out = generate(model, config, input_ids=ids, attention_mask=mask)
+    return out[:, ids.shape[1] :].tolist()
+
+
+__all__ = ["NEUTRAL", "SAMPLER_OPTIONS", "eval_mode", "generate", "generation_config", "generation_defaults",
+           "left_pad", "sample_completions", "sampler_settings", "truncate_at_eos"]

@@ -3,7 +3,7 @@
 The online trainers (online IQLearn, GAIL) learn from the model's own samples next to the expert rows. Everything
 here works on token ids, never on text, so a policy sample is scored on exactly the tokens that were sampled:
 
-    batch (TRL collator, right-padded)      prompts_from_batch           sample_completions            build_rollout
+    batch (TRL collator, right-padded)      prompts_from_batch      tirl.generation.sample_completions     build_rollout
     [prompt | expert completion | pad]  ->  [prompt] (list of ids)  ->  model.generate / vLLM  ->  [prompt | sample | pad]
 
 A `Rollout` uses the batch's own conventions (`tirl.losses`): unshifted `labels` with −100 on the prompt and padding,
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .files import write_atomic, write_text_atomic
-from .generation import generate, generation_config
+from .generation import truncate_at_eos
 from .losses.mdp import IGNORE_INDEX
 
 BUFFER_DIR = "tirl_sample_buffer"
@@ -80,15 +80,6 @@ def prompts_from_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     return [row[k].tolist() for row, k in zip(input_ids, keep, strict=True)]
 
 
-def truncate_at_eos(completion: list[int], eos_token_ids: list[int] | set[int]) -> tuple[list[int], bool]:
-    """The completion up to and including its first EOS, and whether it had one."""
-    eos = set(eos_token_ids)
-    for i, tok in enumerate(completion):
-        if tok in eos:
-            return completion[: i + 1], True
-    return list(completion), False
-
-
 def build_rollout(
     prompts: list[list[int]],
     completions: list[list[int]],
@@ -122,60 +113,6 @@ def build_rollout(
         attention_mask[i, : len(seq)] = 1
         labels[i, len(p) : len(seq)] = seq[len(p) :]
     return Rollout(input_ids, attention_mask, labels, torch.tensor(ended, dtype=torch.bool)).to(device)
-
-
-def left_pad(prompts: list[list[int]], pad_token_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts as a left-padded [N, P] id tensor and its attention mask, the layout `generate` continues from."""
-    P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), P), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if p:
-            ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, P - len(p) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-@torch.no_grad()
-def sample_completions(
-    model,
-    prompts: list[list[int]],
-    *,
-    max_new_tokens: int,
-    eos_token_ids: list[int],
-    pad_token_id: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generation_kwargs: dict | None = None,
-) -> list[list[int]]:
-    """Sample one completion per prompt with `model.generate` (ancestral sampling; temperature 1 = the policy itself).
-
-    Samples come from softmax(logits / temperature), cut to top-k / top-p when asked (0 / 1.0 = off), and nothing
-    else: no option of the model's own `generation_config` (repetition penalty, min-p, ...) is applied
-    (`tirl.generation`); `generation_kwargs` are explicit extra `GenerationConfig` options. `model` must be unwrapped
-    (`trl.models.unwrap_model_for_generation`). Returns the new token ids of each row as `generate` produced them (cut
-    them with `truncate_at_eos` / `build_rollout`). The model is put in eval mode for the call and its previous mode
-    restored.
-    """
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_token_id, device)
-    config = generation_config(
-        max_new_tokens=max_new_tokens,
-        eos_token_id=list(eos_token_ids) or None,
-        pad_token_id=pad_token_id,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        **(generation_kwargs or {}),
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        out = generate(model, config, input_ids=ids, attention_mask=mask)
-    finally:
-        model.train(was_training)
-    return out[:, ids.shape[1] :].tolist()
 
 
 def mix_batch(expert: dict, rollout: Rollout, pad_token_id: int, policy_values: dict[str, torch.Tensor] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Batched sampling of K completions per prompt with Hugging Face `generate`, recording what the metrics need.
+"""Batched sampling of K completions per prompt, recording what the metrics need, on `tirl.generation`'s stack.
 
 `sample(model, tokenizer, prompts, k=4, ...)` returns, for each prompt, K `Sample`s: the text, the completion token
 ids, their number, whether EOS was reached, and the mean per-token entropy of the policy along the sample.
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from ..generation import generate, generation_config, sampler_settings
+from ..generation import eval_mode, generate, generation_config, left_pad, sampler_settings, truncate_at_eos
 from .metrics import token_entropy
 
 Prompt = str | list[dict]  # a user message, or a conversation (list of {"role", "content"}) ending before the answer
@@ -77,17 +77,6 @@ def _eos_ids(model, tokenizer) -> list[int]:
     if not ids:
         raise ValueError("the tokenizer has no EOS token, so generation could never stop early")
     return ids
-
-
-def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, L] input ids padded on the left (generation continues from the right end) and the attention mask."""
-    width = max(len(x) for x in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, x in enumerate(batch):
-        ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-        mask[i, width - len(x) :] = 1
-    return ids, mask
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -160,15 +149,12 @@ def iter_samples(
     device = next(model.parameters()).device
     config = _config(temperature, top_p, greedy, max_new_tokens, eos, pad_id, copies)
 
-    was_training = model.training
-    model.eval()
-    bar = _progress(total=len(todo), desc=desc, enabled=progress)
     tokens_done, t0 = 0, time.time()
-    try:
+    with eval_mode(model), _progress(total=len(todo), desc=desc, enabled=progress) as bar:
         for start in range(0, len(todo), per_call):
             idx = todo[start : start + per_call]
             encoded = [encode_prompt(prompts[i], tokenizer) for i in idx]
-            input_ids, attention_mask = _left_pad(encoded, pad_id)
+            input_ids, attention_mask = left_pad(encoded, pad_id, device)
             done_before = tokens_done
 
             def show_step(step: int, done_before: int = done_before, rows: int = len(idx) * copies) -> None:
@@ -181,7 +167,7 @@ def iter_samples(
             amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast_bf16 else nullcontext()
             with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), amp:
                 torch.manual_seed(batch_seed(seed, idx[0]))
-                out = generate(model, config, input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                out = generate(model, config, input_ids=input_ids, attention_mask=attention_mask,
                                logits_processor=LogitsProcessorList([recorder]))
             generated = out[:, input_ids.shape[1] :].cpu()  # [B·copies, steps]
             entropies = torch.stack(recorder.steps, dim=1) if recorder.steps else torch.zeros(generated.shape[0], 0)
@@ -193,9 +179,6 @@ def iter_samples(
             bar.update(len(idx))
             bar.set_postfix_str(f"{tokens_done / max(time.time() - t0, 1e-9):.0f} tok/s")
             yield idx, per_prompt
-    finally:
-        bar.close()
-        model.train(was_training)
 
 
 def _config(temperature: float, top_p: float, greedy: bool, max_new_tokens: int, eos: list[int] | None,
@@ -245,10 +228,7 @@ def sample(
 
 def _to_sample(ids: torch.Tensor, entropies: torch.Tensor, eos: list[int], tokenizer) -> Sample:
     """Cut one generated row at its first EOS (kept) and summarise it; padding after EOS is dropped."""
-    ids_list = ids.tolist()
-    end = next((t + 1 for t, tok in enumerate(ids_list) if tok in eos), None)
-    finished = end is not None
-    kept = ids_list[: end if finished else len(ids_list)]
+    kept, finished = truncate_at_eos(ids.tolist(), eos)
     n = len(kept)
     entropy = float(entropies[:n].mean()) if n else float("nan")
     text = tokenizer.decode(kept, skip_special_tokens=True)

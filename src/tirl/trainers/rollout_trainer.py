@@ -33,6 +33,7 @@ import warnings
 import torch
 
 from ..discriminator import frozen_copy
+from ..generation import sample_completions
 from ..qv import reference
 from ..qv.head import model_qv
 from ..rollouts import (
@@ -43,7 +44,6 @@ from ..rollouts import (
     choose_prompt_rows,
     mix_batch,
     prompts_from_batch,
-    sample_completions,
 )
 from .iqlearn_trainer import IQLearnTrainer
 from .rollout_config import RolloutConfig
