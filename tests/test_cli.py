@@ -274,7 +274,7 @@ def test_full_disk_during_a_checkpoint_names_device_file_and_intact_checkpoint(t
     import torch
     import transformers.modeling_utils
 
-    from tirl.rundir import device_of
+    from tirl.jobs.rundir import device_of
 
     out = tmp_path / "run"
     if writer.startswith("optimizer"):

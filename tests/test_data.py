@@ -177,7 +177,7 @@ def test_a_directory_is_not_a_data_file(tmp_path):
 
 
 def test_location_is_not_part_of_the_checksum(tmp_path):
-    from tirl.runinfo import rows_checksum
+    from tirl.jobs.runinfo import rows_checksum
 
     a = write(tmp_path / "a.jsonl", [json.dumps({"prompt": "p", "completion": "c"})])
     b = write(tmp_path / "b.jsonl", ["", json.dumps({"prompt": "p", "completion": "c"})])

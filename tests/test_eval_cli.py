@@ -174,7 +174,7 @@ def test_eval_on_a_local_file_with_its_own_fields(tmp_path):
 
 
 def test_conversations_are_evaluated_on_their_last_assistant_turn(tmp_path):
-    from tirl.evaluation.evaluate import EvalSettings, load_eval_rows
+    from tirl.jobs.eval import EvalSettings, load_eval_rows
 
     data = tmp_path / "chat.jsonl"
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},

@@ -113,7 +113,7 @@ def test_import_leaves_the_environment_alone():
         from transformers import AutoModelForCausalLM, LlamaForCausalLM
         from trl import SFTTrainer
         before = dict(os.environ)
-        import tirl.cli, tirl.cli.train, tirl.cli.eval, tirl.train, tirl.models, tirl.data, tirl.evaluation.evaluate
+        import tirl.cli, tirl.cli.train, tirl.cli.eval, tirl.jobs.train, tirl.models, tirl.data, tirl.jobs.eval
         from tirl import IQLearnConfig, IQLearnTrainer
         changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
         assert not changed, changed

@@ -109,7 +109,7 @@ class _Collect(html.parser.HTMLParser):
 
 
 def test_html_and_png_render(tiny, tmp_path):
-    from tirl.reward_viz import render_html, render_png, reward_histogram
+    from tirl.rewards import render_html, render_png, reward_histogram
 
     model, tok = tiny
     scored = score(model, tok, pairs(tok, n=3), progress=False)
@@ -191,7 +191,7 @@ def test_rank_correlations_by_hand():
 
 
 def test_within_prompt_spearman_ignores_prompts_without_variation():
-    from tirl.reward_analysis import within_prompt_spearman
+    from tirl.rewards import within_prompt_spearman
 
     groups = {0: [(1.0, 0.0), (2.0, 1.0)], 1: [(5.0, 1.0), (3.0, 1.0)], 2: [(1.0, 1.0), (2.0, 0.0)]}
     value, n = within_prompt_spearman(groups)
@@ -237,7 +237,7 @@ def test_rewards_analyse_end_to_end(tmp_path):
 
 def test_demonstration_pairs_put_the_reference_above_each_wrong_sample(tiny):
     from tirl.data.tasks import load_rows, to_trl
-    from tirl.reward_analysis import demonstration_pairs
+    from tirl.rewards import demonstration_pairs
 
     _, tok = tiny
     rows = load_rows("arithmetic", split="test")[:2]

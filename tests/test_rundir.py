@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tirl import rundir
-from tirl.rundir import RunDirError, plan_train_dir
+from tirl.jobs import rundir
+from tirl.jobs.rundir import RunDirError, plan_train_dir
 from tirl.trainers.iqlearn_trainer import PARTIAL_PREFIX as STAGING
 
 

@@ -14,8 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tirl.data import shared_data_dir
+    from tirl.jobs.runinfo import git_commit, versions
     from tirl.models import ModelNotAvailableError, cache_dir, smollm2_gguf_path
-    from tirl.runinfo import git_commit, versions
 
     try:
         gguf = str(smollm2_gguf_path())

@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max_new_tokens and --batch_size must be >= 1")
 
     from tirl.data import DataError
-    from tirl.evaluation.evaluate import EvalSettings, run_eval
+    from tirl.jobs.eval import EvalSettings, run_eval
+    from tirl.jobs.rundir import RunDirError
     from tirl.models import ModelNotAvailableError
-    from tirl.rundir import RunDirError
 
     settings = EvalSettings(**{k: v for k, v in vars(args).items() if k != "no_progress"}, progress=not args.no_progress)
     try:

@@ -67,9 +67,8 @@ def score_main(argv: list[str]) -> int:
     from tirl import models
     from tirl.data import DataError, load_rows
     from tirl.files import safe_path, write_json_atomic, write_text_atomic
-    from tirl.reward_viz import render_html, render_png
-    from tirl.rewards import load_reward_model, score
-    from tirl.rundir import RunDirError, check_no_links, check_writable
+    from tirl.jobs.rundir import RunDirError, check_no_links, check_writable
+    from tirl.rewards import load_reward_model, render_html, render_png, score
 
     try:
         # before any work: nothing is written through a link, nor into a path that cannot be written

@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tirl.data import DataError
+    from tirl.jobs.analyse import AnalyseSettings, analyse
+    from tirl.jobs.rundir import check_no_links, check_writable
     from tirl.models import ModelNotAvailableError
-    from tirl.reward_analysis import AnalyseSettings, analyse
-    from tirl.rundir import check_no_links, check_writable
 
     settings = AnalyseSettings(**{k: v for k, v in vars(args).items()})
     if settings.preference == "none":
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, ModelNotAvailableError) as e:  # RunDirError is a ValueError
         print(f"tirl rewards analyse: error: {e}", file=sys.stderr)
         return 2
-    from tirl.reward_analysis import analysis_markdown
+    from tirl.rewards import analysis_markdown
 
     print(analysis_markdown(result))
     print(f"written to {settings.output_dir}/ (analysis.json, analysis.md, pictures)")

@@ -76,7 +76,7 @@ def build_parser(argv: list[str]):
             # argparse prints the whole usage first: hundreds of options for `tirl train`
             sys.exit(fail(f"{message} (`tirl train --help` lists the options)"))
 
-    from tirl.train import (
+    from tirl.jobs.train import (
         CLI_DEFAULTS,
         DEMO_DEFAULTS,
         METHODS,
@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--method mle trains with iq_lambda=0; drop --iq_lambda or use --method iqlearn")
 
     from tirl.data import DataError
+    from tirl.jobs.rundir import RunDirError, last_checkpoint
+    from tirl.jobs.train import OptionError, run
     from tirl.models import ModelNotAvailableError
-    from tirl.rundir import RunDirError, last_checkpoint
-    from tirl.train import OptionError, run
     from tirl.trainers.iqlearn_trainer import NonFiniteLossError, NoTrainableTokensError
 
     try:

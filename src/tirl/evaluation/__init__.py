@@ -1,16 +1,16 @@
-"""Evaluation: sampling K completions per prompt, task scores, diversity, and the files `tirl eval` writes.
+"""Evaluation: sampling K completions per prompt, task scores, diversity, and reading and comparing evaluations.
 
 Public API (stable; other parts of `tirl` build on it):
 
-- sampling (`tirl.evaluation.sampling`): `sample`, `iter_samples`, `Sample`, `encode_prompt`
+- sampling (`tirl.evaluation.sampling`, on `tirl.generation`): `sample`, `iter_samples`, `Sample`, `encode_prompt`
 - metrics (`tirl.evaluation.metrics`, pure functions): `gsm8k_extract`, `gsm8k_correct`, `gsm8k_accuracy`,
   `gsm8k_pass_at_k`, `rouge`, `bleu`, `chrf`, `self_bleu`, `distinct_n`, `token_entropy`, `mean_token_entropy`,
   `task_scores`, `sample_scores`, `diversity_scores`
-- jobs and files (`tirl.evaluation.evaluate`, `tirl.evaluation.report`): `EvalSettings`, `run_eval`,
-  `read_generations`, `find_evaluations`, `compare_table`, `plot_compare`
+- reports (`tirl.evaluation.report`): `report_markdown`, `find_evaluations`, `compare_table`, `plot_compare`
 
-The sampling and job modules import torch/transformers; they load on first use so `import tirl.evaluation` and the
-metrics stay light.
+The job that runs an evaluation and writes its files (`EvalSettings`, `run_eval`, `read_generations`) is
+`tirl.jobs.eval`. The sampling module imports torch/transformers; it loads on first use so `import tirl.evaluation`
+and the metrics stay light.
 """
 
 from .metrics import (
@@ -37,10 +37,6 @@ _LAZY = {
     "iter_samples": "sampling",
     "Sample": "sampling",
     "encode_prompt": "sampling",
-    "EvalSettings": "evaluate",
-    "EvalResult": "evaluate",
-    "run_eval": "evaluate",
-    "read_generations": "evaluate",
     "find_evaluations": "report",
     "compare_table": "report",
     "plot_compare": "report",

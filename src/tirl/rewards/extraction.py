@@ -13,8 +13,8 @@ log-likelihood plus a prompt-dependent offset), so rankings for one prompt equal
 term pins the free per-state offset of the logits); for an MLE model the offset is arbitrary, which is why MLE
 "rewards" correlate poorly with quality.
 
-`score` returns per-token and per-sequence rewards; `preference_accuracy` scores chosen/rejected pairs (TRL's DPO
-format); `RewardScorer` wraps a checkpoint as a reward function for TRL's online trainers (`GRPOTrainer(reward_funcs=
+`score` returns per-token and per-sequence rewards (`tirl.rewards.analysis.preference_accuracy` scores chosen/rejected
+pairs with it); `RewardScorer` wraps a checkpoint as a reward function for TRL's online trainers (`GRPOTrainer(reward_funcs=
 [RewardScorer(path)])`).
 """
 
@@ -31,11 +31,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .data.tokenize import Prompt, encode_prompt_completion
-from .losses import token_rewards, with_reference
-from .models import eos_token_ids
-from .qv.head import model_qv
-from .qv.value_head import load_value_head
+from .. import models
+from ..data.tokenize import Prompt, encode_prompt_completion
+from ..losses import IGNORE_INDEX, token_rewards, with_reference
+from ..models import eos_token_ids
+from ..qv.head import model_qv
+from ..qv.value_head import load_value_head
 
 
 @dataclass
@@ -66,8 +67,6 @@ def training_run(path: str) -> dict:
 def load_reward_model(name_or_path: str, trust_remote_code: bool = False) -> RewardModel:
     """Load a checkpoint and what its reward needs: the value head (iq_value="head") or the starting model
     (iq_value="reference", named in run.json; tiny models are rebuilt from the run's seed)."""
-    from . import models
-
     model, tokenizer = models.load(name_or_path, trust_remote_code=trust_remote_code)
     run = training_run(name_or_path)
     config = run.get("config") or {}
@@ -135,7 +134,7 @@ def score(
 def encode_generated(prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> dict[str, list[int]]:
     """A sampled completion as the model produced it (token ids, EOS included only if it was reached), so a
     completion cut by `max_new_tokens` is scored as truncated rather than given an EOS it never emitted."""
-    return {"input_ids": list(prompt_ids) + list(completion_ids), "labels": [-100] * len(prompt_ids) + list(completion_ids)}
+    return {"input_ids": list(prompt_ids) + list(completion_ids), "labels": [IGNORE_INDEX] * len(prompt_ids) + list(completion_ids)}
 
 
 @torch.no_grad()
@@ -169,7 +168,7 @@ def score_encoded(
         chunk = [encoded[j] for j in index]
         width = max(len(e["input_ids"]) for e in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
         attn = torch.zeros((len(chunk), width), dtype=torch.long)
         for i, e in enumerate(chunk):
             n = len(e["input_ids"])
@@ -209,46 +208,6 @@ def score_encoded(
     return results  # type: ignore[return-value]  # every slot is filled above
 
 
-def preference_accuracy(
-    model,
-    tokenizer,
-    rows: Sequence[dict],
-    gamma: float = 0.99,
-    batch_size: int = 8,
-    max_length: int | None = 1024,
-    progress: bool = True,
-    reference_model=None,
-) -> dict:
-    """How often R(prompt, chosen) > R(prompt, rejected) over rows in TRL's preference format.
-
-    Rows have `prompt`, `chosen` and `rejected` (strings or message lists). Ties count as half, as is usual for
-    pairwise accuracy. The same figure for the sequence log-likelihood Σ log π is reported alongside, as the
-    reference a reward must beat to be more than a likelihood.
-    """
-    pairs = [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows]
-    scored = score(model, tokenizer, pairs, gamma=gamma, batch_size=batch_size, max_length=max_length, progress=progress,
-                   reference_model=reference_model)
-    n = len(rows)
-    chosen, rejected = scored[:n], scored[n:]
-    return {
-        "n": n,
-        "gamma": gamma,
-        "accuracy": pairwise_accuracy([c.reward for c in chosen], [r.reward for r in rejected]),
-        "accuracy_logprob": pairwise_accuracy([c.logprob for c in chosen], [r.logprob for r in rejected]),
-        "mean_margin": sum(c.reward - r.reward for c, r in zip(chosen, rejected, strict=True)) / max(n, 1),
-    }
-
-
-def pairwise_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
-    """Fraction of pairs with chosen > rejected; a tie counts one half."""
-    if len(chosen) != len(rejected):
-        raise ValueError("chosen and rejected must have the same length")
-    if not chosen:
-        return math.nan
-    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True))
-    return wins / len(chosen)
-
-
 class RewardScorer:
     """A `tirl` checkpoint as a reward function for TRL's online trainers (GRPO, RLOO, ...).
 
@@ -285,41 +244,3 @@ class RewardScorer:
         if self.normalize == "mean":
             return [s.reward / max(s.num_tokens, 1) for s in scored]
         return [s.reward for s in scored]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Correlation of rewards with task scores
-
-
-def _ranks(x: Sequence[float]) -> list[float]:
-    """Ranks starting at 1, ties given their average rank (as Spearman's coefficient requires)."""
-    order = sorted(range(len(x)), key=lambda i: x[i])
-    ranks = [0.0] * len(x)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson's r; NaN when either variable is constant (no correlation can be measured)."""
-    if len(x) != len(y):
-        raise ValueError("x and y must have the same length")
-    n = len(x)
-    if n < 2:
-        return math.nan
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's ρ: Pearson's r of the (tie-averaged) ranks."""
-    return pearson(_ranks(x), _ranks(y))

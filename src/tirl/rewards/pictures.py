@@ -13,7 +13,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from .rewards import SequenceRewards
+from ..plots import pyplot
+from .extraction import SequenceRewards
 
 
 def _scale(seqs: Sequence[SequenceRewards]) -> tuple[float, float]:
@@ -81,8 +82,6 @@ section {{ border-top: 1px solid #ddd; padding: .6em 0; }}
 def render_png(seqs: Sequence[SequenceRewards], path: str | Path, title: str = "", width_chars: int = 100,
                max_lines: int = 60) -> Path:
     """The same colouring as `render_html`, drawn with matplotlib in a monospace font (one panel per completion)."""
-    from .plots import pyplot
-
     plt = pyplot()
     centre, spread = _scale(seqs)
     layouts = []
@@ -126,8 +125,6 @@ def render_png(seqs: Sequence[SequenceRewards], path: str | Path, title: str = "
 def reward_histogram(groups: dict[str, Sequence[float]], path: str | Path, title: str = "sequence reward R",
                      xlabel: str = "R = Σ r_t") -> Path:
     """Overlaid histograms of sequence rewards per group (e.g. {"correct": [...], "wrong": [...]}), each normalised."""
-    from .plots import pyplot
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     values = [v for vs in groups.values() for v in vs if not math.isnan(v)]
@@ -154,8 +151,6 @@ def reward_histogram(groups: dict[str, Sequence[float]], path: str | Path, title
 def reward_scatter(rewards: Sequence[float], scores: Sequence[float], path: str | Path, ylabel: str = "score",
                    title: str = "") -> Path:
     """Sequence reward R against a per-completion task score (e.g. sentence ROUGE-1)."""
-    from .plots import pyplot
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.scatter(rewards, scores, s=12, alpha=0.6)

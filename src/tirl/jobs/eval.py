@@ -1,4 +1,4 @@
-"""A whole evaluation job: rows → greedy and sampled generations → scores → files. `tirl eval` parses into `run_eval`.
+"""The `tirl eval` job: rows → greedy and sampled generations → scores → files. `tirl eval` parses into `run_eval`.
 
 The output directory holds
 - `eval_config.json`: the settings that determine the generations (checked on resume);
@@ -7,7 +7,7 @@ The output directory holds
 - `metrics.json`: scores per pass (`greedy`, `sampled`), all settings, model/dataset/run info, versions, timing;
 - `report.md`: the table and a few example generations.
 
-Before anything is generated the output directory is checked (`tirl.rundir`): a file, an unwritable path or a
+Before anything is generated the output directory is checked (`tirl.jobs.rundir`): a file, an unwritable path or a
 symbolic link inside it is refused, so nothing is appended or written through a link; a new directory is removed
 again if the job fails before its first generation.
 """
@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..data import DataError, load_rows, task_metric
+from ..evaluation.metrics import PRIMARY_SCORE, diversity_scores, mean_token_entropy, sample_scores, task_scores
 from ..files import safe_path, write_json_atomic, write_text_atomic
-from ..rundir import RunDirError, check_no_links, check_writable
-from ..runinfo import rows_checksum, run_record
-from .metrics import PRIMARY_SCORE, diversity_scores, mean_token_entropy, sample_scores, task_scores
+from .rundir import RunDirError, check_no_links, check_writable
+from .runinfo import rows_checksum, run_record
 
 METRICS_KIND = "tirl.eval"
 GENERATIONS_FILE = "generations.jsonl"
@@ -69,7 +69,7 @@ class EvalSettings:
         """The settings that change what is generated; a resumed run must match them (batch size may differ).
         `sampler`: every other generation option of each pass, as sampled (temperature and top_p are the fields of
         the same name; `tirl.evaluation.sampling.generation_settings`), so the file says what a score sampled from."""
-        from .sampling import generation_settings
+        from ..evaluation.sampling import generation_settings
 
         keys = ("model", "dataset", "split", "num_examples", "data_seed", "samples", "temperature", "top_p", "greedy",
                 "max_new_tokens", "seed", "bf16", "prompt_field", "completion_field", "reference_field")
@@ -280,7 +280,7 @@ def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> 
         **{k: v for k, v in run_record().items() if k in ("versions", "git_commit", "command", "host")},
     }
     write_json_atomic(safe_path(out_dir, "metrics.json"), _nan_to_none(metrics))
-    from .report import report_markdown
+    from ..evaluation.report import report_markdown
 
     write_text_atomic(safe_path(out_dir, "report.md"), report_markdown(metrics, records, rows, s.num_report_examples))
     return EvalResult(output_dir=out_dir, metrics=metrics)
@@ -290,7 +290,7 @@ def _generate(s: EvalSettings, rows: list[dict], passes, todo: dict, family: str
     import torch
 
     from .. import models
-    from .sampling import has_chat_template, iter_samples
+    from ..evaluation.sampling import has_chat_template, iter_samples
 
     t0 = time.time()
     model, tokenizer = models.load(s.model, seed=s.seed, trust_remote_code=s.trust_remote_code_model)

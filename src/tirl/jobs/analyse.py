@@ -1,4 +1,4 @@
-"""Do a checkpoint's implicit rewards track task quality? (METHOD.md §4; the job behind `tirl rewards analyse`.)
+"""The `tirl rewards analyse` job: do a checkpoint's implicit rewards track task quality? (METHOD.md §4)
 
 1. Sample K completions per prompt (with `tirl.evaluation`, from `samples_from`, by default the first model), or read
    a `generations.jsonl` that `tirl eval` wrote; each completion carries its own task score (GSM8k correctness,
@@ -18,13 +18,19 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .files import safe_path, write_json_atomic, write_text_atomic
+from ..data.preferences import load_preferences
+from ..data.tasks import task_metric
+from ..evaluation.sampling import encode_prompt
+from ..files import safe_path, write_json_atomic, write_text_atomic
+from ..rewards.analysis import analysis_markdown, correlations, demonstration_pairs, preference_accuracy
+from ..rewards.extraction import encode_generated, load_reward_model, score_encoded
+from ..rewards.pictures import render_html, reward_histogram, reward_scatter
+from .eval import EvalSettings, read_generations, run_eval
 
 PRIMARY_SAMPLE_SCORE = {"gsm8k": "correct_flexible", "rouge": "rouge1", "bleu": "bleu"}
 
@@ -53,9 +59,6 @@ class AnalyseSettings:
 
 def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str, str, str]:
     """The sampled completions with their scores, the metric family, the dataset and the split they came from."""
-    from .data.tasks import task_metric
-    from .evaluation.evaluate import EvalSettings, read_generations, run_eval
-
     if s.generations:
         records = read_generations(Path(s.generations))
         config_path = Path(s.generations).parent / "eval_config.json"
@@ -75,33 +78,6 @@ def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str, st
     return records, task_metric(dataset), dataset, split
 
 
-def demonstration_pairs(records: list[dict], score: list[float], family: str, dataset: str, split: str,
-                        tokenizer) -> list[dict]:
-    """Preference rows from the task itself: chosen = the dataset's reference completion of a prompt, rejected = one
-    of the model's samples for it (GSM8k: only wrong ones; other tasks: every sample). Rendered as training renders
-    them (`to_trl`), so prompt and completion templates match what the model was trained on."""
-    from .data.tasks import load_rows, to_trl
-
-    key = lambda prompt: prompt if isinstance(prompt, str) else json.dumps(prompt)  # noqa: E731
-    references = {key(r["prompt"]): r for r in load_rows(dataset, split=split)}
-    rows, missing = [], 0
-    for rec, y in zip(records, score, strict=True):
-        ref = references.get(key(rec["prompt"]))
-        if ref is None:
-            missing += 1
-            continue
-        if family == "gsm8k" and y > 0.5:
-            continue
-        chosen = to_trl([{"prompt": ref["prompt"], "completion": ref["completion"]}], tokenizer)[0]
-        rejected = to_trl([{"prompt": ref["prompt"], "completion": rec["text"]}], tokenizer)[0]
-        rows.append({"id": rec.get("id"), "prompt": chosen["prompt"], "chosen": chosen["completion"],
-                     "rejected": rejected["completion"]})
-    if not rows:
-        raise ValueError(f"no demonstration pairs: {missing} completions had no reference in {dataset}/{split}, "
-                         "the rest were correct")
-    return rows
-
-
 def _score_value(record: dict, family: str) -> float:
     value = record.get("scores", {}).get(PRIMARY_SAMPLE_SCORE.get(family, ""))
     if value is None:
@@ -109,36 +85,8 @@ def _score_value(record: dict, family: str) -> float:
     return float(value)
 
 
-def within_prompt_spearman(groups: dict[int, list[tuple[float, float]]]) -> tuple[float, int]:
-    """Mean Spearman ρ over prompts whose samples vary in both variables, and how many prompts that was."""
-    from .rewards import spearman
-
-    values = []
-    for pairs in groups.values():
-        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
-        if len(pairs) > 1 and len(set(xs)) > 1 and len(set(ys)) > 1:
-            values.append(spearman(xs, ys))
-    return (statistics.fmean(values) if values else math.nan), len(values)
-
-
-def correlations(records: list[dict], score: list[float], values: list[float]) -> dict:
-    from .rewards import pearson, spearman
-
-    groups: dict[int, list[tuple[float, float]]] = {}
-    for rec, v, y in zip(records, values, score, strict=True):
-        groups.setdefault(rec.get("prompt_index", 0), []).append((v, y))
-    within, n_prompts = within_prompt_spearman(groups)
-    return {"spearman": spearman(values, score), "pearson": pearson(values, score),
-            "spearman_within_prompt": within, "prompts_with_variation": n_prompts}
-
-
 def analyse(s: AnalyseSettings) -> dict:
     """Run the whole analysis and write analysis.json, analysis.md and the pictures into `s.output_dir`."""
-    from .data.preferences import load_preferences
-    from .evaluation.sampling import encode_prompt
-    from .reward_viz import render_html, reward_histogram, reward_scatter
-    from .rewards import encode_generated, load_reward_model, preference_accuracy, score_encoded
-
     out = Path(s.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = s.labels or [Path(m).name or m for m in s.models]
@@ -198,44 +146,3 @@ def analyse(s: AnalyseSettings) -> dict:
     return result
 
 
-def _f(x) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
-
-def analysis_markdown(result: dict) -> str:
-    st = result["settings"]
-    lines = [
-        "# Reward analysis",
-        "",
-        f"{result['num_completions']} sampled completions of {result['num_prompts']} {st['dataset']} prompts "
-        f"(K = {st['samples']}, T = {st['temperature']}); per-completion score: {result['sample_score']} "
-        f"(mean {result['mean_sample_score']:.3f}); γ = "
-        + (str(st["gamma"]) if st["gamma"] is not None else "each run's own") + "; V in each run's own form.",
-        "",
-        "| model | V | Spearman(R, score) | Pearson(R, score) | Spearman within prompt | Spearman(R/len) | "
-        "Spearman(Σ log π) | within prompt (Σ log π) | Spearman(mean log π) | preference acc. (R) | "
-        "preference acc. (Σ log π) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, e in result["models"].items():
-        pref = e.get("preference", {})
-        lines.append(
-            f"| {label} | {e.get('iq_value', 'logits')} | {_f(e['reward']['spearman'])} | {_f(e['reward']['pearson'])} | "
-            f"{_f(e['reward']['spearman_within_prompt'])} ({e['reward']['prompts_with_variation']} prompts) | "
-            f"{_f(e['reward_per_token']['spearman'])} | {_f(e['logprob']['spearman'])} | "
-            f"{_f(e['logprob']['spearman_within_prompt'])} | "
-            f"{_f(e['logprob_per_token']['spearman'])} | {_f(pref.get('accuracy'))} | {_f(pref.get('accuracy_logprob'))} |"
-        )
-    if any("mean_R_correct" in e for e in result["models"].values()):
-        lines += ["", "| model | mean R, correct | mean R, wrong |", "|---|---|---|"]
-        lines += [f"| {label} | {_f(e.get('mean_R_correct'))} | {_f(e.get('mean_R_wrong'))} |"
-                  for label, e in result["models"].items()]
-    if st.get("preference"):
-        n = next((e["preference"]["n"] for e in result["models"].values() if "preference" in e), 0)
-        source = ("demonstrations: the reference completion (chosen) vs a wrong sample of the same prompt (rejected)"
-                  if st["preference"] == "demonstrations" else st["preference"])
-        lines += ["", f"Preference pairs: {n} from {source} (ties count one half)."]
-    correctness = any("mean_R_correct" in e for e in result["models"].values())
-    plot = "`reward_hist_*.png` (R of correct vs wrong)" if correctness else "`reward_scatter_*.png` (R vs score)"
-    lines += ["", f"Pictures: {plot}, `rewards_*.html` (tokens coloured by r_t)."]
-    return "\n".join(lines) + "\n"

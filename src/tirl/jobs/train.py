@@ -17,9 +17,9 @@ from pathlib import Path
 
 from trl import ModelConfig
 
+from ..data import DataError, load_rows, shared_data_dir, to_trl
+from ..files import safe_path, share_file_modes, write_json_atomic, write_text_atomic
 from . import rundir
-from .data import DataError, load_rows, shared_data_dir, to_trl
-from .files import safe_path, share_file_modes, write_json_atomic, write_text_atomic
 from .runinfo import rows_checksum, run_record
 
 # --method -> (config class, trainer class), named in `tirl.trainers` and imported only when a run starts, so that
@@ -36,7 +36,7 @@ def method_classes(method: str) -> tuple[type, type]:
     """The (config class, trainer class) of a `--method`."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    from . import trainers
+    from .. import trainers
 
     config_name, trainer_name = METHODS[method]
     return getattr(trainers, config_name), getattr(trainers, trainer_name)
@@ -218,7 +218,7 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
     first checkpoint leaves no directory behind; a full disk is a `RunDirError` naming the device, the file and the
     last complete checkpoint.
     """
-    from . import models
+    from .. import models
 
     config_class, trainer_class = method_classes(script.method)
     if not isinstance(config, config_class):
@@ -254,7 +254,7 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
         return _train(script, config, model_args, trainer_class, model, tokenizer, model_name,
                       train_rows, eval_rows, data_info, run_dir)
     except BaseException as e:
-        from .trainers.iqlearn_trainer import PARTIAL_PREFIX
+        from ..trainers.iqlearn_trainer import PARTIAL_PREFIX
 
         message = (rundir.write_failure(e, run_dir.path, staging_prefix=PARTIAL_PREFIX)
                    if isinstance(e, (OSError, RuntimeError)) else None)
@@ -292,8 +292,8 @@ def _train(script, config, model_args, trainer_class, model, tokenizer, model_na
     from transformers import TrainerCallback
     from trl import get_peft_config
 
-    from .plots import plot_training_curves
-    from .trainers.iqlearn_trainer import SOURCE_COLUMN
+    from ..plots import plot_training_curves
+    from ..trainers.iqlearn_trainer import SOURCE_COLUMN
 
     class ShareFileModes(TrainerCallback):
         """Checkpoint weights get the permissions of the checkpoint's other files (safetensors writes 0600)."""

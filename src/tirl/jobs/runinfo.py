@@ -1,4 +1,4 @@
-"""What a run directory records about itself (`run.json`): config, versions, git commit, data checksums."""
+"""What a training or evaluation run records about itself (`run.json`): config, versions, git commit, data checksums."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .files import jsonable
+from ..files import jsonable
 
 PACKAGES = ("tirl", "torch", "transformers", "trl", "accelerate", "peft", "datasets", "tokenizers", "sacrebleu", "rouge-score")
 

@@ -157,7 +157,7 @@ def plan_train_dir(path: str | Path, *, resume: bool, overwrite: bool, method: s
 def check_checkpoint_weights(checkpoint: str | Path) -> None:
     """Refuse to resume from a checkpoint whose weights are not readable safetensors (pickled `pytorch_model.bin`
     weights would go through `torch.load`)."""
-    from .models import ModelNotAvailableError, check_model_dir
+    from ..models import ModelNotAvailableError, check_model_dir
 
     try:
         check_model_dir(checkpoint)
