@@ -89,8 +89,9 @@ def worker(variant: str, args) -> dict:
         trainer.optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
         trainer.state.global_step += 1  # so `generate_every` sees a new optimizer step
-        gen = getattr(trainer, "last_step_timing", {}).get("generation_s", 0.0)
-        entry = trainer.sample_buffer.get(0) if hasattr(trainer, "sample_buffer") and len(trainer.sample_buffer) else None
+        sampler = getattr(trainer, "sampler", None)
+        gen = sampler.last_step_timing.get("generation_s", 0.0) if sampler is not None else 0.0
+        entry = sampler.buffer.get(0) if sampler is not None and len(sampler.buffer) else None
         if i >= args.warmup:
             steps.append(dt)
             gens.append(gen)

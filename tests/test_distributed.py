@@ -58,7 +58,7 @@ def fixed_completions(model, prompts):  # every prompt of the global batch gets 
         out.append([5 + (h * (i + 3)) % 60 for i in range(2 + h % 5)] + ([tok.eos_token_id] if h % 3 else []))
     return out
 
-tr.generate = fixed_completions
+tr.sampler.generate = fixed_completions
 tr.train()
 params = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
 if tr.accelerator.is_main_process:

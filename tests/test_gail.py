@@ -10,10 +10,11 @@ from datasets import Dataset
 
 from tirl import losses as L
 from tirl.data import load_rows, to_trl
-from tirl.discriminator import TokenDiscriminator, frozen_copy, truncated_trunk
 from tirl.losses import gail as A
 from tirl.trainers import GAILConfig, GAILTrainer
-from tirl.trainers.gail_trainer import optimizer_state_from_flat, optimizer_state_to_flat
+from tirl.trainers.checkpoints import optimizer_state_from_flat, optimizer_state_to_flat
+from tirl.trainers.discriminator import TokenDiscriminator, truncated_trunk
+from tirl.trainers.reference_model import frozen_copy
 
 EOS = 2
 
@@ -187,9 +188,11 @@ def test_discriminator_separates_expert_from_policy_on_a_tiny_run(tiny, tmp_path
 
 
 def _one_batch(tr):
+    """A micro-batch through GAIL's first two phases: policy samples mixed in, the discriminator's rewards."""
     batch = dict(next(iter(tr.get_train_dataloader())))
-    entry, _ = tr.rollout_for(tr.model, batch)
-    return tr.mix_inputs(tr.model, batch, entry), entry
+    batch, sample = tr.sampler.next_batch(tr.model, batch, tr.state.global_step)
+    batch["gail_reward"], batch["gail_ref_logprob"] = tr.discriminator_step(batch)
+    return batch, sample.entry
 
 
 def test_reward_flows_into_the_policy_gradient(tiny, tmp_path):
@@ -199,8 +202,7 @@ def test_reward_flows_into_the_policy_gradient(tiny, tmp_path):
     model = model.double()
     tr = GAILTrainer(model, gail_args(tmp_path, mle_weight=0.0, gail_kl_coef=0.0, gail_disc_steps=3, max_new_tokens=12,
                                       gail_disc_learning_rate=1e-2), train_dataset=trl_rows(tok), processing_class=tok)
-    batch, entry = _one_batch(tr)
-    tr._current_entry = entry
+    batch, _ = _one_batch(tr)
     reward = batch["gail_reward"]
     assert torch.count_nonzero(reward[batch["is_expert"]]) == 0 and torch.count_nonzero(reward) > 0
     params = [p for p in tr.model.parameters() if p.requires_grad]
@@ -238,7 +240,7 @@ def test_gail_resume_restores_discriminator_optimizer_and_buffer(tiny, tmp_path)
                                                                           "optimizer.safetensors", "state.json"}
     head = {k: v.clone() for k, v in tr.discriminator.trainable_state_dict().items()}
     opt_state = tr.disc_optimizer.state_dict()["state"]
-    old_lp = tr.sample_buffer.get(0).extras["old_logprob"].clone()
+    old_lp = tr.sampler.buffer.get(0).extras["old_logprob"].clone()
 
     tr2 = GAILTrainer(copy.deepcopy(model), gail_args(tmp_path, **{**kw, "max_steps": 2}), train_dataset=ds,
                       processing_class=tok)
@@ -250,7 +252,7 @@ def test_gail_resume_restores_discriminator_optimizer_and_buffer(tiny, tmp_path)
         load(checkpoint_dir)
         restored["head"] = {k: v.clone() for k, v in tr2.discriminator.trainable_state_dict().items()}
         restored["opt"] = copy.deepcopy(tr2.disc_optimizer.state_dict()["state"])
-        restored["old_lp"] = tr2.sample_buffer.get(0).extras["old_logprob"].clone()
+        restored["old_lp"] = tr2.sampler.buffer.get(0).extras["old_logprob"].clone()
 
     tr2.load_extra_state = spy
     tr2.train(resume_from_checkpoint=str(ckpt))
@@ -305,13 +307,13 @@ tr.train()
 flat = lambda ps: torch.cat([p.detach().flatten() for p in ps])[None]
 disc = tr.accelerator.gather(flat(tr.discriminator.trainable_parameters()))
 policy = tr.accelerator.gather(flat(tr.model.parameters()))
-prompt = torch.tensor(tr.sample_buffer.get(0).rollout.input_ids[0, :40])[None]
+prompt = torch.tensor(tr.sampler.buffer.get(0).rollout.input_ids[0, :40])[None]
 prompts = tr.accelerator.gather(torch.nn.functional.pad(prompt, (0, 40 - prompt.shape[1])))
 if tr.accelerator.is_main_process:
     print("RESULT " + json.dumps({"world": tr.accelerator.num_processes, "disc_same": torch.equal(disc[0], disc[1]),
                                   "policy_same": torch.equal(policy[0], policy[1]),
                                   "prompts_differ": not torch.equal(prompts[0], prompts[1]),
-                                  "slots": sorted(tr.sample_buffer.entries)}))
+                                  "slots": sorted(tr.sampler.buffer.entries)}))
 '''
 
 

@@ -10,7 +10,8 @@ from datasets import Dataset
 from tirl import losses as L
 from tirl.data import load_rows, to_trl
 from tirl.generation import left_pad, sample_completions
-from tirl.rollouts import (
+from tirl.trainers import IQLearnConfig, IQLearnTrainer, OnlineIQLearnConfig, OnlineIQLearnTrainer
+from tirl.trainers.rollouts import (
     Rollout,
     SampleBuffer,
     build_rollout,
@@ -18,7 +19,6 @@ from tirl.rollouts import (
     mix_batch,
     prompts_from_batch,
 )
-from tirl.trainers import IQLearnConfig, IQLearnTrainer, OnlineIQLearnConfig, OnlineIQLearnTrainer
 
 EOS = 2
 
@@ -312,7 +312,7 @@ def test_trainer_alpha_zero_is_offline_iqlearn(tiny, tmp_path):
     on.train()
     for a, b in zip(off.model.parameters(), on.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-12)
-    assert len(on.sample_buffer) == 0
+    assert len(on.sampler.buffer) == 0
 
 
 def test_trainer_mixes_flagged_policy_rows_with_correct_masks(tiny, tmp_path):
@@ -337,7 +337,7 @@ def test_trainer_mixes_flagged_policy_rows_with_correct_masks(tiny, tmp_path):
     assert torch.equal(seen["input_ids"][:B, :Le], expert_batch["input_ids"])  # expert rows untouched
     assert torch.equal(seen["labels"][:B, :Le], expert_batch["labels"])
     prompts = prompts_from_batch(expert_batch["input_ids"], expert_batch["attention_mask"], expert_batch["labels"])
-    entry = tr.sample_buffer.get(0)
+    entry = tr.sampler.buffer.get(0)
     for i in range(2):
         row_ids, row_labels, row_mask = seen["input_ids"][B + i], seen["labels"][B + i], seen["attention_mask"][B + i]
         n_prompt = int((row_labels == -100).int().argmin())  # first completion position
@@ -347,7 +347,7 @@ def test_trainer_mixes_flagged_policy_rows_with_correct_masks(tiny, tmp_path):
         assert tok.eos_token_id not in completion[:-1]  # nothing after the first EOS is an action
         assert entry.rollout.ended[i].item() == (completion[-1] == tok.eos_token_id)
         assert int(row_mask.sum()) == n_prompt + len(completion)  # padding after it is not attended
-    logged = tr._metrics["train"]
+    logged = tr.metrics.values("train")
     assert logged["policy_fraction"][-1] == pytest.approx(2 / (B + 2))
     assert {"reward/expert_mean", "reward/policy_mean", "time/generation"} <= set(logged)
 
@@ -377,7 +377,7 @@ def test_online_gradient_accumulation_matches_large_batch(tiny, tmp_path, reduct
                                   iq_lambda=0.2, iq_alpha=0.5, iq_gamma=0.9, iq_reduction=reduction,
                                   num_policy_samples=pdb, max_new_tokens=8)
         tr = OnlineIQLearnTrainer(copy.deepcopy(model), cfg, train_dataset=ds, processing_class=tok)
-        tr.generate = lambda model, prompts: fixed_completions(prompts, tok.eos_token_id)
+        tr.sampler.generate = lambda model, prompts: fixed_completions(prompts, tok.eos_token_id)
         seen = []
         original = tr.compute_loss
 
@@ -432,15 +432,15 @@ def test_resume_restores_the_sample_buffer(tiny, tmp_path):
     cfg = OnlineIQLearnConfig(**kw, iq_alpha=0.5, max_new_tokens=10, generate_every=4)
     tr = OnlineIQLearnTrainer(copy.deepcopy(model), cfg, train_dataset=ds, processing_class=tok)
     tr.train()
-    saved = tr.sample_buffer.get(0)
+    saved = tr.sampler.buffer.get(0)
     assert (tmp_path / "checkpoint-2" / "tirl_sample_buffer" / "rank-0.json").is_file()
 
     cfg2 = OnlineIQLearnConfig(**{**kw, "max_steps": 3}, iq_alpha=0.5, max_new_tokens=10, generate_every=4)
     tr2 = OnlineIQLearnTrainer(copy.deepcopy(model), cfg2, train_dataset=ds, processing_class=tok)
     calls = []
-    tr2.generate = lambda *a, **k: calls.append(1) or pytest.fail("resumed run regenerated instead of reusing")
+    tr2.sampler.generate = lambda *a, **k: calls.append(1) or pytest.fail("resumed run regenerated instead of reusing")
     tr2.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
-    restored = tr2.sample_buffer.get(0)
+    restored = tr2.sampler.buffer.get(0)
     assert restored.step == saved.step == 0 and restored.uses == saved.uses + 1
     assert torch.equal(restored.rollout.input_ids.cpu(), saved.rollout.input_ids.cpu())
     assert not calls
@@ -533,6 +533,7 @@ def test_vllm_path_is_wired_like_trl(tiny, tmp_path, monkeypatch):
     import inspect
 
     vg = importlib.import_module("trl.generation.vllm_generation")
+    generation = importlib.import_module("trl.generation")
     import_utils = importlib.import_module("trl.import_utils")
 
     real_signature = inspect.signature(vg.VLLMGeneration.__init__)
@@ -552,7 +553,7 @@ def test_vllm_path_is_wired_like_trl(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(import_utils, "is_vllm_available", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(vg, "VLLMGeneration", FakeVLLM)
+    monkeypatch.setattr(generation, "VLLMGeneration", FakeVLLM, raising=False)  # exported only with vLLM
     model, tok = tiny
     cfg = OnlineIQLearnConfig(**common_args(tmp_path, max_steps=1), use_vllm=True, vllm_mode="server", iq_alpha=0.5,
                               max_new_tokens=5)
@@ -561,5 +562,5 @@ def test_vllm_path_is_wired_like_trl(tiny, tmp_path, monkeypatch):
     assert (seen["init"]["repetition_penalty"], seen["init"]["min_p"], seen["init"]["top_k"]) == (1.0, 0.0, 0)
     tr.train()
     assert seen["synced"] == 1 and len(seen["prompts"]) == 2
-    r = tr.sample_buffer.get(0).rollout
+    r = tr.sampler.buffer.get(0).rollout
     assert r.ended.all() and (r.labels != -100).sum(-1).tolist() == [3, 3]  # cut after the EOS

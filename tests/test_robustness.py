@@ -22,8 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from tirl import models
 from tirl.data import load_rows, to_trl
 from tirl.files import safe_path
-from tirl.trainers import IQLearnConfig, IQLearnTrainer
-from tirl.trainers.iqlearn_trainer import NonFiniteLossError, NoTrainableTokensError
+from tirl.trainers import IQLearnConfig, IQLearnTrainer, NonFiniteLossError, NoTrainableTokensError
 
 
 def args(tmp_path, **kw):
@@ -57,6 +56,24 @@ def test_completion_cut_by_max_length_is_counted_as_truncated(tiny, tmp_path):
     ds = Dataset.from_list([{"prompt": "a", "completion": "b" * 200}, {"prompt": "a", "completion": "b"}])
     with pytest.warns(UserWarning, match=r"1 of 2 train completions do not end with EOS"):
         IQLearnTrainer(model, args(tmp_path, max_length=64), train_dataset=ds, processing_class=tok)
+
+
+def test_cut_completions_are_counted_with_the_eos_ids_the_loss_uses(tiny, tmp_path):
+    """The model's generation config may end episodes with more ids than the tokenizer's EOS; the loss treats them as
+    terminal, so a completion cut right after one is not truncated, and the warning must not count it (it used to,
+    because it looked only at the tokenizer while TRL prepared the data, before the trainer had the model)."""
+    model, tok = tiny
+    tok.chat_template = None  # plain "prompt + completion + EOS": the cut below lands exactly where intended
+    hash_id = tok("#")["input_ids"][0]
+    model.generation_config.eos_token_id = [tok.eos_token_id, hash_id]
+    n_prompt = len(tok("a")["input_ids"])
+    # max_length keeps 3 completion tokens: row 0 then ends with "#" (an EOS for the loss), row 1 with "3" (cut)
+    ds = Dataset.from_list([{"prompt": "a", "completion": "12#456"}, {"prompt": "a", "completion": "123456"}])
+    with pytest.warns(UserWarning, match=r"1 of 2 train completions do not end with EOS"):
+        tr = IQLearnTrainer(model, args(tmp_path, max_length=n_prompt + 3), train_dataset=ds, processing_class=tok)
+    assert hash_id in tr.eos_token_ids
+    ends = [[t for t in row if t != -100][-1] for row in tr.train_dataset["labels"]]
+    assert ends == [hash_id, tok("3")["input_ids"][0]]
 
 
 def test_standard_completion_without_eos_gets_eos_appended(tiny, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from tirl.jobs import rundir
 from tirl.jobs.rundir import RunDirError, plan_train_dir
-from tirl.trainers.iqlearn_trainer import PARTIAL_PREFIX as STAGING
+from tirl.trainers.checkpoints import PARTIAL_PREFIX as STAGING
 
 
 def fake_run(path: Path, method="iqlearn", model="tiny-llama", sha="a" * 64, checkpoints=(10, 20)):

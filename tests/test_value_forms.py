@@ -271,9 +271,9 @@ def test_online_reference_values_cover_policy_rows(tiny, tmp_path):
                                iq_lambda=0.1)
     tr = OnlineIQLearnTrainer(copy.deepcopy(model), args, train_dataset=ds, processing_class=tok)
     batch = first_batch(tr)
-    entry, _ = tr.rollout_for(tr.model, batch)
-    assert reference.COLUMN in entry.extras
-    mixed = tr.mix_inputs(tr.model, batch, entry)
+    entry = tr.sampler.rollout_for(tr.model, batch, step=0).entry
+    assert reference.COLUMN in entry.extras  # recorded when the samples were drawn
+    mixed = tr.sampler.mix(batch, entry)
     assert mixed[reference.COLUMN].shape == mixed["input_ids"].shape
     mixed.pop("is_expert")
     qv = tr.compute_qv(tr.model, mixed)

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     from tirl.jobs.rundir import RunDirError, last_checkpoint
     from tirl.jobs.train import OptionError, run
     from tirl.models import ModelNotAvailableError
-    from tirl.trainers.iqlearn_trainer import NonFiniteLossError, NoTrainableTokensError
+    from tirl.trainers import NonFiniteLossError, NoTrainableTokensError
 
     try:
         result = run(script, config, model_args)

@@ -254,7 +254,7 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
         return _train(script, config, model_args, trainer_class, model, tokenizer, model_name,
                       train_rows, eval_rows, data_info, run_dir)
     except BaseException as e:
-        from ..trainers.iqlearn_trainer import PARTIAL_PREFIX
+        from ..trainers.checkpoints import PARTIAL_PREFIX
 
         message = (rundir.write_failure(e, run_dir.path, staging_prefix=PARTIAL_PREFIX)
                    if isinstance(e, (OSError, RuntimeError)) else None)
@@ -293,7 +293,7 @@ def _train(script, config, model_args, trainer_class, model, tokenizer, model_na
     from trl import get_peft_config
 
     from ..plots import plot_training_curves
-    from ..trainers.iqlearn_trainer import SOURCE_COLUMN
+    from ..trainers.dataset_report import SOURCE_COLUMN
 
     class ShareFileModes(TrainerCallback):
         """Checkpoint weights get the permissions of the checkpoint's other files (safetensors writes 0600)."""

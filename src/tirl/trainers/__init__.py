@@ -1,21 +1,41 @@
-"""Trainers: TRL trainer subclasses whose `compute_loss` calls into `tirl.losses` / `tirl.losses.gail`."""
+"""Trainers: TRL `SFTTrainer` subclasses whose `compute_loss` calls into `tirl.losses`, one config per trainer.
 
+    IQLearnConfig / IQLearnTrainer              offline IQLearn (TD-regularised MLE); `iq_lambda=0` is TRL's SFT
+    OnlineIQLearnConfig / OnlineIQLearnTrainer  IQLearn on expert rows mixed with the model's own samples
+    GAILConfig / GAILTrainer                    discriminator reward + PPO-clip policy gradient + MLE
+
+The trainers share a small base (`TirlTrainer`: Q and V, loss normalisation, metrics, checkpoints) and are built by
+composition: the online ones own a `RolloutSampler`, GAIL a discriminator and a frozen reference policy. The configs
+are flat siblings composed of the option groups in `tirl.trainers.arguments`, each holding only its trainer's options.
+"""
+
+from .arguments import QVArguments, SamplingArguments, TDArguments, VLLMArguments
+from .base import NonFiniteLossError, TirlTrainer
+from .checkpoints import PARTIAL_PREFIX
+from .dataset_report import SOURCE_COLUMN, NoTrainableTokensError
 from .gail_config import GAILConfig
 from .gail_trainer import GAILTrainer
 from .iqlearn_config import IQLearnConfig
 from .iqlearn_trainer import IQLearnTrainer
 from .online_iqlearn_config import OnlineIQLearnConfig
 from .online_iqlearn_trainer import OnlineIQLearnTrainer
-from .rollout_config import RolloutConfig
-from .rollout_trainer import RolloutTrainer
+from .sampler import RolloutSampler
 
 __all__ = [
+    "PARTIAL_PREFIX",
+    "SOURCE_COLUMN",
     "GAILConfig",
     "GAILTrainer",
     "IQLearnConfig",
     "IQLearnTrainer",
+    "NoTrainableTokensError",
+    "NonFiniteLossError",
     "OnlineIQLearnConfig",
     "OnlineIQLearnTrainer",
-    "RolloutConfig",
-    "RolloutTrainer",
+    "QVArguments",
+    "RolloutSampler",
+    "SamplingArguments",
+    "TDArguments",
+    "TirlTrainer",
+    "VLLMArguments",
 ]

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .rollout_config import RolloutConfig
+from trl import SFTConfig
+
+from .arguments import QVArguments, SamplingArguments, default_to_cpu
 
 
 @dataclass
-class GAILConfig(RolloutConfig):
+class GAILConfig(SamplingArguments, QVArguments, SFTConfig):
     r"""
-    Configuration for [`GAILTrainer`]: every `IQLearnConfig` option, the sampling options of `RolloutConfig`, and GAIL's
-    discriminator and policy-gradient options (maths in `tirl.losses.gail`):
+    Configuration for [`GAILTrainer`]: every `SFTConfig` option, how Q and V are read (`iq_chunk_size`, `iq_value`,
+    `iq_gamma`, `iq_reduction`; see `IQLearnConfig`), the sampling options (`SamplingArguments`, vLLM included), and
+    GAIL's expert-term, discriminator and policy-gradient options (maths in `tirl.losses.gail`):
 
         loss = mle_weight · L_expert + gail_pg_coef · L_PG
 
     L_expert is the offline IQLearn loss on the expert rows with λ = `iq_lambda`, which defaults to 0 here (plain MLE,
     the paper's GAIL + MLE). L_PG is PPO-clip on the policy samples with the discriminator reward r_t = log D − log(1−D),
-    discounted by `iq_gamma`; with `generate_every=1` it is exactly REINFORCE with a baseline.
+    discounted by `iq_gamma`; with `generate_every=1` it is exactly REINFORCE with a baseline. The IQLearn-only options
+    (`iq_stop_grad_next`, `iq_lambda_warmup_steps`, `entropy_coef`, `iq_alpha`, `iq_policy_terms`) are not GAIL's.
 
     Parameters:
+        iq_lambda (`float`, defaults to `0.0`):
+            λ of the expert term: 0 = plain MLE on the expert rows; > 0 adds the IQLearn TD term λ·E[r²].
         mle_weight (`float`, defaults to `1.0`):
             Weight of the expert (MLE, or IQLearn when iq_lambda > 0) term; the paper uses 1.
         gail_disc_model (`str` or `None`, defaults to `None`):
@@ -84,8 +90,11 @@ class GAILConfig(RolloutConfig):
     )
 
     def __post_init__(self):
+        default_to_cpu(self)
         super().__post_init__()
-        for name in ("mle_weight", "gail_disc_learning_rate", "gail_pg_coef", "gail_clip_eps", "gail_kl_coef",
+        self.check_qv()
+        self.check_sampling()
+        for name in ("iq_lambda", "mle_weight", "gail_disc_learning_rate", "gail_pg_coef", "gail_clip_eps", "gail_kl_coef",
                      "gail_entropy_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

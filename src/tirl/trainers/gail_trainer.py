@@ -1,34 +1,40 @@
 """`GAILTrainer`: adversarial imitation (token discriminator + PPO-clip policy gradient) plus MLE (METHOD.md §2).
 
-Per micro-batch (maths in `tirl.losses.gail`):
+One micro-batch is three phases, written out in `training_step` (maths in `tirl.losses.gail`):
 
-    1. policy samples for the batch's prompts (regenerated every `generate_every` steps; `RolloutTrainer`)
-    2. discriminator: trunk states of expert and policy rows, `gail_disc_steps` AdamW steps on the balanced BCE
-       (its own optimizer, outside the policy's), then rewards r_t = log D − log(1−D) for the policy tokens
-    3. reference log-probabilities log π_ref of the policy tokens under the frozen initial model (for the KL)
-    4. one forward of the policy on expert + policy rows:
-         loss = mle_weight · L_IQ(expert rows; λ = iq_lambda, 0 = MLE) + gail_pg_coef · L_PG(policy rows)
+    1. samples        the batch's policy samples, from the trainer's `RolloutSampler` (drawn for the whole optimizer
+                      step before its first forward, regenerated every `generate_every` steps; when samples will be
+                      reused, their log π_old is recorded when they are drawn)
+    2. discriminator  trunk states of expert and policy rows, `gail_disc_steps` AdamW steps of its own optimizer on the
+                      balanced BCE; then the rewards r_t = log D − log(1−D) of the policy tokens and log π_ref of every
+                      token under the frozen initial policy (for the KL)
+    3. policy         `Trainer.training_step` on expert + policy rows, whose `compute_loss` is
+                        loss = mle_weight · L_IQ(expert rows; λ = iq_lambda, 0 = MLE) + gail_pg_coef · L_PG(policy rows)
 
 The policy-gradient choice: PPO-clip on REINFORCE returns with a scalar baseline (no value network). With fresh samples
-(`generate_every=1`) the ratio is 1 and this *is* REINFORCE with a baseline; when samples are reused, the ratio to the
-log-probabilities recorded at their first use keeps the stale steps off-policy-correct and clipped. The KL penalty
-and the entropy bonus are reward terms (see `tirl.losses.gail`).
+(`generate_every=1`) the ratio is 1 (π_old is the policy's own log-probability, detached) and this *is* REINFORCE with
+a baseline; when samples are reused, the ratio to the log-probabilities recorded when they were drawn keeps the stale
+steps off-policy-correct and clipped. The KL penalty and the entropy bonus are reward terms (see `tirl.losses.gail`).
 
-The discriminator, its optimizer and the sample buffer (with the recorded log-probabilities) are saved in each
-checkpoint (`tirl_discriminator/`, safetensors + JSON) and restored on resume.
+The frozen initial policy (`ref_model`) is prepared as TRL's GRPO prepares its reference model
+(`tirl.trainers.reference_model`), and by default is also the discriminator's trunk. The discriminator, its optimizer
+and the sample buffer (with the recorded log-probabilities) are saved in each checkpoint (`tirl_discriminator/`,
+safetensors + JSON) and restored on resume.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from ..discriminator import TokenDiscriminator, frozen_copy, truncated_trunk
+from .. import models
 from ..files import write_atomic, write_text_atomic
-from ..losses import masked_mean, qv_from_hidden, restrict_rows, shift_labels
+from ..losses import masked_mean, restrict_rows, shift_labels
 from ..losses.gail import (
     advantages,
     discounted_returns,
@@ -39,24 +45,30 @@ from ..losses.gail import (
     ppo_clip_loss,
     shaped_rewards,
 )
-from ..rollouts import BufferEntry
+from ..qv import reference
+from .base import TirlTrainer
+from .checkpoints import optimizer_state_from_flat, optimizer_state_to_flat
+from .discriminator import TokenDiscriminator, truncated_trunk
 from .gail_config import GAILConfig
-from .rollout_trainer import RolloutTrainer
+from .reference_model import frozen_copy, full_parameters, prepare_reference, reference_logprobs, reference_values
+from .rollouts import policy_rows_to_batch
+from .sampler import RolloutSampler
 
 DISC_DIR = "tirl_discriminator"
+OLD_LOGPROB = "old_logprob"  # what the sampler records about each sample for the PPO ratio: log π_old [N, Lr − 1]
 
 
-class GAILTrainer(RolloutTrainer):
+class GAILTrainer(TirlTrainer):
     """GAIL with a token discriminator and an MLE term; see the module docstring for one step.
 
     `discriminator` (optional) replaces the one built from the config (`gail_disc_*` options); it must map
-    (input_ids, attention_mask) to per-action logits like `tirl.discriminator.TokenDiscriminator`.
+    (input_ids, attention_mask) to per-action logits like `tirl.trainers.discriminator.TokenDiscriminator`.
 
-    Logs, besides `IQLearnTrainer`'s metrics on the expert rows (`mle_loss`, `entropy`, ...): `disc_loss`,
+    Logs, besides the offline metrics on the expert rows (`mle_loss`, `entropy`, ...): `disc_loss`,
     `disc_accuracy` (balanced, measured on each micro-batch *before* the discriminator trains on it),
     `disc_accuracy/expert`, `disc_accuracy/policy`, `reward/policy_mean`, `reward/expert_mean`, `kl_to_initial`
     (k3 estimate of KL(π‖π_ref) on the policy samples), `pg_loss`, `pg_clip_fraction`, `policy/entropy`, and the
-    sampling metrics of `RolloutTrainer`. Evaluation reports the expert-row loss (MLE when iq_lambda = 0).
+    sampling metrics of `RolloutSampler`. Evaluation reports the expert-row loss (MLE when iq_lambda = 0).
     """
 
     _tag_names = ["trl", "sft", "tirl", "gail"]
@@ -74,19 +86,30 @@ class GAILTrainer(RolloutTrainer):
                 f"{a.temperature}, top_k={a.top_k}, top_p={a.top_p}: the gradient is then biased.",
                 stacklevel=2,
             )
-        device = self.accelerator.device
+        # the initial policy, frozen: the KL reference and, by default, the discriminator's trunk (shared, so built
+        # from the copy before the copy is prepared)
+        ref = frozen_copy(self.accelerator.unwrap_model(self.model))
         self._disc_shares_ref_trunk = False
-        self.discriminator = (discriminator if discriminator is not None else self._build_discriminator()).to(device)
+        self.discriminator = (discriminator if discriminator is not None else self._build_discriminator(ref))
+        self.discriminator.to(self.accelerator.device)
+        self.ref_model = prepare_reference(ref, self.accelerator, deepspeed=self.is_deepspeed_enabled,
+                                           fsdp=self.is_fsdp_enabled)
         params = [p for p in self.discriminator.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the discriminator has no trainable parameter")
         self.disc_optimizer = torch.optim.AdamW(params, lr=a.gail_disc_learning_rate, weight_decay=0.0)
+        record = {}
+        if a.iq_value == "reference":  # LSE_θ0 at the samples' states (the expert rows have theirs precomputed)
+            record[reference.COLUMN] = self._reference_values
+        if a.generate_every > 1:  # samples are reused: their π_old is the policy that drew them
+            record[OLD_LOGPROB] = self._policy_logprobs
+        self.sampler = RolloutSampler(a, self.accelerator, self.processing_class, self.eos_token_ids,
+                                      self.num_policy_samples, record=record, model=self.model)
 
-    def _build_discriminator(self) -> TokenDiscriminator:
+    def _build_discriminator(self, ref: torch.nn.Module) -> TokenDiscriminator:
+        """The discriminator of the `gail_disc_*` options; `ref` is the frozen initial policy (not yet prepared)."""
         a = self.args
         if a.gail_disc_model:
-            from .. import models
-
             lm, _ = models.load(a.gail_disc_model)
             policy_vocab = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
             if lm.config.get_text_config().vocab_size != policy_vocab:
@@ -96,43 +119,53 @@ class GAILTrainer(RolloutTrainer):
                 )
             trunk = lm.base_model
         elif a.gail_disc_train_trunk:
-            trunk = frozen_copy(self.ref_model).base_model  # a separate copy: training it must not move the reference
+            trunk = frozen_copy(ref).base_model  # a separate copy: training it must not move the reference
         else:
-            trunk = self.ref_model.base_model
+            trunk = ref.base_model
             self._disc_shares_ref_trunk = a.gail_disc_num_layers is None
         if a.gail_disc_num_layers is not None:
             trunk = truncated_trunk(trunk, a.gail_disc_num_layers)
         hidden = trunk.config.get_text_config().hidden_size
         return TokenDiscriminator(trunk, hidden, head_hidden=a.gail_disc_head_hidden, train_trunk=a.gail_disc_train_trunk)
 
-    def needs_reference_model(self) -> bool:
-        return True  # the KL reference and, by default, the discriminator's trunk
-
     def num_policy_samples(self, batch_size: int) -> int:
         """One completion per prompt of the micro-batch unless `num_policy_samples` is set."""
         return self.args.num_policy_samples if self.args.num_policy_samples is not None else batch_size
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Discriminator step and per-token rewards (before the policy's forward)
+    # What the sampler records about fresh samples
 
-    def mix_inputs(self, model, inputs: dict, entry: BufferEntry) -> dict:
-        batch = super().mix_inputs(model, inputs, entry)
-        reward, ref_logprob = self.discriminator_step(batch)
-        batch["gail_reward"] = reward
-        batch["gail_ref_logprob"] = ref_logprob
-        old = entry.extras.get("old_logprob")
-        if old is not None:
-            batch["gail_old_logprob"] = self._to_batch_layout(old, batch)
-        return batch
+    def _reference_values(self, model, rollout) -> torch.Tensor:
+        return reference_values(self.ref_model, self.accelerator, rollout, chunk_size=max(self.args.iq_chunk_size, 256))
 
-    @staticmethod
-    def _to_batch_layout(policy_tokens: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Per-token values of the policy rows ([N, Lr − 1]) placed in the mixed batch's layout ([B + N, L − 1])."""
-        total, L = batch["input_ids"].shape
-        out = torch.zeros(total, L - 1, dtype=policy_tokens.dtype, device=batch["input_ids"].device)
-        n, lr = policy_tokens.shape
-        out[total - n :, :lr] = policy_tokens.to(out.device)
-        return out
+    @torch.no_grad()
+    def _policy_logprobs(self, model, rollout) -> torch.Tensor:
+        """log π_old(a_t|s_t) of the sampled tokens ([N, Lr − 1]) under the policy that drew them, in the training
+        step's precision: what the PPO ratio of a reused sample divides by."""
+        batch = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask, "labels": rollout.labels,
+                 "use_cache": False}
+        with self.accelerator.autocast():
+            return self.forward_qv(model, batch).logprob.detach()
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # One micro-batch: samples, discriminator, policy
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
+        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self.add_policy_counts(self.sampler.draw_step(self.model_wrapped, batches, self.state.global_step))
+        return batches, num_items_in_batch
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        start = time.perf_counter()
+        batch, sample = self.sampler.next_batch(model, inputs, self.state.global_step)  # 1. samples
+        if sample.entry is not None:
+            batch["gail_reward"], batch["gail_ref_logprob"] = self.discriminator_step(batch)  # 2. discriminator
+            old = sample.entry.extras.get(OLD_LOGPROB)
+            if old is not None:
+                batch["gail_old_logprob"] = policy_rows_to_batch(old, batch)
+        loss = super().training_step(model, batch, num_items_in_batch)  # 3. policy
+        self.sampler.log_step(sample, time.perf_counter() - start, self.metrics)
+        return loss
 
     def discriminator_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Train the discriminator on this micro-batch; return the rewards and reference log-probs ([B + N, T − 1])."""
@@ -145,7 +178,8 @@ class GAILTrainer(RolloutTrainer):
         policy_mask = in_mdp & ~is_expert[:, None]
         trunk_inputs = (batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
         disc.train()
-        with self.accelerator.autocast():
+        # the reference's parameters whole for the phase: it may be the discriminator's trunk, and it gives log π_ref
+        with self.accelerator.autocast(), full_parameters(self.ref_model):
             hidden = None
             if not disc.train_trunk:
                 with torch.no_grad():
@@ -164,7 +198,9 @@ class GAILTrainer(RolloutTrainer):
                 h = hidden if hidden is not None else disc.hidden_states(*trunk_inputs)
                 logits = disc.logits_from_hidden(h)
                 after = discriminator_stats(logits, expert_mask, policy_mask)
-                ref_logprob = self._ref_logprobs(batch, hidden if self._disc_shares_ref_trunk else None)
+                ref_logprob = reference_logprobs(self.ref_model, self.accelerator, batch,
+                                                 hidden if self._disc_shares_ref_trunk else None,
+                                                 chunk_size=max(self.args.iq_chunk_size, 256))
         self._record_disc_metrics(before, after)
         return (logits * policy_mask).detach(), ref_logprob
 
@@ -176,30 +212,14 @@ class GAILTrainer(RolloutTrainer):
                 if p.grad is not None:
                     p.grad = self.accelerator.reduce(p.grad, reduction="mean")
 
-    @torch.no_grad()
-    def _ref_logprobs(self, batch: dict, ref_hidden: torch.Tensor | None) -> torch.Tensor:
-        """log π_ref(a_t|s_t) for every action of the batch, from the frozen initial model ([B + N, T − 1])."""
-        ref = self.ref_model
-        if ref_hidden is None:
-            ref_hidden = ref.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                        position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
-        head = ref.get_output_embeddings()
-        qv = qv_from_hidden(ref_hidden, head.weight, batch["labels"], chunk_size=max(self.args.iq_chunk_size, 256),
-                            bias=getattr(head, "bias", None))
-        return qv.logprob.detach()
-
     def _record_disc_metrics(self, before, after) -> None:
         gather = self.accelerator.gather
         vals = torch.stack([before.loss, before.accuracy, before.expert_accuracy, before.policy_accuracy,
                             after.policy_reward, after.expert_reward]).double().reshape(1, -1)
         g = gather(vals.to(self.accelerator.device)).reshape(-1, 6).mean(0)
-        m = self._metrics["train"]
-        m["disc_loss"].append(g[0].item())
-        m["disc_accuracy"].append(g[1].item())
-        m["disc_accuracy/expert"].append(g[2].item())
-        m["disc_accuracy/policy"].append(g[3].item())
-        m["reward/policy_mean"].append(g[4].item())
-        m["reward/expert_mean"].append(g[5].item())
+        self.metrics.add("train", **{"disc_loss": g[0].item(), "disc_accuracy": g[1].item(),
+                                     "disc_accuracy/expert": g[2].item(), "disc_accuracy/policy": g[3].item(),
+                                     "reward/policy_mean": g[4].item(), "reward/expert_mean": g[5].item()})
 
     # ----------------------------------------------------------------------------------------------------------------
     # The policy's loss
@@ -217,12 +237,11 @@ class GAILTrainer(RolloutTrainer):
         qv = self.compute_qv(model, inputs)
         expert_qv = restrict_rows(qv, is_expert)
         counts = self.loss_counts(inputs, num_items_in_batch, is_expert)
-        expert = self.iq_loss(expert_qv, num_items_in_batch, counts)
+        expert = self.offline_loss(expert_qv, num_items_in_batch, counts)
 
         policy_mask = qv.mask & ~is_expert[:, None]
         logprob = qv.logprob  # [B + N, T − 1], differentiable
-        first_use = old_logprob is None
-        old = logprob.detach() if first_use else old_logprob
+        old = logprob.detach() if old_logprob is None else old_logprob  # fresh samples: π_old is π itself
         shaped = shaped_rewards(reward, old, ref_logprob, kl_coef=a.gail_kl_coef, entropy_coef=a.gail_entropy_coef)
         returns = discounted_returns(shaped * policy_mask, policy_mask, a.iq_gamma)
         adv = advantages(returns, policy_mask, normalize=a.gail_normalize_advantages)
@@ -232,12 +251,7 @@ class GAILTrainer(RolloutTrainer):
                          counts.get("policy_tokens" if a.iq_reduction == "token" else "policy_sequences"))
         loss = self.finalize_loss(mode, a.mle_weight * expert.loss + a.gail_pg_coef * pg, expert, num_items_in_batch)
 
-        if first_use and self._current_entry is not None:  # record π_old for later reuses of these samples
-            n = int((~is_expert).sum())
-            lr = self._current_entry.rollout.input_ids.shape[1]
-            self._current_entry.extras["old_logprob"] = logprob.detach()[-n:, : lr - 1].clone()
-
-        self._record_metrics(mode, expert_qv, expert, inputs)
+        self.record_loss_metrics(mode, expert_qv, expert, inputs)
         with torch.no_grad():
             kl = kl_estimate(logprob.detach(), ref_logprob, policy_mask)
             n_pol = policy_mask.sum()
@@ -246,11 +260,8 @@ class GAILTrainer(RolloutTrainer):
                                  pol_entropy.double(), n_pol.double()]).reshape(1, -1)
         g = self.accelerator.gather(local).reshape(-1, 5).sum(0)
         n = g[4].clamp(min=1)
-        m = self._metrics[mode]
-        m["pg_loss"].append((g[0] / n).item())
-        m["kl_to_initial"].append((g[1] / n).item())
-        m["pg_clip_fraction"].append((g[2] / n).item())
-        m["policy/entropy"].append((g[3] / n).item())
+        self.metrics.add(mode, **{"pg_loss": (g[0] / n).item(), "kl_to_initial": (g[1] / n).item(),
+                                  "pg_clip_fraction": (g[2] / n).item(), "policy/entropy": (g[3] / n).item()})
         return loss
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -258,10 +269,9 @@ class GAILTrainer(RolloutTrainer):
 
     def save_extra_state(self, checkpoint_dir: str) -> None:
         super().save_extra_state(checkpoint_dir)
+        self.sampler.save(checkpoint_dir)
         if not self.args.should_save:  # replicas are identical: the main process writes them
             return
-        from safetensors.torch import save_file
-
         d = os.path.join(checkpoint_dir, DISC_DIR)
         weights = {k: v.contiguous().cpu() for k, v in self.discriminator.trainable_state_dict().items()}
         write_atomic(os.path.join(d, "discriminator.safetensors"), lambda tmp: save_file(weights, tmp))
@@ -272,8 +282,7 @@ class GAILTrainer(RolloutTrainer):
 
     def load_extra_state(self, checkpoint_dir: str) -> None:
         super().load_extra_state(checkpoint_dir)
-        from safetensors.torch import load_file
-
+        self.sampler.load(checkpoint_dir)
         d = os.path.join(checkpoint_dir, DISC_DIR)
         if not os.path.isfile(os.path.join(d, "state.json")):
             warnings.warn(f"{checkpoint_dir} has no saved discriminator; it starts again from its initial state.",
@@ -293,31 +302,4 @@ class GAILTrainer(RolloutTrainer):
         self.disc_optimizer.load_state_dict(optimizer_state_from_flat(tensors, meta))
 
 
-def optimizer_state_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """A torch optimizer `state_dict` as safetensors-ready tensors plus JSON-ready metadata (no pickle).
-
-    Tensors are named `state.<param id>.<key>`; non-tensor per-parameter values and `param_groups` go to the JSON.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict] = {}
-    for pid, entry in state["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{pid}.{key}"] = value.detach().contiguous().cpu()
-            else:
-                scalars.setdefault(str(pid), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars, "format": 1}
-
-
-def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    """Inverse of `optimizer_state_to_flat`."""
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = value
-    for pid, values in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(values)
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-__all__ = ["GAILTrainer", "optimizer_state_from_flat", "optimizer_state_to_flat"]
+__all__ = ["DISC_DIR", "OLD_LOGPROB", "GAILTrainer"]

@@ -1,26 +1,16 @@
-"""`IQLearnConfig`: TRL's `SFTConfig` plus the IQLearn knobs (METHOD.md §2)."""
+"""`IQLearnConfig`: TRL's `SFTConfig` plus the offline IQLearn options (METHOD.md §2)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from trl import SFTConfig
 
-
-def accelerator_available() -> bool:
-    """Whether any non-CPU device transformers can train on is present."""
-    if torch.cuda.is_available():
-        return True
-    xpu = getattr(torch, "xpu", None)
-    if xpu is not None and xpu.is_available():
-        return True
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
+from .arguments import QVArguments, TDArguments, default_to_cpu
 
 
 @dataclass
-class IQLearnConfig(SFTConfig):
+class IQLearnConfig(TDArguments, QVArguments, SFTConfig):
     r"""
     Configuration for [`IQLearnTrainer`]: every `SFTConfig` / `TrainingArguments` option, plus the offline IQLearn
     objective  L = E[−log π(a_t|s_t)] + λ·E[r_t²],  r_t = Q(s_t,a_t) − γ·V(s_{t+1})  (METHOD.md §2).
@@ -62,42 +52,6 @@ class IQLearnConfig(SFTConfig):
             completion tokens. Combine with `iq_lambda=0` (`--method mle`) for the baseline itself.
     """
 
-    iq_lambda: float = field(
-        default=0.01,
-        metadata={"help": "λ: weight of the TD (χ²) term E[r_t²] added to the MLE loss. 0 = plain MLE/SFT."},
-    )
-    iq_gamma: float = field(
-        default=0.99,
-        metadata={"help": "γ: discount in the implicit reward r_t = Q(s_t,a_t) − γ·V(s_{t+1})."},
-    )
-    iq_chunk_size: int = field(
-        default=1024,
-        metadata={
-            "help": "Rows per chunk of the LM-head loss that never builds [batch, seq, vocab] logits; 0 = use the "
-            "model's full logits (reference path)."
-        },
-    )
-    iq_reduction: str = field(
-        default="token",
-        metadata={
-            "help": "How token terms are averaged: 'token' (over all completion tokens, like SFT) or 'sequence' "
-            "(per-sequence mean, then mean over sequences).",
-            "choices": ["token", "sequence"],
-        },
-    )
-    iq_stop_grad_next: bool = field(
-        default=False,
-        metadata={"help": "Stop the gradient through V(s_{t+1}) in the TD term (ablation)."},
-    )
-    iq_value: str = field(
-        default="logits",
-        metadata={
-            "help": "Parameterisation of V(s): 'logits' (V = logsumexp of the logits), 'reference' (V = logsumexp "
-            "minus the starting model's, so V = 0 at the start) or 'head' (a zero-initialised scalar head on the "
-            "final hidden state). The policy is the model's softmax in every form.",
-            "choices": ["logits", "reference", "head"],
-        },
-    )
     iq_lambda_warmup_steps: int = field(
         default=0,
         metadata={"help": "Ramp λ linearly from 0 (MLE) to iq_lambda over this many steps (0 = no warm-up)."},
@@ -108,19 +62,10 @@ class IQLearnConfig(SFTConfig):
     )
 
     def __post_init__(self):
-        if not self.use_cpu and not accelerator_available():
-            self.use_cpu = True
+        default_to_cpu(self)
         super().__post_init__()
-        if self.iq_lambda < 0:
-            raise ValueError(f"iq_lambda must be >= 0, got {self.iq_lambda}")
-        if not 0.0 <= self.iq_gamma <= 1.0:
-            raise ValueError(f"iq_gamma must be in [0, 1], got {self.iq_gamma}")
-        if self.iq_chunk_size < 0:
-            raise ValueError(f"iq_chunk_size must be >= 0 (0 = unchunked), got {self.iq_chunk_size}")
-        if self.iq_reduction not in ("token", "sequence"):
-            raise ValueError(f"iq_reduction must be 'token' or 'sequence', got {self.iq_reduction!r}")
-        if self.iq_value not in ("logits", "reference", "head"):
-            raise ValueError(f"iq_value must be 'logits', 'reference' or 'head', got {self.iq_value!r}")
+        self.check_td()
+        self.check_qv()
         if self.iq_lambda_warmup_steps < 0:
             raise ValueError(f"iq_lambda_warmup_steps must be >= 0, got {self.iq_lambda_warmup_steps}")
         if self.entropy_coef < 0:

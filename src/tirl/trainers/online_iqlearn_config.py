@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .rollout_config import RolloutConfig
+from trl import SFTConfig
 
-POLICY_TERMS = ("both", "td", "value")
+from .arguments import POLICY_TERMS, QVArguments, SamplingArguments, TDArguments, default_to_cpu
 
 
 @dataclass
-class OnlineIQLearnConfig(RolloutConfig):
+class OnlineIQLearnConfig(SamplingArguments, TDArguments, QVArguments, SFTConfig):
     r"""
-    Configuration for [`OnlineIQLearnTrainer`]: every `IQLearnConfig` option, the sampling options of `RolloutConfig`,
-    and the online mixture
+    Configuration for [`OnlineIQLearnTrainer`]: every `SFTConfig` option, how Q and V are read (`iq_chunk_size`,
+    `iq_value`, `iq_gamma`, `iq_reduction`), the TD term (`iq_lambda`, `iq_stop_grad_next`; see `IQLearnConfig`), the
+    sampling options (`SamplingArguments`, vLLM included), and the online mixture
 
         L_on = −E_E[r_t] + E_mix[V(s_t) − γ·V(s_{t+1})] + λ·E_mix[r_t²],   E_mix = (1−α)·E_E + α·E_π
 
@@ -42,7 +43,11 @@ class OnlineIQLearnConfig(RolloutConfig):
     )
 
     def __post_init__(self):
+        default_to_cpu(self)
         super().__post_init__()
+        self.check_td()
+        self.check_qv()
+        self.check_sampling()
         if not 0.0 <= self.iq_alpha <= 1.0:
             raise ValueError(f"iq_alpha must be in [0, 1], got {self.iq_alpha}")
         if self.iq_policy_terms not in POLICY_TERMS:

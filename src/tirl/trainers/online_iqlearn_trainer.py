@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ..losses import online_iq_loss_from_qv, restrict_rows
+from ..qv import reference
+from .base import TirlTrainer
 from .online_iqlearn_config import OnlineIQLearnConfig
-from .rollout_trainer import RolloutTrainer
+from .reference_model import frozen_copy, prepare_reference, reference_values
+from .sampler import RolloutSampler
 
 
-class OnlineIQLearnTrainer(RolloutTrainer):
+class OnlineIQLearnTrainer(TirlTrainer):
     """Online IQLearn: every step appends policy samples for some of the batch's prompts to the expert rows.
 
         L_on = E_E[−log π] + α·(E_π[V − γV'] − E_E[V − γV']) + λ·((1−α)·E_E[r²] + α·E_π[r²])
 
-    (`tirl.losses.online_iq_loss_from_qv`; `iq_policy_terms` picks which terms see the samples). With `iq_alpha=0`
-    nothing is sampled and every step is exactly `IQLearnTrainer`'s. Evaluation is the offline loss on the expert
-    rows (no sampling), so `eval_loss` compares directly with offline IQLearn and MLE runs.
+    (`tirl.losses.online_iq_loss_from_qv`; `iq_policy_terms` picks which terms see the samples). The samples come from
+    the trainer's `RolloutSampler` (`self.sampler`), drawn for all micro-batches of a step before its first forward.
+    With `iq_alpha=0` nothing is sampled and every step is exactly `IQLearnTrainer`'s. Evaluation is the offline loss
+    on the expert rows (no sampling), so `eval_loss` compares directly with offline IQLearn and MLE runs. With
+    `iq_value="reference"` the trainer holds the frozen starting model (`self.ref_model`, prepared like TRL's GRPO
+    reference), which records the logsumexp of each sample when it is drawn.
 
-    Logs, besides `IQLearnTrainer`'s metrics (computed on the expert rows): `policy_fraction` (policy rows / rows),
+    Logs, besides the offline metrics (computed on the expert rows): `policy_fraction` (policy rows / rows),
     `reward/expert_mean` and `reward/policy_mean` (E[r_t] on each kind of row), `policy/td_loss` (E_π[r²]),
     `value_gap` (E_π[V − γV'] − E_E[V − γV']), `policy/completion_length`, `policy/eos_fraction`,
     `time/generation` (seconds per micro-batch spent sampling) and `time/generation_share` (of the training step).
@@ -29,6 +37,18 @@ class OnlineIQLearnTrainer(RolloutTrainer):
     _config_class = OnlineIQLearnConfig
     _default_output_dir = "tirl-online-iqlearn"
 
+    def __init__(self, model, args: OnlineIQLearnConfig | None = None, *pos, **kwargs):
+        super().__init__(model, args, *pos, **kwargs)
+        a = self.args
+        record = {}
+        self.ref_model = None
+        if a.iq_value == "reference":  # LSE_θ0 at the samples' states (the expert rows have theirs precomputed)
+            self.ref_model = prepare_reference(frozen_copy(self.accelerator.unwrap_model(self.model)), self.accelerator,
+                                               deepspeed=self.is_deepspeed_enabled, fsdp=self.is_fsdp_enabled)
+            record[reference.COLUMN] = self._reference_values
+        self.sampler = RolloutSampler(a, self.accelerator, self.processing_class, self.eos_token_ids,
+                                      self.num_policy_samples, record=record, model=self.model)
+
     def num_policy_samples(self, batch_size: int) -> int:
         """max(1, round(α × batch size)) unless `num_policy_samples` is set; 0 when α = 0 (offline)."""
         a = self.args
@@ -37,6 +57,27 @@ class OnlineIQLearnTrainer(RolloutTrainer):
         if a.iq_alpha == 0:
             return 0
         return max(1, round(a.iq_alpha * batch_size))
+
+    def _reference_values(self, model, rollout) -> torch.Tensor:
+        return reference_values(self.ref_model, self.accelerator, rollout, chunk_size=max(self.args.iq_chunk_size, 256))
+
+    def objective(self) -> dict:
+        return {**super().objective(), "stop_grad_next": self.args.iq_stop_grad_next}
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # One step: samples drawn before its first micro-batch, then expert + policy rows through the online loss
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
+        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self.add_policy_counts(self.sampler.draw_step(self.model_wrapped, batches, self.state.global_step))
+        return batches, num_items_in_batch
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        start = time.perf_counter()
+        batch, sample = self.sampler.next_batch(model, inputs, self.state.global_step)
+        loss = super().training_step(model, batch, num_items_in_batch)
+        self.sampler.log_step(sample, time.perf_counter() - start, self.metrics)
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         is_expert = inputs.pop("is_expert", None)
@@ -51,19 +92,15 @@ class OnlineIQLearnTrainer(RolloutTrainer):
             qv,
             is_expert,
             alpha=a.iq_alpha,
-            lam=a.iq_lambda,
-            gamma=a.iq_gamma,
-            eos_token_id=self.eos_token_ids or None,
-            num_items_in_batch=num_items_in_batch,
-            reduction=a.iq_reduction,
-            stop_grad_next=a.iq_stop_grad_next,
             policy_terms=a.iq_policy_terms,
+            **self.objective(),
+            num_items_in_batch=num_items_in_batch,
             num_sequences_in_batch=counts.get("sequences"),
             num_policy_items_in_batch=counts.get("policy_tokens"),
             num_policy_sequences_in_batch=counts.get("policy_sequences"),
         )
         loss = self.finalize_loss(mode, out.loss, out, num_items_in_batch)
-        self._record_metrics(mode, restrict_rows(qv, is_expert), out, inputs)
+        self.record_loss_metrics(mode, restrict_rows(qv, is_expert), out, inputs)
         self._record_online_metrics(mode, out, is_expert)
         return loss
 
@@ -72,11 +109,23 @@ class OnlineIQLearnTrainer(RolloutTrainer):
         p = {k: gather(v.reshape(1).double()).sum() for k, v in out.policy_sums.items()}
         expert_rows = gather(is_expert.sum().reshape(1).double()).sum()
         e = {k: gather(out.sums[k].reshape(1).double()).sum() for k in ("reward", "td_tokens", "value_gap", "tokens")}
-        m = self._metrics[mode]
-        m["policy_fraction"].append((p["rows"] / (p["rows"] + expert_rows).clamp(min=1)).item())
-        m["reward/expert_mean"].append((e["reward"] / e["td_tokens"].clamp(min=1)).item())
-        m["reward/policy_mean"].append((p["reward"] / p["td_tokens"].clamp(min=1)).item())
-        m["policy/td_loss"].append((p["td"] / p["tokens"].clamp(min=1)).item())
-        # token means from sums over every process, like the metrics above (the loss's `value_gap` is only this
-        # micro-batch's share of the accumulated batch's)
-        m["value_gap"].append((p["value_gap"] / p["tokens"].clamp(min=1) - e["value_gap"] / e["tokens"].clamp(min=1)).item())
+        self.metrics.add(mode, **{
+            "policy_fraction": (p["rows"] / (p["rows"] + expert_rows).clamp(min=1)).item(),
+            "reward/expert_mean": (e["reward"] / e["td_tokens"].clamp(min=1)).item(),
+            "reward/policy_mean": (p["reward"] / p["td_tokens"].clamp(min=1)).item(),
+            "policy/td_loss": (p["td"] / p["tokens"].clamp(min=1)).item(),
+            # token means from sums over every process, like the metrics above (the loss's `value_gap` is only this
+            # micro-batch's share of the accumulated batch's)
+            "value_gap": (p["value_gap"] / p["tokens"].clamp(min=1) - e["value_gap"] / e["tokens"].clamp(min=1)).item(),
+        })
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Checkpoints: each process's sample buffer travels with each checkpoint
+
+    def save_extra_state(self, checkpoint_dir: str) -> None:
+        super().save_extra_state(checkpoint_dir)
+        self.sampler.save(checkpoint_dir)
+
+    def load_extra_state(self, checkpoint_dir: str) -> None:
+        super().load_extra_state(checkpoint_dir)
+        self.sampler.load(checkpoint_dir)

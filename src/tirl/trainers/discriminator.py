@@ -5,8 +5,8 @@ a causal trunk has read the prompt, y_<t and a_t there and nothing later, so h_{
 (s_t, a_t) = s_{t+1}. Outputs use the shifted layout of `tirl.losses` ([B, T − 1], position t scores action
 a_t = labels[:, t + 1]), so they line up with Q, V and log π token for token.
 
-By default the trunk is a frozen copy of the initial model's trunk (shared with the frozen reference policy, so it
-costs no extra memory) and only the head learns: an MLP (hidden → `head_hidden` → 1) whose last layer starts at 0, so
+By default the trunk is a frozen copy of the initial model's trunk (shared with the frozen reference policy,
+`tirl.trainers.reference_model`, so it costs no extra memory) and only the head learns: an MLP (hidden → `head_hidden` → 1) whose last layer starts at 0, so
 D = ½ and every reward is 0 before the first update. Options: use only the first `num_layers` transformer layers
 (cheaper), train the trunk as well (a separate copy), or a trunk from another causal LM with the same vocabulary.
 """
@@ -17,25 +17,6 @@ import copy
 
 import torch
 from torch import nn
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A frozen, eval-mode copy of a causal LM as it is now (the reference / initial policy).
-
-    A PEFT model is copied and merged into a plain model (at the start of training its adapters are the identity, so
-    this is the initial policy). Instance-level `forward` patches (such as `tirl.qv.head`'s) are dropped from the copy:
-    they hold a reference to the original model's forward.
-    """
-    from accelerate.utils import is_peft_model
-
-    ref = copy.deepcopy(model)
-    if is_peft_model(ref):
-        ref = ref.merge_and_unload()
-    for module in ref.modules():
-        module.__dict__.pop("forward", None)
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref.eval()
 
 
 def truncated_trunk(trunk: nn.Module, num_layers: int) -> nn.Module:

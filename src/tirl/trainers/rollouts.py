@@ -6,14 +6,15 @@ here works on token ids, never on text, so a policy sample is scored on exactly 
     batch (TRL collator, right-padded)      prompts_from_batch      tirl.generation.sample_completions     build_rollout
     [prompt | expert completion | pad]  ->  [prompt] (list of ids)  ->  model.generate / vLLM  ->  [prompt | sample | pad]
 
-A `Rollout` uses the batch's own conventions (`tirl.losses`): unshifted `labels` with −100 on the prompt and padding,
+A `Rollout` uses the batch's own conventions (`tirl.losses.mdp`): unshifted `labels` with −100 on the prompt and padding,
 the completion kept up to and including its first EOS and masked after it (nothing after an EOS is an action), and
 right padding, so position ids start at 0 on every row exactly as when the expert rows were collated. A completion
 that reaches `max_new_tokens` without EOS is kept whole and is *truncated* in the MDP sense (its last TD term is
 dropped by `tirl.losses.next_values`). `mix_batch` appends rollout rows to a batch and flags them (`is_expert`).
 
-`SampleBuffer` keeps the latest rollouts between regenerations (`generate_every`) and writes them to and reads them
-from a checkpoint (safetensors + JSON, no pickle), so an interrupted run resumes with the same samples.
+`SampleBuffer` keeps the latest rollouts between regenerations (`generate_every`), with what was recorded about
+them when they were drawn (`BufferEntry.extras`), and writes them to and reads them from a checkpoint (safetensors +
+JSON, no pickle), so an interrupted run resumes with the same samples. `tirl.trainers.sampler` fills it.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .files import write_atomic, write_text_atomic
-from .generation import truncate_at_eos
-from .losses.mdp import IGNORE_INDEX
+from ..files import write_atomic, write_text_atomic
+from ..generation import truncate_at_eos
+from ..losses.mdp import IGNORE_INDEX
+from ..qv import reference
 
 BUFFER_DIR = "tirl_sample_buffer"
 _BATCH_KEYS = ("input_ids", "attention_mask", "labels", "position_ids")
-VALUE_KEYS = ("tirl_ref_values",)  # per-position float columns that travel with a batch (`tirl.qv.reference.COLUMN`)
+VALUE_KEYS = (reference.COLUMN,)  # per-position float columns that travel with a batch
 
 
 @dataclass
@@ -156,6 +158,16 @@ def mix_batch(expert: dict, rollout: Rollout, pad_token_id: int, policy_values: 
     return out
 
 
+def policy_rows_to_batch(policy_tokens: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Per-token values of a mixed batch's policy rows ([N, Lr − 1], in the rollout's own width) placed in the mixed
+    batch's layout ([B + N, L − 1], zero on the expert rows and past each rollout's width); the policy rows are last."""
+    total, L = batch["input_ids"].shape
+    out = torch.zeros(total, L - 1, dtype=policy_tokens.dtype, device=batch["input_ids"].device)
+    n, lr = policy_tokens.shape
+    out[total - n :, :lr] = policy_tokens.to(out.device)
+    return out
+
+
 def choose_prompt_rows(labels: torch.Tensor, n: int, generator: torch.Generator | None = None) -> list[int]:
     """`n` row indices of a batch to sample for, drawn without replacement among rows that have a completion token
     (cycling through them again when `n` exceeds their number)."""
@@ -179,7 +191,8 @@ class BufferEntry:
     rollout: Rollout
     step: int  # the optimizer step (global_step) at which it was generated
     uses: int = 0  # micro-batches that trained on it so far
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-token data a trainer attaches (e.g. old log π)
+    # per-token data recorded when the samples were drawn (π_old, reference values), saved and restored with them
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class SampleBuffer:

@@ -1,0 +1,376 @@
+"""`TirlTrainer`: what every tirl trainer shares — Q and V, the counts a loss divides by, metrics, checkpoints.
+
+A TRL `SFTTrainer` (dataset formats, completion-only and assistant-only masking, PEFT, accelerate, mixed precision,
+checkpoints, `report_to` are all TRL's) that computes its own loss from per-token Q and V:
+
+- Q and V in the run's value form (`iq_value`): the chunked head patched into the model (`iq_chunk_size > 0`), a
+  value head attached (`head`), or the starting model's logsumexp attached to the datasets (`reference`);
+- the offline loss of a batch's expert rows (`offline_loss`, also every trainer's evaluation loss) with the global
+  counts it divides by (`loss_counts`, `tirl.trainers.counts`), and the last steps of every loss (`finalize_loss`);
+- metrics in a store of its own (`tirl.trainers.metrics`), merged into the logs by `log`;
+- checkpoints written atomically (`tirl.trainers.checkpoints`) with `save_extra_state` / `load_extra_state` for what a
+  trainer keeps beyond the model (value head, sample buffer, discriminator);
+- an account of the rows TRL's dataset preparation drops or cuts (`tirl.trainers.dataset_report`).
+
+Method trainers extend it by composition: `IQLearnTrainer` adds the λ schedule and the entropy term, the online
+trainers own a `RolloutSampler`, GAIL a discriminator and a reference model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import os
+import shutil
+
+import torch
+from accelerate.utils import is_peft_model
+from datasets import Dataset
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTTrainer
+
+from ..losses import QV, LossOutput, iq_loss_from_qv, qv_from_logits, with_reference, with_value
+from ..models import eos_token_ids
+from ..qv import reference
+from ..qv.head import add_qv_head
+from ..qv.value_head import add_value_head, get_value_head, load_value_head, save_value_head
+from .checkpoints import LoadExtraStateOnResume, checkpoint_name, commit_staged, staging_dir
+from .counts import global_counts, local_counts
+from .dataset_report import report_rows, track_rows
+from .metrics import MetricStore
+
+_SFT_PARAMETERS = inspect.signature(SFTTrainer.__init__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; training stops before the optimizer applies it."""
+
+
+class TirlTrainer(SFTTrainer):
+    """The base of tirl's trainers (module docstring). Subclasses set `_config_class` and `_default_output_dir`."""
+
+    _tag_names = ["trl", "sft", "tirl"]
+    _name = "tirl"
+    _config_class: type = object
+    _default_output_dir = "tirl-output"
+
+    def __init__(self, model, args=None, *pos, **kwargs):
+        if args is None:
+            args = self._config_class(output_dir=self._default_output_dir)
+        if not isinstance(args, self._config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self._config_class.__name__}, got {type(args).__name__}")
+        call = _SFT_PARAMETERS.bind(self, model, args, *pos, **kwargs).arguments
+        call.pop("self")
+        # rows are numbered before TRL prepares the datasets, so that what it drops can be named after
+        call["train_dataset"], tracked_train = track_rows(call.get("train_dataset"), args.packing)
+        eval_dataset, tracked_eval = call.get("eval_dataset"), {}
+        if isinstance(eval_dataset, dict):
+            tracked = {k: track_rows(d, args.packing) for k, d in eval_dataset.items()}
+            call["eval_dataset"] = {k: d for k, (d, _) in tracked.items()}
+            tracked_eval = {k: t for k, (_, t) in tracked.items()}
+        else:
+            call["eval_dataset"], tracked_eval["eval"] = track_rows(eval_dataset, args.packing)
+        super().__init__(**call)
+        if self.aux_loss_enabled:
+            raise NotImplementedError(
+                f"MoE router auxiliary losses are not supported by {type(self).__name__} yet; set router_aux_loss_coef=0.0."
+            )
+        if self.compute_loss_func is not None:
+            raise ValueError(f"{type(self).__name__} computes its own loss; `compute_loss_func` cannot be combined with it.")
+        if args.loss_type != "nll":
+            raise ValueError(f"{type(self).__name__} supports loss_type='nll' only (got {args.loss_type!r}).")
+        if args.label_smoothing_factor > 0:
+            raise ValueError(f"label_smoothing_factor is not supported by {type(self).__name__}: it changes Q, not only π.")
+        base = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        if args.iq_chunk_size > 0:
+            add_qv_head(base, chunk_size=args.iq_chunk_size)
+        # every token that ends an episode, for the losses and for the report of cut completions alike
+        self.eos_token_ids = eos_token_ids(self.processing_class, base)
+        self.dropped_rows: dict[str, list[int]] = {}
+        if tracked_train is not None:
+            self.train_dataset = self._report(self.train_dataset, tracked_train, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: self._report(d, tracked_eval.get(k), k) for k, d in self.eval_dataset.items()}
+        else:
+            self.eval_dataset = self._report(self.eval_dataset, tracked_eval.get("eval"), "eval")
+        self.metrics = MetricStore()
+        # (num_items_in_batch, the other global counts of the same accumulated batch), see `get_batch_samples`
+        self._batch_counts: tuple[torch.Tensor | int | None, dict[str, torch.Tensor]] | None = None
+        self._staging: str | None = None  # where `_save_checkpoint` is writing, while it is
+        self.resumed_from: str | None = None  # the checkpoint `train` resumes from
+        self.add_callback(LoadExtraStateOnResume(self))
+        if args.iq_value == "head":
+            add_value_head(base)
+        elif args.iq_value == "reference":
+            self._attach_reference_values()
+
+    def _report(self, prepared, tracked, name: str):
+        if tracked is None or prepared is None:
+            return prepared
+        prepared, self.dropped_rows[name] = report_rows(prepared, tracked, name, self.args.max_length, self.eos_token_ids)
+        return prepared
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Q and V in the run's value parameterisation
+
+    def needs_entropy_grad(self) -> bool:
+        """Whether the loss differentiates the entropy (entropy-regularised MLE); the full-logits path then keeps it
+        in the graph."""
+        return False
+
+    def forward_qv(self, model, inputs) -> QV:
+        """Per-token Q and V of a collated batch in the logits form (V = v_ψ when the model has a value head), chunked
+        or from full logits according to `iq_chunk_size`."""
+        if self.args.iq_chunk_size > 0:
+            return model(**inputs, qv_head=True)
+        head = get_value_head(self.accelerator.unwrap_model(model))
+        out = model(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=head is not None)
+        qv = qv_from_logits(out.logits, inputs["labels"], entropy_grad=self.needs_entropy_grad())
+        # hidden_states[-1] is the normed final state the LM head reads
+        return qv if head is None else with_value(qv, head(out.hidden_states[-1][:, :-1]))
+
+    def compute_qv(self, model, inputs) -> QV:
+        """`forward_qv` in the run's `iq_value` form; consumes the batch's reference values (`tirl_ref_values`)."""
+        ref = inputs.pop(reference.COLUMN, None)
+        qv = self.forward_qv(model, inputs)
+        if self.args.iq_value == "reference":
+            if ref is None:
+                raise ValueError(f"iq_value='reference' needs the batch's '{reference.COLUMN}' (the starting model's "
+                                 "logsumexp); it is missing from this batch")
+            qv = with_reference(qv, ref[:, :-1].to(qv.v.device))
+        return qv
+
+    # iq_value="reference": the starting model's logsumexp, once, as a dataset column
+
+    def _set_signature_columns_if_needed(self):
+        # Trainer drops dataset columns outside this list before collating; the reference values must survive
+        super()._set_signature_columns_if_needed()
+        if self.args.iq_value == "reference" and reference.COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, reference.COLUMN]
+
+    def _attach_reference_values(self) -> None:
+        """Add LSE_θ0 per token to the train and eval datasets and wrap the collator to batch it."""
+        if self.train_dataset is not None:
+            self.train_dataset = self._with_reference_values(self.train_dataset, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: self._with_reference_values(d, f"eval-{k}") for k, d in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = self._with_reference_values(self.eval_dataset, "eval")
+        self.data_collator = reference.ReferenceValueCollator(self.data_collator)
+
+    def _with_reference_values(self, dataset, name: str):
+        if not isinstance(dataset, Dataset):
+            raise NotImplementedError("iq_value='reference' needs a map-style datasets.Dataset (its values are "
+                                      "computed once before training); use iq_value='head' for streaming data")
+        if reference.COLUMN in dataset.column_names:
+            return dataset
+        self._set_signature_columns_if_needed()
+        keep = [c for c in self._signature_columns if c in dataset.column_names and c != reference.COLUMN]
+        rows = dataset.select_columns(keep).to_list()
+        settings = f"chunk={self.args.iq_chunk_size};bf16={self.args.bf16};fp16={self.args.fp16}"
+        key = hashlib.sha256((reference.model_fingerprint(self.model) + reference.rows_fingerprint(rows, settings))
+                             .encode()).hexdigest()
+        path = os.path.join(self.args.output_dir, reference.CACHE_DIR, f"{name}-{key[:16]}.safetensors")
+        with self.accelerator.main_process_first():
+            values = reference.load_values(path, key)
+            if values is None:
+                values = self._compute_reference_values(rows, name)
+                if self.accelerator.is_main_process:
+                    reference.save_values(path, values, key)
+        return dataset.add_column(reference.COLUMN, values)
+
+    def _compute_reference_values(self, rows: list[dict], name: str) -> list[list[float]]:
+        """LSE_θ0 of the starting model (with LoRA: adapters disabled), in eval mode and the run's precision."""
+        model = self.model
+        device = self.accelerator.device
+        adapters_off = model.disable_adapter() if is_peft_model(model) else contextlib.nullcontext()
+
+        def qv_fn(batch: dict) -> QV:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch["use_cache"] = False
+            return self.forward_qv(model, batch)
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), adapters_off, self.accelerator.autocast():
+                return reference.compute_reference_values(
+                    rows, self.data_collator, qv_fn, batch_size=self.args.per_device_eval_batch_size,
+                    progress=not self.args.disable_tqdm, desc=f"reference values ({name})")
+        finally:
+            model.train(was_training)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Normalisation: the global counts that go with `num_items_in_batch` (`tirl.trainers.counts`)
+
+    def global_counts(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`counts.global_counts` with this trainer's processes and parallelism. A collective."""
+        same_batch = self.get_tp_size() * self.get_cp_size() * self.get_sp_size()
+        return global_counts(local, self.accelerator, self.args, same_batch)
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
+        """`Trainer.get_batch_samples` (the micro-batches of one optimizer step and `num_items_in_batch`), plus the
+        global number of sequences of those micro-batches, kept for `compute_loss` (`loss_counts`)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        counts: dict[str, torch.Tensor] = {}
+        if num_items_in_batch is not None:
+            counts = self.global_counts(local_counts([b["labels"] for b in batch_samples]))
+        self._batch_counts = (num_items_in_batch, counts)
+        return batch_samples, num_items_in_batch
+
+    def add_policy_counts(self, policy_labels: list[torch.Tensor]) -> None:
+        """Add the global counts of the policy rows of the step `get_batch_samples` just drew (their completion
+        tokens and rows, over all processes), for the online losses' policy terms."""
+        num_items_in_batch, counts = self._batch_counts
+        if num_items_in_batch is not None:
+            local = local_counts([], policy_labels)
+            counts.update(self.global_counts({k: local[k] for k in ("policy_tokens", "policy_sequences")}))
+
+    def loss_counts(self, inputs: dict, num_items_in_batch, is_expert: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The global counts the loss divides by next to `num_items_in_batch` (`counts.local_counts` names them).
+
+        In training, those `get_batch_samples` counted for the accumulated batch that `num_items_in_batch` belongs to.
+        Otherwise (evaluation, where `Trainer` counts each batch alone, or a direct `compute_loss` call) `inputs` is
+        taken as the whole batch, counted the same way. Without `num_items_in_batch` the losses take local means and
+        `Trainer` divides by the accumulation steps, so there is nothing to count.
+        """
+        if num_items_in_batch is None:
+            return {}
+        stored = self._batch_counts
+        if stored is not None and torch.is_tensor(num_items_in_batch) and stored[0] is num_items_in_batch:
+            return stored[1]
+        labels = inputs["labels"]
+        if is_expert is None:
+            return self.global_counts(local_counts([labels]))
+        return self.global_counts(local_counts([labels[is_expert]], [labels[~is_expert]]))
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # The loss
+
+    def objective(self) -> dict:
+        """The settings of the offline objective in force (`tirl.losses.iq_loss_from_qv`'s keywords, counts aside)."""
+        a = self.args
+        return dict(lam=a.iq_lambda, gamma=a.iq_gamma, eos_token_id=self.eos_token_ids or None, reduction=a.iq_reduction)
+
+    def offline_loss(self, qv: QV, num_items_in_batch=None, counts: dict[str, torch.Tensor] | None = None) -> LossOutput:
+        """The offline IQLearn loss of `qv` with `objective()`; `counts` are `loss_counts`' global counts."""
+        return iq_loss_from_qv(qv, **self.objective(), num_items_in_batch=num_items_in_batch,
+                               num_sequences_in_batch=(counts or {}).get("sequences"))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The offline loss of the batch: the training loss of IQLearn and the evaluation loss of every trainer."""
+        mode = "train" if self.model.training else "eval"
+        inputs["use_cache"] = False
+        qv = self.compute_qv(model, inputs)
+        out = self.offline_loss(qv, num_items_in_batch, self.loss_counts(inputs, num_items_in_batch))
+        loss = self.finalize_loss(mode, out.loss, out, num_items_in_batch)
+        self.record_loss_metrics(mode, qv, out, inputs)
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            return loss, outputs
+        return loss
+
+    def finalize_loss(self, mode: str, loss: torch.Tensor, out: LossOutput, num_items_in_batch) -> torch.Tensor:
+        """The last steps every tirl trainer's loss goes through: stop on a non-finite training loss, and scale by the
+        number of processes like TRL/Trainer (`num_items_in_batch` counts every rank's tokens while DDP averages
+        gradients over ranks)."""
+        if mode == "train":
+            self._check_finite(loss, out)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor, out: LossOutput) -> None:
+        # every process must agree, or one would raise while the others wait in the next collective
+        finite = bool(self.accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+        if finite:
+            return
+        last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        raise NonFiniteLossError(
+            f"the training loss is {loss.item()} at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.3f}): "
+            f"MLE term {out.nll.item()}, TD term {out.td.item()} (λ={self.args.iq_lambda}). Training stopped before this "
+            f"batch was applied; the last checkpoint is {last or 'none (no checkpoint saved yet)'}. Try a lower "
+            "--learning_rate or --iq_lambda, or --max_grad_norm, and check the data."
+        )
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Metrics
+
+    def record_loss_metrics(self, mode: str, qv: QV, out: LossOutput, inputs) -> None:
+        """The expert rows' metrics of one micro-batch, as token means over every process: `mle_loss`, `td_loss`,
+        `mean_reward`, `mean_value`, `entropy`, `mean_token_accuracy`, and `num_tokens` (TRL's)."""
+        gather = self.accelerator.gather_for_metrics
+        sums = {k: gather(v.reshape(1)).sum() for k, v in out.sums.items()}
+        n = sums["tokens"].clamp(min=1)
+        n_td = sums["td_tokens"].clamp(min=1)
+        entropy = gather(qv.entropy.sum().reshape(1)).sum() if qv.entropy is not None else torch.tensor(0.0)
+        top1 = gather(qv.is_top1.sum().reshape(1)).sum() if qv.is_top1 is not None else torch.tensor(0)
+        self.metrics.add(mode, mle_loss=(sums["nll"] / n).item(), td_loss=(sums["td"] / n).item(),
+                         mean_reward=(sums["reward"] / n_td).item(), mean_value=(sums["value"] / n).item(),
+                         entropy=(entropy / n).item(), mean_token_accuracy=(top1 / n).item())
+        if mode == "train":
+            if "attention_mask" in inputs:
+                local = inputs["attention_mask"].sum()
+            else:
+                local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+            self.metrics.train_tokens += gather(local.reshape(1)).sum().item() // self.get_tp_size()
+        self.metrics.set(mode, num_tokens=self.metrics.train_tokens)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """`Trainer.log` with this trainer's metrics since the last log, averaged (`eval_` prefixed in evaluation)."""
+        logs.update(self.metrics.pop("train" if self.model.training else "eval"))
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Checkpoints: written under a name resume never picks, then renamed in one step (`tirl.trainers.checkpoints`)
+
+    def _get_output_dir(self, trial) -> str:
+        # while `_save_checkpoint` runs, Trainer writes the checkpoint into the staging directory
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Save like `Trainer`, but atomically: a crash mid-save never leaves a `checkpoint-N` that looks complete.
+        Every process also writes its extra state (`save_extra_state`) before the checkpoint is renamed into place."""
+        run_dir = self._get_output_dir(trial=trial)
+        step = self.state.global_step
+        staging = staging_dir(run_dir, step)
+        if self.args.should_save and os.path.exists(staging):
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)
+            self.save_extra_state(os.path.join(staging, checkpoint_name(step)))
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            commit_staged(run_dir, step, self.state, self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """`Trainer.save_model` (final model and each checkpoint), plus `value_head.safetensors` with iq_value="head"."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save and get_value_head(self.accelerator.unwrap_model(self.model)) is not None:
+            save_value_head(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+
+    def save_extra_state(self, checkpoint_dir: str) -> None:
+        """Write what this trainer keeps beyond the model into a checkpoint being staged (on every process)."""
+
+    def load_extra_state(self, checkpoint_dir: str) -> None:
+        """Restore what `save_model`/`save_extra_state` wrote beyond the model weights: here, the value head."""
+        if self.args.iq_value == "head":
+            load_value_head(self.accelerator.unwrap_model(self.model), checkpoint_dir)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; a resumed run also restores the extra state (`load_extra_state`) before its first step."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:  # as Trainer resolves it (and fails, when there is none)
+            checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        self.resumed_from = checkpoint or None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+__all__ = ["NonFiniteLossError", "TirlTrainer"]
