@@ -54,6 +54,9 @@ class TirlTrainer(SFTTrainer):
     _name = "tirl"
     _config_class: type = object
     _default_output_dir = "tirl-output"
+    # the online trainers' `RolloutSampler`: its samples are drawn with each step's batches and counted for its
+    # losses (`get_batch_samples`) and saved with each checkpoint (`save_extra_state`)
+    sampler = None
 
     def __init__(self, model, args=None, *pos, **kwargs):
         if args is None:
@@ -211,21 +214,18 @@ class TirlTrainer(SFTTrainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device):
         """`Trainer.get_batch_samples` (the micro-batches of one optimizer step and `num_items_in_batch`), plus the
-        global number of sequences of those micro-batches, kept for `compute_loss` (`loss_counts`)."""
+        global number of sequences of those micro-batches, kept for `compute_loss` (`loss_counts`). With a sampler,
+        the policy samples of every micro-batch are drawn now, before the step's first forward, and their completion
+        tokens and rows counted over all processes too (the online losses' policy terms are means over them)."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         counts: dict[str, torch.Tensor] = {}
+        policy_labels = None
+        if self.sampler is not None:
+            policy_labels = self.sampler.draw_step(self.model_wrapped, batch_samples, self.state.global_step)
         if num_items_in_batch is not None:
-            counts = self.global_counts(local_counts([b["labels"] for b in batch_samples]))
+            counts = self.global_counts(local_counts([b["labels"] for b in batch_samples], policy_labels))
         self._batch_counts = (num_items_in_batch, counts)
         return batch_samples, num_items_in_batch
-
-    def add_policy_counts(self, policy_labels: list[torch.Tensor]) -> None:
-        """Add the global counts of the policy rows of the step `get_batch_samples` just drew (their completion
-        tokens and rows, over all processes), for the online losses' policy terms."""
-        num_items_in_batch, counts = self._batch_counts
-        if num_items_in_batch is not None:
-            local = local_counts([], policy_labels)
-            counts.update(self.global_counts({k: local[k] for k in ("policy_tokens", "policy_sequences")}))
 
     def loss_counts(self, inputs: dict, num_items_in_batch, is_expert: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The global counts the loss divides by next to `num_items_in_batch` (`counts.local_counts` names them).
@@ -357,12 +357,17 @@ class TirlTrainer(SFTTrainer):
             save_value_head(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
 
     def save_extra_state(self, checkpoint_dir: str) -> None:
-        """Write what this trainer keeps beyond the model into a checkpoint being staged (on every process)."""
+        """Write what this trainer keeps beyond the model into a checkpoint being staged (on every process): here,
+        the sampler's buffer; subclasses add theirs."""
+        if self.sampler is not None:
+            self.sampler.save(checkpoint_dir)
 
     def load_extra_state(self, checkpoint_dir: str) -> None:
-        """Restore what `save_model`/`save_extra_state` wrote beyond the model weights: here, the value head."""
+        """Restore what `save_model`/`save_extra_state` wrote beyond the model weights: the value head, the buffer."""
         if self.args.iq_value == "head":
             load_value_head(self.accelerator.unwrap_model(self.model), checkpoint_dir)
+        if self.sampler is not None:
+            self.sampler.load(checkpoint_dir)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`Trainer.train`; a resumed run also restores the extra state (`load_extra_state`) before its first step."""

@@ -150,12 +150,8 @@ class GAILTrainer(TirlTrainer):
     # ----------------------------------------------------------------------------------------------------------------
     # One micro-batch: samples, discriminator, policy
 
-    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
-        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self.add_policy_counts(self.sampler.draw_step(self.model_wrapped, batches, self.state.global_step))
-        return batches, num_items_in_batch
-
     def training_step(self, model, inputs, num_items_in_batch=None):
+        """The three phases of one micro-batch (module docstring); its samples were drawn by `get_batch_samples`."""
         start = time.perf_counter()
         batch, sample = self.sampler.next_batch(model, inputs, self.state.global_step)  # 1. samples
         if sample.entry is not None:
@@ -269,7 +265,6 @@ class GAILTrainer(TirlTrainer):
 
     def save_extra_state(self, checkpoint_dir: str) -> None:
         super().save_extra_state(checkpoint_dir)
-        self.sampler.save(checkpoint_dir)
         if not self.args.should_save:  # replicas are identical: the main process writes them
             return
         d = os.path.join(checkpoint_dir, DISC_DIR)
@@ -282,7 +277,6 @@ class GAILTrainer(TirlTrainer):
 
     def load_extra_state(self, checkpoint_dir: str) -> None:
         super().load_extra_state(checkpoint_dir)
-        self.sampler.load(checkpoint_dir)
         d = os.path.join(checkpoint_dir, DISC_DIR)
         if not os.path.isfile(os.path.join(d, "state.json")):
             warnings.warn(f"{checkpoint_dir} has no saved discriminator; it starts again from its initial state.",

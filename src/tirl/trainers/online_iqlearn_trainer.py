@@ -65,12 +65,7 @@ class OnlineIQLearnTrainer(TirlTrainer):
         return {**super().objective(), "stop_grad_next": self.args.iq_stop_grad_next}
 
     # ----------------------------------------------------------------------------------------------------------------
-    # One step: samples drawn before its first micro-batch, then expert + policy rows through the online loss
-
-    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
-        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self.add_policy_counts(self.sampler.draw_step(self.model_wrapped, batches, self.state.global_step))
-        return batches, num_items_in_batch
+    # One micro-batch: expert + policy rows (drawn by `get_batch_samples` for the whole step) through the online loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         start = time.perf_counter()
@@ -118,14 +113,3 @@ class OnlineIQLearnTrainer(TirlTrainer):
             # micro-batch's share of the accumulated batch's)
             "value_gap": (p["value_gap"] / p["tokens"].clamp(min=1) - e["value_gap"] / e["tokens"].clamp(min=1)).item(),
         })
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # Checkpoints: each process's sample buffer travels with each checkpoint
-
-    def save_extra_state(self, checkpoint_dir: str) -> None:
-        super().save_extra_state(checkpoint_dir)
-        self.sampler.save(checkpoint_dir)
-
-    def load_extra_state(self, checkpoint_dir: str) -> None:
-        super().load_extra_state(checkpoint_dir)
-        self.sampler.load(checkpoint_dir)
