@@ -1,3 +1,5 @@
+"""Fixtures and builders every test file shares: tiny models built in code, small datasets and configs, the CLI."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -5,10 +7,51 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shared builders (plain functions: `from conftest import trl_rows, ...`); the fixtures follow
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def trl_rows(tokenizer, n=64, split="train", seed=0):
+    """`n` rows of the generated arithmetic task in TRL's prompt/completion format, for `tokenizer`."""
+    from datasets import Dataset
+
+    from tirl.data import load_rows, to_trl
+
+    return Dataset.from_list(to_trl(load_rows("arithmetic", split=split, limit=n, seed=seed), tokenizer))
+
+
+def common_args(tmp_path, **kw):
+    """The keyword arguments of a small, fast, deterministic CPU training config writing into `tmp_path`."""
+    args = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=16, max_steps=2,
+        report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, save_strategy="no",
+        logging_steps=1, seed=0, disable_tqdm=True,
+    )
+    args.update(kw)
+    return args
+
+
+def first_batch(trainer):
+    """The first collated training batch of a trainer."""
+    return dict(next(iter(trainer.get_train_dataloader())))
+
+
+def run_cli(*args, cwd=None, check=True):
+    """`python -m tirl.cli ARGS` in a subprocess: the command as a user runs it."""
+    proc = subprocess.run([sys.executable, "-m", "tirl.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tirl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
 
 
 @pytest.fixture(autouse=True)

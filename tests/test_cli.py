@@ -1,20 +1,13 @@
 """The `tirl` command end to end on a tiny model: help texts, a training run, its outputs, resume."""
 
 import json
-import subprocess
-import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from tirl.cli import main as cli_main
-
-
-def run_cli(*args, cwd=None, check=True):
-    proc = subprocess.run([sys.executable, "-m", "tirl.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"tirl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def test_top_level_help(capsys):
@@ -91,11 +84,18 @@ def test_bad_dataset_is_a_clear_error(tmp_path):
     assert f"{bad}:2" in proc.stderr and "invalid JSON" in proc.stderr
 
 
-def test_env_command(capsys):
+def test_env_command(capsys, monkeypatch, tmp_path):
+    """`tirl env` reports what is installed and where models are cached, as `tirl.models.cache_dir` decides it."""
+    monkeypatch.setenv("TIRL_CACHE", str(tmp_path / "cache"))
     assert cli_main(["env", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["versions"]["torch"].startswith("2.13.0")
-    assert Path(info["model_cache"]).name == "tirl" or info["model_cache"]
+    for package in ("torch", "transformers", "trl"):
+        assert info["versions"][package] == metadata.version(package)
+    assert info["model_cache"] == str(tmp_path / "cache")
+    monkeypatch.delenv("TIRL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cli_main(["env", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model_cache"] == str(tmp_path / "xdg" / "tirl")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -355,3 +355,66 @@ def test_rewards_commands_write_nothing_through_links(tmp_path, capsys):
         rc, _, err = tirl(capsys, *command, "--model", "tiny-llama", "--dataset", "arithmetic", "--num_examples", 2,
                           "--output_dir", out)
         assert rc == 2 and f"{out / name} is a symbolic link" in err and target.read_text() == "keep"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The online methods from the command line
+
+
+@pytest.mark.slow
+def test_cli_online_run_finishes(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train", "--method", "iqlearn-online", "--model", "tiny-llama", "--dataset", "arithmetic",
+                   "--num_train_examples", "32", "--num_eval_examples", "8", "--max_steps", "4",
+                   "--per_device_train_batch_size", "4", "--iq_alpha", "0.25", "--max_new_tokens", "16",
+                   "--save_steps", "4", "--logging_steps", "2", "--output_dir", str(out), "--bf16", "false",
+                   "--disable_tqdm", "true", "--report_to", "none")
+    assert "tirl train finished" in proc.stdout
+    assert (out / "checkpoint-4" / "tirl_sample_buffer" / "rank-0.safetensors").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "iqlearn-online"
+    assert (out / "training_curves.png").is_file()
+
+
+def test_cli_help_documents_each_methods_options():
+    from tirl.cli.train import build_parser, selected_method
+
+    for method, flags in (("iqlearn-online", ("--iq_alpha", "--generate_every", "--max_new_tokens", "--use_vllm")),
+                          ("gail", ("--gail_disc_model", "--mle_weight", "--gail_kl_coef", "--generate_every"))):
+        parser = build_parser(["--method", method])
+        undocumented = [a.option_strings[0] for a in parser._actions if a.option_strings and not (a.help or "").strip()]
+        assert not undocumented, f"{method}: options without help: {undocumented}"
+        text = parser.format_help()
+        for flag in flags:
+            assert flag in text, (method, flag)
+    base = build_parser([]).format_help()
+    assert "--gail_disc_model" not in base and "--method gail --help" in base
+    assert selected_method(["--method=gail"]) == "gail" and selected_method([]) == "iqlearn"
+
+
+def test_cli_reads_the_method_from_a_yaml_config(tmp_path):
+    from tirl.cli.train import build_parser
+    from tirl.trainers import OnlineIQLearnConfig
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("method: iqlearn-online\niq_alpha: 0.3\nmodel_name_or_path: tiny-llama\n")
+    argv = ["--config", str(cfg)]
+    script, config, _ = build_parser(argv).parse_args_and_config(argv)
+    assert script.method == "iqlearn-online" and isinstance(config, OnlineIQLearnConfig) and config.iq_alpha == 0.3
+
+
+@pytest.mark.slow
+def test_cli_gail_run_finishes_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--method", "gail", "--model", "tiny-llama", "--dataset", "arithmetic", "--num_train_examples", "32",
+            "--num_eval_examples", "8", "--max_steps", "4", "--per_device_train_batch_size", "4", "--max_new_tokens",
+            "16", "--save_steps", "2", "--logging_steps", "2", "--output_dir", str(out), "--bf16", "false",
+            "--disable_tqdm", "true", "--report_to", "none", "--gail_disc_num_layers", "1"]
+    proc = run_cli(*args)
+    assert "tirl train finished" in proc.stdout
+    assert (out / "checkpoint-4" / "tirl_discriminator" / "discriminator.safetensors").is_file()
+    assert json.loads((out / "run.json").read_text())["method"] == "gail"
+    proc = run_cli(*[a if a != "4" else "6" for a in args], "--resume")
+    assert "checkpoint-4" in proc.stdout and "no saved discriminator" not in proc.stderr
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert any("disc_accuracy" in h for h in state["log_history"])

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tirl.evaluation.sampling import generation_settings, iter_samples
-from tirl.generation import NEUTRAL, generation_config, sample_completions, sampler_settings
+from tirl.generation import NEUTRAL, generation_config, left_pad, sample_completions, sampler_settings, truncate_at_eos
+from tirl.trainers.rollouts import build_rollout
 
 # a checkpoint's generation_config.json could set any of these; each one changes what `generate` samples
 ISSUE = dict(repetition_penalty=1.5, min_p=0.1)
@@ -158,3 +159,21 @@ def test_eval_records_the_sampler_and_matches_a_clean_model(tmp_path, monkeypatc
         assert settings["repetition_penalty"] == 1.0 and settings["min_p"] is None and settings["num_beams"] == 1
     metrics = json.loads((tmp_path / "dirty" / "metrics.json").read_text())
     assert metrics["settings"]["sampler"] == config["sampler"]
+
+
+def test_left_pad_and_truncate_at_eos():
+    ids, mask = left_pad([[1, 2, 3], [4]], pad_token_id=0)
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert truncate_at_eos([5, 2, 6, 2], [2]) == ([5, 2], True)
+    assert truncate_at_eos([5, 6], [2]) == ([5, 6], False)
+
+
+def test_sample_completions_with_a_tiny_model(tiny):
+    model, tok = tiny
+    prompts = [tok("12+3=")["input_ids"], tok("7*8=")["input_ids"]]
+    comps = sample_completions(model, prompts, max_new_tokens=6, eos_token_ids=[tok.eos_token_id],
+                               pad_token_id=tok.pad_token_id)
+    assert len(comps) == 2 and all(len(c) == 6 for c in comps)
+    assert model.training  # mode restored (the fixture's model starts in training mode)
+    r = build_rollout(prompts, comps, [tok.eos_token_id], tok.pad_token_id)
+    assert r.input_ids[0, : len(prompts[0])].tolist() == prompts[0]

@@ -19,22 +19,14 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from conftest import common_args, trl_rows
 from tirl import models
-from tirl.data import load_rows, to_trl
-from tirl.files import safe_path
 from tirl.trainers import IQLearnConfig, IQLearnTrainer, NonFiniteLossError, NoTrainableTokensError
 
 
 def args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none", use_cpu=True, bf16=False,
-                gradient_checkpointing=False, save_strategy="no", logging_steps=1, seed=0, disable_tqdm=True,
-                learning_rate=3e-3, max_steps=4)
-    base.update(kw)
-    return IQLearnConfig(**base)
-
-
-def arithmetic(tok, n=32):
-    return Dataset.from_list(to_trl(load_rows("arithmetic", limit=n), tok))
+    return IQLearnConfig(**common_args(tmp_path, **{"per_device_eval_batch_size": 8, "learning_rate": 3e-3,
+                                                    "max_steps": 4, **kw}))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -107,7 +99,7 @@ class PoisonAt(TrainerCallback):
 def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny, tmp_path):
     model, tok = tiny
     cfg = args(tmp_path, max_steps=10, save_strategy="steps", save_steps=2)
-    tr = IQLearnTrainer(model, cfg, train_dataset=arithmetic(tok), processing_class=tok, callbacks=[PoisonAt(5)])
+    tr = IQLearnTrainer(model, cfg, train_dataset=trl_rows(tok, n=32), processing_class=tok, callbacks=[PoisonAt(5)])
     with pytest.raises(NonFiniteLossError) as err:
         tr.train()
     msg = str(err.value)
@@ -125,7 +117,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny, tmp_pat
 def test_crash_while_writing_a_checkpoint_leaves_no_valid_looking_checkpoint(tiny, tmp_path, monkeypatch):
     model, tok = tiny
     cfg = args(tmp_path, max_steps=6, save_strategy="steps", save_steps=2)
-    tr = IQLearnTrainer(model, cfg, train_dataset=arithmetic(tok), processing_class=tok)
+    tr = IQLearnTrainer(model, cfg, train_dataset=trl_rows(tok, n=32), processing_class=tok)
     original = tr._save_rng_state
 
     def crash_on_second_save(output_dir):
@@ -142,7 +134,7 @@ def test_crash_while_writing_a_checkpoint_leaves_no_valid_looking_checkpoint(tin
     # the half-written one is under a name resume ignores, and the next save clears it away
     assert any(n.startswith(".partial-checkpoint-4") for n in names)
     cfg2 = args(tmp_path, max_steps=6, save_strategy="steps", save_steps=2)
-    tr2 = IQLearnTrainer(models.tiny_model("tiny-llama")[0], cfg2, train_dataset=arithmetic(tok), processing_class=tok)
+    tr2 = IQLearnTrainer(models.tiny_model("tiny-llama")[0], cfg2, train_dataset=trl_rows(tok, n=32), processing_class=tok)
     tr2.train(resume_from_checkpoint=True)
     names = sorted(os.listdir(tmp_path))
     assert "checkpoint-6" in names and not any(n.startswith(".partial") for n in names)
@@ -196,7 +188,7 @@ def test_same_seed_gives_the_same_metrics_twice(tmp_path):
     histories = []
     for i in range(2):
         model, tok = models.tiny_model("tiny-llama", seed=0)
-        tr = IQLearnTrainer(model, args(tmp_path / str(i), max_steps=5), train_dataset=arithmetic(tok, 64),
+        tr = IQLearnTrainer(model, args(tmp_path / str(i), max_steps=5), train_dataset=trl_rows(tok, n=64),
                             processing_class=tok)
         tr.train()
         histories.append([(h["step"], h["loss"], h["td_loss"]) for h in tr.state.log_history if "loss" in h])
@@ -238,12 +230,3 @@ def test_remote_code_is_not_run_by_default(tmp_path, tiny):
     assert not marker.exists()
 
 
-def test_written_paths_cannot_escape_the_output_directory(tmp_path):
-    assert safe_path(tmp_path, "metrics.json") == (tmp_path / "metrics.json").resolve()
-    assert safe_path(tmp_path, "eval/generations.jsonl").parent.name == "eval"
-    for bad in ("../outside.json", "/etc/passwd", "eval/../../x"):
-        with pytest.raises(ValueError, match="outside the output directory"):
-            safe_path(tmp_path, bad)
-    (tmp_path / "link").symlink_to("/tmp")
-    with pytest.raises(ValueError):
-        safe_path(tmp_path, "link/x.json")

@@ -4,30 +4,11 @@ import copy
 
 import pytest
 import torch
-from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from conftest import common_args, first_batch, trl_rows
 from tirl import losses as L
-from tirl.data import load_rows, to_trl
 from tirl.trainers import IQLearnConfig, IQLearnTrainer
-
-
-def trl_rows(tokenizer, n=64, split="train", seed=0):
-    return Dataset.from_list(to_trl(load_rows("arithmetic", split=split, limit=n, seed=seed), tokenizer))
-
-
-def common_args(tmp_path, **kw):
-    args = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=16, max_steps=2,
-        report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, save_strategy="no",
-        logging_steps=1, seed=0, disable_tqdm=True,
-    )
-    args.update(kw)
-    return args
-
-
-def first_batch(trainer):
-    return dict(next(iter(trainer.get_train_dataloader())))
 
 
 def test_lambda_zero_equals_trl_sft_loss_and_gradients(tiny, tmp_path):
@@ -141,3 +122,25 @@ def test_config_validation():
     with pytest.raises(ValueError):
         IQLearnConfig(output_dir="/tmp/x", iq_gamma=1.5, use_cpu=True)
     assert IQLearnConfig(output_dir="/tmp/x").use_cpu  # no GPU here: switched on automatically
+
+
+def test_the_metric_store_averages_each_logging_step_and_starts_afresh():
+    from tirl.trainers.metrics import MetricStore
+
+    m = MetricStore()
+    m.add("train", mle_loss=1.0, td_loss=4.0)
+    m.add("train", mle_loss=3.0, td_loss=8.0)
+    m.train_tokens += 10
+    m.set("train", num_tokens=m.train_tokens)
+    m.add("eval", mle_loss=5.0)
+    assert m.pop("train") == {"mle_loss": 2.0, "td_loss": 6.0, "num_tokens": 10.0}
+    assert m.pop("train") == {} and m.pop("eval") == {"eval_mle_loss": 5.0}
+
+
+def test_local_counts_are_of_the_actions_the_losses_see():
+    from tirl.trainers.counts import local_counts
+
+    expert = torch.tensor([[-100, 5, 6, -100], [-100, -100, -100, -100], [7, -100, -100, 9]])  # position 0 is no action
+    policy = torch.tensor([[-100, -100, 3, 4]])
+    counts = local_counts([expert], [policy])
+    assert {k: int(v) for k, v in counts.items()} == {"sequences": 2, "policy_tokens": 2, "policy_sequences": 1}

@@ -11,11 +11,11 @@ import os
 
 import pytest
 import torch
-from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from conftest import common_args as shared_args
+from conftest import first_batch, trl_rows
 from tirl import losses as L
-from tirl.data import load_rows, to_trl
 from tirl.qv import reference
 from tirl.qv.value_head import FILENAME as VALUE_HEAD_FILE
 from tirl.qv.value_head import get_value_head
@@ -24,26 +24,12 @@ from tirl.trainers import IQLearnConfig, IQLearnTrainer, OnlineIQLearnConfig, On
 FORMS = ("logits", "reference", "head")
 
 
-def trl_rows(tokenizer, n=16, split="train", seed=0):
-    return Dataset.from_list(to_trl(load_rows("arithmetic", split=split, limit=n, seed=seed), tokenizer))
-
-
 def common_args(tmp_path, **kw):
-    args = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=2,
-        report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, save_strategy="no",
-        logging_steps=1, seed=0, disable_tqdm=True,
-    )
-    args.update(kw)
-    return args
-
-
-def first_batch(trainer):
-    return dict(next(iter(trainer.get_train_dataloader())))
+    return shared_args(tmp_path, **{"per_device_eval_batch_size": 8, **kw})
 
 
 def make(model, tok, tmp_path, **kw):
-    ds = trl_rows(tok)
+    ds = trl_rows(tok, n=16)
     return IQLearnTrainer(copy.deepcopy(model), IQLearnConfig(**common_args(tmp_path, **kw)), train_dataset=ds,
                           eval_dataset=ds, processing_class=tok)
 
@@ -141,7 +127,7 @@ def test_reference_values_cache_round_trip(tmp_path):
 def test_lambda_zero_is_mle_in_every_form(tiny, tmp_path, form):
     model, tok = tiny
     model = model.double()
-    ds = trl_rows(tok)
+    ds = trl_rows(tok, n=16)
     sft = SFTTrainer(copy.deepcopy(model), SFTConfig(**common_args(tmp_path / "sft")), train_dataset=ds,
                      processing_class=tok)
     batch = first_batch(sft)
