@@ -16,7 +16,11 @@ upgrade that breaks one names it here, at once, instead of as a wrong result som
                                                                                 model.safetensors (a plain causal LM)
     torch.nn.Module._modules                            trainers/discriminator  a truncated trunk view that shares
                                                                                 layers without changing the original
+    argparse.ArgumentParser._actions                    cli/train.py            the option names of TRL's parser, to
+      (TrlParser's base class)                                                  name a bad option in a config's error
     trl.data_utils._tokenize (tests only)               tests/test_sampling.py  the oracle of prompt tokenisation
+    Trainer._save_rng_state (tests only)                tests/test_robustness   a crash injected part-way through
+                                                                                writing a checkpoint
 
 The public parts tirl leans on in a way TRL could change quietly are checked too (the vLLM options mapped by name onto
 VLLMGeneration, the reference-model preparation, the ZeRO-3 head gather, Trainer.get_batch_samples).
@@ -43,6 +47,8 @@ def test_atomic_checkpoints_can_redirect_where_trainer_saves():
     # the override of _get_output_dir only works while _save_checkpoint asks it where to write
     assert "self._get_output_dir(" in source(Trainer._save_checkpoint)
     assert "_save_checkpoint" in source(SFTTrainer)  # TRL writes the model card there, then calls Trainer's
+    # the crash test of tests/test_robustness.py fails this step: after the model and optimizer, before the trainer state
+    assert "self._save_rng_state(" in source(Trainer._save_checkpoint)
 
 
 def test_the_reference_value_column_survives_column_removal():
@@ -66,6 +72,14 @@ def test_the_value_head_can_be_kept_out_of_model_safetensors():
 def test_a_module_keeps_its_children_in_modules():
     m = torch.nn.Sequential(torch.nn.Linear(1, 1))
     assert isinstance(m._modules, dict) and m._modules["0"] is m[0]
+
+
+def test_the_parser_lists_its_options_in_actions():
+    from tirl.cli.train import build_parser
+
+    parser = build_parser([])
+    assert isinstance(parser, trl.TrlParser)
+    assert any("--iq_lambda" in a.option_strings and a.dest == "iq_lambda" for a in parser._actions)
 
 
 def test_the_tokenisation_oracle_of_the_tests_exists():
