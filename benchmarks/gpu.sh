@@ -70,7 +70,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__)"
 
 # the compiled (fused) per-chunk head against the eager one, values and gradients, on this GPU
-python3 -m pytest -q -p no:cacheprovider tests/test_losses.py -k fused_head || echo "FUSED HEAD CHECK FAILED"
+python3 -m pytest -q -p no:cacheprovider tests/test_chunked_head.py -k compiled_head || echo "FUSED HEAD CHECK FAILED"
 
 if [[ "${1:-}" == "quality" ]]; then
     [[ -f .device-kept/smollm2.part-a && -f .device/smollm2.part-b ]] || {
