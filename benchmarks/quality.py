@@ -307,7 +307,13 @@ def _frontier_labels(eval_dirs: list[Path], labels: list[str]) -> list[str]:
 
 
 def epoch_curve(cfg: dict, run_dir: Path, eval_root: Path, score: str, untrained: dict) -> list[dict]:
-    """Per epoch: held-out −log π (the trainer's eval on held-out rows) and the greedy task score of the checkpoint."""
+    """Per epoch: held-out −log π (the trainer's eval on held-out rows) and the greedy task score of the checkpoint.
+
+    Kept in `epoch_curve.json` beside the run: after it, only the chosen checkpoint is kept (a resumed benchmark
+    reads the curve from there)."""
+    cached = run_dir / "epoch_curve.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
     history = log_history(run_dir)
     before = json.loads((run_dir / "metrics.json").read_text()).get("eval_before", {})
     scale = 100.0 if score.startswith("accuracy") else 1.0
@@ -321,6 +327,7 @@ def epoch_curve(cfg: dict, run_dir: Path, eval_root: Path, score: str, untrained
         curve.append({"epoch": epoch, "heldout_nll": evals.get(epoch, {}).get("eval_mle_loss"),
                       "heldout_td": evals.get(epoch, {}).get("eval_td_loss"),
                       "greedy_score": scale * m["greedy"][score], "checkpoint": str(ck)})
+    cached.write_text(json.dumps(curve, indent=1) + "\n")
     return curve
 
 
@@ -675,9 +682,23 @@ def main() -> None:
             result.update({k: v for k, v in previous.items() if k in SECTIONS})
             result["seconds"] = previous.get("seconds", {})
 
-    def save() -> None:  # after each section, so a killed run keeps what it finished
-        output.write_text(json.dumps(result, indent=1) + "\n")
-        (output.with_suffix(".md")).write_text(f"# Quality benchmark ({args.preset} preset)\n" + tables(result))
+    done: set[str] = set()
+
+    def save() -> None:
+        """After each section, so a killed run keeps what it finished. Sections may run in parallel processes
+        (`--section`, e.g. one per core): the file is re-read under a lock and only this process's sections replaced."""
+        import fcntl
+
+        with open(output.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = dict(result)
+            if output.is_file():
+                on_disk = json.loads(output.read_text())
+                if on_disk.get("preset") == args.preset:
+                    merged.update({k: v for k, v in on_disk.items() if k in SECTIONS and k not in done})
+                    merged["seconds"] = {**on_disk.get("seconds", {}), **{k: result["seconds"][k] for k in done}}
+            output.write_text(json.dumps(merged, indent=1) + "\n")
+            output.with_suffix(".md").write_text(f"# Quality benchmark ({args.preset} preset)\n" + tables(merged))
 
     for name in SECTIONS:
         if args.section not in (name, "all") or name not in preset:
@@ -693,6 +714,7 @@ def main() -> None:
             result[name] = task_section(name, cfg, preset["variants"], runs / name, score,
                                         per_epoch=name == "arithmetic", rewards=name == "xsum")
         result["seconds"][name] = time.time() - t0
+        done.add(name)
         save()
         print(f"section {name}: {result['seconds'][name] / 60:.1f} min", flush=True)
     print(tables(result))
