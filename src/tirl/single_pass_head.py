@@ -146,7 +146,7 @@ _COMPILED: dict[str, object] = {}
 
 def _compiled_chunk_step():
     if "step" not in _COMPILED:
-        _COMPILED["step"] = torch.compile(_chunk_step, dynamic=True)
+        _COMPILED["step"] = torch.compile(_chunk_step, dynamic=True, fullgraph=True)
     return _COMPILED["step"]
 
 
@@ -207,7 +207,7 @@ class SinglePassIQFunction(torch.autograd.Function):
         gcc = plan.gc * plan.C  # γ·c·C: the part of r_i that waits for v_{i+1}
         step = _compiled_chunk_step() if use_fused_head(hidden, bias) else _chunk_step
         td_grad = plan.lam != 0
-        carry = (torch.zeros(1, device=device, dtype=acc),) * 3
+        carry = tuple(torch.zeros(1, device=device, dtype=acc) for _ in range(3))  # distinct: no aliasing guards
         ends = []  # chunk-last rows whose g lacks the next chunk's v
         with torch.autocast(device.type, enabled=False):
             w_c = weight.to(compute_dtype)
@@ -222,7 +222,7 @@ class SinglePassIQFunction(torch.autograd.Function):
                     plan.A, plan.C, with_grad, td_grad)
                 if s > 0:
                     r[s - 1] = r_prev[0]
-                carry = (r[e - 1 : e].clone(), plan.e[e - 1 : e], gcc[e - 1 : e])
+                carry = (r[e - 1 : e].clone(), plan.e[e - 1 : e].clone(), gcc[e - 1 : e].clone())
                 if e < n:
                     ends.append(e - 1)
                 if dz is None:
