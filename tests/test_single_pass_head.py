@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tirl import losses as L
+from tirl import single_pass_head as SP
 from tirl.single_pass_head import single_pass_iq_loss
 
 EOS = 2
@@ -89,10 +90,11 @@ SETTINGS = [
 @pytest.mark.parametrize("form", ["logits", "reference", "head"])
 @pytest.mark.parametrize("lam", [0.0, 0.3])
 @pytest.mark.parametrize("reduction", ["token", "sequence"])
-def test_matches_full_logits_oracle_float64(setting, form, lam, reduction):
+def test_matches_full_logits_oracle_float64(setting, form, lam, reduction, monkeypatch):
     """Values and gradients (hidden, weight, bias, v_ψ) equal the full-logits loss, for chunks of 1, 3, 7 and 1024
-    rows. The small chunks end inside completion segments, so the residual carried to the next chunk and the one-hot
-    correction of chunk-last rows are exercised (with 1-row chunks, at every row)."""
+    rows, and eager blocks of the whole chunk or 2 rows. Small chunks and blocks end inside completion segments, so the
+    residual carried to the next block, the held last row of a block and the one-hot correction of chunk-last rows
+    are exercised (with 1-row chunks, at every row)."""
     gamma, stop_grad_next, bias, entropy_coef = setting
     h, W, b, labels = make_batch(bias=bias)
     value, reference_v = extra_values(labels, form)
@@ -101,7 +103,8 @@ def test_matches_full_logits_oracle_float64(setting, form, lam, reduction):
     ref = oracle(h, W, b, labels, **kw)
     params = (h, W, b, value)
     g_ref = grads(ref.loss, params)
-    for chunk in (1, 3, 7, 1024):
+    for chunk, block_rows in ((1, None), (3, None), (7, None), (1024, None), (7, 2), (1024, 2), (1024, 5)):
+        monkeypatch.setattr(SP, "BLOCK_ELEMENTS", SP.BLOCK_ELEMENTS if block_rows is None else block_rows * W.shape[0])
         out = single_pass_iq_loss(h, W, labels, chunk_size=chunk, bias=b, **kw)
         for key in STAT_KEYS:
             assert abs(getattr(ref, key).item() - getattr(out, key).item()) < 1e-10, (chunk, key)
@@ -246,10 +249,13 @@ def test_all_masked_micro_batch_gives_differentiable_zero():
     assert out.mean_reward.item() == 0.0 and out.num_tokens.item() == 0
 
 
-def test_bf16_autocast_is_close_to_float32_and_to_the_two_pass_head():
+@pytest.mark.parametrize("block_rows", [None, 5])
+def test_bf16_autocast_is_close_to_float32_and_to_the_two_pass_head(block_rows, monkeypatch):
     """Under bf16 autocast (as in training) the matmuls run in bf16 and the softmax maths in float32; the result stays
     close to the float32 loss and to the two-pass head under the same autocast."""
     h, W, _, labels = make_batch(B=4, T=64, D=32, V=300, dtype=torch.float32)
+    if block_rows is not None:
+        monkeypatch.setattr(SP, "BLOCK_ELEMENTS", block_rows * W.shape[0])
     kw = dict(lam=0.1, eos_token_id=EOS)
     ref = oracle(h, W, None, labels, **kw)
     with torch.autocast("cpu", dtype=torch.bfloat16):

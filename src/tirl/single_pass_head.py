@@ -65,6 +65,8 @@ from .losses import (
     use_fused_head,
 )
 
+BLOCK_ELEMENTS = 2**21  # logits per block of the eager softmax maths: two float32 buffers of 8 MB
+
 
 @dataclass
 class SinglePassLossOutput(LossOutput):
@@ -95,19 +97,19 @@ def _next(x: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk_step(z, actions, bias, w, e, gc, gcb, shift, shift_next, g_ent, r_carry, e_carry, gcc_carry,
-                A: float, C: float, with_grad: bool, td_grad: bool):
-    """Statistics and logits gradient of one chunk of rows (compiled by torch.compile on CUDA, eager elsewhere).
+                A: float, C: float, with_grad: bool, td_grad: bool, out_dtype: torch.dtype):
+    """Statistics and logits gradient of a block of rows: the whole chunk, compiled by torch.compile (CUDA), or a few
+    rows at a time, eagerly (CPU), so that its float32 buffers stay small.
 
-    z [c, V]: the chunk's logits without bias, in the matmul dtype (consumed: the buffer is reused). Per row [c]:
-    actions, w, e = 2λ·w·m, gc = γ·c, gcb = γ·c' (0 with stop_grad_next), the value shift s and s of the next row,
-    g_ent = β·w or None. Carried from the previous chunk ([1] each): r of its last row without the −γ·c·C·v_next part,
-    its e and γ·c·C. Returns (dℓ [c, V] in z's dtype or None, q, v, H, top-1, r [c] (the last row partial), r of the
-    previous chunk's last row [1]).
+    z [k, V]: the block's logits without bias, in the matmul dtype; a float32 z is overwritten (it is the caller's
+    buffer). Per row [k]: actions, w, e = 2λ·w·m, gc = γ·c, gcb = γ·c' (0 with stop_grad_next), the value shift s and
+    the next row's s, g_ent = β·w or None. Carried from the previous block ([1] each): r of its last row without the
+    −γ·c·C·v_next part, its e and γ·c·C. Returns (dℓ [k, V] in `out_dtype` or None, q, v, H, top-1, r [k] (the last
+    row partial), r of the previous block's last row [1]).
     """
-    cd = z.dtype
-    z = z.to(torch.float64 if cd == torch.float64 else torch.float32)
+    z = z.to(torch.float64 if z.dtype == torch.float64 else torch.float32)
     if bias is not None:
-        z.add_(bias)  # z is a temporary: the matmul's output or its float32 copy
+        z.add_(bias)
     zmax = z.amax(-1)
     q = z.gather(-1, actions[:, None]).squeeze(-1)
     top1 = q >= zmax
@@ -116,9 +118,9 @@ def _chunk_step(z, actions, bias, w, e, gc, gcb, shift, shift_next, g_ent, r_car
     sum_p = p.sum(-1)
     log_sum = sum_p.log()
     v = zmax + log_sum
-    z.mul_(p)  # (ℓ − max)·p: the entropy's sum, and the entropy gradient below (no third [c, V] buffer)
+    z.mul_(p)  # (ℓ − max)·p: the entropy's sum, and the entropy gradient below (no third [k, V] buffer)
     entropy = log_sum - z.sum(-1) / sum_p
-    # TD residuals: r_i = Qv_i − γ·c_i·Vv_{i+1}; Vv_{i+1} of the chunk's last row is the next chunk's (partial here)
+    # TD residuals: r_i = Qv_i − γ·c_i·Vv_{i+1}; Vv_{i+1} of the block's last row is the next block's (partial here)
     value = C * v + shift
     v_next = torch.cat([value[1:], shift_next[-1:]])
     r = q + A * v + shift - gc * v_next
@@ -132,13 +134,14 @@ def _chunk_step(z, actions, bias, w, e, gc, gcb, shift, shift_next, g_ent, r_car
         g = d - w
     else:
         b, g = w, -w
+    # dℓ = b·softmax + g·onehot(a) (+ β·w·softmax·(log softmax + H)), written over z
     if g_ent is None:
-        p.mul_((b / sum_p)[:, None])
+        torch.mul(p, (b / sum_p)[:, None], out=z)
     else:
         # β·w·softmax·(log softmax + H) = β·w/Σp·((ℓ − max)·p + (H − log Σp)·p)
-        p.mul_(((b + g_ent * (entropy - log_sum)) / sum_p)[:, None]).add_(z.mul_((g_ent / sum_p)[:, None]))
-    p.scatter_add_(-1, actions[:, None], g[:, None])
-    return p.to(cd), q, v, entropy, top1, r, r_prev
+        z.mul_((g_ent / sum_p)[:, None]).add_(p.mul_(((b + g_ent * (entropy - log_sum)) / sum_p)[:, None]))
+    z.scatter_add_(-1, actions[:, None], g[:, None])
+    return z.to(out_dtype), q, v, entropy, top1, r, r_prev
 
 
 _COMPILED: dict[str, object] = {}
@@ -150,12 +153,17 @@ def _compiled_chunk_step():
     return _COMPILED["step"]
 
 
-def _addmm_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """acc += a @ b, with the product kept in float32 on CUDA (not rounded to bf16 per chunk first), as TRL does."""
+def _addmm_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, buf: torch.Tensor | None = None) -> None:
+    """acc += a @ b: on CUDA with the product kept in float32 (not rounded to bf16 per chunk first), as TRL does;
+    elsewhere through `buf` when given (a reused product buffer instead of a fresh one per chunk)."""
     if acc.device.type == "cuda" and a.dtype in (torch.float16, torch.bfloat16) and acc.dtype == torch.float32:
         torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    elif a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif buf is None:
+        acc.add_(a @ b)
     else:
-        acc += a @ b
+        acc.add_(torch.mm(a, b, out=buf))
 
 
 @dataclass
@@ -205,35 +213,60 @@ class SinglePassIQFunction(torch.autograd.Function):
             shift = torch.zeros(n, device=device, dtype=acc)
         shift_next = _next(shift)
         gcc = plan.gc * plan.C  # γ·c·C: the part of r_i that waits for v_{i+1}
-        step = _compiled_chunk_step() if use_fused_head(hidden, bias) else _chunk_step
+        compiled = use_fused_head(hidden, bias)
+        step = _compiled_chunk_step() if compiled else _chunk_step
+        vocab = weight.shape[0]
+        # eagerly, the softmax maths runs over blocks of a few rows (two float32 [block, V] buffers) while the
+        # chunk's logits, then its gradient, stay in one [c, V] buffer of the matmul dtype
+        block = c if compiled else max(1, BLOCK_ELEMENTS // vocab)
+        out_dtype = compute_dtype if compiled else acc
         td_grad = plan.lam != 0
         carry = tuple(torch.zeros(1, device=device, dtype=acc) for _ in range(3))  # distinct: no aliasing guards
         ends = []  # chunk-last rows whose g lacks the next chunk's v
         with torch.autocast(device.type, enabled=False):
             w_c = weight.to(compute_dtype)
             b_acc = None if bias is None else bias.to(acc)
+            buf = torch.empty((min(c, n), vocab), device=device, dtype=compute_dtype)
+            gw_buf = torch.empty(weight.shape, device=device, dtype=compute_dtype) if need_w and n > c else None
             for s in range(0, n, c):
                 e = min(s + c, n)
                 h_c = hidden[s:e].to(compute_dtype)
-                sl = slice(s, e)
-                dz, q[sl], v[sl], entropy[sl], top1[sl], r[sl], r_prev = step(
-                    h_c @ w_c.t(), plan.actions[sl], b_acc, plan.w[sl], plan.e[sl], plan.gc[sl], plan.gcb[sl],
-                    shift[sl], shift_next[sl], None if plan.g_ent is None else plan.g_ent[sl], *carry,
-                    plan.A, plan.C, with_grad, td_grad)
-                if s > 0:
-                    r[s - 1] = r_prev[0]
-                carry = (r[e - 1 : e].clone(), plan.e[e - 1 : e].clone(), gcc[e - 1 : e].clone())
-                if e < n:
-                    ends.append(e - 1)
+                logits = torch.mm(h_c, w_c.t(), out=buf[: e - s])
+                held = None  # (row, its float32 gradient, its partial r): waits for the next block's logsumexp
+                dz = None
+                for bs in range(s, e, block):
+                    be = min(bs + block, e)
+                    sl = slice(bs, be)
+                    dz, q[sl], v[sl], entropy[sl], top1[sl], r[sl], r_prev = step(
+                        logits[bs - s : be - s], plan.actions[sl], b_acc, plan.w[sl], plan.e[sl], plan.gc[sl],
+                        plan.gcb[sl], shift[sl], shift_next[sl], None if plan.g_ent is None else plan.g_ent[sl],
+                        *carry, plan.A, plan.C, with_grad, td_grad, out_dtype)
+                    if bs > 0:
+                        r[bs - 1] = r_prev[0]
+                    if held is not None:
+                        i, row, r_partial = held
+                        row[plan.actions[i]] += plan.e[i] * (r[i] - r_partial[0])
+                        logits[i - s].copy_(row)
+                        held = None
+                    carry = (r[be - 1 : be].clone(), plan.e[be - 1 : be].clone(), gcc[be - 1 : be].clone())
+                    if be == e and e < n:
+                        ends.append(e - 1)
+                    if dz is None or compiled:
+                        continue
+                    if be < e:
+                        held = (be - 1, dz[-1].clone(), carry[0])
+                    if dz.data_ptr() != logits[bs - s].data_ptr():  # float32 maths in place needs no copy
+                        logits[bs - s : be - s].copy_(dz)
                 if dz is None:
                     continue
+                grad_z = dz if compiled else logits  # [c, V] in the matmul dtype
                 if grad_b is not None:
-                    grad_b += dz.sum(0, dtype=acc)
+                    grad_b += grad_z.sum(0, dtype=acc)
                 if grad_h is not None:
-                    _addmm_(grad_h[sl], dz, w_c)
+                    grad_h[s:e] = grad_z @ w_c
                 if grad_w is not None:
-                    _addmm_(grad_w, dz.t(), h_c)
-                del dz
+                    _addmm_(grad_w, grad_z.t(), h_c, gw_buf)
+                del dz, grad_z
             d = 2 * plan.lam * plan.w * plan.td * r  # D_i, complete
             if with_grad and td_grad and ends:
                 # the one-hot part the chunk-last rows missed: D_i − e_i·r_i(partial), one row of W each
