@@ -97,7 +97,7 @@ def _next(x: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk_step(z, actions, bias, w, e, gc, gcb, shift, shift_next, g_ent, r_carry, e_carry, gcc_carry,
-                A: float, C: float, with_grad: bool, td_grad: bool, out_dtype: torch.dtype):
+                A: float, C: float, with_grad: bool, td_grad: bool, out_dtype: torch.dtype, bufs=None):
     """Statistics and logits gradient of a block of rows: the whole chunk, compiled by torch.compile (CUDA), or a few
     rows at a time, eagerly (CPU), so that its float32 buffers stay small.
 
@@ -105,16 +105,18 @@ def _chunk_step(z, actions, bias, w, e, gc, gcb, shift, shift_next, g_ent, r_car
     buffer). Per row [k]: actions, w, e = 2λ·w·m, gc = γ·c, gcb = γ·c' (0 with stop_grad_next), the value shift s and
     the next row's s, g_ent = β·w or None. Carried from the previous block ([1] each): r of its last row without the
     −γ·c·C·v_next part, its e and γ·c·C. Returns (dℓ [k, V] in `out_dtype` or None, q, v, H, top-1, r [k] (the last
-    row partial), r of the previous block's last row [1]).
+    row partial), r of the previous block's last row [1]). `bufs` (eager): float32 buffers of at least [k, V] for
+    the upcast logits (None when z is float32 already) and the exponentials, reused instead of allocated per block.
     """
-    z = z.to(torch.float64 if z.dtype == torch.float64 else torch.float32)
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    z = z.to(acc) if bufs is None or bufs[0] is None else bufs[0][: z.shape[0]].copy_(z)
     if bias is not None:
         z.add_(bias)
     zmax = z.amax(-1)
     q = z.gather(-1, actions[:, None]).squeeze(-1)
     top1 = q >= zmax
     z.sub_(zmax[:, None])  # ℓ − max
-    p = z.exp()  # softmax × Σ exp(ℓ − max)
+    p = z.exp() if bufs is None else torch.exp(z, out=bufs[1][: z.shape[0]])  # softmax × Σ exp(ℓ − max)
     sum_p = p.sum(-1)
     log_sum = sum_p.log()
     v = zmax + log_sum
@@ -228,35 +230,40 @@ class SinglePassIQFunction(torch.autograd.Function):
             b_acc = None if bias is None else bias.to(acc)
             buf = torch.empty((min(c, n), vocab), device=device, dtype=compute_dtype)
             gw_buf = torch.empty(weight.shape, device=device, dtype=compute_dtype) if need_w and n > c else None
+            block_rows = min(block + 1, n)
+            bufs = None if compiled else (
+                None if compute_dtype == acc else torch.empty((block_rows, vocab), device=device, dtype=acc),
+                torch.empty((block_rows, vocab), device=device, dtype=acc))
             for s in range(0, n, c):
                 e = min(s + c, n)
                 h_c = hidden[s:e].to(compute_dtype)
                 logits = torch.mm(h_c, w_c.t(), out=buf[: e - s])
-                held = None  # (row, its float32 gradient, its partial r): waits for the next block's logsumexp
                 dz = None
                 for bs in range(s, e, block):
                     be = min(bs + block, e)
-                    sl = slice(bs, be)
-                    dz, q[sl], v[sl], entropy[sl], top1[sl], r[sl], r_prev = step(
-                        logits[bs - s : be - s], plan.actions[sl], b_acc, plan.w[sl], plan.e[sl], plan.gc[sl],
-                        plan.gcb[sl], shift[sl], shift_next[sl], None if plan.g_ent is None else plan.g_ent[sl],
-                        *carry, plan.A, plan.C, with_grad, td_grad, out_dtype)
+                    # a block inside the chunk takes one row more, for the logsumexp its last row's r needs (that row
+                    # is recomputed as the next block's first); the chunk's last row waits for the correction below
+                    ext = be + 1 if be < e else be
+                    z = logits[bs - s : ext - s]
+                    saved = z[-1].clone() if ext > be and z.dtype == acc else None  # float32 maths runs in place
+                    sl, k = slice(bs, be), be - bs
+                    dz, qb, vb, hb, tb, rb, r_prev = step(
+                        z, plan.actions[bs:ext], b_acc, plan.w[bs:ext], plan.e[bs:ext], plan.gc[bs:ext],
+                        plan.gcb[bs:ext], shift[bs:ext], shift_next[bs:ext],
+                        None if plan.g_ent is None else plan.g_ent[bs:ext], *carry, plan.A, plan.C, with_grad,
+                        td_grad, out_dtype, bufs)
+                    q[sl], v[sl], entropy[sl], top1[sl], r[sl] = qb[:k], vb[:k], hb[:k], tb[:k], rb[:k]
                     if bs > 0:
                         r[bs - 1] = r_prev[0]
-                    if held is not None:
-                        i, row, r_partial = held
-                        row[plan.actions[i]] += plan.e[i] * (r[i] - r_partial[0])
-                        logits[i - s].copy_(row)
-                        held = None
-                    carry = (r[be - 1 : be].clone(), plan.e[be - 1 : be].clone(), gcc[be - 1 : be].clone())
+                    # r of the last row is complete when the block looked ahead, else it lacks −γ·c·C·v_next
+                    gcc_last = gcc[be - 1 : be].clone() if ext == be else torch.zeros_like(carry[2])
+                    carry = (r[be - 1 : be].clone(), plan.e[be - 1 : be].clone(), gcc_last)
                     if be == e and e < n:
                         ends.append(e - 1)
-                    if dz is None or compiled:
-                        continue
-                    if be < e:
-                        held = (be - 1, dz[-1].clone(), carry[0])
-                    if dz.data_ptr() != logits[bs - s].data_ptr():  # float32 maths in place needs no copy
-                        logits[bs - s : be - s].copy_(dz)
+                    if saved is not None:
+                        z[-1].copy_(saved)
+                    if dz is not None and not compiled and dz.data_ptr() != z.data_ptr():
+                        z[:k].copy_(dz[:k])
                 if dz is None:
                     continue
                 grad_z = dz if compiled else logits  # [c, V] in the matmul dtype
