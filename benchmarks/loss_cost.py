@@ -369,7 +369,8 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=1024, help="iq_chunk_size of the chunked variant")
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant and round (median taken)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    p.add_argument("--rounds", type=int, default=3, help="rounds; each runs every variant once, order rotated")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds; each runs every variant once, order rotated (default 3; 5 with --head-only)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--bf16", type=lambda s: s.lower() in ("1", "true", "yes"), default=True, help="bf16 autocast")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
@@ -384,6 +385,8 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=49152, help="with --head-only: vocabulary size (SmolLM2-135M)")
     p.add_argument("--head-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.rounds is None:
+        args.rounds = 5 if args.head_only or args.head_worker else 3
 
     if args.head_worker:
         if args.head_worker == "timing":
@@ -392,8 +395,6 @@ def main() -> None:
             print("RESULT " + json.dumps(head_memory_worker(args.head_worker, args)))
         return
     if args.head_only:
-        if args.rounds == p.get_default("rounds"):
-            args.rounds = 5
         head_only(args)
         return
     if args.worker:
