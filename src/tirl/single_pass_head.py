@@ -35,11 +35,16 @@ With D_i = ∂L/∂r_i = 2λ·w_i·m_i·r_i, and c'_i = c_{i−1} (0 with stop_g
                       g_i needs r_i, i.e. v_{i+1}: known in the chunk except for the chunk's last row.
     head:             b_i = w_i − D_i and g_i need only row i (Vv_{i+1} = v_ψ is given): everything is local.
 
-So a chunk of rows computes its logits once, their logsumexp, r for every row whose successor is in the chunk (and the
-previous chunk's last row, carried over), and the whole gradient (softmax and one-hot parts combined in float32 before
-the low-precision matmuls, as a fused cross-entropy does). The one piece left is D of a chunk's last row when its
-successor opens the next chunk: g of that row lacks −2λ·w·m·γ·c·C·v_{next}, added after the loop as a one-hot
-correction, one row of W per chunk (O(D), no logits). The loss and statistics come from the same q, v, H.
+So a chunk of rows computes its logits once (one matmul, into a buffer of the matmul dtype), and the softmax maths
+runs over it in blocks of rows (on CUDA the whole chunk at once, through torch.compile): q gathered from the logits,
+their logsumexp, r of every row whose successor is in reach (a block inside the chunk takes one row more, only for
+that row's logsumexp; the previous block's last row is carried over), and the whole gradient, written over the block's
+logits. The softmax and one-hot parts are combined in float32 before the low-precision matmuls, as a fused
+cross-entropy does: adding the one-hot part separately (from saved q, v after the loop) would round b·p_a to bf16 on
+its own, and for a confident token b·p_a + g nearly cancels (CE: w·(p_a − 1)), so its error would be 2⁻⁹·w instead
+of 2⁻⁹·w·(1 − p_a). Only the last row of a chunk whose successor opens the next chunk gets its one-hot term late: g
+of that row lacks −2λ·w·m·γ·c·C·v_{next}, added after the loop in float32 from one row of W (O(D) per chunk, no
+logits). The loss and statistics come from the same q, v, H, so they equal the two-pass head's.
 
 The gradients are formed in forward (for grad_output = 1) and kept for backward, which scales them by grad_output, so
 gradient accumulation, loss scaling and `loss * num_processes` work as usual. Under `torch.no_grad()` or with no input
@@ -47,6 +52,11 @@ requiring a gradient, forward computes only the statistics (a `qv_from_hidden` f
 (`weight.requires_grad` False, e.g. LoRA) gets no grad_W. Online IQLearn (`online_iq_loss_from_qv`) has the same
 chain structure (its policy rows change the per-row weights: no MLE term, 2λα·w^π·m for D, and a constant value-gap
 coefficient in b), but is not implemented here: it keeps the two-pass head.
+
+Callers: under ZeRO-3 the head must be gathered around the call (`maybe_gather_lm_head_ctx`, as `tirl.qv_head` does
+for the two-pass head); backward touches only the stored gradients, so it needs no gathering. Float16 autocast: the
+gradient is rounded to float16 before any loss scale is applied (it is formed in forward), so entries below 6e-8
+flush to zero; use the two-pass head there (bfloat16 and float32 have no such limit).
 """
 
 from __future__ import annotations
