@@ -20,7 +20,7 @@ side) before the median. Results: benchmarks/results/loss_cost.json and a markdo
 `--head-only` times forward + backward of the LM head and loss alone (SmolLM2 shape: D = 576, V = 49152; hidden
 [batch, seq, D] and the head weight in float32 under bf16 autocast, every token a completion token): the CE heads
 (full logits as transformers computes it; a Liger-style fused linear cross-entropy written like
-`tirl.single_pass_head`, with and without the entropy and top-1 statistics; TRL's chunked log-prob head as its
+`tirl.losses.single_pass_head`, with and without the entropy and top-1 statistics; TRL's chunked log-prob head as its
 SFTTrainer runs it), the two-pass chunked IQ head (`chunked_iq_loss`) and the single-pass one (`single_pass_iq_loss`).
 Times come from one process, variants alternating with the order rotated, ratios within a round before the median;
 peak RSS from one process per variant; one thread unless --threads. Results go to `head_only.threads_N` in
@@ -126,7 +126,7 @@ HEAD_THREADS = 1
 
 
 def fused_linear_cross_entropy(rows, weight, targets, chunk_size: int = 1024, stats: bool = False):
-    """Mean cross-entropy of rows @ weightᵀ against targets, written like `tirl.single_pass_head`: chunks of rows
+    """Mean cross-entropy of rows @ weightᵀ against targets, written like `tirl.losses.single_pass_head`: chunks of rows
     through one reused logits buffer, the float32 softmax maths in blocks of `BLOCK_ELEMENTS` (exp in place), the
     gradient formed in forward and multiplied into grad_hidden and grad_W at once (Liger's fused linear cross-entropy
     in torch). `stats` also computes the entropy and top-1 flag as SFTTrainer logs them (one more float32 block)."""
@@ -137,7 +137,7 @@ def fused_linear_cross_entropy(rows, weight, targets, chunk_size: int = 1024, st
 def _fused_ce_function():
     import torch
 
-    from tirl import single_pass_head as sp
+    from tirl.losses import single_pass_head as sp
 
     class FusedLinearCE(torch.autograd.Function):
         @staticmethod
@@ -197,8 +197,7 @@ def head_loss_fn(variant: str, chunk: int):
     """(hidden [B, T, D], weight [V, D], labels [B, T]) -> scalar loss, for one head-only variant."""
     import torch.nn.functional as F
 
-    from tirl.losses import chunked_iq_loss, shift_labels
-    from tirl.single_pass_head import single_pass_iq_loss
+    from tirl.losses import chunked_iq_loss, shift_labels, single_pass_iq_loss
 
     def rows_of(hidden, labels):
         actions, mask = shift_labels(labels)

@@ -1,4 +1,4 @@
-"""tirl.single_pass_head: the one-pass IQ head against its oracles (the full-logits loss and the two-pass chunked head),
+"""tirl.losses.single_pass_head: the one-pass IQ head against its oracles (the full-logits loss and the two-pass chunked head),
 values and gradients in float64, for every case the trainers use."""
 
 import shutil
@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from tirl import losses as L
-from tirl import single_pass_head as SP
-from tirl.single_pass_head import single_pass_iq_loss
+from tirl.losses import single_pass_head as SP
+from tirl.losses import single_pass_iq_loss
 
 EOS = 2
 
@@ -297,20 +297,22 @@ def _compiled_devices():
 @pytest.mark.slow
 @pytest.mark.parametrize("device", _compiled_devices())
 @pytest.mark.parametrize("autocast", [False, True])
-def test_compiled_chunk_maths_matches_the_eager_one(device, autocast, monkeypatch):
-    """The torch.compile'd per-chunk maths (default on CUDA, TIRL_FUSED_HEAD=1 elsewhere) gives the eager results."""
+def test_compiled_chunk_maths_matches_the_eager_one(device, autocast):
+    """The torch.compile'd per-chunk maths (`compiled=True`: the trainers' default on CUDA, `tirl.qv.compile_chunks`)
+    gives the eager results."""
     h, W, _, labels = make_batch(B=4, T=40, D=32, V=300, dtype=torch.float32)
     h, W, labels = h.detach().to(device), W.detach().to(device), labels.to(device)
     value, _ = extra_values(labels, "head", dtype=torch.float32)
     value = value.detach().to(device)
     results = {}
     for mode in ("0", "1"):
-        monkeypatch.setenv("TIRL_FUSED_HEAD", mode)
+        compiled = mode == "1"
         hh, WW, vv = h.clone().requires_grad_(), W.clone().requires_grad_(), value.clone().requires_grad_()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             logits_form = single_pass_iq_loss(hh, WW, labels, lam=0.1, eos_token_id=EOS, chunk_size=48,
-                                              entropy_coef=0.05)  # 3 full chunks + 1 short
-            head_form = single_pass_iq_loss(hh, WW, labels, lam=0.1, eos_token_id=EOS, chunk_size=48, value=vv)
+                                              entropy_coef=0.05, compiled=compiled)  # 3 full chunks + 1 short
+            head_form = single_pass_iq_loss(hh, WW, labels, lam=0.1, eos_token_id=EOS, chunk_size=48, value=vv,
+                                            compiled=compiled)
         loss = logits_form.loss + head_form.loss
         results[mode] = (loss.detach(), *torch.autograd.grad(loss, [hh, WW, vv]), logits_form.qv.entropy,
                          logits_form.qv.is_top1)
@@ -324,7 +326,8 @@ def test_compiled_chunk_maths_matches_the_eager_one(device, autocast, monkeypatc
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("form", ["logits", "reference", "head"])
 def test_cuda_matches_the_float64_oracle(form):
-    """On CUDA (compiled chunk maths by default) in float32 and under bf16 autocast, against the float64 CPU oracle."""
+    """On CUDA (compiled chunk maths, as the trainers run it there) in float32 and under bf16 autocast, against the
+    float64 CPU oracle."""
     h, W, b, labels = make_batch(B=4, T=64, D=32, V=300, dtype=torch.float64)
     value, reference_v = extra_values(labels, form)
     kw = dict(lam=0.2, gamma=0.95, eos_token_id=EOS, reference_v=reference_v)
@@ -335,7 +338,7 @@ def test_cuda_matches_the_float64_oracle(form):
         vc = None if value is None else value.detach().float().cuda().requires_grad_()
         kc = dict(kw, reference_v=None if reference_v is None else reference_v.float().cuda())
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            out = single_pass_iq_loss(hc, Wc, labels.cuda(), chunk_size=48, value=vc, **kc)
+            out = single_pass_iq_loss(hc, Wc, labels.cuda(), chunk_size=48, value=vc, compiled=True, **kc)
         assert abs(out.loss.item() - ref.loss.item()) / abs(ref.loss.item()) < tol
         g = grads(out.loss, (hc, Wc, vc))
         for a, c in zip(g, g_ref, strict=True):

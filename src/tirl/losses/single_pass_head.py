@@ -53,27 +53,24 @@ requiring a gradient, forward computes only the statistics (a `qv_from_hidden` f
 chain structure (its policy rows change the per-row weights: no MLE term, 2λα·w^π·m for D, and a constant value-gap
 coefficient in b), but is not implemented here: it keeps the two-pass head.
 
-Callers: under ZeRO-3 the head must be gathered around the call (`maybe_gather_lm_head_ctx`, as `tirl.qv_head` does
-for the two-pass head); backward touches only the stored gradients, so it needs no gathering. Float16 autocast: the
+Callers choose, as for the two-pass head (`tirl.losses.chunked_head`), whether the per-chunk maths runs through
+`torch.compile` (`compiled`; on CUDA the whole chunk at once) and supply `gather`, a context that makes the head's
+parameters whole (ZeRO-3), entered around the forward; backward touches only the stored gradients, so it needs no
+gathering. Nothing here reads the environment. Float16 autocast: the
 gradient is rounded to float16 before any loss scale is applied (it is formed in forward), so entries below 6e-8
 flush to zero; use the two-pass head there (bfloat16 and float32 have no such limit).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from .losses import (
-    MAX_CHUNK_ELEMENTS,
-    QV,
-    LossOutput,
-    Reduction,
-    next_values,
-    shift_labels,
-    use_fused_head,
-)
+from .chunked_head import MAX_CHUNK_ELEMENTS, Gather
+from .iq import LossOutput
+from .mdp import QV, Reduction, acc_dtype, next_values, shift_labels
 
 BLOCK_ELEMENTS = 2**21  # logits per block of the eager softmax maths: two float32 buffers of 8 MB
 
@@ -86,10 +83,6 @@ class SinglePassLossOutput(LossOutput):
     where a trainer logged the `QV` of the two-pass head."""
 
     qv: QV | None = None
-
-
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _prev(x: torch.Tensor) -> torch.Tensor:
@@ -195,6 +188,8 @@ class _Plan:
     C: float
     chunk_size: int
     grads: tuple[bool, bool, bool, bool]  # hidden, weight, bias, value
+    compiled: bool  # the per-chunk maths through torch.compile (`_compiled_chunk_step`)
+    gather: Gather  # makes the head's parameters whole around the forward (ZeRO-3)
 
 
 class SinglePassIQFunction(torch.autograd.Function):
@@ -208,7 +203,7 @@ class SinglePassIQFunction(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, value, plan: _Plan):
         device = hidden.device
         compute_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
-        acc = _acc_dtype(hidden)
+        acc = acc_dtype(hidden)
         n, c = hidden.shape[0], plan.chunk_size
         need_h, need_w, need_b, need_v = plan.grads
         with_grad = need_h or need_w or need_b or need_v
@@ -225,7 +220,7 @@ class SinglePassIQFunction(torch.autograd.Function):
             shift = torch.zeros(n, device=device, dtype=acc)
         shift_next = _next(shift)
         gcc = plan.gc * plan.C  # γ·c·C: the part of r_i that waits for v_{i+1}
-        compiled = use_fused_head(hidden, bias)
+        compiled = plan.compiled
         step = _compiled_chunk_step() if compiled else _chunk_step
         vocab = weight.shape[0]
         # eagerly, the softmax maths runs over blocks of a few rows (two float32 [block, V] buffers) while the
@@ -235,7 +230,7 @@ class SinglePassIQFunction(torch.autograd.Function):
         td_grad = plan.lam != 0
         carry = tuple(torch.zeros(1, device=device, dtype=acc) for _ in range(3))  # distinct: no aliasing guards
         ends = []  # chunk-last rows whose g lacks the next chunk's v
-        with torch.autocast(device.type, enabled=False):
+        with torch.autocast(device.type, enabled=False), plan.gather():
             w_c = weight.to(compute_dtype)
             b_acc = None if bias is None else bias.to(acc)
             buf = torch.empty((min(c, n), vocab), device=device, dtype=compute_dtype)
@@ -346,6 +341,8 @@ def single_pass_iq_loss(
     entropy_coef: float = 0.0,
     value: torch.Tensor | None = None,
     reference_v: torch.Tensor | None = None,
+    compiled: bool = False,
+    gather: Gather = nullcontext,
 ) -> SinglePassLossOutput:
     """`chunked_iq_loss` with the gradient formed in the forward pass: one pass through the LM head (module docstring).
 
@@ -358,6 +355,7 @@ def single_pass_iq_loss(
     Same loss, gradients and `LossOutput` fields as
     `iq_loss_from_qv(with_value(qv_from_hidden(hidden, weight, labels, chunk_size, bias), value), ...)`, up to
     floating-point summation order; `.qv` holds the detached per-position q, v, entropy, top-1 (and value).
+    `compiled` and `gather` are `qv_from_hidden`'s (module docstring).
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -367,7 +365,7 @@ def single_pass_iq_loss(
         raise ValueError("give `value` (head form) or `reference_v` (reference form), not both")
     chunk_size = max(1, min(chunk_size, MAX_CHUNK_ELEMENTS // weight.shape[0]))
     actions, mask = shift_labels(labels.to(hidden.device))
-    acc = _acc_dtype(hidden)
+    acc = acc_dtype(hidden)
     device = hidden.device
     for name, x in (("value", value), ("reference_v", reference_v)):
         if x is not None and x.shape != mask.shape:
@@ -408,6 +406,8 @@ def single_pass_iq_loss(
         C=form_c,
         chunk_size=chunk_size,
         grads=tuple(grad_on and x is not None and x.requires_grad for x in (rows, weight, bias, value_rows)),
+        compiled=compiled,
+        gather=gather,
     )
     loss, q, v, entropy, top1, r = SinglePassIQFunction.apply(rows, weight, bias, value_rows, plan)
 
