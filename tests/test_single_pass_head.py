@@ -185,6 +185,20 @@ def test_frozen_head_computes_no_weight_gradient():
     assert W.grad is None and h.grad is not None
 
 
+def test_lambda_zero_gives_the_value_head_no_gradient():
+    """λ = 0 takes the TD term, the only user of v_ψ, out of the loss: v_ψ gets None, as from the two-pass head, not a
+    zero gradient (an optimizer skips the one, but counts a step for the other)."""
+    h, W, _, labels = make_batch()
+    value, _ = extra_values(labels, "head")
+    kw = dict(lam=0.0, eos_token_id=EOS, value=value)
+    out = single_pass_iq_loss(h, W, labels, chunk_size=5, **kw)
+    ref, _ = two_pass(h, W, None, labels, 5, **kw)
+    g_out = torch.autograd.grad(out.loss, (h, W, value), allow_unused=True)
+    g_ref = torch.autograd.grad(ref.loss, (h, W, value), allow_unused=True)
+    assert g_out[2] is None and g_ref[2] is None
+    assert_close(g_ref[:2], g_out[:2], 1e-12)
+
+
 def test_grad_output_scales_the_stored_gradients():
     """backward scales the gradients formed in forward by grad_output (loss scaling, `loss * num_processes`,
     Trainer's division by the accumulation steps), and contributions from several uses of the loss add up."""

@@ -405,7 +405,10 @@ def single_pass_iq_loss(
         A=form_a,
         C=form_c,
         chunk_size=chunk_size,
-        grads=tuple(grad_on and x is not None and x.requires_grad for x in (rows, weight, bias, value_rows)),
+        # λ = 0: v_ψ is not in the loss, and gets no gradient (None, not zeros, as from `iq_loss_from_qv`: an optimizer
+        # skips a parameter without a gradient but counts a step for a zero one)
+        grads=tuple(grad_on and x is not None and x.requires_grad
+                    for x in (rows, weight, bias, value_rows if lam != 0 else None)),
         compiled=compiled,
         gather=gather,
     )
