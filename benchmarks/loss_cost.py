@@ -4,9 +4,12 @@ Three variants of the same trainer step (`Trainer.training_step` + AdamW) on Smo
 with fp32 master weights, every token a completion token:
   trl_sft     TRL's SFTTrainer (its fused, chunked log-prob head)
   iq_naive    IQLearnTrainer, iq_chunk_size=0 (loss from the model's full [B, T, V] logits)
-  iq_chunked  IQLearnTrainer, iq_chunk_size=1024 (chunked Q/V head, never builds the logits; on CUDA its per-chunk
-              maths is compiled with torch.compile)
+  iq_chunked  IQLearnTrainer, iq_chunk_size=1024 (chunked head, never builds the logits; on CUDA its per-chunk
+              maths is compiled with torch.compile), iq_head="auto": the single-pass head in training since issue 15
+              phase 2 (results recorded before then measured the two-pass head)
   iq_chunked_eager  the same with TIRL_FUSED_HEAD=0 (eager per-chunk maths; the same as iq_chunked on CPU); only with
+              --variants
+  iq_two_pass the same with iq_head="two_pass" (Q and V in forward, the logits recomputed in backward); only with
               --variants
 
 Each variant runs in its own process (so its peak RSS is its own) for `--steps` timed steps after `--warmup` steps;
@@ -41,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("trl_sft", "iq_naive", "iq_chunked", "iq_chunked_eager")
+VARIANTS = ("trl_sft", "iq_naive", "iq_chunked", "iq_chunked_eager", "iq_two_pass")
 DEFAULT_VARIANTS = "trl_sft,iq_naive,iq_chunked"
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -79,7 +82,8 @@ def worker(variant: str, args) -> dict:
     if variant == "trl_sft":
         trainer = SFTTrainer(model, SFTConfig(**common), train_dataset=dummy, processing_class=tok)
     else:
-        cfg = IQLearnConfig(**common, iq_lambda=0.1, iq_gamma=0.99, iq_chunk_size=0 if variant == "iq_naive" else args.chunk)
+        cfg = IQLearnConfig(**common, iq_lambda=0.1, iq_gamma=0.99, iq_chunk_size=0 if variant == "iq_naive" else args.chunk,
+                            iq_head="two_pass" if variant == "iq_two_pass" else "auto")
         trainer = IQLearnTrainer(model, cfg, train_dataset=dummy, processing_class=tok)
     trainer.create_optimizer_and_scheduler(num_training_steps=args.warmup + args.steps)
     g = torch.Generator().manual_seed(0)
