@@ -357,3 +357,30 @@ def test_cuda_matches_the_float64_oracle(form):
         g = grads(out.loss, (hc, Wc, vc))
         for a, c in zip(g, g_ref, strict=True):
             assert F.cosine_similarity(a.double().cpu().flatten(), c.flatten(), dim=0) > 1 - tol
+
+
+def test_partitioned_head_is_gathered_once_around_the_node():
+    """A ZeRO-3-like head (its data empty outside `gather`, as DeepSpeed partitions it): `gather` is entered once, the
+    loss and gradients are the whole head's, and the gradient has the whole weight's shape."""
+    h, W, _, labels = make_batch()
+    kw = dict(lam=0.3, gamma=0.9, eos_token_id=EOS, chunk_size=5)
+    ref = single_pass_iq_loss(h, W, labels, **kw)
+    g_ref = grads(ref.loss, (h, W))
+    full = W.detach().clone()
+    W_part = torch.nn.Parameter(torch.empty(0, dtype=full.dtype))
+    entered = []
+
+    class Gather:
+        def __enter__(self):
+            entered.append(1)
+            W_part.data = full
+
+        def __exit__(self, *exc):
+            W_part.data = torch.empty(0, dtype=full.dtype)
+
+    out = single_pass_iq_loss(h, W_part, labels, gather=Gather, **kw)
+    assert len(entered) == 1 and W_part.shape == (0,)
+    assert abs(out.loss.item() - ref.loss.item()) < 1e-12
+    g_h, g_w = torch.autograd.grad(out.loss, (h, W_part))
+    assert g_w.shape == full.shape
+    assert_close(g_ref, (g_h, g_w), 1e-12)

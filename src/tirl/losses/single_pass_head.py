@@ -55,10 +55,11 @@ coefficient in b), but is not implemented here: it keeps the two-pass head.
 
 Callers choose, as for the two-pass head (`tirl.losses.chunked_head`), whether the per-chunk maths runs through
 `torch.compile` (`compiled`; on CUDA the whole chunk at once) and supply `gather`, a context that makes the head's
-parameters whole (ZeRO-3), entered around the forward; backward touches only the stored gradients, so it needs no
-gathering. Nothing here reads the environment. Float16 autocast: the
-gradient is rounded to float16 before any loss scale is applied (it is formed in forward), so entries below 6e-8
-flush to zero; use the two-pass head there (bfloat16 and float32 have no such limit).
+parameters whole (ZeRO-3). It is entered once, around the autograd node (which then records the whole weight, the
+shape of the gradient formed in forward) and its forward, as TRL does for fused losses; backward touches only the
+stored gradients, so it needs no gathering. Nothing here reads the environment. Float16 autocast: the gradient is
+rounded to float16 before any loss scale is applied (it is formed in forward), so entries below 6e-8 flush to zero;
+use the two-pass head there (bfloat16 and float32 have no such limit).
 """
 
 from __future__ import annotations
@@ -189,7 +190,6 @@ class _Plan:
     chunk_size: int
     grads: tuple[bool, bool, bool, bool]  # hidden, weight, bias, value
     compiled: bool  # the per-chunk maths through torch.compile (`_compiled_chunk_step`)
-    gather: Gather  # makes the head's parameters whole around the forward (ZeRO-3)
 
 
 class SinglePassIQFunction(torch.autograd.Function):
@@ -230,7 +230,7 @@ class SinglePassIQFunction(torch.autograd.Function):
         td_grad = plan.lam != 0
         carry = tuple(torch.zeros(1, device=device, dtype=acc) for _ in range(3))  # distinct: no aliasing guards
         ends = []  # chunk-last rows whose g lacks the next chunk's v
-        with torch.autocast(device.type, enabled=False), plan.gather():
+        with torch.autocast(device.type, enabled=False):
             w_c = weight.to(compute_dtype)
             b_acc = None if bias is None else bias.to(acc)
             buf = torch.empty((min(c, n), vocab), device=device, dtype=compute_dtype)
@@ -363,7 +363,6 @@ def single_pass_iq_loss(
         raise ValueError(f"reduction must be 'token' or 'sequence', got {reduction!r}")
     if value is not None and reference_v is not None:
         raise ValueError("give `value` (head form) or `reference_v` (reference form), not both")
-    chunk_size = max(1, min(chunk_size, MAX_CHUNK_ELEMENTS // weight.shape[0]))
     actions, mask = shift_labels(labels.to(hidden.device))
     acc = acc_dtype(hidden)
     device = hidden.device
@@ -410,9 +409,12 @@ def single_pass_iq_loss(
         grads=tuple(grad_on and x is not None and x.requires_grad
                     for x in (rows, weight, bias, value_rows if lam != 0 else None)),
         compiled=compiled,
-        gather=gather,
     )
-    loss, q, v, entropy, top1, r = SinglePassIQFunction.apply(rows, weight, bias, value_rows, plan)
+    # ZeRO-3: the head is gathered once, around the autograd node as well as its forward, so that the node records the
+    # whole weight's shape, the shape of the gradient formed in forward (TRL's pattern for fused losses)
+    with gather():
+        plan.chunk_size = max(1, min(chunk_size, MAX_CHUNK_ELEMENTS // weight.shape[0]))
+        loss, q, v, entropy, top1, r = SinglePassIQFunction.apply(rows, weight, bias, value_rows, plan)
 
     with torch.no_grad():
         shift = value_rows if value_rows is not None else plan.shift

@@ -81,8 +81,8 @@ def head_iq_loss(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Ten
 
     The value form: V = v_ψ(h_t) when `model` has a value head (`iq_value="head"`), V = LSE_θ − LSE_θ0 with
     `reference_v` [B, T − 1] (`iq_value="reference"`), else the logits form. The head's parameters are made whole and
-    the per-chunk maths compiled as for `head_qv`; ZeRO-3's gather is entered around the forward only (backward
-    applies the stored gradients)."""
+    the per-chunk maths compiled as for `head_qv`; ZeRO-3's gather is entered once, around the loss's autograd node
+    and its forward (backward applies the stored gradients; TRL's pattern for fused losses)."""
     weight, bias = _head_parameters(model)
     h = hidden.to(weight.device)
     value_head = get_value_head(model)
