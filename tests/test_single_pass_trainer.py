@@ -30,17 +30,26 @@ def common_args(tmp_path, **kw):
     return args
 
 
+class Calls(list):
+    """What each call stored (a list), and whether autocast was on at each call (`autocast`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.autocast: list[bool] = []
+
+
 @pytest.fixture
 def single_pass_calls(monkeypatch):
     """Each call of the single-pass loss through the trainer's head, with what its autograd node stores (the
     gradients of hidden, weight, bias and v_ψ formed in forward)."""
-    calls = []
+    calls = Calls()
     real = qv_head.single_pass_iq_loss
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         node = out.loss.grad_fn
         calls.append(None if node is None else node.present)
+        calls.autocast.append(torch.is_autocast_enabled("cpu"))
         return out
 
     monkeypatch.setattr(qv_head, "single_pass_iq_loss", spy)
@@ -148,3 +157,19 @@ def test_evaluation_and_the_other_cases_keep_the_two_pass_head(tiny, tmp_path, s
 def test_config_rejects_an_unknown_head(tmp_path):
     with pytest.raises(ValueError, match="iq_head"):
         IQLearnConfig(**common_args(tmp_path), iq_head="one_pass")
+
+
+def test_bf16_autocast_trains_close_to_the_two_pass_head(tiny, tmp_path, single_pass_calls):
+    """Under bf16 autocast (float32 weights, as TRL trains by default) both heads run their matmuls in bf16 and their
+    softmax maths in float32: the same losses to bf16 rounding, and parameter updates in the same direction."""
+    model, tok = tiny
+    runs = train_both(model, tok, tmp_path, single_pass_calls, bf16=True, iq_lambda=0.2, iq_value="head")
+    assert single_pass_calls.autocast and all(single_pass_calls.autocast)
+    (logs_a, params_a, _), (logs_b, params_b, _) = runs["auto"], runs["two_pass"]
+    for a, b in zip(logs_a, logs_b, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)
+    initial = runs["initial"]
+    step_a = torch.cat([(params_a[n] - initial[n]).flatten() for n in initial])
+    step_b = torch.cat([(params_b[n] - initial[n]).flatten() for n in initial])
+    assert torch.nn.functional.cosine_similarity(step_a, step_b, dim=0) > 0.999
+    assert (step_a - step_b).norm() < 1e-2 * step_b.norm()
