@@ -3,8 +3,9 @@
 
 The patched forward runs the backbone, then `losses.qv_from_hidden` (or `losses.single_pass_iq_loss`, whose gradient
 is formed in this forward pass) on the final hidden states and the LM head weight, so the [batch, seq, vocab] logits
-never exist. Without either keyword the original forward runs, so generation and every other caller are unchanged. This mirrors TRL's `add_fused_lm_head` (which returns only log-probabilities;
-IQLearn needs V as well) and stacks on top of it.
+never exist. Without either keyword the original forward runs, so generation and every other caller are unchanged.
+This mirrors TRL's `add_fused_lm_head` (which returns only log-probabilities; IQLearn needs V as well) and stacks on
+top of it.
 """
 
 from __future__ import annotations
