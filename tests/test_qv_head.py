@@ -46,3 +46,48 @@ def test_head_qv_passes_its_choice_and_the_gather_to_the_chunked_head(tiny, monk
         pass
     full = L.qv_from_logits(model(input_ids=ids).logits, labels)
     assert torch.allclose(qv.q, full.q, atol=1e-5) and torch.allclose(qv.v, full.v, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["logits", "reference", "head"])
+def test_iq_loss_through_the_patched_forward_is_head_qv_plus_the_loss(tiny, monkeypatch, form):
+    """`model(..., iq_loss={...})` (the single-pass head, `head_iq_loss`) gives the loss and gradients of
+    `iq_loss_from_qv(model(..., qv_head=True))` in the same value form, and passes the caller's compile choice and
+    gather context on, like `head_qv`."""
+    from tirl.qv.value_head import add_value_head
+
+    model, tok = tiny
+    model = model.double()
+    if form == "head":
+        head = add_value_head(model)
+        with torch.no_grad():
+            head.linear.weight.normal_(0, 0.3)
+    qv_head.add_qv_head(model, chunk_size=3)
+    seen = {}
+    real = qv_head.single_pass_iq_loss
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qv_head, "single_pass_iq_loss", spy)
+    ids = torch.tensor([tok("12+3=15")["input_ids"], tok("4+40=44")["input_ids"]])
+    labels = ids.clone()
+    labels[:, :4] = -100
+    reference_v = torch.full((2, ids.shape[1] - 1), 2.5, dtype=torch.float64) if form == "reference" else None
+    objective = dict(lam=0.3, gamma=0.9, eos_token_id=None)
+    out = model(input_ids=ids, labels=labels, iq_loss=dict(objective, reference_v=reference_v))
+    assert seen["compiled"] is False and seen["chunk_size"] == 3
+    with seen["gather"]():
+        pass
+    qv = model(input_ids=ids, labels=labels, qv_head=True)
+    if reference_v is not None:
+        qv = L.with_reference(qv, reference_v)
+    ref = L.iq_loss_from_qv(qv, **objective)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert abs(out.loss.item() - ref.loss.item()) < 1e-12
+    g_out = torch.autograd.grad(out.loss, params, allow_unused=True)
+    g_ref = torch.autograd.grad(ref.loss, params, allow_unused=True)
+    for a, b in zip(g_out, g_ref, strict=True):
+        assert (a is None) == (b is None)
+        assert a is None or torch.allclose(a, b, rtol=0, atol=1e-12)
+    assert torch.allclose(out.qv.state_value, qv.state_value.detach(), atol=1e-12)

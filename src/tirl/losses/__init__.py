@@ -3,6 +3,8 @@
     mdp           the token MDP: Q and V per token (`QV`), the label shift, EOS and truncation, implicit rewards,
                   and `masked_mean`, the one reduction of every loss
     chunked_head  Q and V from hidden states and the LM head in row chunks (the same results as full logits)
+    single_pass_head  offline IQLearn through the LM head in one pass, the gradient formed in forward (the cost of a
+                  fused cross-entropy); `chunked_iq_loss` and the logits form are its oracles
     iq            offline IQLearn (TD-regularised MLE), online IQLearn, value parameterisations, the entropy term
     gail          GAIL: discriminator loss and reward, returns, advantages, PPO-clip, the KL estimate
 
@@ -40,6 +42,7 @@ from .mdp import (
     shift_labels,
     token_rewards,
 )
+from .single_pass_head import SinglePassLossOutput, single_pass_iq_loss
 
 __all__ = [
     "IGNORE_INDEX",
@@ -52,6 +55,7 @@ __all__ = [
     "OnlineLossOutput",
     "PolicyTerms",
     "Reduction",
+    "SinglePassLossOutput",
     "TokenRewards",
     "ValueForm",
     "chunked_iq_loss",
@@ -67,6 +71,7 @@ __all__ = [
     "qv_from_logits",
     "restrict_rows",
     "shift_labels",
+    "single_pass_iq_loss",
     "token_rewards",
     "with_reference",
     "with_value",

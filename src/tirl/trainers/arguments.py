@@ -1,6 +1,6 @@
 """Groups of options the trainer configs are composed of, each declared once (the configs are flat siblings, as TRL's).
 
-    QVArguments        how every tirl trainer reads Q and V and averages its losses: iq_chunk_size, iq_value,
+    QVArguments        how every tirl trainer reads Q and V and averages its losses: iq_chunk_size, iq_head, iq_value,
                        iq_gamma, iq_reduction
     TDArguments        the TD term of the IQLearn objectives: iq_lambda, iq_stop_grad_next
     SamplingArguments  how the online trainers draw policy samples: generate_every, max_new_tokens, temperature, top_k,
@@ -30,6 +30,7 @@ from trl.generation import vllm_generation
 from ..losses import POLICY_TERMS, VALUE_FORMS
 
 REDUCTIONS = ("token", "sequence")
+IQ_HEADS = ("auto", "two_pass")
 VLLM_MODES = ("colocate", "server")
 
 
@@ -62,6 +63,16 @@ class QVArguments:
             "model's full logits (reference path)."
         },
     )
+    iq_head: str = field(
+        default="auto",
+        metadata={
+            "help": "The chunked LM-head loss: 'auto' computes the offline loss's gradient in its forward pass (one pass "
+            "through the head, the cost of a fused cross-entropy) wherever it applies: training with iq_chunk_size > 0 "
+            "and without fp16. Elsewhere (evaluation, the online and GAIL policy terms, fp16), and always with "
+            "'two_pass', Q and V come from the head in forward and its logits are recomputed in backward.",
+            "choices": list(IQ_HEADS),
+        },
+    )
     iq_value: str = field(
         default="logits",
         metadata={
@@ -91,6 +102,8 @@ class QVArguments:
             raise ValueError(f"iq_chunk_size must be >= 0 (0 = unchunked), got {self.iq_chunk_size}")
         if self.iq_reduction not in REDUCTIONS:
             raise ValueError(f"iq_reduction must be 'token' or 'sequence', got {self.iq_reduction!r}")
+        if self.iq_head not in IQ_HEADS:
+            raise ValueError(f"iq_head must be 'auto' or 'two_pass', got {self.iq_head!r}")
         if self.iq_value not in VALUE_FORMS:
             raise ValueError(f"iq_value must be 'logits', 'reference' or 'head', got {self.iq_value!r}")
 

@@ -6,7 +6,8 @@ checkpoints, `report_to` are all TRL's) that computes its own loss from per-toke
 - Q and V in the run's value form (`iq_value`): the chunked head patched into the model (`iq_chunk_size > 0`), a
   value head attached (`head`), or the starting model's logsumexp attached to the datasets (`reference`);
 - the offline loss of a batch's expert rows (`offline_loss`, also every trainer's evaluation loss) with the global
-  counts it divides by (`loss_counts`, `tirl.trainers.counts`), and the last steps of every loss (`finalize_loss`);
+  counts it divides by (`loss_counts`, `tirl.trainers.counts`), in training through the single-pass head where it
+  applies (`use_single_pass_head`), and the last steps of every loss (`finalize_loss`);
 - metrics in a store of its own (`tirl.trainers.metrics`), merged into the logs by `log`;
 - checkpoints written atomically (`tirl.trainers.checkpoints`) with `save_extra_state` / `load_extra_state` for what a
   trainer keeps beyond the model (value head, sample buffer, discriminator);
@@ -135,14 +136,19 @@ class TirlTrainer(SFTTrainer):
 
     def compute_qv(self, model, inputs) -> QV:
         """`forward_qv` in the run's `iq_value` form; consumes the batch's reference values (`tirl_ref_values`)."""
-        ref = inputs.pop(reference.COLUMN, None)
+        ref = self.pop_reference_values(inputs)
         qv = self.forward_qv(model, inputs)
-        if self.args.iq_value == "reference":
-            if ref is None:
-                raise ValueError(f"iq_value='reference' needs the batch's '{reference.COLUMN}' (the starting model's "
-                                 "logsumexp); it is missing from this batch")
-            qv = with_reference(qv, ref[:, :-1].to(qv.v.device))
-        return qv
+        return qv if ref is None else with_reference(qv, ref.to(qv.v.device))
+
+    def pop_reference_values(self, inputs) -> torch.Tensor | None:
+        """LSE_θ0 [B, T − 1] of the batch, removed from `inputs`, with iq_value="reference"; else None."""
+        ref = inputs.pop(reference.COLUMN, None)
+        if self.args.iq_value != "reference":
+            return None
+        if ref is None:
+            raise ValueError(f"iq_value='reference' needs the batch's '{reference.COLUMN}' (the starting model's "
+                             "logsumexp); it is missing from this batch")
+        return ref[:, :-1]
 
     # iq_value="reference": the starting model's logsumexp, once, as a dataset column
 
@@ -258,12 +264,35 @@ class TirlTrainer(SFTTrainer):
         return iq_loss_from_qv(qv, **self.objective(), num_items_in_batch=num_items_in_batch,
                                num_sequences_in_batch=(counts or {}).get("sequences"))
 
+    def use_single_pass_head(self) -> bool:
+        """Whether the offline loss goes through the single-pass head (`tirl.losses.single_pass_head`): with the
+        chunked head (`iq_chunk_size > 0`, `iq_head="auto"`) whenever a gradient is wanted. Not under fp16: its
+        gradient is formed in forward, before the loss scale, and would flush to zero in float16. Evaluation
+        (no_grad) takes the two-pass head, which computes the same statistics without forming a gradient."""
+        a = self.args
+        return a.iq_chunk_size > 0 and a.iq_head == "auto" and not a.fp16 and torch.is_grad_enabled()
+
+    def single_pass_loss(self, model, inputs, num_items_in_batch=None,
+                         counts: dict[str, torch.Tensor] | None = None) -> LossOutput:
+        """`offline_loss(compute_qv(model, inputs), ...)` in one pass through the LM head (`tirl.qv.head_iq_loss`,
+        inside the model's forward): the same loss, gradients and statistics, its `.qv` the detached `QV` that
+        `record_loss_metrics` reads."""
+        objective = {**self.objective(), "num_items_in_batch": num_items_in_batch,
+                     "num_sequences_in_batch": (counts or {}).get("sequences")}
+        ref = self.pop_reference_values(inputs)
+        return model(**inputs, iq_loss={**objective, "reference_v": ref})
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The offline loss of the batch: the training loss of IQLearn and the evaluation loss of every trainer."""
         mode = "train" if self.model.training else "eval"
         inputs["use_cache"] = False
-        qv = self.compute_qv(model, inputs)
-        out = self.offline_loss(qv, num_items_in_batch, self.loss_counts(inputs, num_items_in_batch))
+        counts = self.loss_counts(inputs, num_items_in_batch)
+        if self.use_single_pass_head():
+            out = self.single_pass_loss(model, inputs, num_items_in_batch, counts)
+            qv = out.qv
+        else:
+            qv = self.compute_qv(model, inputs)
+            out = self.offline_loss(qv, num_items_in_batch, counts)
         loss = self.finalize_loss(mode, out.loss, out, num_items_in_batch)
         self.record_loss_metrics(mode, qv, out, inputs)
         if return_outputs:

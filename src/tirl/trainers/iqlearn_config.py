@@ -31,6 +31,13 @@ class IQLearnConfig(TDArguments, QVArguments, SFTConfig):
         iq_chunk_size (`int`, defaults to `1024`):
             Rows of hidden states pushed through the LM head at once by the chunked loss, which never builds the
             [batch, seq, vocab] logits. 0 uses the model's full logits instead (the simple reference path).
+        iq_head (`str`, defaults to `"auto"`):
+            How the chunked loss goes through the LM head. `"auto"`: in training, one pass (`tirl.losses.
+            single_pass_head`): the gradient of the logits is formed while each chunk's logits are in memory, as a
+            fused cross-entropy does, so the IQ loss costs one head matmul less than the two-pass head; the same
+            loss and gradients in every value form, reduction and λ. The two-pass head (Q and V in forward, the
+            logits recomputed in backward) serves evaluation and fp16 training (the gradient, formed before the
+            loss scale, would flush to zero in float16). `"two_pass"`: always the two-pass head.
         iq_reduction (`str`, defaults to `"token"`):
             `"token"`: both terms are sums over completion tokens divided by the number of completion tokens in the
             accumulated batch (TRL's SFT normalisation). `"sequence"`: each sequence's token mean, averaged.

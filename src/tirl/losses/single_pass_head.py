@@ -1,0 +1,451 @@
+"""Offline IQLearn through the LM head in one pass: the loss at the cost of a fused cross-entropy (issue 15).
+
+`chunked_iq_loss` (tirl.losses) computes q = ℓ_t[a_t] and v = logsumexp(ℓ_t) in a forward pass over row chunks and
+recomputes each chunk's logits in backward: one [N, V] × D matmul more than a fused cross-entropy (Liger's
+`fused_linear_cross_entropy`), which forms the logits gradient while the chunk's logits are in memory and multiplies it
+into grad_hidden and grad_W right away. The IQ loss allows the same, because the gradient of every row's logits is
+known as soon as that row's (and at most its successor's) logsumexp is. `single_pass_iq_loss` has the signature of
+`chunked_iq_loss` (plus the value forms and the entropy term of `iq_loss_from_qv`), and `chunked_iq_loss` and the full-
+logits `iq_loss_from_qv(qv_from_logits(...))` are its test oracles (STYLE.md: follow Liger).
+
+Derivation (METHOD.md §1–2; rows i = 1..N are the completion positions in row-major order, so the successor state of
+row i, when it is in the MDP, is row i + 1):
+
+    L = Σ_i w_i·(v_i − q_i) + λ·Σ_i w_i·m_i·r_i² − β·Σ_i w_i·H_i
+    r_i = Qv_i − γ·c_i·Vv_{i+1}
+
+    v_i = LSE(ℓ_i), q_i = ℓ_i[a_i], H_i the entropy of softmax(ℓ_i)
+    w_i  = 1/N (token reduction; N = num_items_in_batch or the local count), or 1/(n_b·S) for the row's sequence b
+           (sequence reduction; n_b its completion tokens, S = num_sequences_in_batch or the local count)
+    m_i  = 1 where the TD term is defined (not the last action of a truncated completion, not after EOS)
+    c_i  = 1 where V(s_{i+1}) is the next row's value (0 after EOS and at the end of a completion)
+    Qv, Vv  the value parameterisation: Qv_i = q_i + A·v_i + s_i, Vv_i = C·v_i + s_i with
+              logits     A = 0,  C = 1, s = 0
+              reference  A = 0,  C = 1, s = −LSE_θ0 (a constant)
+              head       A = −1, C = 0, s = v_ψ (its own tensor, with its own gradient)
+
+With D_i = ∂L/∂r_i = 2λ·w_i·m_i·r_i, and c'_i = c_{i−1} (0 with stop_grad_next), the logits gradient of row i is
+
+    ∂L/∂ℓ_i = b_i·softmax(ℓ_i) + g_i·onehot(a_i) + β·w_i·softmax(ℓ_i)·(log softmax(ℓ_i) + H_i)
+    b_i = ∂L/∂v_i = w_i + A·D_i − C·γ·c'_i·D_{i−1}
+    g_i = ∂L/∂q_i = −w_i + D_i
+    ∂L/∂s_i = D_i − γ·c'_i·D_{i−1}          (head form: the gradient of v_ψ, returned through autograd)
+
+    logits/reference: b_i = w_i − γ·c'_i·D_{i−1}, needs r_{i−1}, i.e. v_i: known once row i's logsumexp is;
+                      g_i needs r_i, i.e. v_{i+1}: known in the chunk except for the chunk's last row.
+    head:             b_i = w_i − D_i and g_i need only row i (Vv_{i+1} = v_ψ is given): everything is local.
+
+So a chunk of rows computes its logits once (one matmul, into a buffer of the matmul dtype), and the softmax maths
+runs over it in blocks of rows (on CUDA the whole chunk at once, through torch.compile): q gathered from the logits,
+their logsumexp, r of every row whose successor is in reach (a block inside the chunk takes one row more, only for
+that row's logsumexp; the previous block's last row is carried over), and the whole gradient, written over the block's
+logits. The softmax and one-hot parts are combined in float32 before the low-precision matmuls, as a fused
+cross-entropy does: adding the one-hot part separately (from saved q, v after the loop) would round b·p_a to bf16 on
+its own, and for a confident token b·p_a + g nearly cancels (CE: w·(p_a − 1)), so its error would be 2⁻⁹·w instead
+of 2⁻⁹·w·(1 − p_a). Only the last row of a chunk whose successor opens the next chunk gets its one-hot term late: g
+of that row lacks −2λ·w·m·γ·c·C·v_{next}, added after the loop in float32 from one row of W (O(D) per chunk, no
+logits). The loss and statistics come from the same q, v, H, so they equal the two-pass head's.
+
+The gradients are formed in forward (for grad_output = 1) and kept for backward, which scales them by grad_output, so
+gradient accumulation, loss scaling and `loss * num_processes` work as usual. Under `torch.no_grad()` or with no input
+requiring a gradient, forward computes only the statistics (a `qv_from_hidden` forward). A frozen head
+(`weight.requires_grad` False, e.g. LoRA) gets no grad_W. Online IQLearn (`online_iq_loss_from_qv`) has the same
+chain structure (its policy rows change the per-row weights: no MLE term, 2λα·w^π·m for D, and a constant value-gap
+coefficient in b), but is not implemented here: it keeps the two-pass head.
+
+Callers choose, as for the two-pass head (`tirl.losses.chunked_head`), whether the per-chunk maths runs through
+`torch.compile` (`compiled`; on CUDA the whole chunk at once) and supply `gather`, a context that makes the head's
+parameters whole (ZeRO-3). It is entered once, around the autograd node (which then records the whole weight, the
+shape of the gradient formed in forward) and its forward, as TRL does for fused losses; backward touches only the
+stored gradients, so it needs no gathering. Nothing here reads the environment. Float16 autocast: the gradient is
+rounded to float16 before any loss scale is applied (it is formed in forward), so entries below 6e-8 flush to zero;
+use the two-pass head there (bfloat16 and float32 have no such limit).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from .chunked_head import MAX_CHUNK_ELEMENTS, Gather
+from .iq import LossOutput
+from .mdp import QV, Reduction, acc_dtype, next_values, shift_labels
+
+BLOCK_ELEMENTS = 2**21  # logits per block of the eager softmax maths: two float32 buffers of 8 MB
+
+
+@dataclass
+class SinglePassLossOutput(LossOutput):
+    """`LossOutput`, plus the detached per-position quantities the trainer logs (entropy, top-1) or analyses.
+
+    `qv` holds q, v, entropy, is_top1 and (with the reference or head form) value, all [B, T − 1] and detached; pass it
+    where a trainer logged the `QV` of the two-pass head."""
+
+    qv: QV | None = None
+
+
+def _prev(x: torch.Tensor) -> torch.Tensor:
+    """x shifted to the next row: out[i] = x[i − 1], out[0] = 0."""
+    out = torch.zeros_like(x)
+    out[1:] = x[:-1]
+    return out
+
+
+def _next(x: torch.Tensor) -> torch.Tensor:
+    """x shifted to the previous row: out[i] = x[i + 1], out[−1] = 0."""
+    out = torch.zeros_like(x)
+    out[:-1] = x[1:]
+    return out
+
+
+def _chunk_step(z, actions, bias, w, e, gc, gcb, shift, shift_next, g_ent, r_carry, e_carry, gcc_carry,
+                A: float, C: float, with_grad: bool, td_grad: bool, out_dtype: torch.dtype, bufs=None):
+    """Statistics and logits gradient of a block of rows: the whole chunk, compiled by torch.compile (CUDA), or a few
+    rows at a time, eagerly (CPU), so that its float32 buffers stay small.
+
+    z [k, V]: the block's logits without bias, in the matmul dtype; a float32 z is overwritten (it is the caller's
+    buffer). Per row [k]: actions, w, e = 2λ·w·m, gc = γ·c, gcb = γ·c' (0 with stop_grad_next), the value shift s and
+    the next row's s, g_ent = β·w or None. Carried from the previous block ([1] each): r of its last row without the
+    −γ·c·C·v_next part, its e and γ·c·C. Returns (dℓ [k, V] in `out_dtype` or None, q, v, H, top-1, r [k] (the last
+    row partial), r of the previous block's last row [1]). `bufs` (eager): float32 buffers of at least [k, V] for
+    the upcast logits (None when z is float32 already) and the exponentials, reused instead of allocated per block.
+    """
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    z = z.to(acc) if bufs is None or bufs[0] is None else bufs[0][: z.shape[0]].copy_(z)
+    if bias is not None:
+        z.add_(bias)
+    zmax = z.amax(-1)
+    q = z.gather(-1, actions[:, None]).squeeze(-1)
+    top1 = q >= zmax
+    z.sub_(zmax[:, None])  # ℓ − max
+    p = z.exp() if bufs is None else torch.exp(z, out=bufs[1][: z.shape[0]])  # softmax × Σ exp(ℓ − max)
+    sum_p = p.sum(-1)
+    log_sum = sum_p.log()
+    v = zmax + log_sum
+    z.mul_(p)  # (ℓ − max)·p: the entropy's sum, and the entropy gradient below (no third [k, V] buffer)
+    entropy = log_sum - z.sum(-1) / sum_p
+    # TD residuals: r_i = Qv_i − γ·c_i·Vv_{i+1}; Vv_{i+1} of the block's last row is the next block's (partial here)
+    value = C * v + shift
+    v_next = torch.cat([value[1:], shift_next[-1:]])
+    r = q + A * v + shift - gc * v_next
+    r_prev = r_carry - gcc_carry * v[:1]
+    if not with_grad:
+        return None, q, v, entropy, top1, r, r_prev
+    if td_grad:
+        d = e * r
+        d_prev = torch.cat([e_carry * r_prev, d[:-1]])  # D_{i−1}
+        b = w + A * d - C * gcb * d_prev
+        g = d - w
+    else:
+        b, g = w, -w
+    # dℓ = b·softmax + g·onehot(a) (+ β·w·softmax·(log softmax + H)), written over z
+    if g_ent is None:
+        torch.mul(p, (b / sum_p)[:, None], out=z)
+    else:
+        # β·w·softmax·(log softmax + H) = β·w/Σp·((ℓ − max)·p + (H − log Σp)·p)
+        z.mul_((g_ent / sum_p)[:, None]).add_(p.mul_(((b + g_ent * (entropy - log_sum)) / sum_p)[:, None]))
+    z.scatter_add_(-1, actions[:, None], g[:, None])
+    return z.to(out_dtype), q, v, entropy, top1, r, r_prev
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_chunk_step():
+    if "step" not in _COMPILED:
+        _COMPILED["step"] = torch.compile(_chunk_step, dynamic=True, fullgraph=True)
+    return _COMPILED["step"]
+
+
+def _addmm_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, buf: torch.Tensor | None = None) -> None:
+    """acc += a @ b: on CUDA with the product kept in float32 (not rounded to bf16 per chunk first), as TRL does;
+    elsewhere through `buf` when given (a reused product buffer instead of a fresh one per chunk)."""
+    if acc.device.type == "cuda" and a.dtype in (torch.float16, torch.bfloat16) and acc.dtype == torch.float32:
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    elif a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif buf is None:
+        acc.add_(a @ b)
+    else:
+        acc.add_(torch.mm(a, b, out=buf))
+
+
+@dataclass
+class _Plan:
+    """Per-row constants of the loss ([N] each, in the accumulation dtype) and its static settings."""
+
+    actions: torch.Tensor
+    w: torch.Tensor  # MLE weight
+    e: torch.Tensor  # 2λ·w·m
+    gc: torch.Tensor  # γ·c
+    gcb: torch.Tensor  # γ·c_{i−1}, 0 with stop_grad_next
+    td: torch.Tensor  # m
+    shift: torch.Tensor | None  # −LSE_θ0 (reference form); the head form's comes from its tensor
+    g_ent: torch.Tensor | None  # β·w
+    lam: float
+    A: float
+    C: float
+    chunk_size: int
+    grads: tuple[bool, bool, bool, bool]  # hidden, weight, bias, value
+    compiled: bool  # the per-chunk maths through torch.compile (`_compiled_chunk_step`)
+
+
+class SinglePassIQFunction(torch.autograd.Function):
+    """The offline IQ loss of rows h [N, D] through the head W [V, D] (+ b), gradients formed in forward.
+
+    Inputs: hidden rows, weight, bias or None, the head form's value rows [N] or None, and a `_Plan`. Outputs: the
+    loss (differentiable) and the detached per-row q, v, H, top-1 and r.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, value, plan: _Plan):
+        device = hidden.device
+        compute_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
+        acc = acc_dtype(hidden)
+        n, c = hidden.shape[0], plan.chunk_size
+        need_h, need_w, need_b, need_v = plan.grads
+        with_grad = need_h or need_w or need_b or need_v
+        q = torch.empty(n, device=device, dtype=acc)
+        v = torch.empty(n, device=device, dtype=acc)
+        entropy = torch.empty(n, device=device, dtype=acc)
+        r = torch.empty(n, device=device, dtype=acc)
+        top1 = torch.empty(n, device=device, dtype=torch.bool)
+        grad_h = torch.zeros(hidden.shape, device=device, dtype=acc) if need_h else None
+        grad_w = torch.zeros(weight.shape, device=device, dtype=acc) if need_w else None
+        grad_b = torch.zeros(bias.shape, device=device, dtype=acc) if need_b else None
+        shift = value.detach().to(acc) if value is not None else plan.shift
+        if shift is None:
+            shift = torch.zeros(n, device=device, dtype=acc)
+        shift_next = _next(shift)
+        gcc = plan.gc * plan.C  # γ·c·C: the part of r_i that waits for v_{i+1}
+        compiled = plan.compiled
+        step = _compiled_chunk_step() if compiled else _chunk_step
+        vocab = weight.shape[0]
+        # eagerly, the softmax maths runs over blocks of a few rows (two float32 [block, V] buffers) while the
+        # chunk's logits, then its gradient, stay in one [c, V] buffer of the matmul dtype
+        block = c if compiled else max(1, BLOCK_ELEMENTS // vocab)
+        out_dtype = compute_dtype if compiled else acc
+        td_grad = plan.lam != 0
+        carry = tuple(torch.zeros(1, device=device, dtype=acc) for _ in range(3))  # distinct: no aliasing guards
+        ends = []  # chunk-last rows whose g lacks the next chunk's v
+        with torch.autocast(device.type, enabled=False):
+            w_c = weight.to(compute_dtype)
+            b_acc = None if bias is None else bias.to(acc)
+            buf = torch.empty((min(c, n), vocab), device=device, dtype=compute_dtype)
+            gw_buf = torch.empty(weight.shape, device=device, dtype=compute_dtype) if need_w and n > c else None
+            block_rows = min(block + 1, n)
+            bufs = None if compiled else (
+                None if compute_dtype == acc else torch.empty((block_rows, vocab), device=device, dtype=acc),
+                torch.empty((block_rows, vocab), device=device, dtype=acc))
+            for s in range(0, n, c):
+                e = min(s + c, n)
+                h_c = hidden[s:e].to(compute_dtype)
+                logits = torch.mm(h_c, w_c.t(), out=buf[: e - s])
+                dz = None
+                for bs in range(s, e, block):
+                    be = min(bs + block, e)
+                    # a block inside the chunk takes one row more, for the logsumexp its last row's r needs (that row
+                    # is recomputed as the next block's first); the chunk's last row waits for the correction below
+                    ext = be + 1 if be < e else be
+                    z = logits[bs - s : ext - s]
+                    saved = z[-1].clone() if ext > be and z.dtype == acc else None  # float32 maths runs in place
+                    sl, k = slice(bs, be), be - bs
+                    dz, qb, vb, hb, tb, rb, r_prev = step(
+                        z, plan.actions[bs:ext], b_acc, plan.w[bs:ext], plan.e[bs:ext], plan.gc[bs:ext],
+                        plan.gcb[bs:ext], shift[bs:ext], shift_next[bs:ext],
+                        None if plan.g_ent is None else plan.g_ent[bs:ext], *carry, plan.A, plan.C, with_grad,
+                        td_grad, out_dtype, bufs)
+                    q[sl], v[sl], entropy[sl], top1[sl], r[sl] = qb[:k], vb[:k], hb[:k], tb[:k], rb[:k]
+                    if bs > 0:
+                        r[bs - 1] = r_prev[0]
+                    # r of the last row is complete when the block looked ahead, else it lacks −γ·c·C·v_next
+                    gcc_last = gcc[be - 1 : be].clone() if ext == be else torch.zeros_like(carry[2])
+                    carry = (r[be - 1 : be].clone(), plan.e[be - 1 : be].clone(), gcc_last)
+                    if be == e and e < n:
+                        ends.append(e - 1)
+                    if saved is not None:
+                        z[-1].copy_(saved)
+                    if dz is not None and not compiled and dz.data_ptr() != z.data_ptr():
+                        z[:k].copy_(dz[:k])
+                if dz is None:
+                    continue
+                grad_z = dz if compiled else logits  # [c, V] in the matmul dtype
+                if grad_b is not None:
+                    grad_b += grad_z.sum(0, dtype=acc)
+                if grad_h is not None:
+                    grad_h[s:e] = grad_z @ w_c
+                if grad_w is not None:
+                    _addmm_(grad_w, grad_z.t(), h_c, gw_buf)
+                del dz, grad_z
+            d = 2 * plan.lam * plan.w * plan.td * r  # D_i, complete
+            if with_grad and td_grad and ends:
+                # the one-hot part the chunk-last rows missed: D_i − e_i·r_i(partial), one row of W each
+                idx = torch.tensor(ends, device=device)
+                fix = d[idx] - plan.e[idx] * (r[idx] + gcc[idx] * v[idx + 1])  # D_i − e_i·(r_i as its chunk saw it)
+                rows = plan.actions[idx]
+                if grad_h is not None:
+                    grad_h[idx] += fix[:, None] * w_c[rows].to(acc)
+                if grad_w is not None:
+                    grad_w.index_add_(0, rows, fix[:, None] * hidden[idx].to(compute_dtype).to(acc))
+                if grad_b is not None:
+                    grad_b.index_add_(0, rows, fix)
+        loss = (plan.w * (v - q)).sum() + plan.lam * (plan.w * plan.td * r.square()).sum()
+        if plan.g_ent is not None:
+            loss = loss - (plan.g_ent * entropy).sum()
+        grad_v = None
+        if need_v:
+            grad_v = d - plan.gcb * _prev(d)
+        ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b, grad_v)))
+        ctx.present = tuple(x is not None for x in (grad_h, grad_w, grad_b, grad_v))
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype,
+                      None if value is None else value.dtype)
+        ctx.mark_non_differentiable(q, v, entropy, top1, r)
+        return loss, q, v, entropy, top1, r
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        grads = ctx.saved_tensors
+        if grad_loss is None:
+            return None, None, None, None, None
+        # grad_output = 1 (the usual case): the stored gradients as they are, so a retain_graph second backward is
+        # exact. Otherwise they are scaled in place (no second [V, D] buffer, as Liger); a second backward through
+        # the same graph then fails in autograd's version check instead of returning twice-scaled gradients.
+        scale = None if bool(grad_loss == 1) else grad_loss
+        out = []
+        for g, present, dtype in zip(grads, ctx.present, ctx.dtypes, strict=True):
+            if not present:
+                out.append(None)
+                continue
+            if scale is not None:
+                g.mul_(scale.to(g.dtype))
+            out.append(g if g.dtype == dtype else g.to(dtype))
+        return (*out, None)
+
+
+def single_pass_iq_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float = 0.01,
+    gamma: float = 0.99,
+    eos_token_id: int | list[int] | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    reduction: Reduction = "token",
+    stop_grad_next: bool = False,
+    chunk_size: int = 1024,
+    bias: torch.Tensor | None = None,
+    num_sequences_in_batch: int | torch.Tensor | None = None,
+    *,
+    entropy_coef: float = 0.0,
+    value: torch.Tensor | None = None,
+    reference_v: torch.Tensor | None = None,
+    compiled: bool = False,
+    gather: Gather = nullcontext,
+) -> SinglePassLossOutput:
+    """`chunked_iq_loss` with the gradient formed in the forward pass: one pass through the LM head (module docstring).
+
+    hidden: [B, T, D] final hidden states; weight: [V, D] the LM head (bias: [V]); labels: [B, T] unshifted. The other
+    arguments are `iq_loss_from_qv`'s. The value form is that of `with_value(qv, value)` (head: `value` [B, T − 1],
+    V = v_ψ, its gradient flows back through `value`) or `with_reference(qv, reference_v)` (reference: `reference_v`
+    [B, T − 1], the starting model's logsumexp, no gradient); neither: the logits form. `entropy_coef` β subtracts
+    β·E[H(π(·|s_t))] as `iq_loss_from_qv` does (the entropy is differentiated here, nothing to ask for).
+
+    Same loss, gradients and `LossOutput` fields as
+    `iq_loss_from_qv(with_value(qv_from_hidden(hidden, weight, labels, chunk_size, bias), value), ...)`, up to
+    floating-point summation order; `.qv` holds the detached per-position q, v, entropy, top-1 (and value).
+    `compiled` and `gather` are `qv_from_hidden`'s (module docstring).
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if reduction not in ("token", "sequence"):
+        raise ValueError(f"reduction must be 'token' or 'sequence', got {reduction!r}")
+    if value is not None and reference_v is not None:
+        raise ValueError("give `value` (head form) or `reference_v` (reference form), not both")
+    actions, mask = shift_labels(labels.to(hidden.device))
+    acc = acc_dtype(hidden)
+    device = hidden.device
+    for name, x in (("value", value), ("reference_v", reference_v)):
+        if x is not None and x.shape != mask.shape:
+            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(mask.shape)}")
+
+    # c_i (successor is the next row) and m_i (TD term defined), exactly as the losses define them: next_values of a
+    # V that is 1 on every completion position
+    ones = QV(q=mask.to(acc), v=mask.to(acc), actions=actions, mask=mask)
+    has_next, td_mask = next_values(ones, eos_token_id)
+    # per-row weights of the reduction (masked_mean's denominators, clamped at 1)
+    if reduction == "token":
+        total = mask.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, device=device)
+        w_pos = mask.to(acc) / total.to(acc).clamp(min=1)
+    else:
+        counts = mask.sum(-1, keepdim=True)
+        total = (counts > 0).sum() if num_sequences_in_batch is None else torch.as_tensor(num_sequences_in_batch,
+                                                                                       device=device)
+        w_pos = mask.to(acc) / counts.clamp(min=1).to(acc) / total.to(acc).clamp(min=1)
+    w = w_pos[mask]
+    td = td_mask[mask].to(acc)
+    gc = gamma * has_next[mask].to(acc)
+    gcb = _prev(gc) if not stop_grad_next else torch.zeros_like(gc)
+    form_a, form_c = (-1.0, 0.0) if value is not None else (0.0, 1.0)
+    rows = hidden[:, :-1][mask]  # [N, D]
+    value_rows = None if value is None else value.to(device=device, dtype=acc)[mask]
+    grad_on = torch.is_grad_enabled()
+    plan = _Plan(
+        actions=actions[mask],
+        w=w,
+        e=2 * lam * w * td,
+        gc=gc,
+        gcb=gcb,
+        td=td,
+        shift=None if reference_v is None else -reference_v.detach().to(device=device, dtype=acc)[mask],
+        g_ent=entropy_coef * w if entropy_coef != 0 else None,
+        lam=float(lam),
+        A=form_a,
+        C=form_c,
+        chunk_size=chunk_size,
+        # λ = 0: v_ψ is not in the loss, and gets no gradient (None, not zeros, as from `iq_loss_from_qv`: an optimizer
+        # skips a parameter without a gradient but counts a step for a zero one)
+        grads=tuple(grad_on and x is not None and x.requires_grad
+                    for x in (rows, weight, bias, value_rows if lam != 0 else None)),
+        compiled=compiled,
+    )
+    # ZeRO-3: the head is gathered once, around the autograd node as well as its forward, so that the node records the
+    # whole weight's shape, the shape of the gradient formed in forward (TRL's pattern for fused losses)
+    with gather():
+        plan.chunk_size = max(1, min(chunk_size, MAX_CHUNK_ELEMENTS // weight.shape[0]))
+        loss, q, v, entropy, top1, r = SinglePassIQFunction.apply(rows, weight, bias, value_rows, plan)
+
+    with torch.no_grad():
+        shift = value_rows if value_rows is not None else plan.shift
+        state_value = v if shift is None else form_c * v + shift
+        reward = r * td
+        sums = {
+            "nll": (v - q).sum(),
+            "td": (reward * r).sum(),
+            "reward": reward.sum(),
+            "value": state_value.sum(),
+            "tokens": mask.sum(),
+            "td_tokens": td_mask.sum(),
+        }
+        nll = (w * (v - q)).sum()
+        td_loss = (w * reward * r).sum()
+
+        def scatter(x: torch.Tensor) -> torch.Tensor:
+            return x.new_zeros(mask.shape).masked_scatter(mask, x)
+
+        qv = QV(q=scatter(q), v=scatter(v), actions=actions, mask=mask, entropy=scatter(entropy),
+                is_top1=scatter(top1), value=None if shift is None else scatter(state_value))
+    return SinglePassLossOutput(
+        loss=loss,
+        nll=nll,
+        td=td_loss,
+        mean_reward=sums["reward"] / sums["td_tokens"].clamp(min=1),
+        mean_value=sums["value"] / sums["tokens"].clamp(min=1),
+        num_tokens=sums["tokens"],
+        sums=sums,
+        qv=qv,
+    )
+
+
+__all__ = ["SinglePassIQFunction", "SinglePassLossOutput", "single_pass_iq_loss"]
