@@ -57,7 +57,8 @@ def test_reward_flows_into_the_policy_gradient(tiny, tmp_path):
     model, tok = tiny
     model = model.double()
     tr = GAILTrainer(model, gail_args(tmp_path, mle_weight=0.0, gail_kl_coef=0.0, gail_disc_steps=3, max_new_tokens=12,
-                                      gail_disc_learning_rate=1e-2), train_dataset=trl_rows(tok), processing_class=tok)
+                                      gail_disc_learning_rate=1e-2, iq_value="logits"), train_dataset=trl_rows(tok),
+                     processing_class=tok)
     batch, _ = _one_batch(tr)
     reward = batch["gail_reward"]
     assert torch.count_nonzero(reward[batch["is_expert"]]) == 0 and torch.count_nonzero(reward) > 0

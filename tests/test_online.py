@@ -80,7 +80,7 @@ def test_online_gradient_accumulation_matches_large_batch(tiny, tmp_path, reduct
         cfg = OnlineIQLearnConfig(**common_args(tmp_path, max_steps=1, per_device_train_batch_size=pdb,
                                                 gradient_accumulation_steps=gas, learning_rate=1e-2, optim="sgd",
                                                 max_grad_norm=0.0, lr_scheduler_type="constant"),
-                                  iq_lambda=0.2, iq_alpha=0.5, iq_gamma=0.9, iq_reduction=reduction,
+                                  iq_lambda=0.2, iq_alpha=0.5, iq_gamma=0.9, iq_reduction=reduction, iq_value="logits",
                                   num_policy_samples=pdb, max_new_tokens=8)
         tr = OnlineIQLearnTrainer(copy.deepcopy(model), cfg, train_dataset=ds, processing_class=tok)
         tr.sampler.generate = lambda model, prompts: fixed_completions(prompts, tok.eos_token_id)

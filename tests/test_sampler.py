@@ -12,7 +12,8 @@ from tirl.trainers import GAILConfig, GAILTrainer, IQLearnConfig, OnlineIQLearnC
 
 def test_recorders_run_when_samples_are_drawn_and_not_when_they_are_reused(tiny, tmp_path):
     model, tok = tiny
-    cfg = OnlineIQLearnConfig(**common_args(tmp_path), iq_alpha=0.5, max_new_tokens=8, generate_every=2)
+    cfg = OnlineIQLearnConfig(**common_args(tmp_path), iq_alpha=0.5, max_new_tokens=8, generate_every=2,
+                              iq_value="logits")
     tr = OnlineIQLearnTrainer(model, cfg, train_dataset=trl_rows(tok, n=8), processing_class=tok)
     s = tr.sampler
     s.generate = lambda model, prompts: fixed_completions(prompts, tok.eos_token_id)

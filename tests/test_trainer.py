@@ -17,7 +17,8 @@ def test_lambda_zero_equals_trl_sft_loss_and_gradients(tiny, tmp_path):
     ds = trl_rows(tok)
     sft = SFTTrainer(copy.deepcopy(model), SFTConfig(**common_args(tmp_path)), train_dataset=ds, processing_class=tok)
     for chunk in (0, 64):
-        iq = IQLearnTrainer(copy.deepcopy(model), IQLearnConfig(**common_args(tmp_path), iq_lambda=0.0, iq_chunk_size=chunk),
+        iq = IQLearnTrainer(copy.deepcopy(model), IQLearnConfig(**common_args(tmp_path), iq_lambda=0.0, iq_chunk_size=chunk,
+                                                      iq_value="logits"),
                             train_dataset=ds, processing_class=tok)
         batch = first_batch(sft)
         n = (batch["labels"][:, 1:] != -100).sum()

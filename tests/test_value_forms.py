@@ -159,7 +159,7 @@ def test_at_the_start_v_is_zero_and_the_reward_is_log_pi(tiny, tmp_path, form):
     rw = L.token_rewards(qv, gamma=0.99, eos_token_id=tr.eos_token_ids)
     assert torch.allclose(rw.reward * rw.td_mask, qv.logprob * rw.td_mask, atol=1e-5)
     # logits-V starts far from zero: the offset the other forms remove
-    lt = make(model, tok, tmp_path / "logits")
+    lt = make(model, tok, tmp_path / "logits", iq_value="logits")
     logits_qv = lt.compute_qv(lt.model, first_batch(lt))
     assert logits_qv.state_value[logits_qv.mask].abs().mean() > 1.0
 

@@ -74,7 +74,7 @@ class QVArguments:
         },
     )
     iq_value: str = field(
-        default="logits",
+        default="reference",
         metadata={
             "help": "Parameterisation of V(s): 'logits' (V = logsumexp of the logits), 'reference' (V = logsumexp "
             "minus the starting model's, so V = 0 at the start) or 'head' (a zero-initialised scalar head on the "
