@@ -4,22 +4,33 @@ The loop references restate the objectives token by token in float64, independen
 shift helper, no vectorised reductions), so a bug in the vectorised maths cannot hide in its own oracle.
 """
 
+import shutil
+
+import pytest
 import torch
 
 EOS = 2
 
 
-def make_batch(B=3, T=12, D=8, V=23, dtype=torch.float64, seed=0, bias=False):
+def make_batch(B=3, T=12, D=8, V=23, dtype=torch.float64, seed=0, bias=False, two_segments=False):
+    """Hidden states, head and labels whose rows cover every terminal case: EOS then a template token; truncated;
+    exactly EOS; with `two_segments` (B ≥ 4) also a row of two turns, EOS ending the first, then a prompt and a
+    truncated second one (and no EOS drawn at random)."""
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(B, T, D, dtype=dtype, generator=g, requires_grad=True)
     W = torch.randn(V, D, dtype=dtype, generator=g, requires_grad=True)
     b = torch.randn(V, dtype=dtype, generator=g, requires_grad=True) if bias else None
     labels = torch.randint(3, V, (B, T), generator=g)
+    if two_segments:
+        labels[labels == EOS] = 3
     labels[:, :4] = -100  # prompt
     labels[0, 8] = EOS  # row 0: EOS then a trailing template token, then padding
     labels[0, 10:] = -100
     labels[1, -3:] = -100  # row 1: truncated (no EOS), then padding
     labels[2, -1] = EOS  # row 2: ends exactly with EOS
+    if two_segments:
+        labels[3, 7] = EOS  # row 3: EOS ends the first turn; a prompt, then a truncated second one
+        labels[3, 8:10] = -100
     return h, W, b, labels
 
 
@@ -123,3 +134,37 @@ def fixed_completions(prompts, eos):
         h = sum(p) + len(p)
         out.append([5 + (h * (i + 3)) % 60 for i in range(2 + h % 5)] + ([eos] if h % 3 else []))
     return out
+
+
+class PartitionedHead:
+    """A ZeRO-3-like LM head weight: `param`'s data is empty outside `gather()` and the whole `full` inside it, as
+    DeepSpeed partitions a parameter. `entered` counts the gathers."""
+
+    def __init__(self, full: torch.Tensor):
+        self.full = full.detach().clone()
+        self.param = torch.nn.Parameter(torch.empty(0, dtype=full.dtype))
+        self.entered = 0
+
+    def gather(self):
+        head = self
+
+        class Gather:
+            def __enter__(self):
+                head.entered += 1
+                head.param.data = head.full
+
+            def __exit__(self, *exc):
+                head.param.data = torch.empty(0, dtype=head.full.dtype)
+
+        return Gather()
+
+
+def compile_devices() -> list:
+    """Devices where torch.compile can run the compiled heads: CPU with a C++ compiler, CUDA when present (a skipped
+    CPU entry when neither is)."""
+    devices = []
+    if shutil.which("g++") or shutil.which("c++"):
+        devices.append("cpu")
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    return devices or [pytest.param("cpu", marks=pytest.mark.skip(reason="no C++ compiler for torch.compile, no CUDA"))]

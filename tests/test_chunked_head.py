@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference import EOS, logits_of, make_batch
+from reference import EOS, PartitionedHead, compile_devices, logits_of, make_batch
 from tirl import losses as L
 
 
@@ -25,6 +25,23 @@ def test_chunked_equals_naive_values_and_gradients_float64(chunk, bias, reductio
     g_chunk = torch.autograd.grad(chunked.loss, params)
     for a, c in zip(g_naive, g_chunk, strict=True):
         assert (a - c).abs().max().item() < 1e-6
+
+
+def test_partitioned_head_is_gathered_in_forward_and_in_backward():
+    """A ZeRO-3-like head (its data empty outside `gather`): the values and gradients are the whole head's, the
+    gradient has the whole weight's shape, and `gather` is entered once for forward and once for backward."""
+    h, W, _, labels = make_batch()
+    kw = dict(lam=0.3, gamma=0.9, eos_token_id=EOS)
+    ref = L.iq_loss_from_qv(L.qv_from_hidden(h, W, labels, chunk_size=5), **kw)
+    g_ref = torch.autograd.grad(ref.loss, (h, W))
+    head = PartitionedHead(W)
+    out = L.iq_loss_from_qv(L.qv_from_hidden(h, head.param, labels, chunk_size=5, gather=head.gather), **kw)
+    assert head.entered == 1 and head.param.shape == (0,)
+    assert abs(out.loss.item() - ref.loss.item()) < 1e-12
+    g_h, g_w = torch.autograd.grad(out.loss, (h, head.param))
+    assert head.entered == 2 and g_w.shape == W.shape
+    for a, c in zip(g_ref, (g_h, g_w), strict=True):
+        assert (a - c).abs().max().item() < 1e-12
 
 
 def test_chunked_stats_match_naive():
@@ -62,19 +79,8 @@ def test_chunk_size_must_be_positive():
         L.qv_from_hidden(h, W, labels, chunk_size=0)
 
 
-def _fused_devices():
-    import shutil
-
-    devices = []
-    if shutil.which("g++") or shutil.which("c++"):
-        devices.append("cpu")
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    return devices or [pytest.param("cpu", marks=pytest.mark.skip(reason="no C++ compiler for torch.compile, no CUDA"))]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("device", _fused_devices())
+@pytest.mark.parametrize("device", compile_devices())
 @pytest.mark.parametrize("autocast", [False, True])
 def test_compiled_head_matches_the_eager_one(device, autocast):
     """The per-chunk maths through torch.compile (the CUDA default, `tirl.qv.head.compile_chunks`) gives the eager

@@ -1,35 +1,20 @@
 """tirl.losses.single_pass_head: the one-pass IQ head against its oracles (the full-logits loss and the two-pass chunked head),
 values and gradients in float64, for every case the trainers use."""
 
-import shutil
+import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import reference
+from reference import EOS, PartitionedHead, compile_devices
 from tirl import losses as L
 from tirl.losses import single_pass_head as SP
 from tirl.losses import single_pass_iq_loss
 
-EOS = 2
-
-
-def make_batch(B=4, T=14, D=8, V=23, dtype=torch.float64, seed=0, bias=False):
-    """Rows covering every terminal case: EOS then a template token; truncated; exactly EOS; two segments."""
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(B, T, D, dtype=dtype, generator=g, requires_grad=True)
-    W = torch.randn(V, D, dtype=dtype, generator=g, requires_grad=True)
-    b = torch.randn(V, dtype=dtype, generator=g, requires_grad=True) if bias else None
-    labels = torch.randint(3, V, (B, T), generator=g)
-    labels[labels == EOS] = 3
-    labels[:, :4] = -100  # prompt
-    labels[0, 8] = EOS  # row 0: EOS, one trailing template token, padding
-    labels[0, 10:] = -100
-    labels[1, -3:] = -100  # row 1: truncated (no EOS), then padding
-    labels[2, -1] = EOS  # row 2: ends exactly with EOS
-    labels[3, 7] = EOS  # row 3: two turns: EOS ends the first segment, a prompt, then a truncated second one
-    labels[3, 8:10] = -100
-    return h, W, b, labels
+# rows covering every terminal case, multi-segment rows included (reference.make_batch)
+make_batch = functools.partial(reference.make_batch, B=4, T=14, two_segments=True)
 
 
 def extra_values(labels, form, dtype=torch.float64, seed=1):
@@ -104,7 +89,8 @@ def test_matches_full_logits_oracle_float64(setting, form, lam, reduction, monke
     params = (h, W, b, value)
     g_ref = grads(ref.loss, params)
     for chunk, block_rows in ((1, None), (3, None), (7, None), (1024, None), (7, 2), (1024, 2), (1024, 5)):
-        monkeypatch.setattr(SP, "BLOCK_ELEMENTS", SP.BLOCK_ELEMENTS if block_rows is None else block_rows * W.shape[0])
+        if block_rows is not None:  # float64: one scratch buffer of block_rows + 1 (look-ahead) rows
+            monkeypatch.setattr(SP, "SCRATCH_ELEMENTS", (block_rows + 1) * W.shape[0])
         out = single_pass_iq_loss(h, W, labels, chunk_size=chunk, bias=b, **kw)
         for key in STAT_KEYS:
             assert abs(getattr(ref, key).item() - getattr(out, key).item()) < 1e-10, (chunk, key)
@@ -269,7 +255,7 @@ def test_bf16_autocast_is_close_to_float32_and_to_the_two_pass_head(block_rows, 
     close to the float32 loss and to the two-pass head under the same autocast."""
     h, W, _, labels = make_batch(B=4, T=64, D=32, V=300, dtype=torch.float32)
     if block_rows is not None:
-        monkeypatch.setattr(SP, "BLOCK_ELEMENTS", block_rows * W.shape[0])
+        monkeypatch.setattr(SP, "SCRATCH_ELEMENTS", 2 * (block_rows + 1) * W.shape[0])  # two float32 buffers
     kw = dict(lam=0.1, eos_token_id=EOS)
     ref = oracle(h, W, None, labels, **kw)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -299,17 +285,8 @@ def test_invalid_arguments():
         single_pass_iq_loss(h, W, labels, value=value[:, 1:])
 
 
-def _compiled_devices():
-    devices = []
-    if shutil.which("g++") or shutil.which("c++"):
-        devices.append("cpu")
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    return devices or [pytest.param("cpu", marks=pytest.mark.skip(reason="no C++ compiler for torch.compile, no CUDA"))]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("device", _compiled_devices())
+@pytest.mark.parametrize("device", compile_devices())
 @pytest.mark.parametrize("autocast", [False, True])
 def test_compiled_chunk_maths_matches_the_eager_one(device, autocast):
     """The torch.compile'd per-chunk maths (`compiled=True`: the trainers' default on CUDA, `tirl.qv.compile_chunks`)
@@ -366,21 +343,10 @@ def test_partitioned_head_is_gathered_once_around_the_node():
     kw = dict(lam=0.3, gamma=0.9, eos_token_id=EOS, chunk_size=5)
     ref = single_pass_iq_loss(h, W, labels, **kw)
     g_ref = grads(ref.loss, (h, W))
-    full = W.detach().clone()
-    W_part = torch.nn.Parameter(torch.empty(0, dtype=full.dtype))
-    entered = []
-
-    class Gather:
-        def __enter__(self):
-            entered.append(1)
-            W_part.data = full
-
-        def __exit__(self, *exc):
-            W_part.data = torch.empty(0, dtype=full.dtype)
-
-    out = single_pass_iq_loss(h, W_part, labels, gather=Gather, **kw)
-    assert len(entered) == 1 and W_part.shape == (0,)
+    head = PartitionedHead(W)
+    out = single_pass_iq_loss(h, head.param, labels, gather=head.gather, **kw)
+    assert head.entered == 1 and head.param.shape == (0,)
     assert abs(out.loss.item() - ref.loss.item()) < 1e-12
-    g_h, g_w = torch.autograd.grad(out.loss, (h, W_part))
-    assert g_w.shape == full.shape
+    g_h, g_w = torch.autograd.grad(out.loss, (h, head.param))
+    assert g_w.shape == W.shape
     assert_close(g_ref, (g_h, g_w), 1e-12)

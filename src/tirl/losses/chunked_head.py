@@ -109,7 +109,7 @@ class ChunkedQVFunction(torch.autograd.Function):
         entropy = torch.empty(n, device=device, dtype=acc)
         is_top1 = torch.empty(n, device=device, dtype=torch.bool)
         stats = _per_chunk("stats", compiled)
-        with torch.autocast(device.type, enabled=False), gather():
+        with torch.autocast(device.type, enabled=False):  # the caller holds `gather` around this node's forward
             w = weight.to(compute_dtype)
             b = None if bias is None else bias.to(acc)
             for s in range(0, n, chunk_size):
@@ -130,12 +130,12 @@ class ChunkedQVFunction(torch.autograd.Function):
         nothing = (None,) * 7
         if grad_q is None and grad_v is None and grad_entropy is None:
             return nothing
-        grad_h = torch.zeros(hidden.shape, device=hidden.device, dtype=acc) if need_h else None
-        grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc) if need_w else None
-        grad_b = torch.zeros(bias.shape, device=bias.device, dtype=acc) if need_b else None
         grad = _per_chunk("grad", ctx.compiled)
-        # ZeRO-3 re-partitions the head after forward: the caller's `gather` makes it whole again
+        # ZeRO-3 re-partitions the head after forward: the caller's `gather` makes it whole again (its shape too)
         with torch.autocast(hidden.device.type, enabled=False), ctx.gather():
+            grad_h = torch.zeros(hidden.shape, device=hidden.device, dtype=acc) if need_h else None
+            grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc) if need_w else None
+            grad_b = torch.zeros(bias.shape, device=bias.device, dtype=acc) if need_b else None
             w = weight.to(cd)
             b = None if bias is None else bias.to(acc)
             for s in range(0, n, c):
@@ -178,12 +178,15 @@ def qv_from_hidden(
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    # large vocabularies get fewer rows per chunk, so a chunk's logits never exceed MAX_CHUNK_ELEMENTS
-    chunk_size = max(1, min(chunk_size, MAX_CHUNK_ELEMENTS // weight.shape[0]))
     actions, mask = shift_labels(labels)
     rows = hidden[:, :-1][mask]  # [N, D], only completion positions
-    q_rows, v_rows, h_rows, top1_rows = ChunkedQVFunction.apply(rows, weight, bias, actions[mask], chunk_size,
-                                                                compiled, gather)
+    # the node is built inside `gather`, so autograd records the whole head's shape (a ZeRO-3 partition is empty
+    # outside it) and the gradient backward returns matches it
+    with gather():
+        # large vocabularies get fewer rows per chunk, so a chunk's logits never exceed MAX_CHUNK_ELEMENTS
+        chunk_size = max(1, min(chunk_size, MAX_CHUNK_ELEMENTS // weight.shape[0]))
+        q_rows, v_rows, h_rows, top1_rows = ChunkedQVFunction.apply(rows, weight, bias, actions[mask], chunk_size,
+                                                                    compiled, gather)
 
     def scatter(x: torch.Tensor) -> torch.Tensor:
         # masked_scatter keeps the output connected to the graph even when no position is valid, so an all-masked

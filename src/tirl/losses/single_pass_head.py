@@ -73,7 +73,15 @@ from .chunked_head import MAX_CHUNK_ELEMENTS, Gather
 from .iq import LossOutput
 from .mdp import QV, Reduction, acc_dtype, next_values, shift_labels
 
-BLOCK_ELEMENTS = 2**21  # logits per block of the eager softmax maths: two float32 buffers of 8 MB
+# Float32 scratch of the eager softmax maths, in elements (8 MB): the one block buffer of a fused cross-entropy. The
+# IQ head splits it over the buffers it needs (the upcast logits and their exponentials under autocast; one in float32),
+# look-ahead row included, so that its scratch is never larger than the cross-entropy's.
+SCRATCH_ELEMENTS = 2**21
+
+
+def block_rows(vocab: int, buffers: int) -> int:
+    """Rows of one eager block: `buffers` float32 buffers of (rows + 1) × vocab fit in `SCRATCH_ELEMENTS`."""
+    return max(1, SCRATCH_ELEMENTS // (buffers * vocab) - 1)
 
 
 @dataclass
@@ -225,7 +233,8 @@ class SinglePassIQFunction(torch.autograd.Function):
         vocab = weight.shape[0]
         # eagerly, the softmax maths runs over blocks of a few rows (two float32 [block, V] buffers) while the
         # chunk's logits, then its gradient, stay in one [c, V] buffer of the matmul dtype
-        block = c if compiled else max(1, BLOCK_ELEMENTS // vocab)
+        upcast = compute_dtype != acc  # the block's logits need a float32 copy (the matmul ran in low precision)
+        block = c if compiled else block_rows(vocab, 2 if upcast else 1)
         out_dtype = compute_dtype if compiled else acc
         td_grad = plan.lam != 0
         carry = tuple(torch.zeros(1, device=device, dtype=acc) for _ in range(3))  # distinct: no aliasing guards
@@ -235,10 +244,10 @@ class SinglePassIQFunction(torch.autograd.Function):
             b_acc = None if bias is None else bias.to(acc)
             buf = torch.empty((min(c, n), vocab), device=device, dtype=compute_dtype)
             gw_buf = torch.empty(weight.shape, device=device, dtype=compute_dtype) if need_w and n > c else None
-            block_rows = min(block + 1, n)
+            rows_buf = min(block + 1, n)
             bufs = None if compiled else (
-                None if compute_dtype == acc else torch.empty((block_rows, vocab), device=device, dtype=acc),
-                torch.empty((block_rows, vocab), device=device, dtype=acc))
+                torch.empty((rows_buf, vocab), device=device, dtype=acc) if upcast else None,
+                torch.empty((rows_buf, vocab), device=device, dtype=acc))
             for s in range(0, n, c):
                 e = min(s + c, n)
                 h_c = hidden[s:e].to(compute_dtype)
