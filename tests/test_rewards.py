@@ -227,7 +227,9 @@ def test_rewards_analyse_end_to_end(tmp_path):
                            "--generations", str(out / "samples" / "generations.jsonl"), "--preference", "demonstrations",
                            "--no-bf16", "--output_dir", str(out2)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    again = json.loads((out2 / "analysis.json").read_text())["models"]["a"]
+    result2 = json.loads((out2 / "analysis.json").read_text())
+    assert result2["settings"]["dataset"] == "arithmetic"  # the generations' dataset, not the option's default
+    again = result2["models"]["a"]
     assert again["reward"] == a["reward"]
     wrong = sum(1 for line in (out / "samples" / "generations.jsonl").read_text().splitlines()
                 if not json.loads(line)["scores"]["correct_flexible"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..data.preferences import load_preferences
@@ -93,6 +93,7 @@ def analyse(s: AnalyseSettings) -> dict:
     if len(labels) != len(s.models):
         raise ValueError("give one label per model")
     records, family, dataset, split = _sampled_records(s, out)
+    s = replace(s, dataset=dataset, split=split)  # read from the generations' eval_config.json when given a file
     score = [_score_value(r, family) for r in records]
     pref_rows = None
     if s.preference and s.preference != "demonstrations":
