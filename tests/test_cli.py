@@ -39,6 +39,12 @@ def test_demo_defaults_apply_only_without_model_and_dataset():
     assert custom[1].report_to == ["tensorboard"]
 
 
+def with_max_steps(args: list[str], steps: int) -> list[str]:
+    """`args` with only the value of --max_steps replaced."""
+    i = args.index("--max_steps") + 1
+    return [*args[:i], str(steps), *args[i + 1:]]
+
+
 @pytest.mark.slow
 def test_train_end_to_end_tiny_model_and_resume(tmp_path):
     out = tmp_path / "run"
@@ -65,7 +71,7 @@ def test_train_end_to_end_tiny_model_and_resume(tmp_path):
     assert model.config.vocab_size == len(tok)
 
     # resume continues from the last checkpoint to a larger max_steps
-    proc = run_cli(*[a if a != "6" else "9" for a in args], "--resume")
+    proc = run_cli(*with_max_steps(args, 9), "--resume")
     assert "resuming from" in proc.stdout and "checkpoint-6" in proc.stdout
     state = json.loads((out / "checkpoint-9" / "trainer_state.json").read_text())
     assert state["global_step"] == 9
@@ -414,7 +420,7 @@ def test_cli_gail_run_finishes_and_resumes(tmp_path):
     assert "tirl train finished" in proc.stdout
     assert (out / "checkpoint-4" / "tirl_discriminator" / "discriminator.safetensors").is_file()
     assert json.loads((out / "run.json").read_text())["method"] == "gail"
-    proc = run_cli(*[a if a != "4" else "6" for a in args], "--resume")
+    proc = run_cli(*with_max_steps(args, 6), "--resume")
     assert "checkpoint-4" in proc.stdout and "no saved discriminator" not in proc.stderr
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     assert any("disc_accuracy" in h for h in state["log_history"])
