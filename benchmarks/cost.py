@@ -85,6 +85,8 @@ def make_trainer(variant: str, model, tok, common: dict, chunk: int):
 def worker(args) -> dict:
     import torch
 
+    from tirl.qv import reference
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok = build_model(args.model)
@@ -103,6 +105,10 @@ def worker(args) -> dict:
         ids = torch.randint(3, model.config.vocab_size, (args.batch, args.seq), generator=g)
         labels = ids.clone()
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    if getattr(trainer.args, "iq_value", None) == "reference":
+        # the default form reads the starting model's logsumexp per token from the batch (a dataset column, computed
+        # once before training); its step cost is the form's, whatever the values, so a constant stands in for them
+        batch[reference.COLUMN] = torch.full(ids.shape, 20.0)
     n_items = (labels[:, 1:] != -100).sum()
     model = trainer.accelerator.prepare_model(trainer.model)  # autocast, as Trainer.train does
     model.train()

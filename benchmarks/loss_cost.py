@@ -68,6 +68,7 @@ def worker(variant: str, args) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from tirl import models
+    from tirl.qv import reference
     from tirl.trainers import IQLearnConfig, IQLearnTrainer
 
     if variant == "iq_chunked_eager":
@@ -89,6 +90,10 @@ def worker(variant: str, args) -> dict:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, model.config.vocab_size, (args.batch, args.seq), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    if getattr(trainer.args, "iq_value", None) == "reference":
+        # the default form reads the starting model's logsumexp per token from the batch (a dataset column, computed
+        # once before training); its step cost is the form's, whatever the values, so a constant stands in for them
+        batch[reference.COLUMN] = torch.full(ids.shape, 20.0)
     batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
     n_items = torch.tensor(args.batch * (args.seq - 1))
     model = trainer.model
@@ -131,7 +136,7 @@ HEAD_THREADS = 1
 
 def fused_linear_cross_entropy(rows, weight, targets, chunk_size: int = 1024, stats: bool = False):
     """Mean cross-entropy of rows @ weightᵀ against targets, written like `tirl.losses.single_pass_head`: chunks of rows
-    through one reused logits buffer, the float32 softmax maths in blocks of `BLOCK_ELEMENTS` (exp in place), the
+    through one reused logits buffer, the float32 softmax maths in blocks of rows in one buffer of `SCRATCH_ELEMENTS` (exp in place), the
     gradient formed in forward and multiplied into grad_hidden and grad_W at once (Liger's fused linear cross-entropy
     in torch). `stats` also computes the entropy and top-1 flag as SFTTrainer logs them (one more float32 block)."""
     return _fused_ce_function().apply(rows, weight, targets, chunk_size, stats)
@@ -149,7 +154,7 @@ def _fused_ce_function():
             device = rows.device
             cd = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else rows.dtype
             n, vocab = rows.shape[0], weight.shape[0]
-            block = max(1, sp.BLOCK_ELEMENTS // vocab)
+            block = max(1, sp.SCRATCH_ELEMENTS // vocab)
             grad_h = torch.zeros(rows.shape, device=device, dtype=torch.float32)
             grad_w = torch.zeros(weight.shape, device=device, dtype=torch.float32)
             nll = torch.zeros((), device=device, dtype=torch.float32)
@@ -455,7 +460,8 @@ def main() -> None:
         "setup": {"model": args.model, "device": args.device,
                   "peak_memory": "torch.cuda.max_memory_allocated" if args.device == "cuda" else "process peak RSS",
                   "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None, "batch": args.batch, "seq": args.seq, "bf16_autocast": args.bf16,
-                  "chunk_size": args.chunk, "timed_steps": args.steps, "warmup_steps": args.warmup,
+                  "chunk_size": args.chunk, "iq_lambda": 0.1, "iq_value": "the default (reference; a constant LSE_θ0)",
+                  "iq_head": "auto (single pass) for iq_chunked", "timed_steps": args.steps, "warmup_steps": args.warmup,
                   "rounds": args.rounds, "variants": list(variants), "threads": args.threads, "cpu": platform.processor() or platform.machine(),
                   "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
         "summary": summary,

@@ -1,0 +1,55 @@
+"""The benchmark scripts run end to end on a tiny model with the library's current defaults.
+
+Timings are not asserted (they belong to the recorded runs in benchmarks/results); what is asserted is that every
+variant ran and that variants computing the same loss report the same value. A default change that breaks a
+hand-built benchmark batch (iq_value="reference" needs the starting model's logsumexp in it) fails here, not in the
+middle of a 10-minute run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out.stdout
+
+
+def test_loss_cost_step_runs_every_default_variant(tmp_path):
+    path = tmp_path / "loss_cost.json"
+    run("loss_cost.py", "--model", "tiny-llama", "--batch", "2", "--seq", "32", "--rounds", "1", "--steps", "1",
+        "--output", str(path))
+    summary = json.loads(path.read_text())["summary"]
+    assert set(summary) == {"trl_sft", "iq_naive", "iq_chunked"}
+    assert summary["trl_sft"]["step_time_vs_trl_sft"] == 1.0
+    assert all(s["median_step_s"] > 0 and s["peak_rss_gb"] > 0 for s in summary.values())
+
+
+def test_loss_cost_head_only_losses_agree(tmp_path):
+    path = tmp_path / "loss_cost.json"
+    run("loss_cost.py", "--head-only", "--hidden", "16", "--vocab", "300", "--batch", "2", "--seq", "40", "--chunk",
+        "16", "--rounds", "1", "--output", str(path))
+    result = json.loads(path.read_text())
+    summary = result["head_only"]["threads_1"]["summary"]
+    ce = summary["ce_fused"]["loss"]
+    for variant in ("ce_full", "ce_fused_stats", "ce_trl", "iq_single_pass_l0"):  # the same cross-entropy
+        assert summary[variant]["loss"] == pytest.approx(ce, rel=1e-2), variant
+    assert summary["iq_single_pass"]["loss"] == pytest.approx(summary["iq_two_pass"]["loss"], rel=1e-3)
+    assert result["single_pass_vs_ce_head"] > 0
+
+
+def test_cost_grid_runs(tmp_path):
+    path = tmp_path / "cost.json"
+    run("cost.py", "--part", "grid", "--model", "tiny-llama", "--seqs", "32", "--batches", "2", "--rounds", "1",
+        "--steps", "1", "--output", str(path))
+    grid = json.loads(path.read_text())["grid"]
+    assert {"trl_sft", "tirl_mle", "iq_naive", "iq_chunked"} <= set(grid[0]["variants"])
