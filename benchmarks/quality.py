@@ -268,7 +268,7 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
     section["untrained"] = points(base_evals, score)
     eval_dirs, labels = [runs / "untrained" / "eval"], ["untrained"]
     for vname in cfg["variants"]:
-        for seed in cfg["seeds"]:
+        for seed in seeds_of(cfg, vname, runs):
             key = f"{vname}-s{seed}"
             t0 = time.time()
             run_dir = train(cfg, all_variants[vname], seed, runs / key, per_epoch)
@@ -298,6 +298,17 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
     if rewards:
         section["rewards"] = reward_section(cfg, section, runs)
     return section
+
+
+def seeds_of(cfg: dict, vname: str, runs: Path) -> list[int]:
+    """The seeds to run and summarise for a variant: the preset's (or `--seeds`), plus, unless `--seeds` restricts
+    them, every other seed whose training run is in the cache (more seeds for some variants, run with `--seeds` and
+    `--variants`, enter the summary without training the others' too)."""
+    seeds = list(cfg["seeds"])
+    if not cfg.get("seeds_given"):
+        cached = (int(d.name.rpartition("-s")[2]) for d in runs.glob(f"{vname}-s*") if (d / "metrics.json").is_file())
+        seeds += sorted(x for x in cached if x not in seeds)
+    return seeds
 
 
 def _frontier_dirs(eval_dirs: list[Path]) -> list[Path]:
@@ -392,15 +403,17 @@ def plot_epochs(section: dict, cfg: dict, png: Path, score: str) -> None:
             m = [x[key]["mean"] for x in s["epochs"]]
             e = [x[key]["sem"] or 0.0 for x in s["epochs"]]
             ax.errorbar(ep, m, yerr=e, marker="o", ms=4, capsize=2, label=vname)
-    axes[0].set_title("held-out −log π per token (lower is better)", fontsize=10)
+    axes[0].set_title("held-out −log π per token (lower is better; log scale)", fontsize=10)
+    axes[0].set_yscale("log")  # the epochs after the first differ by hundredths of a nat
     axes[1].set_title(f"greedy {score} (%) on held-out problems", fontsize=10)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    n = len(cfg["seeds"])
+    counts = sorted({s["seeds"] for s in section["summary"].values()})
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     fig.suptitle(f"{cfg['dataset']}: {cfg['train_examples']} training rows, {cfg['epochs']} epochs "
-                 f"(mean ± s.e.m. over {n} seed{'s' if n > 1 else ''}; each seed draws its own subset)", fontsize=10)
+                 f"(mean ± s.e.m. over {n} seed(s) per variant; each seed draws its own subset)", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -408,30 +421,38 @@ def plot_epochs(section: dict, cfg: dict, png: Path, score: str) -> None:
 
 def reward_section(cfg: dict, section: dict, runs: Path) -> dict:
     """Spearman of each model's R with sentence ROUGE-1 over one pool of MLE samples (seed 0's models)."""
+    from tirl.rewards.analysis import analysis_markdown
+
     seed = cfg["seeds"][0]
     mle_model = _chosen_model(section, f"mle-s{seed}", runs)
     pool = evaluate(cfg, mle_model, runs / "reward-pool", 1.0, samples=cfg["reward_samples"],
                     prompts=cfg["reward_prompts"])
     del pool
-    models, labels = [], []
+    # one `tirl rewards analyse` per model, each in its own directory: the unit of caching is a finished model (about
+    # 10 min each on a core), and the models can be run in parallel by hand (README: the quality benchmark)
+    analysis: dict = {}
     for vname in cfg["variants"]:
-        models.append(_chosen_model(section, f"{vname}-s{seed}", runs))
-        labels.append(vname)
-    out_dir = runs / "reward-analysis"
-    if not (out_dir / "analysis.json").is_file():
-        tirl("rewards", "analyse", "--models", *models, "--labels", *labels, "--generations",
-             str(runs / "reward-pool" / "generations.jsonl"), "--preference", "demonstrations", "--num_pairs", "200",
-             "--output_dir", str(out_dir))
-    analysis = json.loads((out_dir / "analysis.json").read_text())
-    for name in ("analysis.md",):
-        shutil.copy(out_dir / name, result_path(f"quality_rewards_{name}"))
+        out_dir = runs / "reward-analysis" / vname
+        if not (out_dir / "analysis.json").is_file():
+            if out_dir.exists():  # an interrupted analysis: start it again
+                shutil.rmtree(out_dir)
+            tirl("rewards", "analyse", "--models", _chosen_model(section, f"{vname}-s{seed}", runs), "--labels", vname,
+                 "--generations", str(runs / "reward-pool" / "generations.jsonl"), "--preference", "demonstrations",
+                 "--num_pairs", "200", "--output_dir", str(out_dir))
+        one = json.loads((out_dir / "analysis.json").read_text())
+        for png in out_dir.glob("reward_*.png"):  # R against the sample score (XSum) or for right/wrong (GSM8k)
+            shutil.copy(png, result_path(f"quality_{png.stem}.png"))
+        analysis = {**one, "models": {**analysis.get("models", {}), **one["models"]}}
+    analysis["settings"]["models"] = [m["model"] for m in analysis["models"].values()]
+    analysis["settings"]["labels"] = list(analysis["models"])
+    result_path("quality_rewards_analysis.md").write_text(analysis_markdown(analysis))
     return {"pool": f"{cfg['reward_prompts']} prompts × {cfg['reward_samples']} samples of mle-s{seed} at T = 1",
             "models": {k: {x: v.get(x) for x in ("iq_value", "gamma", "reward", "logprob", "reward_per_token",
                                                   "preference", "mean_R")} for k, v in analysis["models"].items()}}
 
 
 def _chosen_model(section: dict, key: str, runs: Path) -> str:
-    entry = section["runs"][key]
+    entry = section["runs"].get(key, {})  # a run outside this process's --variants: its final model
     if "epochs" in entry:
         best = next(e for e in entry["epochs"] if e["epoch"] == entry["best_epoch"])
         return best["checkpoint"]
@@ -611,18 +632,20 @@ def tables(result: dict) -> str:
         sec = result[name]
         cfg, score = sec["config"], sec["score"]
         passes = ["greedy", *[f"T={t:g}" for t in cfg["temperatures"]]]
-        lines += [f"\n### {name}: {score} along the temperature frontier (mean ± s.e.m., {len(cfg['seeds'])} seed(s))\n",
-                  "| variant | " + " | ".join(f"{p} {score}" + ("" if p == "greedy" else " / Self-BLEU") for p in passes) + " |",
-                  "|---|" + "---|" * len(passes)]
+        lines += [f"\n### {name}: {score} along the temperature frontier (mean ± s.e.m. over seeds)\n",
+                  "| variant | seeds | " + " | ".join(f"{p} {score}" + ("" if p == "greedy" else " / Self-BLEU")
+                                                  for p in passes) + " |",
+                  "|---|---|" + "---|" * len(passes)]
         u = sec["untrained"]
-        lines.append("| untrained | " + " | ".join(
+        lines.append("| untrained | – | " + " | ".join(
             f"{u[p]['score']:.1f}" + ("" if p == "greedy" else f" / {u[p]['self_bleu']:.1f}") for p in passes) + " |")
         for vname, s in sec["summary"].items():
             f = s["frontier"]
-            lines.append(f"| {vname} | " + " | ".join(
+            lines.append(f"| {vname} | {s['seeds']} | " + " | ".join(
                 _ms(f[p]["score"]) + ("" if p == "greedy" else f" / {_ms(f[p]['self_bleu'])}") for p in passes) + " |")
         lines += [f"\n{name}: difference in {score} to MLE's (and entropy-MLE's) frontier at the same Self-BLEU, paired "
-                  "by seed (positive = better at equal diversity; * = outside the reference's range)\n",
+                  "by seed over the seeds both have (positive = better at equal diversity; * = outside the reference's "
+                  "range)\n",
                   "| variant | vs | " + " | ".join(passes) + " |", "|---|---|" + "---|" * len(passes)]
         for vname, s in sec["summary"].items():
             for ref in ("mle", "ent-mle"):
@@ -673,6 +696,8 @@ def main() -> None:
                    "results/quality_<preset>.json for the others)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds instead of the preset's, e.g. one process per "
                    "seed on separate cores; rerun without it afterwards to summarise every seed from the cache")
+    p.add_argument("--variants", default=None, help="comma-separated variants instead of the section's, e.g. more "
+                   "seeds for some of them (with --seeds); a later run without either summarises every cached seed")
     p.add_argument("--skip_rewards", action="store_true", help="summarise XSum without its reward analysis (the slowest "
                    "part: every model scores the sample pool and the demonstration pairs)")
     args = p.parse_args()
@@ -714,7 +739,12 @@ def main() -> None:
         t0 = time.time()
         cfg = preset[name]
         if args.seeds:
-            cfg = {**cfg, "seeds": [int(x) for x in args.seeds.split(",")]}
+            cfg = {**cfg, "seeds": [int(x) for x in args.seeds.split(",")], "seeds_given": True}
+        if args.variants:
+            unknown = set(args.variants.split(",")) - set(cfg.get("variants", []))
+            if unknown:
+                p.error(f"--variants: {', '.join(sorted(unknown))} not in the {name} section of the preset")
+            cfg = {**cfg, "variants": [v for v in cfg["variants"] if v in args.variants.split(",")]}
         if name == "grammar":
             result[name] = grammar_section(cfg)
         else:

@@ -54,10 +54,11 @@ class IQLearnConfig(TDArguments, QVArguments, SFTConfig):
             start instead of r_t ≈ 30. `"head"`: V = v_ψ(h), a zero-initialised linear head on the final hidden
             state, trained with the model and saved beside it (`value_head.safetensors`).
             Why `"reference"` (benchmarks/quality.py, cpu preset, README "Does IQLearn beat MLE?"): on 64 arithmetic
-            rows × 5 epochs it had the lowest held-out −log π of the offline forms (0.063 ± 0.007 against MLE's
-            0.076 ± 0.013, paired Δ −0.014 ± 0.006, 2 seeds) and the best accuracy along MLE's temperature frontier
-            at T = 0.5–1 (+8 to +11 points at equal Self-BLEU, ± 5), with no loss in greedy accuracy beyond the
+            rows × 5 epochs it had the lowest held-out −log π of the offline forms (0.070 ± 0.006 against MLE's
+            0.083 ± 0.007, paired Δ −0.013 ± 0.003, 4 seeds) and the best accuracy along MLE's temperature frontier
+            at T = 0.5–1 (+5 to +7 points at equal Self-BLEU, ± 3), with no loss in greedy accuracy beyond the
             s.e.m.; `"logits"` was between the two and `"head"` trained like MLE (the head absorbs the TD term).
+            Its rewards ranked XSum samples no better than the model's log-likelihood.
             The cost is one forward pass of the starting model over the training set before the first step.
         iq_lambda_warmup_steps (`int`, defaults to `0`):
             Ramp λ linearly from 0 (plain MLE) to `iq_lambda` over this many optimizer steps. 0: full λ from the
