@@ -306,8 +306,8 @@ def seeds_of(cfg: dict, vname: str, runs: Path) -> list[int]:
     `--variants`, enter the summary without training the others' too)."""
     seeds = list(cfg["seeds"])
     if not cfg.get("seeds_given"):
-        cached = (int(d.name.rpartition("-s")[2]) for d in runs.glob(f"{vname}-s*") if (d / "metrics.json").is_file())
-        seeds += sorted(x for x in cached if x not in seeds)
+        suffixes = (d.name[len(vname) + 2:] for d in runs.glob(f"{vname}-s*") if (d / "metrics.json").is_file())
+        seeds += sorted(int(x) for x in suffixes if x.isdigit() and int(x) not in seeds)
     return seeds
 
 
@@ -420,7 +420,7 @@ def plot_epochs(section: dict, cfg: dict, png: Path, score: str) -> None:
 
 
 def reward_section(cfg: dict, section: dict, runs: Path) -> dict:
-    """Spearman of each model's R with sentence ROUGE-1 over one pool of MLE samples (seed 0's models)."""
+    """Spearman of each model's R with sentence ROUGE-1 over one pool of MLE samples (the first seed's models)."""
     from tirl.rewards.analysis import analysis_markdown
 
     seed = cfg["seeds"][0]
@@ -429,7 +429,7 @@ def reward_section(cfg: dict, section: dict, runs: Path) -> dict:
                     prompts=cfg["reward_prompts"])
     del pool
     # one `tirl rewards analyse` per model, each in its own directory: the unit of caching is a finished model (about
-    # 10 min each on a core), and the models can be run in parallel by hand (README: the quality benchmark)
+    # 10 min each on a core), and processes with different --variants share the work (benchmarks/README.md)
     analysis: dict = {}
     for vname in cfg["variants"]:
         out_dir = runs / "reward-analysis" / vname
