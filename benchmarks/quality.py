@@ -425,9 +425,7 @@ def reward_section(cfg: dict, section: dict, runs: Path) -> dict:
 
     seed = cfg["seeds"][0]
     mle_model = _chosen_model(section, f"mle-s{seed}", runs)
-    pool = evaluate(cfg, mle_model, runs / "reward-pool", 1.0, samples=cfg["reward_samples"],
-                    prompts=cfg["reward_prompts"])
-    del pool
+    evaluate(cfg, mle_model, runs / "reward-pool", 1.0, samples=cfg["reward_samples"], prompts=cfg["reward_prompts"])
     # one `tirl rewards analyse` per model, each in its own directory: the unit of caching is a finished model (about
     # 10 min each on a core), and processes with different --variants share the work (benchmarks/README.md)
     analysis: dict = {}

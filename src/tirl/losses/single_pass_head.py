@@ -231,7 +231,7 @@ class SinglePassIQFunction(torch.autograd.Function):
         compiled = plan.compiled
         step = _compiled_chunk_step() if compiled else _chunk_step
         vocab = weight.shape[0]
-        # eagerly, the softmax maths runs over blocks of a few rows (two float32 [block, V] buffers) while the
+        # eagerly, the softmax maths runs over blocks of a few rows (in `SCRATCH_ELEMENTS` of float32) while the
         # chunk's logits, then its gradient, stay in one [c, V] buffer of the matmul dtype
         upcast = compute_dtype != acc  # the block's logits need a float32 copy (the matmul ran in low precision)
         block = c if compiled else block_rows(vocab, 2 if upcast else 1)
