@@ -206,7 +206,10 @@ def head_loss_fn(variant: str, chunk: int):
     """(hidden [B, T, D], weight [V, D], labels [B, T]) -> scalar loss, for one head-only variant."""
     import torch.nn.functional as F
 
-    from tirl.losses import chunked_iq_loss, shift_labels, single_pass_iq_loss
+    from tirl.losses import Objective, chunked_iq_loss, shift_labels, single_pass_iq_loss
+
+    def objective(lam: float) -> Objective:
+        return Objective(iq_lambda=lam, iq_gamma=0.99, eos_token_ids=(2,))
 
     def rows_of(hidden, labels):
         actions, mask = shift_labels(labels)
@@ -236,14 +239,12 @@ def head_loss_fn(variant: str, chunk: int):
             return -logprobs.sum() / rows.shape[0]
     elif variant == "iq_two_pass":
         def fn(hidden, weight, labels):
-            return chunked_iq_loss(hidden, weight, labels, lam=HEAD_LAMBDA, gamma=0.99, eos_token_id=2,
-                                   chunk_size=chunk).loss
+            return chunked_iq_loss(hidden, weight, labels, objective(HEAD_LAMBDA), chunk_size=chunk).loss
     elif variant in ("iq_single_pass", "iq_single_pass_l0"):
         lam = HEAD_LAMBDA if variant == "iq_single_pass" else 0.0
 
         def fn(hidden, weight, labels):
-            return single_pass_iq_loss(hidden, weight, labels, lam=lam, gamma=0.99, eos_token_id=2,
-                                       chunk_size=chunk).loss
+            return single_pass_iq_loss(hidden, weight, labels, objective(lam), chunk_size=chunk).loss
     else:
         raise ValueError(variant)
     return fn

@@ -34,6 +34,13 @@ def make_batch(B=3, T=12, D=8, V=23, dtype=torch.float64, seed=0, bias=False, tw
     return h, W, b, labels
 
 
+def objective(**kw):
+    """An `Objective` with this module's EOS (`kw`: its other fields)."""
+    from tirl.losses import Objective
+
+    return Objective(eos_token_ids=(EOS,), **kw)
+
+
 def logits_of(h, W, b=None):
     z = h @ W.T
     return z if b is None else z + b
@@ -120,10 +127,12 @@ def online_loop_reference(logits, labels, is_expert, alpha, lam, gamma):
 
 def batch_counts(labels, is_expert):
     """The global counts a trainer passes with num_items_in_batch, for the whole batch (`labels`, `is_expert`)."""
+    from tirl.losses import Counts
+
     actions = labels[:, 1:] != -100
     e, p = actions[is_expert], actions[~is_expert]
-    return dict(num_items_in_batch=int(e.sum()), num_sequences_in_batch=int(e.any(-1).sum()),
-                num_policy_items_in_batch=int(p.sum()), num_policy_sequences_in_batch=int(p.any(-1).sum()))
+    return Counts(tokens=int(e.sum()), sequences=int(e.any(-1).sum()), policy_tokens=int(p.sum()),
+                  policy_sequences=int(p.any(-1).sum()))
 
 
 def fixed_completions(prompts, eos):

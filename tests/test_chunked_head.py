@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference import EOS, PartitionedHead, compile_devices, logits_of, make_batch
+from reference import PartitionedHead, compile_devices, logits_of, make_batch, objective
 from tirl import losses as L
 
 
@@ -15,11 +15,11 @@ from tirl import losses as L
 def test_chunked_equals_naive_values_and_gradients_float64(chunk, bias, reduction):
     h, W, b, labels = make_batch(bias=bias)
     params = (h, W) + ((b,) if bias else ())
-    kw = dict(lam=0.3, gamma=0.9, eos_token_id=EOS, reduction=reduction)
-    naive = L.iq_loss(logits_of(h, W, b), labels, **kw)
-    chunked = L.chunked_iq_loss(h, W, labels, chunk_size=chunk, bias=b, **kw)
+    o = objective(iq_lambda=0.3, iq_gamma=0.9, iq_reduction=reduction)
+    naive = L.iq_loss(logits_of(h, W, b), labels, o)
+    chunked = L.chunked_iq_loss(h, W, labels, o, chunk_size=chunk, bias=b)
     assert abs(naive.loss.item() - chunked.loss.item()) < 1e-10
-    for key in ("nll", "td", "mean_reward", "mean_value"):
+    for key in ("mle_loss", "td_loss", "mean_reward", "mean_value"):
         assert abs(getattr(naive, key).item() - getattr(chunked, key).item()) < 1e-10, key
     g_naive = torch.autograd.grad(naive.loss, params)
     g_chunk = torch.autograd.grad(chunked.loss, params)
@@ -31,11 +31,11 @@ def test_partitioned_head_is_gathered_in_forward_and_in_backward():
     """A ZeRO-3-like head (its data empty outside `gather`): the values and gradients are the whole head's, the
     gradient has the whole weight's shape, and `gather` is entered once for forward and once for backward."""
     h, W, _, labels = make_batch()
-    kw = dict(lam=0.3, gamma=0.9, eos_token_id=EOS)
-    ref = L.iq_loss_from_qv(L.qv_from_hidden(h, W, labels, chunk_size=5), **kw)
+    o = objective(iq_lambda=0.3, iq_gamma=0.9)
+    ref = L.iq_loss_from_qv(L.qv_from_hidden(h, W, labels, chunk_size=5), o)
     g_ref = torch.autograd.grad(ref.loss, (h, W))
     head = PartitionedHead(W)
-    out = L.iq_loss_from_qv(L.qv_from_hidden(h, head.param, labels, chunk_size=5, gather=head.gather), **kw)
+    out = L.iq_loss_from_qv(L.qv_from_hidden(h, head.param, labels, chunk_size=5, gather=head.gather), o)
     assert head.entered == 1 and head.param.shape == (0,)
     assert abs(out.loss.item() - ref.loss.item()) < 1e-12
     g_h, g_w = torch.autograd.grad(out.loss, (h, head.param))
@@ -48,16 +48,16 @@ def test_chunked_stats_match_naive():
     h, W, _, labels = make_batch()
     a = L.qv_from_logits(logits_of(h, W), labels)
     c = L.qv_from_hidden(h, W, labels, chunk_size=4)
-    assert torch.allclose(a.q, c.q) and torch.allclose(a.v, c.v)
+    assert torch.allclose(a.logit, c.logit) and torch.allclose(a.lse, c.lse)
     assert torch.allclose(a.entropy, c.entropy, atol=1e-10)
     assert torch.equal(a.is_top1, c.is_top1)
 
 
 def test_chunked_under_bf16_autocast_is_close_to_fp32():
     h, W, _, labels = make_batch(B=4, T=64, D=32, V=300, dtype=torch.float32)
-    ref = L.iq_loss(logits_of(h, W), labels, lam=0.1, eos_token_id=EOS)
+    ref = L.iq_loss(logits_of(h, W), labels, objective(iq_lambda=0.1))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = L.chunked_iq_loss(h, W, labels, lam=0.1, eos_token_id=EOS, chunk_size=64)
+        out = L.chunked_iq_loss(h, W, labels, objective(iq_lambda=0.1), chunk_size=64)
     assert abs(out.loss.item() - ref.loss.item()) / ref.loss.item() < 2e-2
     g = torch.autograd.grad(out.loss, W, retain_graph=True)[0]
     g_ref = torch.autograd.grad(ref.loss, W)[0]
@@ -67,7 +67,7 @@ def test_chunked_under_bf16_autocast_is_close_to_fp32():
 def test_all_masked_micro_batch_gives_differentiable_zero():
     h, W, _, labels = make_batch()
     labels[:] = -100
-    out = L.chunked_iq_loss(h, W, labels, lam=0.1, eos_token_id=EOS)
+    out = L.chunked_iq_loss(h, W, labels, objective(iq_lambda=0.1))
     assert out.loss.item() == 0.0 and out.loss.requires_grad
     out.loss.backward()
     assert W.grad is not None and torch.all(W.grad == 0)
@@ -75,7 +75,7 @@ def test_all_masked_micro_batch_gives_differentiable_zero():
 
 def test_chunk_size_must_be_positive():
     h, W, _, labels = make_batch()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="chunk_size must be positive"):
         L.qv_from_hidden(h, W, labels, chunk_size=0)
 
 
@@ -91,7 +91,7 @@ def test_compiled_head_matches_the_eager_one(device, autocast):
     for compiled in (False, True):
         hh, WW = h.clone().requires_grad_(), W.clone().requires_grad_()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            out = L.chunked_iq_loss(hh, WW, labels, lam=0.1, eos_token_id=EOS, chunk_size=48,  # 3 full chunks + 1 short
+            out = L.chunked_iq_loss(hh, WW, labels, objective(iq_lambda=0.1), chunk_size=48,  # 3 full chunks + 1 short
                                     compiled=compiled)
         qv = L.qv_from_hidden(hh.detach(), WW.detach(), labels, chunk_size=48, compiled=compiled)
         results[compiled] = (out.loss.detach(), *torch.autograd.grad(out.loss, [hh, WW]), qv.entropy, qv.is_top1)

@@ -20,21 +20,30 @@ def test_top_level_help(capsys):
 def test_train_help_explains_every_option():
     from tirl.cli.train import build_parser
 
-    parser = build_parser([])
+    parser = build_parser("iqlearn")
     undocumented = [a.option_strings[0] for a in parser._actions if a.option_strings and not (a.help or "").strip()]
     assert not undocumented, f"options without help: {undocumented}"
     text = parser.format_help()
     for flag in ("--method", "--dataset", "--model", "--iq_lambda", "--iq_gamma", "--iq_chunk_size", "--use_peft",
-                 "--output_dir", "--resume", "--report_to", "embedded default job"):
+                 "--output_dir", "--resume", "--report_to", "embedded default job", "--gem_beta", "--loss_type"):
         assert flag in text, flag
 
 
-def test_demo_defaults_apply_only_without_model_and_dataset():
-    from tirl.cli.train import build_parser
+def test_every_script_option_has_its_help_in_the_cli():
+    from dataclasses import fields
 
-    demo = build_parser([]).parse_args_and_config([])
+    from tirl.cli.train_help import SCRIPT_HELP
+    from tirl.jobs.train import TrainScriptArguments
+
+    assert {f.name for f in fields(TrainScriptArguments)} == set(SCRIPT_HELP)
+
+
+def test_demo_defaults_apply_only_without_model_and_dataset():
+    from tirl.cli.train import parse
+
+    demo = parse([])
     assert demo[1].max_steps == 40 and demo[0].num_train_examples == 160
-    custom = build_parser(["--model", "tiny-llama"]).parse_args_and_config(["--model", "tiny-llama"])
+    custom = parse(["--model", "tiny-llama"])
     assert custom[1].max_steps == -1 and custom[0].num_train_examples is None
     assert custom[1].report_to == ["tensorboard"]
 
@@ -193,10 +202,10 @@ def _bad_model_dir(tmp_path, kind):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--iq_lambda", "-1"], "--iq_lambda must be >= 0"),
+    (["--iq_lambda", "-1"], "--iq_lambda must be a finite number >= 0"),
     (["--iq_lambda", "nan"], "--iq_lambda must be a finite number"),
     (["--iq_lambda", "abc"], "argument --iq_lambda"),
-    (["--iq_gamma", "1.5"], "--iq_gamma must be in [0, 1]"),
+    (["--iq_gamma", "1.5"], "--iq_gamma must be a finite number in [0, 1]"),
     (["--iq_chunk_size", "-2"], "--iq_chunk_size must be >= 0"),
     (["--max_steps", "0"], "--max_steps 0 would train nothing"),
     (["--model", "{empty}"], "--model: {empty} is not a model directory: it has no config.json"),
@@ -387,26 +396,27 @@ def test_cli_help_documents_each_methods_options():
 
     for method, flags in (("iqlearn-online", ("--iq_alpha", "--generate_every", "--max_new_tokens", "--use_vllm")),
                           ("gail", ("--gail_disc_model", "--mle_weight", "--gail_kl_coef", "--generate_every"))):
-        parser = build_parser(["--method", method])
+        parser = build_parser(method)
         undocumented = [a.option_strings[0] for a in parser._actions if a.option_strings and not (a.help or "").strip()]
         assert not undocumented, f"{method}: options without help: {undocumented}"
         text = parser.format_help()
         for flag in flags:
             assert flag in text, (method, flag)
-    base = build_parser([]).format_help()
+    base = build_parser("iqlearn").format_help()
     assert "--gail_disc_model" not in base and "--method gail --help" in base
-    assert selected_method(["--method=gail"]) == "gail" and selected_method([]) == "iqlearn"
+    assert selected_method(["--method=gail"], {}) == "gail" and selected_method([], {}) == "iqlearn"
+    assert selected_method([], {"method": "gem"}) == "gem"
 
 
 def test_cli_reads_the_method_from_a_yaml_config(tmp_path):
-    from tirl.cli.train import build_parser
+    from tirl.cli.train import parse
     from tirl.trainers import OnlineIQLearnConfig
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("method: iqlearn-online\niq_alpha: 0.3\nmodel_name_or_path: tiny-llama\n")
-    argv = ["--config", str(cfg)]
-    script, config, _ = build_parser(argv).parse_args_and_config(argv)
+    script, config, model_args, given = parse(["--config", str(cfg)])
     assert script.method == "iqlearn-online" and isinstance(config, OnlineIQLearnConfig) and config.iq_alpha == 0.3
+    assert model_args.model_name_or_path == "tiny-llama" and "iq_alpha" in given
 
 
 @pytest.mark.slow

@@ -142,11 +142,11 @@ if shard:  # outside a forward the LM head is a DTensor: head_qv gathers it, and
     labels[:, :2] = -100
     W.grad = None
     qv = head_qv(tr.model, hidden, labels, chunk_size=4)
-    ((qv.q - qv.v) * qv.mask).sum().backward()
+    qv.logprob.sum().backward()
     Wf = W.full_tensor().detach().requires_grad_()
     oracle = qv_from_logits(hidden @ Wf.T, labels)
-    ((oracle.q - oracle.v) * oracle.mask).sum().backward()
-    head_error = max((qv.q - oracle.q).abs().max().item(), (qv.v - oracle.v).abs().max().item(),
+    oracle.logprob.sum().backward()
+    head_error = max((qv.logit - oracle.logit).abs().max().item(), (qv.lse - oracle.lse).abs().max().item(),
                      (W.grad.full_tensor() - Wf.grad).abs().max().item())
 whole = lambda p: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().flatten()
 params = torch.cat([whole(p) for p in tr.model.parameters()])

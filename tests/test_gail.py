@@ -121,11 +121,15 @@ def test_gail_resume_restores_discriminator_optimizer_and_buffer(tiny, tmp_path)
 
 
 def test_gail_config_validation(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="gail_disc_steps must be >= 1"):
         GAILConfig(output_dir=str(tmp_path), gail_disc_steps=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="num_policy_samples must be >= 1"):
         GAILConfig(output_dir=str(tmp_path), num_policy_samples=0)
-    assert GAILConfig(output_dir=str(tmp_path)).iq_lambda == 0.0  # the expert term is plain MLE by default
+    # the expert term is plain MLE: GAIL has no λ, and its objective is the neutral one
+    from tirl.losses import Objective
+
+    config = GAILConfig(output_dir=str(tmp_path))
+    assert not hasattr(config, "iq_lambda") and Objective.from_config(config).iq_lambda == 0.0
 
 
 DDP_SCRIPT = '''

@@ -4,15 +4,15 @@ which terms see the policy rows, the telescoping caveat, and exact accumulation 
 import pytest
 import torch
 
-from reference import EOS, batch_counts, mixed_batch, online_loop_reference
+from reference import EOS, batch_counts, mixed_batch, objective, online_loop_reference
 from tirl import losses as L
 
 
 @pytest.mark.parametrize("alpha,lam,gamma", [(0.1, 0.1, 0.99), (0.5, 1.0, 1.0), (1.0, 0.03, 0.5)])
 def test_online_loss_matches_online_loop_reference(alpha, lam, gamma):
     logits, labels, is_expert = mixed_batch()
-    out = L.online_iq_loss_from_qv(L.qv_from_logits(logits, labels), is_expert, alpha=alpha, lam=lam, gamma=gamma,
-                                   eos_token_id=EOS)
+    out = L.online_iq_loss_from_qv(L.qv_from_logits(logits, labels), is_expert,
+                                   objective(iq_lambda=lam, iq_gamma=gamma), alpha=alpha)
     ref = online_loop_reference(logits, labels, is_expert, alpha, lam, gamma)
     assert abs(out.loss.item() - ref.item()) < 1e-10
 
@@ -34,9 +34,10 @@ def test_alpha_zero_equals_offline_iqlearn(reduction, chunked):
         qv_mixed = L.qv_from_logits(logits, labels)
         qv_expert = L.qv_from_logits(logits[:3], labels[:3])
         params = (logits,)
-    kw = dict(lam=0.3, gamma=0.99, eos_token_id=EOS, num_items_in_batch=n_items, reduction=reduction)
-    online = L.online_iq_loss_from_qv(qv_mixed, is_expert, alpha=0.0, **kw)
-    offline = L.iq_loss_from_qv(qv_expert, **kw)
+    o = objective(iq_lambda=0.3, iq_gamma=0.99, iq_reduction=reduction)
+    counts = L.Counts(tokens=n_items)
+    online = L.online_iq_loss_from_qv(qv_mixed, is_expert, o, counts, alpha=0.0)
+    offline = L.iq_loss_from_qv(qv_expert, o, counts)
     assert abs(online.loss.item() - offline.loss.item()) < 1e-10
     g_on = torch.autograd.grad(online.loss, params, retain_graph=True)
     g_off = torch.autograd.grad(offline.loss, params)
@@ -45,33 +46,32 @@ def test_alpha_zero_equals_offline_iqlearn(reduction, chunked):
     assert torch.count_nonzero(g_on[0][3:]) == 0  # policy rows are not in the α = 0 graph
     for a, b in zip(g_on[1:], g_off[1:], strict=True):
         assert torch.allclose(a, b, atol=1e-10)
-    assert online.td.item() == pytest.approx(offline.td.item(), abs=1e-12)
-    assert online.nll.item() == pytest.approx(offline.nll.item(), abs=1e-12)
+    assert online.td_loss.item() == pytest.approx(offline.td_loss.item(), abs=1e-12)
+    assert online.mle_loss.item() == pytest.approx(offline.mle_loss.item(), abs=1e-12)
 
 
 def test_policy_terms_choose_what_sees_policy_samples():
     logits, labels, is_expert = mixed_batch()
     qv = L.qv_from_logits(logits, labels)
-    kw = dict(alpha=0.4, gamma=0.9, eos_token_id=EOS)
+    def loss(lam, policy_terms):
+        o = objective(iq_lambda=lam, iq_gamma=0.9)
+        return L.online_iq_loss_from_qv(qv, is_expert, o, alpha=0.4, policy_terms=policy_terms).loss
 
-    def policy_grad(**extra):
-        loss = L.online_iq_loss_from_qv(qv, is_expert, **kw, **extra).loss
-        return torch.autograd.grad(loss, logits, retain_graph=True)[0][3:]
+    def policy_grad(lam, policy_terms):
+        return torch.autograd.grad(loss(lam, policy_terms), logits, retain_graph=True)[0][3:]
 
     # −log π never touches policy rows: with λ = 0 and only the TD term mixed, they get no gradient at all
-    assert torch.count_nonzero(policy_grad(lam=0.0, policy_terms="td")) == 0
-    assert torch.count_nonzero(policy_grad(lam=0.0, policy_terms="value")) > 0
-    assert torch.count_nonzero(policy_grad(lam=0.1, policy_terms="td")) > 0
-    both = L.online_iq_loss_from_qv(qv, is_expert, lam=0.1, policy_terms="both", **kw).loss
-    td = L.online_iq_loss_from_qv(qv, is_expert, lam=0.1, policy_terms="td", **kw).loss
-    value = L.online_iq_loss_from_qv(qv, is_expert, lam=0.1, policy_terms="value", **kw).loss
-    offline = L.iq_loss_from_qv(L.restrict_rows(qv, is_expert), lam=0.1, gamma=0.9, eos_token_id=EOS).loss
+    assert torch.count_nonzero(policy_grad(0.0, "td")) == 0
+    assert torch.count_nonzero(policy_grad(0.0, "value")) > 0
+    assert torch.count_nonzero(policy_grad(0.1, "td")) > 0
+    both, td, value = loss(0.1, "both"), loss(0.1, "td"), loss(0.1, "value")
+    offline = L.iq_loss_from_qv(L.restrict_rows(qv, is_expert), objective(iq_lambda=0.1, iq_gamma=0.9)).loss
     # the two policy terms add up: both − offline = (td − offline) + (value − offline)
     assert (both - offline).item() == pytest.approx((td - offline).item() + (value - offline).item(), abs=1e-10)
 
 
 def test_value_term_telescopes_to_zero_for_matching_rows_gamma_one():
-    """paper-digest §3.6: with γ = 1, per-sequence sums and V(terminal) = 0, E_π[V − V'] − E_E[V − V'] = V(s_0) − V(s_0).
+    """docs/method.md §2: with γ = 1, per-sequence sums and V(terminal) = 0, E_π[V − V'] − E_E[V − V'] = V(s_0) − V(s_0).
 
     A policy row that shares the expert row's prompt and first state has the same V(s_0) whatever it samples, so with
     sequence-sum weighting the value term vanishes exactly; with per-token means it does not (rows differ in length).
@@ -86,10 +86,10 @@ def test_value_term_telescopes_to_zero_for_matching_rows_gamma_one():
     logits = torch.randn(2, T, V, dtype=torch.float64, generator=g)
     logits[1, 3] = logits[0, 3]  # the same state s_0 (same prompt): the same V(s_0)
     qv = L.qv_from_logits(logits, labels)
-    v_next, td_mask = L.next_values(qv, EOS)
+    v_next, td_mask = L.next_values(qv, (EOS,))
     gap = (qv.v - v_next) * td_mask
     assert gap[0].sum().item() == pytest.approx(gap[1].sum().item(), abs=1e-10)  # both telescope to V(s_0)
-    out = L.online_iq_loss_from_qv(qv, torch.tensor([True, False]), alpha=0.5, lam=0.0, gamma=1.0, eos_token_id=EOS)
+    out = L.online_iq_loss_from_qv(qv, torch.tensor([True, False]), objective(iq_lambda=0.0, iq_gamma=1.0), alpha=0.5)
     assert abs(out.value_gap.item()) > 1e-3  # per-token means: 5 vs 3 tokens, so it does not cancel
 
 
@@ -99,22 +99,23 @@ def test_accumulated_micro_batches_equal_one_batch(reduction, policy_terms):
     """Micro-batches with different shares of expert and policy rows, each given the whole batch's counts, sum to the
     one-batch loss (values and gradients): gradient accumulation and data parallelism are exact for L_on."""
     logits, labels, is_expert = mixed_batch()
-    kw = dict(alpha=0.3, lam=0.2, gamma=0.95, eos_token_id=EOS, reduction=reduction, policy_terms=policy_terms)
-    full = L.online_iq_loss_from_qv(L.qv_from_logits(logits, labels), is_expert, **kw).loss
+    o = objective(iq_lambda=0.2, iq_gamma=0.95, iq_reduction=reduction)
+    kw = dict(alpha=0.3, policy_terms=policy_terms)
+    full = L.online_iq_loss_from_qv(L.qv_from_logits(logits, labels), is_expert, o, **kw).loss
     counts = batch_counts(labels, is_expert)
-    parts = sum(L.online_iq_loss_from_qv(L.qv_from_logits(logits[rows], labels[rows]), is_expert[rows], **counts, **kw).loss
-                for rows in ([0, 3], [1, 2, 4]))
+    parts = sum(L.online_iq_loss_from_qv(L.qv_from_logits(logits[rows], labels[rows]), is_expert[rows], o, counts,
+                                         **kw).loss for rows in ([0, 3], [1, 2, 4]))
     assert abs(full.item() - parts.item()) < 1e-10
     g_full, g_parts = (torch.autograd.grad(x, logits, retain_graph=True)[0] for x in (full, parts))
     assert torch.allclose(g_full, g_parts, atol=1e-12)
-    if reduction == "token" and policy_terms == "both":  # and both are METHOD.md's L_on, token by token
+    if reduction == "token" and policy_terms == "both":  # and both are docs/method.md's L_on, token by token
         assert abs(parts.item() - online_loop_reference(logits, labels, is_expert, 0.3, 0.2, 0.95).item()) < 1e-10
 
 
 def test_online_loss_rejects_bad_arguments():
     logits, labels, is_expert = mixed_batch()
     qv = L.qv_from_logits(logits, labels)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"iq_alpha must be in \[0, 1\]"):
         L.online_iq_loss_from_qv(qv, is_expert, alpha=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="iq_policy_terms must be one of both, td, value"):
         L.online_iq_loss_from_qv(qv, is_expert, policy_terms="all")

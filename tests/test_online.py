@@ -101,7 +101,7 @@ def test_online_gradient_accumulation_matches_large_batch(tiny, tmp_path, reduct
             with torch.no_grad():
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             qv = L.qv_from_logits(logits, batch["labels"])
-            v_next, td_mask = L.next_values(qv, tok.eos_token_id)
+            v_next, td_mask = L.next_values(qv, (tok.eos_token_id,))
             gap = (qv.v - 0.9 * v_next) * td_mask
             expert = batch["is_expert"][:, None] & qv.mask
             policy = ~batch["is_expert"][:, None] & qv.mask

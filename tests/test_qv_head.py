@@ -45,14 +45,14 @@ def test_head_qv_passes_its_choice_and_the_gather_to_the_chunked_head(tiny, monk
     with seen["gather"]():  # a context (ZeRO-3's gather; nothing to do here)
         pass
     full = L.qv_from_logits(model(input_ids=ids).logits, labels)
-    assert torch.allclose(qv.q, full.q, atol=1e-5) and torch.allclose(qv.v, full.v, atol=1e-5)
+    assert torch.allclose(qv.logit, full.logit, atol=1e-5) and torch.allclose(qv.lse, full.lse, atol=1e-5)
 
 
 @pytest.mark.parametrize("form", ["logits", "reference", "head"])
-def test_iq_loss_through_the_patched_forward_is_head_qv_plus_the_loss(tiny, monkeypatch, form):
-    """`model(..., iq_loss={...})` (the single-pass head, `head_iq_loss`) gives the loss and gradients of
-    `iq_loss_from_qv(model(..., qv_head=True))` in the same value form, and passes the caller's compile choice and
-    gather context on, like `head_qv`."""
+def test_fused_loss_through_the_patched_forward_is_head_qv_plus_the_loss(tiny, monkeypatch, form):
+    """`model(..., tirl_head=HeadCall(..., loss=True))` (the single-pass head, `fused_loss`) gives the loss and gradients
+    of `iq_loss_from_qv(model(..., tirl_head=HeadCall(...)))` in the same value form, and passes the caller's compile
+    choice and gather context on, like `head_qv`."""
     from tirl.qv.value_head import add_value_head
 
     model, tok = tiny
@@ -73,16 +73,14 @@ def test_iq_loss_through_the_patched_forward_is_head_qv_plus_the_loss(tiny, monk
     ids = torch.tensor([tok("12+3=15")["input_ids"], tok("4+40=44")["input_ids"]])
     labels = ids.clone()
     labels[:, :4] = -100
-    reference_v = torch.full((2, ids.shape[1] - 1), 2.5, dtype=torch.float64) if form == "reference" else None
-    objective = dict(lam=0.3, gamma=0.9, eos_token_id=None)
-    out = model(input_ids=ids, labels=labels, iq_loss=dict(objective, reference_v=reference_v))
+    reference_lse = torch.full((2, ids.shape[1] - 1), 2.5, dtype=torch.float64) if form == "reference" else None
+    objective = L.Objective(iq_lambda=0.3, iq_gamma=0.9, iq_value=form)
+    out = model(input_ids=ids, labels=labels, tirl_head=qv_head.HeadCall(objective, reference_lse, loss=True))
     assert seen["compiled"] is False and seen["chunk_size"] == 3
     with seen["gather"]():
         pass
-    qv = model(input_ids=ids, labels=labels, qv_head=True)
-    if reference_v is not None:
-        qv = L.with_reference(qv, reference_v)
-    ref = L.iq_loss_from_qv(qv, **objective)
+    qv = model(input_ids=ids, labels=labels, tirl_head=qv_head.HeadCall(objective, reference_lse))
+    ref = L.iq_loss_from_qv(qv, objective)
     params = [p for p in model.parameters() if p.requires_grad]
     assert abs(out.loss.item() - ref.loss.item()) < 1e-12
     g_out = torch.autograd.grad(out.loss, params, allow_unused=True)
@@ -90,4 +88,4 @@ def test_iq_loss_through_the_patched_forward_is_head_qv_plus_the_loss(tiny, monk
     for a, b in zip(g_out, g_ref, strict=True):
         assert (a is None) == (b is None)
         assert a is None or torch.allclose(a, b, rtol=0, atol=1e-12)
-    assert torch.allclose(out.qv.state_value, qv.state_value.detach(), atol=1e-12)
+    assert torch.allclose(out.qv.v, qv.v.detach(), atol=1e-12)

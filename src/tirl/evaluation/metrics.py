@@ -9,6 +9,9 @@ Self-BLEU are on sacreBLEU's 0–100 scale; entropies are in nats.
 - Translation: `bleu`, `chrf` — sacreBLEU corpus scores with its defaults (13a tokenizer, chrF with β = 2, n = 6).
 - Diversity: `self_bleu` (per prompt over its K samples, never a sample against itself), `distinct_n`,
   `mean_token_entropy` (with `token_entropy` to compute per-token entropies from logits).
+- Many-answer tasks (`tirl.data.many_answer`, a known valid set per prompt): `pass_at_k` (the unbiased estimator),
+  `valid_set_scores` (precision, coverage, pass@k for k = 1…K), `expert_nll_scores` (held-out expert NLL = forward
+  KL + log|valid|).
 """
 
 from __future__ import annotations
@@ -96,6 +99,58 @@ def gsm8k_pass_at_k(samples_per_prompt: Sequence[Sequence[str]], refs: Sequence[
         flexible += any(m[1] for m in marks)
     n = len(refs)
     return {"pass_at_k_strict": strict / n, "pass_at_k_flexible": flexible / n}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Many-answer tasks: diversity with a right answer
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of Chen et al. (2021): the chance that k of n samples, drawn without replacement, hold at
+    least one of the c right ones: 1 − C(n − c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def valid_set_scores(answers_per_prompt: Sequence[Sequence[str | None]], valid_sizes: Sequence[int]) -> dict:
+    """Scores of K samples per prompt on a task with a known valid set; each sample is its valid answer, written
+    canonically, or None when it is not valid.
+
+        precision  = the fraction of samples that are valid
+        coverage   = mean over prompts of |distinct valid answers among the K| / min(K, |valid set|)
+        pass_at_k  = [pass@1, …, pass@K], each the mean over prompts of `pass_at_k(K, #valid samples, k)`
+    """
+    _same_length(answers_per_prompt, valid_sizes)
+    if not answers_per_prompt:
+        raise ValueError("valid_set_scores needs at least one prompt")
+    k = min(len(a) for a in answers_per_prompt)
+    flat = [a for answers in answers_per_prompt for a in answers]
+    coverage = [len({a for a in answers if a is not None}) / min(len(answers), size)
+                for answers, size in zip(answers_per_prompt, valid_sizes, strict=True)]
+    curve = [sum(pass_at_k(len(a), sum(x is not None for x in a), j) for a in answers_per_prompt) / len(valid_sizes)
+             for j in range(1, k + 1)]
+    return {"precision": sum(a is not None for a in flat) / len(flat), "coverage": sum(coverage) / len(coverage),
+            "pass_at_k": curve}
+
+
+def expert_nll_scores(logprobs_per_prompt: Sequence[Sequence[float]]) -> dict[str, float]:
+    """The held-out NLL of a uniform expert from log q(y|x) of every valid answer y of each prompt:
+
+        expert_nll = mean over prompts of −(1/|V|)·Σ_{y∈V} log q(y|x)
+                   = mean over prompts of KL(uniform(V) ‖ q(·|x)) + log|V|       (exactly)
+
+    so `forward_kl` = expert_nll − mean log|V|, and 0 only for a model that is the expert."""
+    if not logprobs_per_prompt or any(not lp for lp in logprobs_per_prompt):
+        raise ValueError("expert_nll_scores needs every prompt's valid answers scored")
+    nll = [-sum(lp) / len(lp) for lp in logprobs_per_prompt]
+    log_v = [math.log(len(lp)) for lp in logprobs_per_prompt]
+    n = len(nll)
+    return {"expert_nll": sum(nll) / n, "forward_kl": sum(a - b for a, b in zip(nll, log_v, strict=True)) / n,
+            "mean_log_valid": sum(log_v) / n}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -245,7 +300,7 @@ def _same_length(a: Sequence, b: Sequence) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 # the score `tirl compare` plots by default for each family (higher is better)
-PRIMARY_SCORE = {"gsm8k": "accuracy_flexible", "rouge": "rouge1", "bleu": "bleu"}
+PRIMARY_SCORE = {"gsm8k": "accuracy_flexible", "rouge": "rouge1", "bleu": "bleu", "valid_set": "precision"}
 
 
 def task_scores(family: str, samples_per_prompt: Sequence[Sequence[str]], refs: Sequence[str]) -> dict[str, float]:
@@ -255,6 +310,7 @@ def task_scores(family: str, samples_per_prompt: Sequence[Sequence[str]], refs: 
     - 'rouge': `rouge` over all prompt×sample pairs (the mean over samples).
     - 'bleu': corpus `bleu` and `chrf` of the j-th samples of all prompts, averaged over j = 1..K (BLEU is a corpus
       statistic, so each sample index forms one corpus, as if K systems were scored).
+    - 'valid_set': `valid_set_scores` (the reference is the prompt's many-answer task specification).
     - 'none': no task score.
     """
     _same_length(samples_per_prompt, refs)
@@ -272,17 +328,29 @@ def task_scores(family: str, samples_per_prompt: Sequence[Sequence[str]], refs: 
     if family == "bleu":
         corpora = [[samples[j] for samples in samples_per_prompt] for j in range(k)]
         return {"bleu": sum(bleu(c, refs) for c in corpora) / k, "chrf": sum(chrf(c, refs) for c in corpora) / k}
+    if family == "valid_set":
+        from ..data.many_answer import canonical_answer, valid_answers
+
+        answers = [[canonical_answer(t, r) for t in samples] for samples, r in zip(samples_per_prompt, refs, strict=True)]
+        out = valid_set_scores(answers, [len(valid_answers(r)) for r in refs])
+        return out if k > 1 else {key: v for key, v in out.items() if key != "pass_at_k"}
     if family == "none":
         return {}
-    raise ValueError(f"unknown metric family {family!r}; choose from gsm8k, rouge, bleu, none")
+    raise ValueError(f"unknown metric family {family!r}; choose from gsm8k, rouge, bleu, valid_set, none")
 
 
 def sample_scores(family: str, text: str, reference: str) -> dict[str, float | bool]:
     """Scores of ONE generation, stored beside it in generations.jsonl (e.g. to correlate rewards with task scores).
 
     'gsm8k': `correct_strict`, `correct_flexible`; 'rouge': per-pair `rouge1`, `rouge2`, `rougeLsum`; 'bleu':
-    sacreBLEU sentence BLEU (exp smoothing, effective order) and sentence chrF; 'none': nothing.
+    sacreBLEU sentence BLEU (exp smoothing, effective order) and sentence chrF; 'valid_set': `valid` and `answer` (the
+    valid answer written canonically, or None); 'none': nothing.
     """
+    if family == "valid_set":
+        from ..data.many_answer import canonical_answer
+
+        answer = canonical_answer(text, reference)
+        return {"valid": answer is not None, "answer": answer}
     if family == "gsm8k":
         strict, flexible = gsm8k_correct(text, reference)
         return {"correct_strict": strict, "correct_flexible": flexible}

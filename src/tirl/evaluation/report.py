@@ -2,7 +2,8 @@
 
 `report_markdown` renders one evaluation (metrics.json + generations) as markdown; `find_evaluations` collects the
 metrics.json of several evaluation or training-run directories; `compare_table` and `plot_compare` draw task score
-against Self-BLEU for them, the paper's picture (better = up, more diverse = left).
+against Self-BLEU for them, the paper's picture (better = up, more diverse = left), and `plot_valid_set` draws a
+many-answer task's precision against coverage and its pass@k against k.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ SCORE_LABELS = {
     "rougeLsum": "ROUGE-Lsum",
     "bleu": "BLEU",
     "chrf": "chrF",
+    "precision": "precision (valid samples)",
+    "coverage": "coverage (distinct valid ÷ min(K, #valid))",
 }
-FRACTION_SCORES = {"accuracy_strict", "accuracy_flexible", "pass_at_k_strict", "pass_at_k_flexible", "answer_rate_strict"}
+FRACTION_SCORES = {"accuracy_strict", "accuracy_flexible", "pass_at_k_strict", "pass_at_k_flexible", "answer_rate_strict",
+                   "precision", "coverage"}
 
 
 def fmt_score(name: str, value) -> str:
@@ -87,6 +91,18 @@ def report_markdown(metrics: dict, records: list[dict], rows: list[dict], num_ex
             m = metrics[pass_name]
             label = "greedy" if pass_name == "greedy" else f"sampled (K={m['k']}, T={s['temperature']:g})"
             lines.append(f"| {label} | " + " | ".join(fmt_score(c, m.get(c)) for c in cols) + " |")
+    sampled = metrics.get("sampled") or {}
+    if sampled.get("pass_at_k"):
+        curve = sampled["pass_at_k"]
+        shown = sorted({1, 2, 4, 8, 16, 32, len(curve)} & set(range(1, len(curve) + 1)))
+        lines += ["", "pass@k of the sampled pass (unbiased estimator, k of the K samples):", "",
+                  "| " + " | ".join(f"k={k}" for k in shown) + " |", "|" + "---|" * len(shown),
+                  "| " + " | ".join(fmt_score("precision", curve[k - 1]) for k in shown) + " |"]
+    if metrics.get("expert"):
+        e = metrics["expert"]
+        lines += ["", f"Held-out expert NLL {e['expert_nll']:.3f} nats per answer = forward KL to the uniform expert "
+                  f"{e['forward_kl']:.3f} + mean log|valid| {e['mean_log_valid']:.3f} ({e['answers_scored']} valid "
+                  "answers scored)."]
     lines += [
         "",
         "Sampled task scores are means over all K samples; \"any of K correct\" counts a prompt when one of its K "
@@ -113,7 +129,7 @@ def report_markdown(metrics: dict, records: list[dict], rows: list[dict], num_ex
         prompt = row["prompt"] if isinstance(row["prompt"], str) else json.dumps(row["prompt"], ensure_ascii=False)
         lines += [f"### {row['id']}", "", "**Prompt**", "", _quote(prompt, 600), "", f"**Reference**: {_inline(row['reference'], 300)}", ""]
         for r in sorted(by_prompt.get(i, []), key=lambda r: (r["pass"] != "greedy", r["sample_index"]))[:3]:
-            score = ", ".join(f"{k} {'✓' if v is True else '✗' if v is False else f'{v:.1f}'}" for k, v in r["scores"].items())
+            score = ", ".join(f"{k} {_sample_score(v)}" for k, v in r["scores"].items() if v is not None)
             tag = "greedy" if r["pass"] == "greedy" else f"sample {r['sample_index'] + 1}"
             end = "" if r["finished"] else f", stopped at {r['num_tokens']} tokens without EOS"
             lines += [f"**{tag}** ({score}{end})", "", _quote(r["text"], 800), ""]
@@ -121,6 +137,12 @@ def report_markdown(metrics: dict, records: list[dict], rows: list[dict], num_ex
               "- `generations.jsonl`: one line per prompt × sample (text, token ids, EOS flag, entropy, own scores)",
               "- `eval_config.json`: the settings a resumed run must match", ""]
     return "\n".join(lines)
+
+
+def _sample_score(value) -> str:
+    if isinstance(value, bool):
+        return "✓" if value else "✗"
+    return f"{value:.1f}" if isinstance(value, (int, float)) else f"`{value}`"
 
 
 def _inline(text: str, limit: int) -> str:
@@ -232,25 +254,28 @@ def _mean_sem(values: list[float]) -> tuple[float, float | None]:
     return m, math.sqrt(var / len(values))
 
 
-def frontier(evals: list[Evaluation], score: str) -> dict[str, list[FrontierPoint]]:
+def frontier(evals: list[Evaluation], score: str, x: str = "self_bleu") -> dict[str, list[FrontierPoint]]:
     """Per label, the sampled pass of each temperature and the greedy pass (once per model), averaged over runs.
 
-    Sampled points are (Self-BLEU, score) at temperature T; the greedy point is (100, greedy score). Points are sorted
-    from the greedy end (low temperature, high Self-BLEU) to the hottest."""
+    Sampled points are (x, score) at temperature T, x = Self-BLEU (or another metric of the pass, such as coverage);
+    the greedy point is (100, greedy score) for Self-BLEU, else the greedy pass's own x. Points are sorted from the
+    greedy end (low temperature) to the hottest. (`FrontierPoint.self_bleu` holds x.)"""
     cells: dict[tuple[str, float | None], dict[str, list[float]]] = {}
     greedy_seen: set[tuple[str, str]] = set()
     scale = 100.0 if score in FRACTION_SCORES else 1.0
+    x_scale = 100.0 if x in FRACTION_SCORES else 1.0
     for e in evals:
         sampled, greedy = e.metrics.get("sampled") or {}, e.metrics.get("greedy") or {}
-        if sampled.get("self_bleu") is not None and sampled.get(score) is not None:
+        if sampled.get(x) is not None and sampled.get(score) is not None:
             c = cells.setdefault((e.label, float(e.metrics["settings"]["temperature"])), {"x": [], "y": []})
-            c["x"].append(sampled["self_bleu"])
+            c["x"].append(x_scale * sampled[x])
             c["y"].append(scale * sampled[score])
         model = str(e.metrics.get("model"))
-        if greedy.get(score) is not None and (e.label, model) not in greedy_seen:
+        greedy_x = GREEDY_SELF_BLEU if x == "self_bleu" else greedy.get(x)
+        if greedy.get(score) is not None and greedy_x is not None and (e.label, model) not in greedy_seen:
             greedy_seen.add((e.label, model))
             c = cells.setdefault((e.label, None), {"x": [], "y": []})
-            c["x"].append(GREEDY_SELF_BLEU)
+            c["x"].append(greedy_x if x == "self_bleu" else x_scale * greedy_x)
             c["y"].append(scale * greedy[score])
     out: dict[str, list[FrontierPoint]] = {}
     for (label, temp), c in cells.items():
@@ -294,18 +319,22 @@ def compare_table(evals: list[Evaluation], score: str) -> str:
     family = evals[0].metrics.get("metric_family")
     if family == "gsm8k":
         cols.append(("sampled", score.replace("accuracy", "pass_at_k")))
+    if family == "valid_set":
+        cols += [("sampled", "coverage"), ("sampled", "pass_at_K")]
     cols += [("sampled", "self_bleu"), ("sampled", "distinct_2"), ("sampled", "entropy"), ("sampled", "mean_tokens"),
              ("sampled", "eos_rate")]
     head = ["run", "dataset", "n", "K", "T", SCORE_LABELS.get(score, score) + " (sampled)",
             SCORE_LABELS.get(score, score) + " (greedy)"]
     if family == "gsm8k":
         head.append("any of K correct")
+    if family == "valid_set":
+        head += ["coverage", "pass@K"]
     head += ["Self-BLEU ↓", "distinct-2", "entropy", "mean tokens", "EOS reached"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in evals:
         m, st = e.metrics, e.metrics["settings"]
         cells = [e.label, m["dataset"], str(m["num_prompts"]), str(st["samples"]), f"{st['temperature']:g}"]
-        cells += [fmt_score(key, (m.get(p) or {}).get(key)) for p, key in cols]
+        cells += [fmt_score(key, _pass_value(m.get(p) or {}, key)) for p, key in cols]
         lines.append("| " + " | ".join(cells) + " |")
     paths = "\n".join(f"- {e.label}: `{e.path}`" for e in evals)
     table = "\n".join(lines) + "\n\n" + paths + "\n"
@@ -313,6 +342,84 @@ def compare_table(evals: list[Evaluation], score: str) -> str:
     if any(len(pts) > 1 or pts[0].n > 1 for pts in series.values()):
         table += ("\n## Frontiers (mean ± s.e.m. over runs that share a label)\n\n" + frontier_table(series, score))
     return table
+
+
+def _pass_value(stats: dict, key: str):
+    """A score of one pass; `pass_at_K` is the last point of its pass@k curve."""
+    if key == "pass_at_K":
+        curve = stats.get("pass_at_k") or []
+        return curve[-1] if curve else None
+    return stats.get(key)
+
+
+def pass_at_k_curves(evals: list[Evaluation]) -> dict[tuple[str, float], tuple[list[float], list[float | None], int]]:
+    """Per (label, temperature) of the sampled passes: pass@k for k = 1…K, mean and s.e.m. over runs, and runs."""
+    groups: dict[tuple[str, float], list[list[float]]] = {}
+    for e in evals:
+        curve = (e.metrics.get("sampled") or {}).get("pass_at_k")
+        if curve:
+            groups.setdefault((e.label, float(e.metrics["settings"]["temperature"])), []).append(curve)
+    out = {}
+    for key, curves in sorted(groups.items()):
+        k = min(len(c) for c in curves)
+        stats = [_mean_sem([100.0 * c[j] for c in curves]) for j in range(k)]
+        out[key] = ([m for m, _ in stats], [s for _, s in stats], len(curves))
+    return out
+
+
+def plot_valid_set(evals: list[Evaluation], path: str | Path, title: str | None = None) -> Path:
+    """Many-answer tasks: precision against coverage along the temperatures (one frontier per label, greedy hollow),
+    and pass@k against k for each label and temperature (mean ± s.e.m. over runs). PNG at `path`."""
+    from ..plots import pyplot
+
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    series = frontier(evals, "precision", x="coverage")
+    color_of = {label: colors[i % len(colors)] for i, label in enumerate(series)}
+    for label, pts in series.items():
+        color = color_of[label]
+        ax.plot([p.self_bleu for p in pts], [p.score for p in pts], color=color, alpha=0.6, lw=1.5, label=label)
+        for p in pts:
+            ax.errorbar([p.self_bleu], [p.score], xerr=p.self_bleu_sem, yerr=p.score_sem, fmt="o", ms=6, color=color,
+                        mfc="white" if p.temperature is None else color, mec="black", mew=0.6, elinewidth=1,
+                        capsize=2, zorder=3)
+            ax.annotate("greedy" if p.temperature is None else f"T={p.temperature:g}", (p.self_bleu, p.score),
+                        xytext=(5, -11), textcoords="offset points", fontsize=7, color=color)
+    ax.set_xlabel("coverage: distinct valid answers ÷ min(K, #valid) (%)  (→ more diverse)")
+    ax.set_ylabel("precision: valid samples (%)  (↑ better)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    curves = pass_at_k_curves(evals)
+    temps = sorted({t for _, t in curves})
+    styles = ["-", "--", ":", "-."]
+    for (label, t), (mean, sem, _) in curves.items():
+        ks = list(range(1, len(mean) + 1))
+        style = styles[temps.index(t) % len(styles)]
+        bx.plot(ks, mean, style, color=color_of.get(label, "k"), lw=1.4, label=f"{label}, T={t:g}")
+        if any(s is not None for s in sem):
+            lo = [m - (s or 0) for m, s in zip(mean, sem, strict=True)]
+            hi = [m + (s or 0) for m, s in zip(mean, sem, strict=True)]
+            bx.fill_between(ks, lo, hi, color=color_of.get(label, "k"), alpha=0.12)
+    bx.set_xscale("log", base=2)
+    ks_all = sorted({k for mean, _, _ in curves.values() for k in range(1, len(mean) + 1) if k & (k - 1) == 0})
+    bx.set_xticks(ks_all, [str(k) for k in ks_all])
+    bx.set_ylim(0, 100)
+    bx.set_xlabel("k (samples drawn)")
+    bx.set_ylabel("pass@k: a valid answer among k samples (%)")
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=7, ncol=2)
+    first = evals[0].metrics
+    fig.suptitle(title or f"Many-answer task {first['dataset']} ({first['split']}, {first['num_prompts']} prompts): "
+                 "precision vs coverage, and pass@k (mean ± s.e.m. over runs)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_compare(evals: list[Evaluation], score: str, path: str | Path, title: str | None = None) -> Path:

@@ -107,7 +107,7 @@ def analyse(s: AnalyseSettings) -> dict:
         model, tok, gamma = rm.model, rm.tokenizer, (rm.gamma if s.gamma is None else s.gamma)
         encoded = [encode_generated(encode_prompt(r["prompt"], tok), r["token_ids"]) for r in records]
         scored = score_encoded(model, tok, encoded, gamma=gamma, batch_size=8, bf16=s.bf16, max_length=None,
-                               reference_model=rm.reference)
+                               form=rm.form, reference_model=rm.reference)
         R = [x.reward for x in scored]
         entry = {
             "model": model_name,
@@ -116,7 +116,7 @@ def analyse(s: AnalyseSettings) -> dict:
             "logprob": correlations(records, score, [x.logprob for x in scored]),
             "logprob_per_token": correlations(records, score, [x.logprob / x.num_tokens for x in scored]),
             "mean_R": statistics.fmean(R),
-            "iq_value": rm.value,
+            "iq_value": rm.form.name,
             "gamma": gamma,
         }
         if family == "gsm8k":
@@ -139,7 +139,7 @@ def analyse(s: AnalyseSettings) -> dict:
             rows = random.Random(s.seed).sample(rows, s.num_pairs) if len(rows) > s.num_pairs else rows
         if rows:
             entry["preference"] = preference_accuracy(model, tok, rows, gamma=gamma, batch_size=8,
-                                                      reference_model=rm.reference)
+                                                      form=rm.form, reference_model=rm.reference)
         result["models"][label] = entry
         del model, rm
     write_json_atomic(safe_path(out, "analysis.json"), result)

@@ -5,7 +5,8 @@ The output directory holds
 - `generations.jsonl`: one line per prompt × sample, appended batch by batch as they are produced (so an interrupted
   run resumes where it stopped), each with its prompt, reference, text, token ids, EOS flag, entropy and own scores;
 - `metrics.json`: scores per pass (`greedy`, `sampled`), all settings, model/dataset/run info, versions, timing;
-- `report.md`: the table and a few example generations.
+- `report.md`: the table and a few example generations;
+- `expert_nll.json` (many-answer tasks): the held-out expert NLL, the model's log-likelihood of every valid answer.
 
 Before anything is generated the output directory is checked (`tirl.jobs.rundir`): a file, an unwritable path or a
 symbolic link inside it is refused, so nothing is appended or written through a link; a new directory is removed
@@ -31,6 +32,7 @@ from .runinfo import rows_checksum, run_record
 METRICS_KIND = "tirl.eval"
 GENERATIONS_FILE = "generations.jsonl"
 CONFIG_FILE = "eval_config.json"
+EXPERT_FILE = "expert_nll.json"  # many-answer tasks: the held-out expert NLL (needs the model, so it is cached)
 
 
 @dataclass
@@ -203,7 +205,7 @@ def _check_config(out_dir: Path, s: EvalSettings, rows: list[dict]) -> None:
     path = out_dir / CONFIG_FILE
     gen_path = out_dir / GENERATIONS_FILE
     if s.overwrite:
-        for name in (GENERATIONS_FILE, "metrics.json", "report.md"):
+        for name in (GENERATIONS_FILE, "metrics.json", "report.md", EXPERT_FILE):
             (out_dir / name).unlink(missing_ok=True)
     elif path.is_file():
         old = json.loads(path.read_text())
@@ -250,6 +252,7 @@ def run_eval(s: EvalSettings) -> EvalResult:
 
 
 def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> EvalResult:
+    start = time.time()
     _check_config(out_dir, s, rows)
     gen_path = safe_path(out_dir, GENERATIONS_FILE)
     records = read_generations(gen_path)
@@ -257,11 +260,21 @@ def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> 
     passes = ([("greedy", 1)] if s.greedy else []) + ([("sampled", s.samples)] if s.samples > 0 else [])
     todo = {name: set(range(len(rows))) - _done_prompts(records, name, k, rows) for name, k in passes}
     timing: dict = {"resumed_prompts": {name: len(rows) - len(t) for name, t in todo.items()}}
+    expert_path = safe_path(out_dir, EXPERT_FILE)
+    expert = _read_expert_nll(expert_path, rows) if family == "valid_set" else None
+    loaded = None
+    if any(todo.values()) or (family == "valid_set" and expert is None):
+        loaded = _load_model(s, timing)
     if any(todo.values()):
-        timing.update(_generate(s, rows, passes, todo, family, gen_path))
+        timing.update(_generate(s, loaded, rows, passes, todo, family, gen_path))
         records = read_generations(gen_path)
+    if family == "valid_set" and expert is None:
+        expert = _expert_nll(s, loaded, rows, expert_path)
+    timing["total_seconds"] = time.time() - start
 
     metrics = compute_metrics(records, rows, passes, family, s.self_bleu_n)
+    if expert is not None:
+        metrics["expert"] = {k: v for k, v in expert.items() if k != "rows_sha256"}
     metrics = {
         "kind": METRICS_KIND,
         "model": s.model,
@@ -286,16 +299,67 @@ def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> 
     return EvalResult(output_dir=out_dir, metrics=metrics)
 
 
-def _generate(s: EvalSettings, rows: list[dict], passes, todo: dict, family: str, gen_path: Path) -> dict:
+def _load_model(s: EvalSettings, timing: dict):
+    """(model, tokenizer) of the evaluation, its load time and settings noted in `timing`."""
     import torch
 
     from .. import models
-    from ..evaluation.sampling import has_chat_template, iter_samples
+    from ..evaluation.sampling import has_chat_template
 
     t0 = time.time()
     model, tokenizer = models.load(s.model, seed=s.seed, trust_remote_code=s.trust_remote_code_model)
-    timing: dict = {"model_load_seconds": time.time() - t0, "chat_template": has_chat_template(tokenizer),
-                    "torch_threads": torch.get_num_threads()}
+    timing.update({"model_load_seconds": time.time() - t0, "chat_template": has_chat_template(tokenizer),
+                   "torch_threads": torch.get_num_threads()})
+    return model, tokenizer
+
+
+def _read_expert_nll(path: Path, rows: list[dict]) -> dict | None:
+    """The held-out expert NLL computed for these rows by an earlier run of the same evaluation, else None."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data if data.get("rows_sha256") == rows_checksum(rows) else None
+
+
+def _expert_nll(s: EvalSettings, loaded, rows: list[dict], path: Path) -> dict:
+    """Held-out expert NLL of a many-answer task (`tirl.evaluation.metrics.expert_nll_scores`): log q(y|x) of every
+    valid answer y of each prompt, the completion up to and including its EOS, rendered as training renders it."""
+    from ..data import to_trl
+    from ..data.many_answer import valid_answers
+    from ..evaluation.metrics import expert_nll_scores
+    from ..models import eos_token_ids
+    from ..rewards.extraction import score
+
+    model, tokenizer = loaded
+    eos = set(eos_token_ids(tokenizer, model))
+    answers = [valid_answers(r["reference"]) for r in rows]
+    pairs = [(p["prompt"], p["completion"]) for r, valid in zip(rows, answers, strict=True)
+             for p in to_trl([{"prompt": r["prompt"], "completion": y} for y in valid], tokenizer)]
+    t0 = time.time()
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16 and next(model.parameters()).device.type == "cpu"):
+        scored = score(model, tokenizer, pairs, batch_size=max(8, s.batch_size), progress=s.progress)
+    per_sequence = []
+    for sr in scored:
+        end = next((i + 1 for i, t in enumerate(sr.token_ids) if t in eos), len(sr.token_ids))
+        per_sequence.append(sum(sr.logprobs[:end]))
+    logprobs, start = [], 0
+    for valid in answers:
+        logprobs.append(per_sequence[start : start + len(valid)])
+        start += len(valid)
+    out = {**expert_nll_scores(logprobs), "answers_scored": len(pairs), "seconds": time.time() - t0,
+           "rows_sha256": rows_checksum(rows)}
+    write_json_atomic(path, out)
+    return out
+
+
+def _generate(s: EvalSettings, loaded, rows: list[dict], passes, todo: dict, family: str, gen_path: Path) -> dict:
+    from ..evaluation.sampling import iter_samples
+
+    model, tokenizer = loaded
+    t0 = time.time()
+    timing: dict = {}
     prompts = [r["prompt"] for r in rows]
     for name, k in passes:
         if not todo[name]:
@@ -321,7 +385,7 @@ def _generate(s: EvalSettings, rows: list[dict], passes, todo: dict, family: str
         seconds = time.time() - t1
         timing[name] = {"prompts": len(todo[name]), "seconds": seconds, "generated_tokens": tokens,
                         "tokens_per_second": tokens / seconds if seconds > 0 else None}
-    timing["total_seconds"] = time.time() - t0
+    timing["generation_seconds"] = time.time() - t0
     return timing
 
 

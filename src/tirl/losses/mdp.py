@@ -1,4 +1,4 @@
-"""The token-level MDP (METHOD.md §1): Q and V per token, the label shift, EOS and truncation, implicit rewards.
+"""The token-level MDP (docs/method.md §1): Q and V per token, the label shift, EOS and truncation, implicit rewards.
 
 For a prompt x and a target y ending in EOS:
     state  s_t = (x, y_<t),   action a_t = y_t,   s_{t+1} = s_t ⊕ a_t,   EOS leads to a terminal state with V = 0.
@@ -7,11 +7,12 @@ For a prompt x and a target y ending in EOS:
     log π(a_t|s_t)  = Q(s_t, a_t) − V(s_t)
     r_t             = Q(s_t, a_t) − γ·V(s_{t+1})      the implicit reward
 
-Everything in `tirl.losses` is built from three per-position tensors: q = Q(s_t, a_t), v = V(s_t) and the action
-mask, held in a `QV`. They come either from full logits (`qv_from_logits`, here, the simple reference) or from hidden
-states and the LM head weight in row chunks (`tirl.losses.chunked_head.qv_from_hidden`, which never materialises
-[batch, seq, vocab]); the logits form is the test oracle of the chunked one. A `QV` may carry another V in `value`
-(`tirl.losses.iq.with_value`), with the same policy and Q(s_t, a_t) = log π(a_t|s_t) + V(s_t).
+Everything in `tirl.losses` is built from per-position tensors held in a `QV`: the action's logit, the logsumexp of
+the logits and the action mask (and V in the loss's value form). They come either from full logits (`qv_from_logits`,
+here, the simple reference) or from hidden states and the LM head weight in row chunks
+(`tirl.losses.chunked_head.qv_from_hidden`, which never materialises [batch, seq, vocab]); the logits form is the
+test oracle of the chunked one. A value form other than the logits (`tirl.losses.objective.ValueForm`) sets
+`QV.value`, with the same policy and Q(s_t, a_t) = log π(a_t|s_t) + V(s_t).
 
 Conventions, decided once here:
 - `labels` are unshifted, like Hugging Face's: `labels[:, t]` is the token at input position t, `IGNORE_INDEX` (−100)
@@ -21,13 +22,14 @@ Conventions, decided once here:
   truncated; its state is not terminal, and we *drop* the TD term of its last action (we do not bootstrap, because
   the value after the last input token is not computed). Tokens a chat template renders after EOS inside the
   completion (e.g. the "\\n" after "<|im_end|>") are outside the MDP: they keep their MLE term, as in TRL, but get no
-  TD term. Without `eos_token_id` every completion end is treated as terminal.
+  TD term. Without EOS ids every completion end is treated as terminal.
 - Means: `masked_mean` is the one reduction of every loss (token means, or means of per-sequence means), divided by a
   count of the whole accumulated batch when one is given (see its docstring and `tirl.losses.iq`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,30 +42,35 @@ Reduction = Literal["token", "sequence"]
 
 @dataclass
 class QV:
-    """Per-position quantities of the token MDP, all [batch, seq − 1], zero where `mask` is False."""
+    """Per-position quantities of the token MDP, all [batch, seq − 1], zero where `mask` is False.
 
-    q: torch.Tensor  # Q(s_t, a_t), the target logit (float32)
-    v: torch.Tensor  # V(s_t) = logsumexp(ℓ_t) (float32)
+    Two logit statistics and one value: `logit` = ℓ_t[a_t] and `lse` = logsumexp(ℓ_t) give the policy,
+    log π(a_t|s_t) = logit − lse, in every value form; `value` is V(s_t) in the form the loss uses (`lse` itself in
+    the logits form; `tirl.losses.objective.ValueForm.apply` sets the others), and Q(s_t, a_t) = log π + V.
+    """
+
+    logit: torch.Tensor  # ℓ_t[a_t], the logit of the action taken (float32)
+    lse: torch.Tensor  # logsumexp(ℓ_t) (float32)
     actions: torch.Tensor  # a_t, with ignored positions set to 0 (long)
     mask: torch.Tensor  # True where a_t is a completion token (bool)
     entropy: torch.Tensor | None = None  # H(π(·|s_t)); None when not computed; differentiable only when asked for
     is_top1: torch.Tensor | None = None  # whether a_t is the argmax action, no gradient
-    value: torch.Tensor | None = None  # V(s_t) of another parameterisation (`tirl.losses.iq`); None: V = logsumexp
+    value: torch.Tensor | None = None  # V(s_t) in the loss's value form; None until a form sets it: then V = lse
 
     @property
     def logprob(self) -> torch.Tensor:
-        """log π(a_t|s_t) = ℓ_t[a_t] − logsumexp(ℓ_t), whatever the value parameterisation."""
-        return (self.q - self.v) * self.mask
+        """log π(a_t|s_t) = ℓ_t[a_t] − logsumexp(ℓ_t), whatever the value form."""
+        return (self.logit - self.lse) * self.mask
 
     @property
-    def state_value(self) -> torch.Tensor:
-        """V(s_t) in the parameterisation the loss uses."""
-        return self.v if self.value is None else self.value
+    def v(self) -> torch.Tensor:
+        """V(s_t) in the loss's value form (logsumexp(ℓ_t) in the logits form)."""
+        return self.lse if self.value is None else self.value
 
     @property
-    def q_value(self) -> torch.Tensor:
-        """Q(s_t, a_t) = log π(a_t|s_t) + V(s_t); for the logits form exactly the target logit."""
-        return self.q if self.value is None else (self.logprob + self.value) * self.mask
+    def q(self) -> torch.Tensor:
+        """Q(s_t, a_t) = log π(a_t|s_t) + V(s_t); in the logits form exactly the action's logit."""
+        return self.logit if self.value is None else (self.logprob + self.value) * self.mask
 
 
 @dataclass
@@ -108,24 +115,24 @@ def qv_from_logits(logits: torch.Tensor, labels: torch.Tensor, with_stats: bool 
     """
     actions, mask = shift_labels(labels)
     z = logits[:, :-1].to(acc_dtype(logits))  # [B, T−1, V]
-    v = torch.logsumexp(z, dim=-1)  # [B, T−1]
-    q = z.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    lse = torch.logsumexp(z, dim=-1)  # [B, T−1]
+    logit = z.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     entropy = is_top1 = None
     if with_stats or entropy_grad:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             p = torch.softmax(z, dim=-1)
-            entropy = (v - (p * z).sum(-1)) * mask
+            entropy = (lse - (p * z).sum(-1)) * mask
         with torch.no_grad():
-            is_top1 = (q >= z.amax(-1)) & mask
-    return QV(q=q * mask, v=v * mask, actions=actions, mask=mask, entropy=entropy, is_top1=is_top1)
+            is_top1 = (logit >= z.amax(-1)) & mask
+    return QV(logit=logit * mask, lse=lse * mask, actions=actions, mask=mask, entropy=entropy, is_top1=is_top1)
 
 
 def restrict_rows(qv: QV, rows: torch.Tensor) -> QV:
     """`qv` with every row outside `rows` ([B] bool) masked out, as if those rows had no completion token."""
     keep = qv.mask & rows[:, None]
     return QV(
-        q=qv.q * keep,
-        v=qv.v * keep,
+        logit=qv.logit * keep,
+        lse=qv.lse * keep,
         actions=qv.actions,
         mask=keep,
         entropy=None if qv.entropy is None else qv.entropy * keep,
@@ -139,11 +146,12 @@ def restrict_rows(qv: QV, rows: torch.Tensor) -> QV:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def eos_positions(actions: torch.Tensor, mask: torch.Tensor, eos_token_id: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def eos_positions(actions: torch.Tensor, mask: torch.Tensor,
+                  eos_token_ids: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(is_eos, after_eos), both [B, T−1]: completion positions whose action is EOS, and completion positions that
     follow an EOS inside the same completion segment (a maximal run of completion positions; several per row in
     multi-turn data)."""
-    eos_ids = torch.as_tensor(eos_token_id, device=mask.device).reshape(-1)
+    eos_ids = torch.as_tensor(eos_token_ids, device=mask.device).reshape(-1)
     is_eos = torch.isin(actions, eos_ids) & mask
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     prev_mask = torch.zeros_like(mask)
@@ -155,24 +163,24 @@ def eos_positions(actions: torch.Tensor, mask: torch.Tensor, eos_token_id: int |
     return is_eos, mask & (prev_eos >= seg_start)
 
 
-def next_values(qv: QV, eos_token_id: int | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def next_values(qv: QV, eos_token_ids: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """V(s_{t+1}) for every action and the mask of actions whose TD term is defined.
 
-    Returns (v_next, td_mask), both [B, T−1]. v_next is V (`qv.state_value`) at the next completion position, 0 after
+    Returns (v_next, td_mask), both [B, T−1]. v_next is V (`qv.v`) at the next completion position, 0 after
     EOS (terminal) and 0 at the end of a completion. td_mask excludes the last action of a completion truncated
     without EOS and any action that follows an EOS inside the same completion (see the module docstring).
     """
     mask = qv.mask
     next_mask = torch.zeros_like(mask)
     next_mask[:, :-1] = mask[:, 1:]
-    value = qv.state_value
+    value = qv.v
     v_next = torch.zeros_like(value)
     v_next[:, :-1] = value[:, 1:]
-    if eos_token_id is None:
+    if not eos_token_ids:
         # no EOS to tell terminal from truncated: every completion end is terminal
         return v_next * next_mask, mask.clone()
 
-    is_eos, after_eos = eos_positions(qv.actions, mask, eos_token_id)
+    is_eos, after_eos = eos_positions(qv.actions, mask, eos_token_ids)
     segment_end = mask & ~next_mask
     truncated = segment_end & ~is_eos & ~after_eos
     terminal = is_eos | segment_end
@@ -180,13 +188,14 @@ def next_values(qv: QV, eos_token_id: int | list[int] | None = None) -> tuple[to
     return v_next * ~terminal, td_mask
 
 
-def token_rewards(qv: QV, gamma: float = 0.99, eos_token_id: int | list[int] | None = None) -> TokenRewards:
-    """Implicit per-token rewards r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (METHOD.md §4) from `qv_from_logits`/`_hidden`."""
-    v_next, td_mask = next_values(qv, eos_token_id)
-    reward = (qv.q_value - gamma * v_next) * qv.mask
+def token_rewards(qv: QV, iq_gamma: float = 0.99, eos_token_ids: Sequence[int] = ()) -> TokenRewards:
+    """Implicit per-token rewards r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (docs/method.md, Rewards), γ = `iq_gamma`, in the
+    value form `qv` carries."""
+    v_next, td_mask = next_values(qv, eos_token_ids)
+    reward = (qv.q - iq_gamma * v_next) * qv.mask
     return TokenRewards(
         reward=reward,
-        value=qv.state_value,
+        value=qv.v,
         next_value=v_next,
         logprob=qv.logprob,
         mask=qv.mask,

@@ -1,14 +1,13 @@
-"""Offline IQLearn through the LM head in one pass: the loss at the cost of a fused cross-entropy (issue 15).
+"""Offline IQLearn through the LM head in one pass: the loss at the cost of a fused cross-entropy.
 
 `chunked_iq_loss` (tirl.losses) computes q = ℓ_t[a_t] and v = logsumexp(ℓ_t) in a forward pass over row chunks and
 recomputes each chunk's logits in backward: one [N, V] × D matmul more than a fused cross-entropy (Liger's
 `fused_linear_cross_entropy`), which forms the logits gradient while the chunk's logits are in memory and multiplies it
 into grad_hidden and grad_W right away. The IQ loss allows the same, because the gradient of every row's logits is
 known as soon as that row's (and at most its successor's) logsumexp is. `single_pass_iq_loss` has the signature of
-`chunked_iq_loss` (plus the value forms and the entropy term of `iq_loss_from_qv`), and `chunked_iq_loss` and the full-
-logits `iq_loss_from_qv(qv_from_logits(...))` are its test oracles (STYLE.md: follow Liger).
+`chunked_iq_loss`, and `chunked_iq_loss` and the full-logits `iq_loss` are its test oracles (Liger's rule).
 
-Derivation (METHOD.md §1–2; rows i = 1..N are the completion positions in row-major order, so the successor state of
+Derivation (docs/method.md §1–2; rows i = 1..N are the completion positions in row-major order, so the successor state of
 row i, when it is in the MDP, is row i + 1):
 
     L = Σ_i w_i·(v_i − q_i) + λ·Σ_i w_i·m_i·r_i² − β·Σ_i w_i·H_i
@@ -19,7 +18,7 @@ row i, when it is in the MDP, is row i + 1):
            (sequence reduction; n_b its completion tokens, S = num_sequences_in_batch or the local count)
     m_i  = 1 where the TD term is defined (not the last action of a truncated completion, not after EOS)
     c_i  = 1 where V(s_{i+1}) is the next row's value (0 after EOS and at the end of a completion)
-    Qv, Vv  the value parameterisation: Qv_i = q_i + A·v_i + s_i, Vv_i = C·v_i + s_i with
+    Qv, Vv  the value form (`tirl.losses.objective.ValueForm`): Qv_i = q_i + A·v_i + s_i, Vv_i = C·v_i + s_i with
               logits     A = 0,  C = 1, s = 0
               reference  A = 0,  C = 1, s = −LSE_θ0 (a constant)
               head       A = −1, C = 0, s = v_ψ (its own tensor, with its own gradient)
@@ -66,12 +65,14 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from .chunked_head import MAX_CHUNK_ELEMENTS, Gather
-from .iq import LossOutput
-from .mdp import QV, Reduction, acc_dtype, next_values, shift_labels
+from .iq import NO_COUNTS, LossOutput, loss_statistics
+from .mdp import IGNORE_INDEX, QV, acc_dtype, next_values, shift_labels
+from .objective import MLE, Counts, Objective
 
 # Float32 scratch of the eager softmax maths, in elements (8 MB): the one block buffer of a fused cross-entropy. The
 # IQ head splits it over the buffers it needs (the upcast logits and their exponentials under autocast; one in float32),
@@ -82,16 +83,6 @@ SCRATCH_ELEMENTS = 2**21
 def block_rows(vocab: int, buffers: int) -> int:
     """Rows of one eager block: `buffers` float32 buffers of (rows + 1) × vocab fit in `SCRATCH_ELEMENTS`."""
     return max(1, SCRATCH_ELEMENTS // (buffers * vocab) - 1)
-
-
-@dataclass
-class SinglePassLossOutput(LossOutput):
-    """`LossOutput`, plus the detached per-position quantities the trainer logs (entropy, top-1) or analyses.
-
-    `qv` holds q, v, entropy, is_top1 and (with the reference or head form) value, all [B, T − 1] and detached; pass it
-    where a trainer logged the `QV` of the two-pass head."""
-
-    qv: QV | None = None
 
 
 def _prev(x: torch.Tensor) -> torch.Tensor:
@@ -188,16 +179,128 @@ class _Plan:
     w: torch.Tensor  # MLE weight
     e: torch.Tensor  # 2λ·w·m
     gc: torch.Tensor  # γ·c
-    gcb: torch.Tensor  # γ·c_{i−1}, 0 with stop_grad_next
+    gcb: torch.Tensor  # γ·c_{i−1}, 0 with iq_stop_grad_next
     td: torch.Tensor  # m
     shift: torch.Tensor | None  # −LSE_θ0 (reference form); the head form's comes from its tensor
     g_ent: torch.Tensor | None  # β·w
-    lam: float
+    iq_lambda: float
     A: float
     C: float
     chunk_size: int
     grads: tuple[bool, bool, bool, bool]  # hidden, weight, bias, value
     compiled: bool  # the per-chunk maths through torch.compile (`_compiled_chunk_step`)
+
+
+class _Pass:
+    """One forward pass of `SinglePassIQFunction` over row chunks: the per-row results, the gradients formed on the
+    way, and the carry between blocks (module docstring)."""
+
+    def __init__(self, hidden, weight, bias, value, plan: _Plan):
+        device = hidden.device
+        self.hidden, self.weight, self.plan = hidden, weight, plan
+        self.compute_dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+                              else hidden.dtype)
+        acc = self.acc = acc_dtype(hidden)
+        n = self.n = hidden.shape[0]
+        need_h, need_w, need_b, need_v = plan.grads
+        self.with_grad = need_h or need_w or need_b or need_v
+        self.q, self.v, self.entropy, self.r = (torch.empty(n, device=device, dtype=acc) for _ in range(4))
+        self.top1 = torch.empty(n, device=device, dtype=torch.bool)
+        self.grad_h = torch.zeros(hidden.shape, device=device, dtype=acc) if need_h else None
+        self.grad_w = torch.zeros(weight.shape, device=device, dtype=acc) if need_w else None
+        self.grad_b = torch.zeros(bias.shape, device=device, dtype=acc) if need_b else None
+        shift = value.detach().to(acc) if value is not None else plan.shift
+        self.shift = torch.zeros(n, device=device, dtype=acc) if shift is None else shift
+        self.shift_next = _next(self.shift)
+        self.gcc = plan.gc * plan.C  # γ·c·C: the part of r_i that waits for v_{i+1}
+        self.step = _compiled_chunk_step() if plan.compiled else _chunk_step
+        vocab = weight.shape[0]
+        # eagerly, the softmax maths runs over blocks of a few rows (in `SCRATCH_ELEMENTS` of float32) while the
+        # chunk's logits, then its gradient, stay in one [c, V] buffer of the matmul dtype
+        upcast = self.compute_dtype != acc  # the block's logits need a float32 copy (the matmul ran in low precision)
+        self.block = plan.chunk_size if plan.compiled else block_rows(vocab, 2 if upcast else 1)
+        self.out_dtype = self.compute_dtype if plan.compiled else acc
+        self.carry = tuple(torch.zeros(1, device=device, dtype=acc) for _ in range(3))  # distinct: no aliasing guards
+        self.ends: list[int] = []  # chunk-last rows whose g lacks the next chunk's v
+        self.w_c = weight.to(self.compute_dtype)
+        self.b_acc = None if bias is None else bias.to(acc)
+        c = plan.chunk_size
+        self.buf = torch.empty((min(c, n), vocab), device=device, dtype=self.compute_dtype)
+        self.gw_buf = torch.empty(weight.shape, device=device, dtype=self.compute_dtype) if need_w and n > c else None
+        rows_buf = min(self.block + 1, n)
+        self.bufs = None if plan.compiled else (
+            torch.empty((rows_buf, vocab), device=device, dtype=acc) if upcast else None,
+            torch.empty((rows_buf, vocab), device=device, dtype=acc))
+
+    def chunk(self, s: int, e: int) -> None:
+        """Rows s..e − 1: their logits (one matmul), the softmax maths block by block, the gradient matmuls."""
+        h_c = self.hidden[s:e].to(self.compute_dtype)
+        logits = torch.mm(h_c, self.w_c.t(), out=self.buf[: e - s])
+        dz = None
+        for bs in range(s, e, self.block):
+            dz = self.block_step(logits, s, e, bs, min(bs + self.block, e))
+        if dz is None:
+            return
+        grad_z = dz if self.plan.compiled else logits  # [c, V] in the matmul dtype
+        if self.grad_b is not None:
+            self.grad_b += grad_z.sum(0, dtype=self.acc)
+        if self.grad_h is not None:
+            self.grad_h[s:e] = grad_z @ self.w_c
+        if self.grad_w is not None:
+            _addmm_(self.grad_w, grad_z.t(), h_c, self.gw_buf)
+
+    def block_step(self, logits, s: int, e: int, bs: int, be: int):
+        """Rows bs..be − 1 of the chunk s..e − 1 through `_chunk_step`; the eager gradient is written over `logits`."""
+        plan = self.plan
+        # a block inside the chunk takes one row more, for the logsumexp its last row's r needs (that row is
+        # recomputed as the next block's first); the chunk's last row waits for the correction `fix_chunk_ends`
+        ext = be + 1 if be < e else be
+        z = logits[bs - s : ext - s]
+        saved = z[-1].clone() if ext > be and z.dtype == self.acc else None  # float32 maths runs in place
+        sl, k = slice(bs, be), be - bs
+        dz, qb, vb, hb, tb, rb, r_prev = self.step(
+            z, plan.actions[bs:ext], self.b_acc, plan.w[bs:ext], plan.e[bs:ext], plan.gc[bs:ext], plan.gcb[bs:ext],
+            self.shift[bs:ext], self.shift_next[bs:ext], None if plan.g_ent is None else plan.g_ent[bs:ext],
+            *self.carry, plan.A, plan.C, self.with_grad, plan.iq_lambda != 0, self.out_dtype, self.bufs)
+        self.q[sl], self.v[sl], self.entropy[sl], self.top1[sl], self.r[sl] = qb[:k], vb[:k], hb[:k], tb[:k], rb[:k]
+        if bs > 0:
+            self.r[bs - 1] = r_prev[0]
+        # r of the last row is complete when the block looked ahead, else it lacks −γ·c·C·v_next
+        gcc_last = self.gcc[be - 1 : be].clone() if ext == be else torch.zeros_like(self.carry[2])
+        self.carry = (self.r[be - 1 : be].clone(), plan.e[be - 1 : be].clone(), gcc_last)
+        if be == e and e < self.n:
+            self.ends.append(e - 1)
+        if saved is not None:
+            z[-1].copy_(saved)
+        if dz is not None and not plan.compiled and dz.data_ptr() != z.data_ptr():
+            z[:k].copy_(dz[:k])
+        return dz
+
+    def td_weights(self) -> torch.Tensor:
+        """D_i = 2λ·w_i·m_i·r_i, complete (after every chunk)."""
+        return 2 * self.plan.iq_lambda * self.plan.w * self.plan.td * self.r
+
+    def fix_chunk_ends(self, d: torch.Tensor) -> None:
+        """The one-hot part the chunk-last rows missed: D_i − e_i·r_i(partial), one row of W each."""
+        plan = self.plan
+        if not (self.with_grad and plan.iq_lambda != 0 and self.ends):
+            return
+        idx = torch.tensor(self.ends, device=self.hidden.device)
+        fix = d[idx] - plan.e[idx] * (self.r[idx] + self.gcc[idx] * self.v[idx + 1])  # r_i as its chunk saw it
+        rows = plan.actions[idx]
+        if self.grad_h is not None:
+            self.grad_h[idx] += fix[:, None] * self.w_c[rows].to(self.acc)
+        if self.grad_w is not None:
+            self.grad_w.index_add_(0, rows, fix[:, None] * self.hidden[idx].to(self.compute_dtype).to(self.acc))
+        if self.grad_b is not None:
+            self.grad_b.index_add_(0, rows, fix)
+
+    def loss(self) -> torch.Tensor:
+        plan = self.plan
+        loss = (plan.w * (self.v - self.q)).sum() + plan.iq_lambda * (plan.w * plan.td * self.r.square()).sum()
+        if plan.g_ent is not None:
+            loss = loss - (plan.g_ent * self.entropy).sum()
+        return loss
 
 
 class SinglePassIQFunction(torch.autograd.Function):
@@ -209,109 +312,20 @@ class SinglePassIQFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, value, plan: _Plan):
-        device = hidden.device
-        compute_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
-        acc = acc_dtype(hidden)
-        n, c = hidden.shape[0], plan.chunk_size
-        need_h, need_w, need_b, need_v = plan.grads
-        with_grad = need_h or need_w or need_b or need_v
-        q = torch.empty(n, device=device, dtype=acc)
-        v = torch.empty(n, device=device, dtype=acc)
-        entropy = torch.empty(n, device=device, dtype=acc)
-        r = torch.empty(n, device=device, dtype=acc)
-        top1 = torch.empty(n, device=device, dtype=torch.bool)
-        grad_h = torch.zeros(hidden.shape, device=device, dtype=acc) if need_h else None
-        grad_w = torch.zeros(weight.shape, device=device, dtype=acc) if need_w else None
-        grad_b = torch.zeros(bias.shape, device=device, dtype=acc) if need_b else None
-        shift = value.detach().to(acc) if value is not None else plan.shift
-        if shift is None:
-            shift = torch.zeros(n, device=device, dtype=acc)
-        shift_next = _next(shift)
-        gcc = plan.gc * plan.C  # γ·c·C: the part of r_i that waits for v_{i+1}
-        compiled = plan.compiled
-        step = _compiled_chunk_step() if compiled else _chunk_step
-        vocab = weight.shape[0]
-        # eagerly, the softmax maths runs over blocks of a few rows (in `SCRATCH_ELEMENTS` of float32) while the
-        # chunk's logits, then its gradient, stay in one [c, V] buffer of the matmul dtype
-        upcast = compute_dtype != acc  # the block's logits need a float32 copy (the matmul ran in low precision)
-        block = c if compiled else block_rows(vocab, 2 if upcast else 1)
-        out_dtype = compute_dtype if compiled else acc
-        td_grad = plan.lam != 0
-        carry = tuple(torch.zeros(1, device=device, dtype=acc) for _ in range(3))  # distinct: no aliasing guards
-        ends = []  # chunk-last rows whose g lacks the next chunk's v
-        with torch.autocast(device.type, enabled=False):
-            w_c = weight.to(compute_dtype)
-            b_acc = None if bias is None else bias.to(acc)
-            buf = torch.empty((min(c, n), vocab), device=device, dtype=compute_dtype)
-            gw_buf = torch.empty(weight.shape, device=device, dtype=compute_dtype) if need_w and n > c else None
-            rows_buf = min(block + 1, n)
-            bufs = None if compiled else (
-                torch.empty((rows_buf, vocab), device=device, dtype=acc) if upcast else None,
-                torch.empty((rows_buf, vocab), device=device, dtype=acc))
-            for s in range(0, n, c):
-                e = min(s + c, n)
-                h_c = hidden[s:e].to(compute_dtype)
-                logits = torch.mm(h_c, w_c.t(), out=buf[: e - s])
-                dz = None
-                for bs in range(s, e, block):
-                    be = min(bs + block, e)
-                    # a block inside the chunk takes one row more, for the logsumexp its last row's r needs (that row
-                    # is recomputed as the next block's first); the chunk's last row waits for the correction below
-                    ext = be + 1 if be < e else be
-                    z = logits[bs - s : ext - s]
-                    saved = z[-1].clone() if ext > be and z.dtype == acc else None  # float32 maths runs in place
-                    sl, k = slice(bs, be), be - bs
-                    dz, qb, vb, hb, tb, rb, r_prev = step(
-                        z, plan.actions[bs:ext], b_acc, plan.w[bs:ext], plan.e[bs:ext], plan.gc[bs:ext],
-                        plan.gcb[bs:ext], shift[bs:ext], shift_next[bs:ext],
-                        None if plan.g_ent is None else plan.g_ent[bs:ext], *carry, plan.A, plan.C, with_grad,
-                        td_grad, out_dtype, bufs)
-                    q[sl], v[sl], entropy[sl], top1[sl], r[sl] = qb[:k], vb[:k], hb[:k], tb[:k], rb[:k]
-                    if bs > 0:
-                        r[bs - 1] = r_prev[0]
-                    # r of the last row is complete when the block looked ahead, else it lacks −γ·c·C·v_next
-                    gcc_last = gcc[be - 1 : be].clone() if ext == be else torch.zeros_like(carry[2])
-                    carry = (r[be - 1 : be].clone(), plan.e[be - 1 : be].clone(), gcc_last)
-                    if be == e and e < n:
-                        ends.append(e - 1)
-                    if saved is not None:
-                        z[-1].copy_(saved)
-                    if dz is not None and not compiled and dz.data_ptr() != z.data_ptr():
-                        z[:k].copy_(dz[:k])
-                if dz is None:
-                    continue
-                grad_z = dz if compiled else logits  # [c, V] in the matmul dtype
-                if grad_b is not None:
-                    grad_b += grad_z.sum(0, dtype=acc)
-                if grad_h is not None:
-                    grad_h[s:e] = grad_z @ w_c
-                if grad_w is not None:
-                    _addmm_(grad_w, grad_z.t(), h_c, gw_buf)
-                del dz, grad_z
-            d = 2 * plan.lam * plan.w * plan.td * r  # D_i, complete
-            if with_grad and td_grad and ends:
-                # the one-hot part the chunk-last rows missed: D_i − e_i·r_i(partial), one row of W each
-                idx = torch.tensor(ends, device=device)
-                fix = d[idx] - plan.e[idx] * (r[idx] + gcc[idx] * v[idx + 1])  # D_i − e_i·(r_i as its chunk saw it)
-                rows = plan.actions[idx]
-                if grad_h is not None:
-                    grad_h[idx] += fix[:, None] * w_c[rows].to(acc)
-                if grad_w is not None:
-                    grad_w.index_add_(0, rows, fix[:, None] * hidden[idx].to(compute_dtype).to(acc))
-                if grad_b is not None:
-                    grad_b.index_add_(0, rows, fix)
-        loss = (plan.w * (v - q)).sum() + plan.lam * (plan.w * plan.td * r.square()).sum()
-        if plan.g_ent is not None:
-            loss = loss - (plan.g_ent * entropy).sum()
-        grad_v = None
-        if need_v:
-            grad_v = d - plan.gcb * _prev(d)
-        ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b, grad_v)))
-        ctx.present = tuple(x is not None for x in (grad_h, grad_w, grad_b, grad_v))
+        run = _Pass(hidden, weight, bias, value, plan)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, run.n, plan.chunk_size):
+                run.chunk(s, min(s + plan.chunk_size, run.n))
+            d = run.td_weights()
+            run.fix_chunk_ends(d)
+        grad_v = d - plan.gcb * _prev(d) if plan.grads[3] else None
+        grads = (run.grad_h, run.grad_w, run.grad_b, grad_v)
+        ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in grads))
+        ctx.present = tuple(x is not None for x in grads)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype,
                       None if value is None else value.dtype)
-        ctx.mark_non_differentiable(q, v, entropy, top1, r)
-        return loss, q, v, entropy, top1, r
+        ctx.mark_non_differentiable(run.q, run.v, run.entropy, run.top1, run.r)
+        return run.loss(), run.q, run.v, run.entropy, run.top1, run.r
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
@@ -333,128 +347,126 @@ class SinglePassIQFunction(torch.autograd.Function):
         return (*out, None)
 
 
+class _Layout(NamedTuple):
+    """Where the rows of the single pass sit in the batch, all [B, T − 1]."""
+
+    actions: torch.Tensor
+    mask: torch.Tensor
+    td_mask: torch.Tensor  # m: the TD term is defined
+
+
+def _row_weights(mask: torch.Tensor, objective: Objective, counts: Counts, acc: torch.dtype) -> torch.Tensor:
+    """w per position [B, T − 1]: `masked_mean`'s weights (its denominators clamped at 1)."""
+    device = mask.device
+    total = counts.expert(objective.iq_reduction)
+    if objective.iq_reduction == "token":
+        total = mask.sum() if total is None else torch.as_tensor(total, device=device)
+        return mask.to(acc) / total.to(acc).clamp(min=1)
+    per_row = mask.sum(-1, keepdim=True)
+    total = (per_row > 0).sum() if total is None else torch.as_tensor(total, device=device)
+    return mask.to(acc) / per_row.clamp(min=1).to(acc) / total.to(acc).clamp(min=1)
+
+
+def _plan(labels: torch.Tensor, objective: Objective, counts: Counts, reference_lse: torch.Tensor | None,
+          grads: tuple[bool, bool, bool, bool], chunk_size: int, compiled: bool,
+          acc: torch.dtype) -> tuple[_Plan, _Layout]:
+    """The per-row constants of the loss, and where the rows sit in the batch."""
+    o = objective
+    actions, mask = shift_labels(labels)
+    # c_i (successor is the next row) and m_i (TD term defined), exactly as the losses define them: next_values of a
+    # V that is 1 on every completion position
+    ones = QV(logit=mask.to(acc), lse=mask.to(acc), actions=actions, mask=mask)
+    has_next, td_mask = next_values(ones, o.eos_token_ids)
+    w = _row_weights(mask, o, counts, acc)[mask]
+    td = td_mask[mask].to(acc)
+    gc = o.iq_gamma * has_next[mask].to(acc)
+    plan = _Plan(
+        actions=actions[mask],
+        w=w,
+        e=2 * o.iq_lambda * w * td,
+        gc=gc,
+        gcb=torch.zeros_like(gc) if o.iq_stop_grad_next else _prev(gc),
+        td=td,
+        shift=None if reference_lse is None else -reference_lse.detach().to(acc)[mask],
+        g_ent=o.entropy_coef * w if o.entropy_coef != 0 else None,
+        iq_lambda=float(o.iq_lambda),
+        A=o.iq_value.A,
+        C=o.iq_value.C,
+        chunk_size=chunk_size,
+        grads=grads,
+        compiled=compiled,
+    )
+    return plan, _Layout(actions, mask, td_mask)
+
+
 def single_pass_iq_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
-    lam: float = 0.01,
-    gamma: float = 0.99,
-    eos_token_id: int | list[int] | None = None,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    reduction: Reduction = "token",
-    stop_grad_next: bool = False,
-    chunk_size: int = 1024,
-    bias: torch.Tensor | None = None,
-    num_sequences_in_batch: int | torch.Tensor | None = None,
+    objective: Objective = MLE,
+    counts: Counts = NO_COUNTS,
+    value_input: torch.Tensor | None = None,
     *,
-    entropy_coef: float = 0.0,
-    value: torch.Tensor | None = None,
-    reference_v: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    chunk_size: int = 1024,
     compiled: bool = False,
     gather: Gather = nullcontext,
-) -> SinglePassLossOutput:
+) -> LossOutput:
     """`chunked_iq_loss` with the gradient formed in the forward pass: one pass through the LM head (module docstring).
 
-    hidden: [B, T, D] final hidden states; weight: [V, D] the LM head (bias: [V]); labels: [B, T] unshifted. The other
-    arguments are `iq_loss_from_qv`'s. The value form is that of `with_value(qv, value)` (head: `value` [B, T − 1],
-    V = v_ψ, its gradient flows back through `value`) or `with_reference(qv, reference_v)` (reference: `reference_v`
-    [B, T − 1], the starting model's logsumexp, no gradient); neither: the logits form. `entropy_coef` β subtracts
-    β·E[H(π(·|s_t))] as `iq_loss_from_qv` does (the entropy is differentiated here, nothing to ask for).
-
-    Same loss, gradients and `LossOutput` fields as
-    `iq_loss_from_qv(with_value(qv_from_hidden(hidden, weight, labels, chunk_size, bias), value), ...)`, up to
-    floating-point summation order; `.qv` holds the detached per-position q, v, entropy, top-1 (and value).
-    `compiled` and `gather` are `qv_from_hidden`'s (module docstring).
+    hidden: [B, T, D] final hidden states; weight: [V, D] the LM head (bias: [V]); labels: [B, T] unshifted;
+    `value_input` the value form's input ([B, T − 1]: LSE_θ0 for reference, v_ψ(h) for head, whose gradient flows
+    back through it). Same loss, gradients and `LossOutput` as `chunked_iq_loss(...)` with the same arguments, up to
+    floating-point summation order; `.qv` holds the detached per-position quantities. `compiled` and `gather` are
+    `qv_from_hidden`'s (`tirl.losses.chunked_head`).
     """
     if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    if reduction not in ("token", "sequence"):
-        raise ValueError(f"reduction must be 'token' or 'sequence', got {reduction!r}")
-    if value is not None and reference_v is not None:
-        raise ValueError("give `value` (head form) or `reference_v` (reference form), not both")
-    actions, mask = shift_labels(labels.to(hidden.device))
+        raise ValueError(f"iq_chunk_size must be positive, got {chunk_size}")
+    if objective.loss_type != "nll":
+        raise ValueError(f"the single-pass head computes the nll token loss, not loss_type={objective.loss_type!r}")
+    form = objective.iq_value
+    form.check_input(value_input)
+    labels = labels.to(hidden.device)
     acc = acc_dtype(hidden)
-    device = hidden.device
-    for name, x in (("value", value), ("reference_v", reference_v)):
-        if x is not None and x.shape != mask.shape:
-            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(mask.shape)}")
-
-    # c_i (successor is the next row) and m_i (TD term defined), exactly as the losses define them: next_values of a
-    # V that is 1 on every completion position
-    ones = QV(q=mask.to(acc), v=mask.to(acc), actions=actions, mask=mask)
-    has_next, td_mask = next_values(ones, eos_token_id)
-    # per-row weights of the reduction (masked_mean's denominators, clamped at 1)
-    if reduction == "token":
-        total = mask.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, device=device)
-        w_pos = mask.to(acc) / total.to(acc).clamp(min=1)
-    else:
-        counts = mask.sum(-1, keepdim=True)
-        total = (counts > 0).sum() if num_sequences_in_batch is None else torch.as_tensor(num_sequences_in_batch,
-                                                                                       device=device)
-        w_pos = mask.to(acc) / counts.clamp(min=1).to(acc) / total.to(acc).clamp(min=1)
-    w = w_pos[mask]
-    td = td_mask[mask].to(acc)
-    gc = gamma * has_next[mask].to(acc)
-    gcb = _prev(gc) if not stop_grad_next else torch.zeros_like(gc)
-    form_a, form_c = (-1.0, 0.0) if value is not None else (0.0, 1.0)
+    if value_input is not None and value_input.shape != (labels.shape[0], labels.shape[1] - 1):
+        raise ValueError(f"the {form.name} form's input has shape {tuple(value_input.shape)}, expected "
+                         f"{(labels.shape[0], labels.shape[1] - 1)}")
+    mask = labels[:, 1:] != IGNORE_INDEX
     rows = hidden[:, :-1][mask]  # [N, D]
-    value_rows = None if value is None else value.to(device=device, dtype=acc)[mask]
+    value_rows = value_input.to(device=hidden.device, dtype=acc)[mask] if form.needs_value_head else None
+    reference_lse = value_input.to(hidden.device) if form.needs_reference_lse else None
+    # λ = 0: v_ψ is not in the loss and gets no gradient (None, not zeros, as from `iq_loss_from_qv`: an optimizer
+    # skips a parameter without a gradient but counts a step for a zero one)
     grad_on = torch.is_grad_enabled()
-    plan = _Plan(
-        actions=actions[mask],
-        w=w,
-        e=2 * lam * w * td,
-        gc=gc,
-        gcb=gcb,
-        td=td,
-        shift=None if reference_v is None else -reference_v.detach().to(device=device, dtype=acc)[mask],
-        g_ent=entropy_coef * w if entropy_coef != 0 else None,
-        lam=float(lam),
-        A=form_a,
-        C=form_c,
-        chunk_size=chunk_size,
-        # λ = 0: v_ψ is not in the loss, and gets no gradient (None, not zeros, as from `iq_loss_from_qv`: an optimizer
-        # skips a parameter without a gradient but counts a step for a zero one)
-        grads=tuple(grad_on and x is not None and x.requires_grad
-                    for x in (rows, weight, bias, value_rows if lam != 0 else None)),
-        compiled=compiled,
-    )
+    grads = tuple(grad_on and x is not None and x.requires_grad
+                  for x in (rows, weight, bias, value_rows if objective.iq_lambda != 0 else None))
+    plan, batch = _plan(labels, objective, counts, reference_lse, grads, chunk_size, compiled, acc)
     # ZeRO-3: the head is gathered once, around the autograd node as well as its forward, so that the node records the
     # whole weight's shape, the shape of the gradient formed in forward (TRL's pattern for fused losses)
     with gather():
         plan.chunk_size = max(1, min(chunk_size, MAX_CHUNK_ELEMENTS // weight.shape[0]))
         loss, q, v, entropy, top1, r = SinglePassIQFunction.apply(rows, weight, bias, value_rows, plan)
+    return _output(loss, q, v, entropy, top1, r, plan, batch, value_rows)
 
+
+def _output(loss, q, v, entropy, top1, r, plan: _Plan, batch: _Layout, value_rows) -> LossOutput:
+    """The `LossOutput` of the per-row results, laid out [B, T − 1] (detached), as `iq_loss_from_qv` reports it."""
+    mask, td_mask = batch.mask, batch.td_mask
     with torch.no_grad():
-        shift = value_rows if value_rows is not None else plan.shift
-        state_value = v if shift is None else form_c * v + shift
-        reward = r * td
-        sums = {
-            "nll": (v - q).sum(),
-            "td": (reward * r).sum(),
-            "reward": reward.sum(),
-            "value": state_value.sum(),
-            "tokens": mask.sum(),
-            "td_tokens": td_mask.sum(),
-        }
-        nll = (w * (v - q)).sum()
-        td_loss = (w * reward * r).sum()
 
         def scatter(x: torch.Tensor) -> torch.Tensor:
             return x.new_zeros(mask.shape).masked_scatter(mask, x)
 
-        qv = QV(q=scatter(q), v=scatter(v), actions=actions, mask=mask, entropy=scatter(entropy),
-                is_top1=scatter(top1), value=None if shift is None else scatter(state_value))
-    return SinglePassLossOutput(
-        loss=loss,
-        nll=nll,
-        td=td_loss,
-        mean_reward=sums["reward"] / sums["td_tokens"].clamp(min=1),
-        mean_value=sums["value"] / sums["tokens"].clamp(min=1),
-        num_tokens=sums["tokens"],
-        sums=sums,
-        qv=qv,
-    )
+        shift = value_rows if value_rows is not None else plan.shift
+        value = None if shift is None else scatter(plan.C * v + shift)
+        qv = QV(logit=scatter(q), lse=scatter(v), actions=batch.actions, mask=mask,
+                entropy=scatter(entropy), is_top1=scatter(top1), value=value)
+        weights = scatter(plan.w)
+
+        def mean(per_token: torch.Tensor) -> torch.Tensor:  # the loss's own reduction: Σ w·x
+            return (weights * per_token).sum()
+
+        return loss_statistics(loss, -qv.logprob, scatter(r) * td_mask, qv.v, mask, td_mask, mean, qv)
 
 
-__all__ = ["SinglePassIQFunction", "SinglePassLossOutput", "single_pass_iq_loss"]
+__all__ = ["SinglePassIQFunction", "single_pass_iq_loss"]

@@ -1,8 +1,8 @@
-"""The starting model's logsumexp per token, for `iq_value="reference"` (V = LSE_θ − LSE_θ0, METHOD.md §1).
+"""The starting model's logsumexp per token, for `iq_value="reference"` (V = LSE_θ − LSE_θ0, docs/method.md §1).
 
 Offline training needs LSE_θ0(s_t) only at the dataset's own states, and those never change: it is computed once,
 before training, by the model the trainer starts from (with LoRA: the base, adapters disabled), with the trainer's
-own collator and forward, and stored as a dataset column (`tirl_ref_values`, one float per input position: the value at
+own collator and forward, and stored as a dataset column (`tirl_reference_lse`, one float per input position: the value at
 position t belongs to the logits that predict token t + 1). No second model is held during training. The values are
 cached in the run directory under a key of the model's weights and the tokenised rows, so a resumed run reads the
 exact values it started with. `ReferenceValueCollator` lays the column out like TRL's collator lays out `input_ids`.
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..files import write_atomic
 
-COLUMN = "tirl_ref_values"
+COLUMN = "tirl_reference_lse"
 CACHE_DIR = "tirl_reference_values"
 
 
@@ -82,7 +82,7 @@ def compute_reference_values(
         qv = qv_fn(batch)
         lengths = [len(r["input_ids"]) for r in chunk]
         padding_free = "attention_mask" not in batch and batch["input_ids"].shape[0] == 1 and len(chunk) > 1
-        out += per_row_values(qv.v.detach(), qv.mask, lengths, padding_free)
+        out += per_row_values(qv.lse.detach(), qv.mask, lengths, padding_free)
         bar.update(len(chunk))
     bar.close()
     return out
@@ -108,7 +108,7 @@ def load_values(path: str | os.PathLike, key: str) -> list[list[float]] | None:
 
 @dataclass
 class ReferenceValueCollator:
-    """Wraps a collator: pads each example's `tirl_ref_values` exactly as the wrapped collator pads `input_ids`
+    """Wraps a collator: pads each example's `tirl_reference_lse` exactly as the wrapped collator pads `input_ids`
     (right padding, or one concatenated row for padding-free batches) and adds it to the batch as float32 [B, T]."""
 
     collator: Callable[[list[dict]], dict]

@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Sequence
 
 from ..data.tasks import load_rows, to_trl
+from ..losses import LOGITS, ValueForm
 from .extraction import score
 
 
@@ -25,6 +26,7 @@ def preference_accuracy(
     batch_size: int = 8,
     max_length: int | None = 1024,
     progress: bool = True,
+    form: ValueForm = LOGITS,
     reference_model=None,
 ) -> dict:
     """How often R(prompt, chosen) > R(prompt, rejected) over rows in TRL's preference format.
@@ -35,7 +37,7 @@ def preference_accuracy(
     """
     pairs = [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows]
     scored = score(model, tokenizer, pairs, gamma=gamma, batch_size=batch_size, max_length=max_length, progress=progress,
-                   reference_model=reference_model)
+                   form=form, reference_model=reference_model)
     n = len(rows)
     chosen, rejected = scored[:n], scored[n:]
     return {

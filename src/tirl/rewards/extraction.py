@@ -1,4 +1,4 @@
-"""Reward extraction: the implicit per-token reward r_t of any causal LM checkpoint (METHOD.md §4).
+"""Reward extraction: the implicit per-token reward r_t of any causal LM checkpoint (docs/method.md §4).
 
     r_t = Q(s_t, a_t) − γ·V(s_{t+1}),   Q = log π + V, V after EOS = 0,
     R   = Σ_t r_t   (over the completion tokens whose reward is defined; see `tirl.losses`).
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .. import models
 from ..data.tokenize import Prompt, encode_prompt_completion
-from ..losses import IGNORE_INDEX, token_rewards, with_reference
+from ..losses import IGNORE_INDEX, LOGITS, ValueForm, token_rewards, value_form
 from ..models import eos_token_ids
 from ..qv.head import model_qv
 from ..qv.value_head import load_value_head
@@ -45,8 +45,8 @@ class RewardModel:
 
     model: Any
     tokenizer: Any
-    value: str = "logits"  # "logits", "reference" or "head" (the run's iq_value)
-    reference: Any = None  # the starting model, for value="reference"
+    form: ValueForm = LOGITS  # the run's iq_value
+    reference: Any = None  # the starting model, for the reference form
     gamma: float = 0.99  # the run's iq_gamma (the γ its TD term was trained with)
     source: str = ""
 
@@ -65,23 +65,23 @@ def training_run(path: str) -> dict:
 
 
 def load_reward_model(name_or_path: str, trust_remote_code: bool = False) -> RewardModel:
-    """Load a checkpoint and what its reward needs: the value head (iq_value="head") or the starting model
-    (iq_value="reference", named in run.json; tiny models are rebuilt from the run's seed)."""
+    """Load a checkpoint and what its reward's value form needs: the value head, or the starting model (named in
+    run.json; tiny models are rebuilt from the run's seed)."""
     model, tokenizer = models.load(name_or_path, trust_remote_code=trust_remote_code)
     run = training_run(name_or_path)
     config = run.get("config") or {}
-    value = config.get("iq_value") or "logits"
+    form = value_form(config.get("iq_value") or "logits")
     reference = None
-    if value == "head":
+    if form.needs_value_head:
         load_value_head(model, name_or_path)
-    elif value == "reference":
+    if form.needs_reference_lse:
         base = run.get("model")
         if not base:
             raise ValueError(f"{name_or_path}: trained with iq_value='reference' but run.json names no starting model")
         reference, _ = models.load(base, seed=int(config.get("seed", 0)), trust_remote_code=trust_remote_code)
         reference.eval().requires_grad_(False)
     gamma = config.get("iq_gamma")
-    return RewardModel(model.eval(), tokenizer, value=value, reference=reference,
+    return RewardModel(model.eval(), tokenizer, form=form, reference=reference,
                        gamma=0.99 if gamma is None else float(gamma), source=name_or_path)
 
 
@@ -118,17 +118,19 @@ def score(
     chunk_size: int = 1024,
     bf16: bool = False,
     progress: bool = True,
+    form: ValueForm = LOGITS,
     reference_model=None,
 ) -> list[SequenceRewards]:
     """Per-token and per-sequence rewards of `(prompt, completion)` pairs under `model` (strings or message lists).
 
     Pairs are tokenised exactly as training tokenises them (`encode_prompt_completion`), batched with right padding,
-    and pushed through the model's LM head in chunks (no [B, T, V] logits). V is the model's value head when it has
-    one, LSE − LSE_ref when `reference_model` is given (iq_value="reference"), else the logsumexp of the logits.
+    and pushed through the model's LM head in chunks (no [B, T, V] logits). V is read in `form`: the logsumexp of the
+    logits, LSE − LSE of `reference_model` (the starting model), or the model's value head.
     """
     encoded = [encode_prompt_completion(tokenizer, p, c) for p, c in pairs]
     return score_encoded(model, tokenizer, encoded, gamma=gamma, batch_size=batch_size, max_length=max_length,
-                         chunk_size=chunk_size, bf16=bf16, progress=progress, reference_model=reference_model)
+                         chunk_size=chunk_size, bf16=bf16, progress=progress, form=form,
+                         reference_model=reference_model)
 
 
 def encode_generated(prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> dict[str, list[int]]:
@@ -148,12 +150,15 @@ def score_encoded(
     chunk_size: int = 1024,
     bf16: bool = False,
     progress: bool = True,
+    form: ValueForm = LOGITS,
     reference_model=None,
 ) -> list[SequenceRewards]:
     """`score` for sequences already tokenised: dicts with `input_ids` and `labels` (−100 outside the completion)."""
+    if form.needs_reference_lse and reference_model is None:
+        raise ValueError("rewards in the reference form need the starting model (reference_model)")
     was_training = model.training
     model.eval()
-    eos = eos_token_ids(tokenizer, model.get_base_model() if hasattr(model, "get_base_model") else model) or None
+    eos = eos_token_ids(tokenizer, model.get_base_model() if hasattr(model, "get_base_model") else model)
     if max_length is not None:
         encoded = [{k: v[:max_length] for k, v in e.items()} for e in encoded]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -176,13 +181,14 @@ def score_encoded(
             labels[i, :n] = torch.tensor(e["labels"])
             attn[i, :n] = 1
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            qv = model_qv(model, ids.to(device), attn.to(device), labels.to(device), chunk_size=chunk_size)
-            if reference_model is not None:
+            reference_lse = None
+            if form.needs_reference_lse:
                 ref_device = _device(reference_model)
-                ref = model_qv(reference_model, ids.to(ref_device), attn.to(ref_device), labels.to(ref_device),
-                               chunk_size=chunk_size)
-                qv = with_reference(qv, ref.v.to(device))
-        rw = token_rewards(qv, gamma=gamma, eos_token_id=eos)
+                reference_lse = model_qv(reference_model, ids.to(ref_device), attn.to(ref_device),
+                                         labels.to(ref_device), chunk_size=chunk_size).lse.to(device)
+            qv = model_qv(model, ids.to(device), attn.to(device), labels.to(device), chunk_size=chunk_size, form=form,
+                          reference_lse=reference_lse)
+        rw = token_rewards(qv, iq_gamma=gamma, eos_token_ids=eos)
         for i, j in enumerate(index):
             pos = qv.mask[i].nonzero().flatten()
             if len(pos) == 0:
@@ -194,13 +200,13 @@ def score_encoded(
                 tokens=[tokenizer.decode([t]) for t in tok_ids],
                 token_ids=tok_ids,
                 rewards=r.tolist(),
-                values=qv.state_value[i, pos].tolist(),
+                values=qv.v[i, pos].tolist(),
                 logprobs=rw.logprob[i, pos].tolist(),
                 reward=float(rw.reward[i, pos][defined].sum()),
                 logprob=float(rw.logprob[i, pos].sum()),
-                value0=float(qv.state_value[i, pos[0]]),
+                value0=float(qv.v[i, pos[0]]),
                 num_tokens=len(pos),
-                terminated=bool(eos is not None and any(t in eos for t in tok_ids)),
+                terminated=any(t in eos for t in tok_ids),
             )
         bar.update(len(chunk))
     bar.close()
@@ -221,17 +227,17 @@ class RewardScorer:
     """
 
     def __init__(self, model, tokenizer=None, gamma: float | None = None, normalize: str = "none", batch_size: int = 8,
-                 max_length: int | None = 1024, bf16: bool = False, reference_model=None):
+                 max_length: int | None = 1024, bf16: bool = False, form: ValueForm = LOGITS, reference_model=None):
         if normalize not in ("none", "mean"):
             raise ValueError(f"normalize must be 'none' or 'mean', got {normalize!r}")
         if isinstance(model, str):
             loaded = load_reward_model(model)
-            model, tokenizer, reference_model = loaded.model, loaded.tokenizer, loaded.reference
+            model, tokenizer, form, reference_model = loaded.model, loaded.tokenizer, loaded.form, loaded.reference
             gamma = loaded.gamma if gamma is None else gamma
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a model object")
         gamma = 0.99 if gamma is None else gamma
-        self.reference_model = reference_model
+        self.form, self.reference_model = form, reference_model
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.gamma, self.normalize, self.batch_size, self.max_length, self.bf16 = gamma, normalize, batch_size, max_length, bf16
@@ -240,7 +246,7 @@ class RewardScorer:
     def __call__(self, prompts: Sequence[Prompt], completions: Sequence[Prompt], **_) -> list[float]:
         scored = score(self.model, self.tokenizer, list(zip(prompts, completions, strict=True)), gamma=self.gamma,
                        batch_size=self.batch_size, max_length=self.max_length, bf16=self.bf16, progress=False,
-                       reference_model=self.reference_model)
+                       form=self.form, reference_model=self.reference_model)
         if self.normalize == "mean":
             return [s.reward / max(s.num_tokens, 1) for s in scored]
         return [s.reward for s in scored]

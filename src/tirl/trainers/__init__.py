@@ -1,6 +1,7 @@
 """Trainers: TRL `SFTTrainer` subclasses whose `compute_loss` calls into `tirl.losses`, one config per trainer.
 
-    IQLearnConfig / IQLearnTrainer              offline IQLearn (TD-regularised MLE); `iq_lambda=0` is TRL's SFT
+    IQLearnConfig / IQLearnTrainer              offline IQLearn (TD-regularised MLE); `iq_lambda=0` is TRL's SFT, and
+                                                the token-loss baselines (entropy-MLE, DFT, GEM)
     OnlineIQLearnConfig / OnlineIQLearnTrainer  IQLearn on expert rows mixed with the model's own samples
     GAILConfig / GAILTrainer                    discriminator reward + PPO-clip policy gradient + MLE
 
@@ -9,7 +10,7 @@ composition: the online ones own a `RolloutSampler`, GAIL a discriminator and a 
 are flat siblings composed of the option groups in `tirl.trainers.arguments`, each holding only its trainer's options.
 """
 
-from .arguments import QVArguments, SamplingArguments, TDArguments, VLLMArguments
+from .arguments import QVArguments, SamplingArguments, TDArguments, TokenLossArguments, VLLMArguments
 from .base import NonFiniteLossError, TirlTrainer
 from .checkpoints import PARTIAL_PREFIX
 from .dataset_report import SOURCE_COLUMN, NoTrainableTokensError
@@ -37,5 +38,6 @@ __all__ = [
     "SamplingArguments",
     "TDArguments",
     "TirlTrainer",
+    "TokenLossArguments",
     "VLLMArguments",
 ]

@@ -1,35 +1,28 @@
 """Groups of options the trainer configs are composed of, each declared once (the configs are flat siblings, as TRL's).
 
-    QVArguments        how every tirl trainer reads Q and V and averages its losses: iq_chunk_size, iq_head, iq_value,
-                       iq_gamma, iq_reduction
-    TDArguments        the TD term of the IQLearn objectives: iq_lambda, iq_stop_grad_next
-    SamplingArguments  how the online trainers draw policy samples: generate_every, max_new_tokens, temperature, top_k,
-                       top_p, num_policy_samples, and TRL's vLLM options (`VLLMArguments`)
+    QVArguments         how every tirl trainer reads Q and V and averages its losses: iq_chunk_size, iq_head,
+                        iq_value, iq_gamma, iq_reduction
+    TDArguments         the TD term of the IQLearn objectives: iq_lambda, iq_lambda_warmup_steps, iq_stop_grad_next
+    TokenLossArguments  the token loss of offline training: loss_type (nll, dft, gem), gem_beta, gem_h, entropy_coef
+    SamplingArguments   how the online trainers draw policy samples: generate_every, max_new_tokens, temperature,
+                        top_k, top_p, num_policy_samples, and TRL's vLLM options (`VLLMArguments`)
 
 A config is `SFTConfig` plus the groups its trainer reads plus its own fields (`IQLearnConfig`, `OnlineIQLearnConfig`,
-`GAILConfig`); the groups are listed before `SFTConfig` among the bases, so their options come after TRL's in
-`--help`. Each group validates its own fields (`check_*`), called from the config's `__post_init__`.
-
-The vLLM options are not copied: `VLLMArguments` is built from TRL's `GRPOConfig`, taking each `vllm_<name>` field
-whose `<name>` TRL's vLLM backend (`VLLMGeneration`) accepts, with TRL's defaults and help, and `use_vllm`.
-`vllm_generation_kwargs` maps them back onto `VLLMGeneration`'s parameters.
+`GAILConfig`); the groups are listed before `SFTConfig` among the bases, so their options come after TRL's in `--help`.
+The objective's settings are checked once, by `tirl.losses.Objective` (`check_objective`, called from each config's
+`__post_init__`, so a bad value fails where the config is made); the head and sampling settings by their groups.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from trl import GRPOConfig
-from trl.generation import vllm_generation
 
-from ..losses import POLICY_TERMS, VALUE_FORMS
+from ..losses import GEM_H, LOSS_TYPES, POLICY_TERMS, REDUCTIONS, VALUE_FORMS, Objective
 
-REDUCTIONS = ("token", "sequence")
 IQ_HEADS = ("auto", "two_pass")
 VLLM_MODES = ("colocate", "server")
 
@@ -52,6 +45,11 @@ def default_to_cpu(config) -> None:
         config.use_cpu = True
 
 
+def check_objective(config) -> Objective:
+    """The config's `Objective`, which checks every objective setting (the one place they are checked)."""
+    return Objective.from_config(config)
+
+
 @dataclass
 class QVArguments:
     """How Q and V are read and losses averaged; every tirl trainer has these (see `IQLearnConfig` for the maths)."""
@@ -68,8 +66,9 @@ class QVArguments:
         metadata={
             "help": "The chunked LM-head loss: 'auto' computes the offline loss's gradient in its forward pass (one pass "
             "through the head, the cost of a fused cross-entropy) wherever it applies: training with iq_chunk_size > 0 "
-            "and without fp16. Elsewhere (evaluation, the online and GAIL policy terms, fp16), and always with "
-            "'two_pass', Q and V come from the head in forward and its logits are recomputed in backward.",
+            "and without fp16, for loss_type nll and gem. Elsewhere (evaluation, DFT, the online and GAIL policy "
+            "terms, fp16), and always with 'two_pass', Q and V come from the head in forward and its logits are "
+            "recomputed in backward.",
             "choices": list(IQ_HEADS),
         },
     )
@@ -77,8 +76,9 @@ class QVArguments:
         default="reference",
         metadata={
             "help": "Parameterisation of V(s): 'logits' (V = logsumexp of the logits), 'reference' (V = logsumexp "
-            "minus the starting model's, so V = 0 at the start) or 'head' (a zero-initialised scalar head on the "
-            "final hidden state). The policy is the model's softmax in every form.",
+            "minus the starting model's, so V = 0 at the start; one forward pass of the starting model over the "
+            "training rows before the first step) or 'head' (a zero-initialised scalar head on the final hidden "
+            "state). The policy is the model's softmax in every form.",
             "choices": list(VALUE_FORMS),
         },
     )
@@ -95,17 +95,11 @@ class QVArguments:
         },
     )
 
-    def check_qv(self) -> None:
-        if not 0.0 <= self.iq_gamma <= 1.0:
-            raise ValueError(f"iq_gamma must be in [0, 1], got {self.iq_gamma}")
+    def check_head(self) -> None:
         if self.iq_chunk_size < 0:
             raise ValueError(f"iq_chunk_size must be >= 0 (0 = unchunked), got {self.iq_chunk_size}")
-        if self.iq_reduction not in REDUCTIONS:
-            raise ValueError(f"iq_reduction must be 'token' or 'sequence', got {self.iq_reduction!r}")
         if self.iq_head not in IQ_HEADS:
-            raise ValueError(f"iq_head must be 'auto' or 'two_pass', got {self.iq_head!r}")
-        if self.iq_value not in VALUE_FORMS:
-            raise ValueError(f"iq_value must be 'logits', 'reference' or 'head', got {self.iq_value!r}")
+            raise ValueError(f"iq_head must be one of {', '.join(IQ_HEADS)}, got {self.iq_head!r}")
 
 
 @dataclass
@@ -116,37 +110,98 @@ class TDArguments:
         default=0.01,
         metadata={"help": "λ: weight of the TD (χ²) term E[r_t²] added to the MLE loss. 0 = plain MLE/SFT."},
     )
+    iq_lambda_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Ramp λ linearly from 0 (MLE) to iq_lambda over this many optimizer steps (0 = no warm-up)."},
+    )
     iq_stop_grad_next: bool = field(
         default=False,
         metadata={"help": "Stop the gradient through V(s_{t+1}) in the TD term (ablation)."},
     )
 
-    def check_td(self) -> None:
-        if self.iq_lambda < 0:
-            raise ValueError(f"iq_lambda must be >= 0, got {self.iq_lambda}")
+
+@dataclass
+class TokenLossArguments:
+    """The token loss of offline training: MLE, or a diversity-preserving baseline (docs/method.md §2)."""
+
+    loss_type: str = field(
+        default="nll",
+        metadata={
+            "help": "Token loss: 'nll' (−log π, MLE/SFT, plus the TD term for IQLearn), 'dft' (−sg(π)·log π, TRL's "
+            "loss_type='dft', Wu et al. 2025) or 'gem' (GEM, Li et al. 2025; --gem_beta, --gem_h). dft and gem take "
+            "iq_lambda=0 (`tirl train --method dft|gem` sets it).",
+            "choices": list(LOSS_TYPES),
+        },
+    )
+    gem_beta: float = field(
+        default=0.7,
+        metadata={"help": "GEM's β: q = softmax(logits/β) spreads the pull towards the target (β → 1: cross-entropy)."},
+    )
+    gem_h: str = field(
+        default="logsigmoid",
+        metadata={"help": "GEM's weights: 'linear' (w = 1) or 'logsigmoid' (w_v = sigmoid(0.01·(z_v − z_y)), the "
+                  "default of the authors' scripts).", "choices": list(GEM_H)},
+    )
+    entropy_coef: float = field(
+        default=0.0,
+        metadata={"help": "β of entropy-regularised MLE: subtract β·E[H(π(·|s_t))] on expert tokens (0 = off)."},
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Sampling, with TRL's vLLM options
 # --------------------------------------------------------------------------------------------------------------------
 
-_VLLM_PARAMETERS = set(inspect.signature(vllm_generation.VLLMGeneration.__init__).parameters)
 
+@dataclass
+class VLLMArguments:
+    """TRL's vLLM options: `GRPOConfig`'s `use_vllm` and the `vllm_*` fields its `VLLMGeneration` takes, with TRL's
+    defaults and help (`tests/test_trl_compat.py` checks them against TRL's)."""
 
-def _vllm_fields() -> list[tuple[str, Any, dataclasses.Field]]:
-    """(name, type, field) of `use_vllm` and every `GRPOConfig.vllm_<p>` with `p` a `VLLMGeneration` parameter."""
-    hints = typing.get_type_hints(GRPOConfig)
-    out = []
-    for f in dataclasses.fields(GRPOConfig):
-        if f.name == "use_vllm" or (f.name.startswith("vllm_") and f.name.removeprefix("vllm_") in _VLLM_PARAMETERS):
-            out.append((f.name, hints[f.name], field(default=f.default, metadata=dict(f.metadata))))
-    return out
-
-
-VLLMArguments = dataclasses.make_dataclass("VLLMArguments", _vllm_fields())
-VLLMArguments.__module__ = __name__
-VLLMArguments.__doc__ = ("TRL's vLLM options (`GRPOConfig`'s `use_vllm` and the `vllm_*` fields its `VLLMGeneration` "
-                         "takes), with TRL's defaults and help.")
+    use_vllm: bool = field(default=False, metadata={"help": "Whether to use vLLM for generating completions. If set to "
+                           "`True`, the trainer will use vLLM for generation instead of the default model.generate(). "
+                           "Requires `vllm` to be installed."})
+    vllm_mode: str = field(default="colocate", metadata={"help": "Mode to use for vLLM integration when `use_vllm` is "
+                           "set to `True`. Must be one of `'server'` or `'colocate'`. `'server'`: The trainer will send "
+                           "generation requests to a separate vLLM server. Make sure a vLLM server is running (start "
+                           "with `vllm serve`). `'colocate'`: vLLM will run in the same process and share the training "
+                           "GPUs. This avoids the need for a separate server but may cause resource contention with "
+                           "training."})
+    vllm_model_impl: str = field(default="vllm", metadata={"help": "Model implementation to use for vLLM. Must be one "
+                                 "of `transformers` or `vllm`. `transformers`: Use the `transformers` backend for model "
+                                 "implementation. `vllm`: Use the `vllm` library for model implementation."})
+    vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": "Enable vLLM sleep mode to offload "
+                                         "weights/cache during the optimizer step. Keeps GPU memory usage low, but "
+                                         "waking the engine adds host–device transfer latency."})
+    vllm_structured_outputs_regex: str | None = field(default=None, metadata={"help": "Regex for vLLM structured "
+                                                      "outputs. If `None` (default), structured outputs is disabled."})
+    vllm_server_base_url: str | None = field(default=None, metadata={"help": "Base URL for the vLLM server (e.g., "
+                                             "'http://localhost:8000'). If provided, `vllm_server_host` and "
+                                             "`vllm_server_port` are ignored."})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "Host of the vLLM server to connect to. Ignored "
+                                  "if vllm_server_base_url is provided."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "Port of the vLLM server to connect to. Ignored if "
+                                  "vllm_server_base_url is provided."})
+    vllm_server_timeout: float = field(default=240.0, metadata={"help": "Total timeout duration in seconds to wait for "
+                                       "the vLLM server to be up. If the server is not up after the timeout, a "
+                                       "`ConnectionError` is raised."})
+    vllm_group_port: int = field(default=51216, metadata={"help": "Port number for the weight update group. This is "
+                                 "used to communicate with the vLLM server. Unless the port is occupied, there is no "
+                                 "need to change it."})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "Control the GPU memory utilization for "
+                                               "vLLM. This setting only applies when `vllm_mode` is set to "
+                                               "`'colocate'`. If you are using `vllm_mode='server'`, this parameter "
+                                               "must be passed separately when launching the vLLM server via the "
+                                               "`--vllm_gpu_memory_utilization` flag."})
+    vllm_max_model_length: int | None = field(default=None, metadata={"help": "Context window for vLLM. Set it to at "
+                                              "least the maximum prompt length in the dataset plus "
+                                              "`max_completion_length`; if omitted, it is inferred from the model "
+                                              "config."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "Control the tensor parallel size for vLLM. "
+                                           "This setting only applies when `vllm_mode` is set to `'colocate'`. If you "
+                                           "are using `vllm_mode='server'`, this parameter must be passed separately "
+                                           "when launching the vLLM server via the `--vllm_tensor_parallel_size` "
+                                           "flag."})
 
 
 def vllm_generation_kwargs(config) -> dict[str, Any]:
@@ -200,7 +255,7 @@ class SamplingArguments(VLLMArguments):
         if self.num_policy_samples is not None and self.num_policy_samples < 0:
             raise ValueError(f"num_policy_samples must be >= 0, got {self.num_policy_samples}")
         if self.vllm_mode not in VLLM_MODES:
-            raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
+            raise ValueError(f"vllm_mode must be one of {', '.join(VLLM_MODES)}, got {self.vllm_mode!r}")
         if self.packing or self.padding_free:
             raise ValueError(
                 "online methods sample completions for the prompts of each batch, which needs one prompt + completion "
@@ -208,5 +263,5 @@ class SamplingArguments(VLLMArguments):
             )
 
 
-__all__ = ["POLICY_TERMS", "QVArguments", "SamplingArguments", "TDArguments", "VLLMArguments", "accelerator_available",
-           "default_to_cpu", "vllm_generation_kwargs"]
+__all__ = ["IQ_HEADS", "POLICY_TERMS", "QVArguments", "SamplingArguments", "TDArguments", "TokenLossArguments",
+           "VLLMArguments", "accelerator_available", "check_objective", "default_to_cpu", "vllm_generation_kwargs"]

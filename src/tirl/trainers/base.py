@@ -3,18 +3,19 @@
 A TRL `SFTTrainer` (dataset formats, completion-only and assistant-only masking, PEFT, accelerate, mixed precision,
 checkpoints, `report_to` are all TRL's) that computes its own loss from per-token Q and V:
 
-- Q and V in the run's value form (`iq_value`): the chunked head patched into the model (`iq_chunk_size > 0`), a
-  value head attached (`head`), or the starting model's logsumexp attached to the datasets (`reference`);
+- the run's `Objective` (`self.objective`, `tirl.losses.objective`), built once from the config, and Q and V in its
+  value form (`ValueForm`): the chunked head patched into the model (`iq_chunk_size > 0`), a value head attached, or
+  the starting model's logsumexp attached to the datasets, as the form says it needs;
 - the offline loss of a batch's expert rows (`offline_loss`, also every trainer's evaluation loss) with the global
-  counts it divides by (`loss_counts`, `tirl.trainers.counts`), in training through the single-pass head where it
-  applies (`use_single_pass_head`), and the last steps of every loss (`finalize_loss`);
+  counts it divides by (`loss_counts`, `tirl.trainers.counts`), in training through a fused head where it applies
+  (`use_fused_head`), and the last steps of every loss (`finalize_loss`);
 - metrics in a store of its own (`tirl.trainers.metrics`), merged into the logs by `log`;
 - checkpoints written atomically (`tirl.trainers.checkpoints`) with `save_extra_state` / `load_extra_state` for what a
   trainer keeps beyond the model (value head, sample buffer, discriminator);
 - an account of the rows TRL's dataset preparation drops or cuts (`tirl.trainers.dataset_report`).
 
-Method trainers extend it by composition: `IQLearnTrainer` adds the λ schedule and the entropy term, the online
-trainers own a `RolloutSampler`, GAIL a discriminator and a reference model.
+Method trainers extend it by composition: the online trainers own a `RolloutSampler` (`make_sampler`), GAIL a
+discriminator; both hold the frozen starting model (`ref_model`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 import inspect
 import os
 import shutil
+from dataclasses import replace
 
 import torch
 from accelerate.utils import is_peft_model
@@ -31,17 +33,31 @@ from datasets import Dataset
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
-from ..losses import QV, LossOutput, iq_loss_from_qv, qv_from_logits, with_reference, with_value
+from ..losses import LOGITS, QV, Counts, LossOutput, Objective, ValueForm, gem_loss, iq_loss_from_qv, qv_from_logits
 from ..models import eos_token_ids
 from ..qv import reference
-from ..qv.head import add_qv_head
+from ..qv.head import HeadCall, add_qv_head
 from ..qv.value_head import add_value_head, get_value_head, load_value_head, save_value_head
 from .checkpoints import LoadExtraStateOnResume, checkpoint_name, commit_staged, staging_dir
 from .counts import global_counts, local_counts
 from .dataset_report import report_rows, track_rows
 from .metrics import MetricStore
+from .reference_model import frozen_copy, prepare_reference, reference_lse
+from .sampler import RolloutSampler
 
 _SFT_PARAMETERS = inspect.signature(SFTTrainer.__init__)
+
+
+@contextlib.contextmanager
+def _trl_loss_type(args):
+    """TRL's `SFTTrainer.__init__` checks `loss_type` against the losses it computes itself (it refuses "gem", and
+    "dft" under DeepSpeed); tirl computes every token loss itself, so TRL's constructor sees "nll"."""
+    loss_type = args.loss_type
+    args.loss_type = "nll"
+    try:
+        yield
+    finally:
+        args.loss_type = loss_type
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,6 +74,8 @@ class TirlTrainer(SFTTrainer):
     # the online trainers' `RolloutSampler`: its samples are drawn with each step's batches and counted for its
     # losses (`get_batch_samples`) and saved with each checkpoint (`save_extra_state`)
     sampler = None
+    # the frozen starting model of the online trainers (LSE_θ0 of their samples, GAIL's KL reference)
+    ref_model = None
 
     def __init__(self, model, args=None, *pos, **kwargs):
         if args is None:
@@ -75,15 +93,14 @@ class TirlTrainer(SFTTrainer):
             tracked_eval = {k: t for k, (_, t) in tracked.items()}
         else:
             call["eval_dataset"], tracked_eval["eval"] = track_rows(eval_dataset, args.packing)
-        super().__init__(**call)
+        with _trl_loss_type(args):
+            super().__init__(**call)
         if self.aux_loss_enabled:
             raise NotImplementedError(
                 f"MoE router auxiliary losses are not supported by {type(self).__name__} yet; set router_aux_loss_coef=0.0."
             )
         if self.compute_loss_func is not None:
             raise ValueError(f"{type(self).__name__} computes its own loss; `compute_loss_func` cannot be combined with it.")
-        if args.loss_type != "nll":
-            raise ValueError(f"{type(self).__name__} supports loss_type='nll' only (got {args.loss_type!r}).")
         if args.label_smoothing_factor > 0:
             raise ValueError(f"label_smoothing_factor is not supported by {type(self).__name__}: it changes Q, not only π.")
         base = self.model.get_base_model() if is_peft_model(self.model) else self.model
@@ -91,6 +108,7 @@ class TirlTrainer(SFTTrainer):
             add_qv_head(base, chunk_size=args.iq_chunk_size)
         # every token that ends an episode, for the losses and for the report of cut completions alike
         self.eos_token_ids = eos_token_ids(self.processing_class, base)
+        self.objective = Objective.from_config(args, self.eos_token_ids)
         self.dropped_rows: dict[str, list[int]] = {}
         if tracked_train is not None:
             self.train_dataset = self._report(self.train_dataset, tracked_train, "train")
@@ -104,9 +122,9 @@ class TirlTrainer(SFTTrainer):
         self._staging: str | None = None  # where `_save_checkpoint` is writing, while it is
         self.resumed_from: str | None = None  # the checkpoint `train` resumes from
         self.add_callback(LoadExtraStateOnResume(self))
-        if args.iq_value == "head":
+        if self.objective.iq_value.needs_value_head:
             add_value_head(base)
-        elif args.iq_value == "reference":
+        if self.objective.iq_value.needs_reference_lse:
             self._attach_reference_values()
 
     def _report(self, prepared, tracked, name: str):
@@ -116,46 +134,48 @@ class TirlTrainer(SFTTrainer):
         return prepared
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Q and V in the run's value parameterisation
+    # Q and V in the run's value form
 
-    def needs_entropy_grad(self) -> bool:
-        """Whether the loss differentiates the entropy (entropy-regularised MLE); the full-logits path then keeps it
-        in the graph."""
-        return False
+    def objective_now(self) -> Objective:
+        """The objective in force: λ at this step of its warm-up in training, the full λ in evaluation."""
+        return self.objective.at(self.state.global_step if self.model.training else None)
 
-    def forward_qv(self, model, inputs) -> QV:
-        """Per-token Q and V of a collated batch in the logits form (V = v_ψ when the model has a value head), chunked
-        or from full logits according to `iq_chunk_size`."""
+    def compute_qv(self, model, inputs, form: ValueForm | None = None) -> QV:
+        """Per-token Q and V of a collated batch in the run's value form (or `form`), chunked or from full logits
+        according to `iq_chunk_size`; consumes the batch's LSE_θ0 column (`tirl.qv.reference.COLUMN`)."""
+        form = form or self.objective.iq_value
+        reference_lse = self.pop_reference_lse(inputs, form)
+        objective = replace(self.objective, iq_value=form)
         if self.args.iq_chunk_size > 0:
-            return model(**inputs, qv_head=True)
-        head = get_value_head(self.accelerator.unwrap_model(model))
+            return model(**inputs, tirl_head=HeadCall(objective, reference_lse))
+        logits, value_input = self._full_logits(model, inputs, reference_lse, form)
+        qv = qv_from_logits(logits, inputs["labels"], entropy_grad=self.objective.entropy_coef != 0)
+        return form.apply(qv, value_input)
+
+    def _full_logits(self, model, inputs, reference_lse, form: ValueForm) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's full logits [B, T, V] of a batch, and `form`'s input."""
+        head = get_value_head(self.accelerator.unwrap_model(model)) if form.needs_value_head else None
         out = model(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=head is not None)
-        qv = qv_from_logits(out.logits, inputs["labels"], entropy_grad=self.needs_entropy_grad())
         # hidden_states[-1] is the normed final state the LM head reads
-        return qv if head is None else with_value(qv, head(out.hidden_states[-1][:, :-1]))
+        return out.logits, head(out.hidden_states[-1][:, :-1]) if head is not None else reference_lse
 
-    def compute_qv(self, model, inputs) -> QV:
-        """`forward_qv` in the run's `iq_value` form; consumes the batch's reference values (`tirl_ref_values`)."""
-        ref = self.pop_reference_values(inputs)
-        qv = self.forward_qv(model, inputs)
-        return qv if ref is None else with_reference(qv, ref.to(qv.v.device))
-
-    def pop_reference_values(self, inputs) -> torch.Tensor | None:
-        """LSE_θ0 [B, T − 1] of the batch, removed from `inputs`, with iq_value="reference"; else None."""
-        ref = inputs.pop(reference.COLUMN, None)
-        if self.args.iq_value != "reference":
+    def pop_reference_lse(self, inputs, form: ValueForm | None = None) -> torch.Tensor | None:
+        """LSE_θ0 [B, T − 1] of the batch, removed from `inputs`, when the value form (the run's, or `form`) reads
+        it; else None."""
+        lse = inputs.pop(reference.COLUMN, None)
+        if not (form or self.objective.iq_value).needs_reference_lse:
             return None
-        if ref is None:
+        if lse is None:
             raise ValueError(f"iq_value='reference' needs the batch's '{reference.COLUMN}' (the starting model's "
                              "logsumexp); it is missing from this batch")
-        return ref[:, :-1]
+        return lse[:, :-1]
 
-    # iq_value="reference": the starting model's logsumexp, once, as a dataset column
+    # the reference form: the starting model's logsumexp, once, as a dataset column
 
     def _set_signature_columns_if_needed(self):
         # Trainer drops dataset columns outside this list before collating; the reference values must survive
         super()._set_signature_columns_if_needed()
-        if self.args.iq_value == "reference" and reference.COLUMN not in self._signature_columns:
+        if self.objective.iq_value.needs_reference_lse and reference.COLUMN not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, reference.COLUMN]
 
     def _attach_reference_values(self) -> None:
@@ -171,7 +191,8 @@ class TirlTrainer(SFTTrainer):
     def _with_reference_values(self, dataset, name: str):
         if not isinstance(dataset, Dataset):
             raise NotImplementedError("iq_value='reference' needs a map-style datasets.Dataset (its values are "
-                                      "computed once before training); use iq_value='head' for streaming data")
+                                      "computed once before training); use iq_value='logits' or 'head' for streaming "
+                                      "data")
         if reference.COLUMN in dataset.column_names:
             return dataset
         self._set_signature_columns_if_needed()
@@ -198,7 +219,7 @@ class TirlTrainer(SFTTrainer):
         def qv_fn(batch: dict) -> QV:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             batch["use_cache"] = False
-            return self.forward_qv(model, batch)
+            return self.compute_qv(model, batch, LOGITS)
 
         was_training = model.training
         model.eval()
@@ -209,6 +230,32 @@ class TirlTrainer(SFTTrainer):
                     progress=not self.args.disable_tqdm, desc=f"reference values ({name})")
         finally:
             model.train(was_training)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # The online trainers: the frozen starting model and the sampler
+
+    def hold_reference_model(self, ref: torch.nn.Module | None = None) -> None:
+        """Hold the frozen starting model as `self.ref_model` (`ref`, else a copy of the model now), prepared as TRL's
+        GRPO prepares its reference."""
+        ref = ref if ref is not None else frozen_copy(self.accelerator.unwrap_model(self.model))
+        self.ref_model = prepare_reference(ref, self.accelerator, deepspeed=self.is_deepspeed_enabled,
+                                           fsdp=self.is_fsdp_enabled)
+
+    def make_sampler(self, record: dict) -> RolloutSampler:
+        """The trainer's `RolloutSampler`, recording `record` (name → f(model, rollout)) with each sample when drawn,
+        and LSE_θ0 of the sample under `ref_model` when the value form reads it (the expert rows have theirs
+        precomputed)."""
+        if self.objective.iq_value.needs_reference_lse:
+            record = {**record, reference.COLUMN: self._sample_reference_lse}
+        return RolloutSampler(self.args, self.accelerator, self.processing_class, self.eos_token_ids,
+                              self.num_policy_samples, record=record, model=self.model)
+
+    def num_policy_samples(self, batch_size: int) -> int:
+        """Completions sampled per micro-batch of `batch_size` expert rows (the online trainers say how many)."""
+        raise NotImplementedError
+
+    def _sample_reference_lse(self, model, rollout) -> torch.Tensor:
+        return reference_lse(self.ref_model, self.accelerator, rollout, chunk_size=max(self.args.iq_chunk_size, 256))
 
     # ----------------------------------------------------------------------------------------------------------------
     # Normalisation: the global counts that go with `num_items_in_batch` (`tirl.trainers.counts`)
@@ -233,8 +280,8 @@ class TirlTrainer(SFTTrainer):
         self._batch_counts = (num_items_in_batch, counts)
         return batch_samples, num_items_in_batch
 
-    def loss_counts(self, inputs: dict, num_items_in_batch, is_expert: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The global counts the loss divides by next to `num_items_in_batch` (`counts.local_counts` names them).
+    def loss_counts(self, inputs: dict, num_items_in_batch, is_expert: torch.Tensor | None = None) -> Counts:
+        """The global counts the loss divides by (`Counts`; `counts.local_counts` names them).
 
         In training, those `get_batch_samples` counted for the accumulated batch that `num_items_in_batch` belongs to.
         Otherwise (evaluation, where `Trainer` counts each batch alone, or a direct `compute_loss` call) `inputs` is
@@ -242,59 +289,54 @@ class TirlTrainer(SFTTrainer):
         `Trainer` divides by the accumulation steps, so there is nothing to count.
         """
         if num_items_in_batch is None:
-            return {}
+            return Counts()
         stored = self._batch_counts
         if stored is not None and torch.is_tensor(num_items_in_batch) and stored[0] is num_items_in_batch:
-            return stored[1]
-        labels = inputs["labels"]
-        if is_expert is None:
-            return self.global_counts(local_counts([labels]))
-        return self.global_counts(local_counts([labels[is_expert]], [labels[~is_expert]]))
+            found = stored[1]
+        else:
+            labels = inputs["labels"]
+            local = local_counts([labels]) if is_expert is None else local_counts([labels[is_expert]], [labels[~is_expert]])
+            found = self.global_counts(local)
+        return Counts(tokens=num_items_in_batch, sequences=found.get("sequences"),
+                      policy_tokens=found.get("policy_tokens"), policy_sequences=found.get("policy_sequences"))
 
     # ----------------------------------------------------------------------------------------------------------------
     # The loss
 
-    def objective(self) -> dict:
-        """The settings of the offline objective in force (`tirl.losses.iq_loss_from_qv`'s keywords, counts aside)."""
-        a = self.args
-        return dict(lam=a.iq_lambda, gamma=a.iq_gamma, eos_token_id=self.eos_token_ids or None, reduction=a.iq_reduction)
+    def offline_loss(self, model, inputs, counts: Counts) -> LossOutput:
+        """The offline loss of a batch (`objective_now()`): through a fused head where one applies (`use_fused_head`),
+        else from the batch's `QV` (GEM without the chunked head: from the model's full logits)."""
+        objective = self.objective_now()
+        if self.use_fused_head():
+            return model(**inputs, tirl_head=HeadCall(objective, self.pop_reference_lse(inputs), counts, loss=True))
+        if objective.loss_type == "gem":
+            logits, value_input = self._full_logits(model, inputs, self.pop_reference_lse(inputs), objective.iq_value)
+            return gem_loss(logits, inputs["labels"], objective, counts, value_input)
+        return iq_loss_from_qv(self.compute_qv(model, inputs), objective, counts)
 
-    def offline_loss(self, qv: QV, num_items_in_batch=None, counts: dict[str, torch.Tensor] | None = None) -> LossOutput:
-        """The offline IQLearn loss of `qv` with `objective()`; `counts` are `loss_counts`' global counts."""
-        return iq_loss_from_qv(qv, **self.objective(), num_items_in_batch=num_items_in_batch,
-                               num_sequences_in_batch=(counts or {}).get("sequences"))
-
-    def use_single_pass_head(self) -> bool:
-        """Whether the offline loss goes through the single-pass head (`tirl.losses.single_pass_head`): with the
-        chunked head (`iq_chunk_size > 0`, `iq_head="auto"`) whenever a gradient is wanted. Not under fp16: its
-        gradient is formed in forward, before the loss scale, and would flush to zero in float16. Evaluation
-        (no_grad) takes the two-pass head, which computes the same statistics without forming a gradient."""
-        a = self.args
-        return a.iq_chunk_size > 0 and a.iq_head == "auto" and not a.fp16 and torch.is_grad_enabled()
-
-    def single_pass_loss(self, model, inputs, num_items_in_batch=None,
-                         counts: dict[str, torch.Tensor] | None = None) -> LossOutput:
-        """`offline_loss(compute_qv(model, inputs), ...)` in one pass through the LM head (`tirl.qv.head_iq_loss`,
-        inside the model's forward): the same loss, gradients and statistics, its `.qv` the detached `QV` that
-        `record_loss_metrics` reads."""
-        objective = {**self.objective(), "num_items_in_batch": num_items_in_batch,
-                     "num_sequences_in_batch": (counts or {}).get("sequences")}
-        ref = self.pop_reference_values(inputs)
-        return model(**inputs, iq_loss={**objective, "reference_v": ref})
+    def use_fused_head(self) -> bool:
+        """Whether the offline loss goes through a fused head, whose gradient is formed in its forward pass: GEM's
+        (`tirl.losses.gem`) whenever the head is chunked (`iq_chunk_size > 0`); the single-pass IQ head
+        (`tirl.losses.single_pass_head`) with `iq_head="auto"` whenever a gradient is wanted, for the nll token loss,
+        and not under fp16 (a gradient formed before the loss scale would flush to zero in float16). Evaluation
+        (no_grad) and DFT take the two-pass head, which computes the same statistics."""
+        a, loss_type = self.args, self.objective.loss_type
+        if a.iq_chunk_size <= 0:
+            return False
+        if loss_type == "gem":
+            return True
+        return loss_type == "nll" and a.iq_head == "auto" and not a.fp16 and torch.is_grad_enabled()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The offline loss of the batch: the training loss of IQLearn and the evaluation loss of every trainer."""
         mode = "train" if self.model.training else "eval"
         inputs["use_cache"] = False
         counts = self.loss_counts(inputs, num_items_in_batch)
-        if self.use_single_pass_head():
-            out = self.single_pass_loss(model, inputs, num_items_in_batch, counts)
-            qv = out.qv
-        else:
-            qv = self.compute_qv(model, inputs)
-            out = self.offline_loss(qv, num_items_in_batch, counts)
+        out = self.offline_loss(model, inputs, counts)
         loss = self.finalize_loss(mode, out.loss, out, num_items_in_batch)
-        self.record_loss_metrics(mode, qv, out, inputs)
+        self.record_loss_metrics(mode, out.qv, out, inputs)
+        if mode == "train" and self.objective.iq_lambda_warmup_steps > 0:
+            self.metrics.add("train", iq_lambda=self.objective_now().iq_lambda)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
@@ -319,7 +361,8 @@ class TirlTrainer(SFTTrainer):
         last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
         raise NonFiniteLossError(
             f"the training loss is {loss.item()} at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.3f}): "
-            f"MLE term {out.nll.item()}, TD term {out.td.item()} (λ={self.args.iq_lambda}). Training stopped before this "
+            f"MLE term {out.mle_loss.item()}, TD term {out.td_loss.item()} (λ={self.objective_now().iq_lambda}). "
+            "Training stopped before this "
             f"batch was applied; the last checkpoint is {last or 'none (no checkpoint saved yet)'}. Try a lower "
             "--learning_rate or --iq_lambda, or --max_grad_norm, and check the data."
         )
@@ -336,7 +379,7 @@ class TirlTrainer(SFTTrainer):
         n_td = sums["td_tokens"].clamp(min=1)
         entropy = gather(qv.entropy.sum().reshape(1)).sum() if qv.entropy is not None else torch.tensor(0.0)
         top1 = gather(qv.is_top1.sum().reshape(1)).sum() if qv.is_top1 is not None else torch.tensor(0)
-        self.metrics.add(mode, mle_loss=(sums["nll"] / n).item(), td_loss=(sums["td"] / n).item(),
+        self.metrics.add(mode, mle_loss=(sums["mle"] / n).item(), td_loss=(sums["td"] / n).item(),
                          mean_reward=(sums["reward"] / n_td).item(), mean_value=(sums["value"] / n).item(),
                          entropy=(entropy / n).item(), mean_token_accuracy=(top1 / n).item())
         if mode == "train":
@@ -380,9 +423,9 @@ class TirlTrainer(SFTTrainer):
         self.accelerator.wait_for_everyone()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """`Trainer.save_model` (final model and each checkpoint), plus `value_head.safetensors` with iq_value="head"."""
+        """`Trainer.save_model` (final model and each checkpoint), plus `value_head.safetensors` in the head form."""
         super().save_model(output_dir, _internal_call)
-        if self.args.should_save and get_value_head(self.accelerator.unwrap_model(self.model)) is not None:
+        if self.args.should_save and self.objective.iq_value.needs_value_head:
             save_value_head(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
 
     def save_extra_state(self, checkpoint_dir: str) -> None:
@@ -393,7 +436,7 @@ class TirlTrainer(SFTTrainer):
 
     def load_extra_state(self, checkpoint_dir: str) -> None:
         """Restore what `save_model`/`save_extra_state` wrote beyond the model weights: the value head, the buffer."""
-        if self.args.iq_value == "head":
+        if self.objective.iq_value.needs_value_head:
             load_value_head(self.accelerator.unwrap_model(self.model), checkpoint_dir)
         if self.sampler is not None:
             self.sampler.load(checkpoint_dir)

@@ -1,4 +1,5 @@
-"""`GAILConfig`: adversarial imitation with a token discriminator, a policy-gradient step and an MLE term (METHOD.md §2)."""
+"""`GAILConfig`: adversarial imitation with a token discriminator, a policy-gradient step and an MLE term
+(docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from .arguments import QVArguments, SamplingArguments, default_to_cpu
+from .arguments import QVArguments, SamplingArguments, check_objective, default_to_cpu
 
 
 @dataclass
@@ -16,18 +17,17 @@ class GAILConfig(SamplingArguments, QVArguments, SFTConfig):
     `iq_gamma`, `iq_reduction`; see `IQLearnConfig`), the sampling options (`SamplingArguments`, vLLM included), and
     GAIL's expert-term, discriminator and policy-gradient options (maths in `tirl.losses.gail`):
 
-        loss = mle_weight · L_expert + gail_pg_coef · L_PG
+        loss = mle_weight · L_MLE + gail_pg_coef · L_PG
 
-    L_expert is the offline IQLearn loss on the expert rows with λ = `iq_lambda`, which defaults to 0 here (plain MLE,
-    the paper's GAIL + MLE). L_PG is PPO-clip on the policy samples with the discriminator reward r_t = log D − log(1−D),
-    discounted by `iq_gamma`; with `generate_every=1` it is exactly REINFORCE with a baseline. The IQLearn-only options
-    (`iq_stop_grad_next`, `iq_lambda_warmup_steps`, `entropy_coef`, `iq_alpha`, `iq_policy_terms`) are not GAIL's.
+    L_MLE is plain MLE on the expert rows (the paper's GAIL + MLE). L_PG is PPO-clip on the policy samples with the
+    discriminator reward r_t = log D − log(1−D), discounted by `iq_gamma`; with `generate_every=1` it is exactly
+    REINFORCE with a baseline. The IQLearn options (`iq_lambda` and its warm-up, `iq_stop_grad_next`, `entropy_coef`,
+    `loss_type`, `iq_alpha`, `iq_policy_terms`) are not GAIL's; `iq_value` sets the form of the TD statistics logged
+    on the expert rows.
 
     Parameters:
-        iq_lambda (`float`, defaults to `0.0`):
-            λ of the expert term: 0 = plain MLE on the expert rows; > 0 adds the IQLearn TD term λ·E[r²].
         mle_weight (`float`, defaults to `1.0`):
-            Weight of the expert (MLE, or IQLearn when iq_lambda > 0) term; the paper uses 1.
+            Weight of the MLE (expert) term; the paper uses 1.
         gail_disc_model (`str` or `None`, defaults to `None`):
             Trunk of the discriminator: `None` = a frozen copy of the initial model's trunk (shared with the reference
             policy); otherwise a local model directory or a `tirl.models` name with the same vocabulary.
@@ -54,11 +54,6 @@ class GAILConfig(SamplingArguments, QVArguments, SFTConfig):
             Divide advantages by their standard deviation over the micro-batch's policy tokens.
     """
 
-    iq_lambda: float = field(
-        default=0.0,
-        metadata={"help": "λ of the expert term: 0 (default for GAIL) = plain MLE on the expert rows; > 0 adds the "
-                  "IQLearn TD term λ·E[r²]."},
-    )
     mle_weight: float = field(default=1.0, metadata={"help": "Weight of the MLE (expert) term next to the GAIL policy "
                                                       "gradient (the paper uses 1)."})
     gail_disc_model: str | None = field(
@@ -92,9 +87,10 @@ class GAILConfig(SamplingArguments, QVArguments, SFTConfig):
     def __post_init__(self):
         default_to_cpu(self)
         super().__post_init__()
-        self.check_qv()
+        check_objective(self)
+        self.check_head()
         self.check_sampling()
-        for name in ("iq_lambda", "mle_weight", "gail_disc_learning_rate", "gail_pg_coef", "gail_clip_eps", "gail_kl_coef",
+        for name in ("mle_weight", "gail_disc_learning_rate", "gail_pg_coef", "gail_clip_eps", "gail_kl_coef",
                      "gail_entropy_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -1,4 +1,5 @@
-"""`GAILTrainer`: adversarial imitation (token discriminator + PPO-clip policy gradient) plus MLE (METHOD.md §2).
+"""`GAILTrainer`: adversarial imitation (token discriminator + PPO-clip policy gradient) plus MLE
+(docs/method.md §2).
 
 One micro-batch is three phases, written out in `training_step` (maths in `tirl.losses.gail`):
 
@@ -9,7 +10,7 @@ One micro-batch is three phases, written out in `training_step` (maths in `tirl.
                       balanced BCE; then the rewards r_t = log D − log(1−D) of the policy tokens and log π_ref of every
                       token under the frozen initial policy (for the KL)
     3. policy         `Trainer.training_step` on expert + policy rows, whose `compute_loss` is
-                        loss = mle_weight · L_IQ(expert rows; λ = iq_lambda, 0 = MLE) + gail_pg_coef · L_PG(policy rows)
+                        loss = mle_weight · L_MLE(expert rows) + gail_pg_coef · L_PG(policy rows)
 
 The policy-gradient choice: PPO-clip on REINFORCE returns with a scalar baseline (no value network). With fresh samples
 (`generate_every=1`) the ratio is 1 (π_old is the policy's own log-probability, detached) and this *is* REINFORCE with
@@ -34,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import models
 from ..files import write_atomic, write_text_atomic
-from ..losses import masked_mean, restrict_rows, shift_labels
+from ..losses import LOGITS, iq_loss_from_qv, masked_mean, restrict_rows, shift_labels
 from ..losses.gail import (
     advantages,
     discounted_returns,
@@ -45,14 +46,12 @@ from ..losses.gail import (
     ppo_clip_loss,
     shaped_rewards,
 )
-from ..qv import reference
 from .base import TirlTrainer
 from .checkpoints import optimizer_state_from_flat, optimizer_state_to_flat
 from .discriminator import TokenDiscriminator, truncated_trunk
 from .gail_config import GAILConfig
-from .reference_model import frozen_copy, full_parameters, prepare_reference, reference_logprobs, reference_values
+from .reference_model import frozen_copy, full_parameters, reference_logprobs
 from .rollouts import policy_rows_to_batch
-from .sampler import RolloutSampler
 
 DISC_DIR = "tirl_discriminator"
 OLD_LOGPROB = "old_logprob"  # what the sampler records about each sample for the PPO ratio: log π_old [N, Lr − 1]
@@ -68,7 +67,7 @@ class GAILTrainer(TirlTrainer):
     `disc_accuracy` (balanced, measured on each micro-batch *before* the discriminator trains on it),
     `disc_accuracy/expert`, `disc_accuracy/policy`, `reward/policy_mean`, `reward/expert_mean`, `kl_to_initial`
     (k3 estimate of KL(π‖π_ref) on the policy samples), `pg_loss`, `pg_clip_fraction`, `policy/entropy`, and the
-    sampling metrics of `RolloutSampler`. Evaluation reports the expert-row loss (MLE when iq_lambda = 0).
+    sampling metrics of `RolloutSampler`. Evaluation reports the expert-row loss (MLE).
     """
 
     _tag_names = ["trl", "sft", "tirl", "gail"]
@@ -92,19 +91,13 @@ class GAILTrainer(TirlTrainer):
         self._disc_shares_ref_trunk = False
         self.discriminator = (discriminator if discriminator is not None else self._build_discriminator(ref))
         self.discriminator.to(self.accelerator.device)
-        self.ref_model = prepare_reference(ref, self.accelerator, deepspeed=self.is_deepspeed_enabled,
-                                           fsdp=self.is_fsdp_enabled)
+        self.hold_reference_model(ref)
         params = [p for p in self.discriminator.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the discriminator has no trainable parameter")
         self.disc_optimizer = torch.optim.AdamW(params, lr=a.gail_disc_learning_rate, weight_decay=0.0)
-        record = {}
-        if a.iq_value == "reference":  # LSE_θ0 at the samples' states (the expert rows have theirs precomputed)
-            record[reference.COLUMN] = self._reference_values
-        if a.generate_every > 1:  # samples are reused: their π_old is the policy that drew them
-            record[OLD_LOGPROB] = self._policy_logprobs
-        self.sampler = RolloutSampler(a, self.accelerator, self.processing_class, self.eos_token_ids,
-                                      self.num_policy_samples, record=record, model=self.model)
+        # samples that will be reused keep the log π_old of the policy that drew them
+        self.sampler = self.make_sampler({OLD_LOGPROB: self._policy_logprobs} if a.generate_every > 1 else {})
 
     def _build_discriminator(self, ref: torch.nn.Module) -> TokenDiscriminator:
         """The discriminator of the `gail_disc_*` options; `ref` is the frozen initial policy (not yet prepared)."""
@@ -135,9 +128,6 @@ class GAILTrainer(TirlTrainer):
     # ----------------------------------------------------------------------------------------------------------------
     # What the sampler records about fresh samples
 
-    def _reference_values(self, model, rollout) -> torch.Tensor:
-        return reference_values(self.ref_model, self.accelerator, rollout, chunk_size=max(self.args.iq_chunk_size, 256))
-
     @torch.no_grad()
     def _policy_logprobs(self, model, rollout) -> torch.Tensor:
         """log π_old(a_t|s_t) of the sampled tokens ([N, Lr − 1]) under the policy that drew them, in the training
@@ -145,7 +135,7 @@ class GAILTrainer(TirlTrainer):
         batch = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask, "labels": rollout.labels,
                  "use_cache": False}
         with self.accelerator.autocast():
-            return self.forward_qv(model, batch).logprob.detach()
+            return self.compute_qv(model, batch, LOGITS).logprob.detach()
 
     # ----------------------------------------------------------------------------------------------------------------
     # One micro-batch: samples, discriminator, policy
@@ -225,7 +215,7 @@ class GAILTrainer(TirlTrainer):
         reward = inputs.pop("gail_reward", None)
         ref_logprob = inputs.pop("gail_ref_logprob", None)
         old_logprob = inputs.pop("gail_old_logprob", None)
-        if is_expert is None or return_outputs:  # evaluation: the expert loss (MLE when iq_lambda = 0)
+        if is_expert is None or return_outputs:  # evaluation: the expert loss (MLE)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
         a = self.args
@@ -233,7 +223,7 @@ class GAILTrainer(TirlTrainer):
         qv = self.compute_qv(model, inputs)
         expert_qv = restrict_rows(qv, is_expert)
         counts = self.loss_counts(inputs, num_items_in_batch, is_expert)
-        expert = self.offline_loss(expert_qv, num_items_in_batch, counts)
+        expert = iq_loss_from_qv(expert_qv, self.objective, counts)
 
         policy_mask = qv.mask & ~is_expert[:, None]
         logprob = qv.logprob  # [B + N, T − 1], differentiable
@@ -243,8 +233,7 @@ class GAILTrainer(TirlTrainer):
         adv = advantages(returns, policy_mask, normalize=a.gail_normalize_advantages)
         per_token, clipped = ppo_clip_loss(logprob, old, adv, policy_mask, clip_eps=a.gail_clip_eps)
         # a mean over the policy tokens (rows) of the whole accumulated batch, like the expert term
-        pg = masked_mean(per_token, policy_mask, a.iq_reduction,
-                         counts.get("policy_tokens" if a.iq_reduction == "token" else "policy_sequences"))
+        pg = masked_mean(per_token, policy_mask, a.iq_reduction, counts.policy(a.iq_reduction))
         loss = self.finalize_loss(mode, a.mle_weight * expert.loss + a.gail_pg_coef * pg, expert, num_items_in_batch)
 
         self.record_loss_metrics(mode, expert_qv, expert, inputs)

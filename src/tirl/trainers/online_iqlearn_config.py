@@ -1,4 +1,4 @@
-"""`OnlineIQLearnConfig`: IQLearn with policy samples mixed into each batch (METHOD.md §2, online IQLearn)."""
+"""`OnlineIQLearnConfig`: IQLearn with policy samples mixed into each batch (docs/method.md §2, online IQLearn)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from .arguments import POLICY_TERMS, QVArguments, SamplingArguments, TDArguments, default_to_cpu
+from .arguments import POLICY_TERMS, QVArguments, SamplingArguments, TDArguments, check_objective, default_to_cpu
 
 
 @dataclass
 class OnlineIQLearnConfig(SamplingArguments, TDArguments, QVArguments, SFTConfig):
     r"""
     Configuration for [`OnlineIQLearnTrainer`]: every `SFTConfig` option, how Q and V are read (`iq_chunk_size`,
-    `iq_value`, `iq_gamma`, `iq_reduction`), the TD term (`iq_lambda`, `iq_stop_grad_next`; see `IQLearnConfig`), the
-    sampling options (`SamplingArguments`, vLLM included), and the online mixture
+    `iq_value`, `iq_gamma`, `iq_reduction`), the TD term (`iq_lambda`, its warm-up, `iq_stop_grad_next`; see
+    `IQLearnConfig`), the sampling options (`SamplingArguments`, vLLM included), and the online mixture
 
         L_on = −E_E[r_t] + E_mix[V(s_t) − γ·V(s_{t+1})] + λ·E_mix[r_t²],   E_mix = (1−α)·E_E + α·E_π
 
@@ -26,9 +26,9 @@ class OnlineIQLearnConfig(SamplingArguments, TDArguments, QVArguments, SFTConfig
             α, the weight of policy samples in the mixture (the paper's mix-in ratio, 0.1). It also sets how many
             completions are sampled per micro-batch unless `num_policy_samples` is given: max(1, round(α × batch)).
         iq_policy_terms (`str`, defaults to `"both"`):
-            Which terms see policy samples: `"both"` (METHOD.md's L_on), `"td"` (only the χ² regulariser λ·E_mix[r²])
-            or `"value"` (only the telescoped initial-state term; it vanishes in expectation for γ = 1 with sequence
-            sums, see the loss docstring).
+            Which terms see policy samples: `"both"` (docs/method.md's L_on), `"td"` (only the χ² regulariser
+            λ·E_mix[r²]) or `"value"` (only the telescoped initial-state term; it vanishes in expectation for γ = 1
+            with sequence sums, see the loss docstring).
     """
 
     iq_alpha: float = field(
@@ -38,17 +38,17 @@ class OnlineIQLearnConfig(SamplingArguments, TDArguments, QVArguments, SFTConfig
     )
     iq_policy_terms: str = field(
         default="both",
-        metadata={"help": "Terms that see policy samples: 'both' (value + TD terms, METHOD.md), 'td' (only the χ² "
+        metadata={"help": "Terms that see policy samples: 'both' (value + TD terms, docs/method.md), 'td' (only the χ² "
                   "regulariser) or 'value' (only the telescoped initial-state term).", "choices": list(POLICY_TERMS)},
     )
 
     def __post_init__(self):
         default_to_cpu(self)
         super().__post_init__()
-        self.check_td()
-        self.check_qv()
+        check_objective(self)
+        self.check_head()
         self.check_sampling()
         if not 0.0 <= self.iq_alpha <= 1.0:
             raise ValueError(f"iq_alpha must be in [0, 1], got {self.iq_alpha}")
         if self.iq_policy_terms not in POLICY_TERMS:
-            raise ValueError(f"iq_policy_terms must be one of {POLICY_TERMS}, got {self.iq_policy_terms!r}")
+            raise ValueError(f"iq_policy_terms must be one of {', '.join(POLICY_TERMS)}, got {self.iq_policy_terms!r}")

@@ -1,4 +1,5 @@
-"""`OnlineIQLearnTrainer`: IQLearn on expert rows mixed with the model's own samples (METHOD.md §2, online IQLearn)."""
+"""`OnlineIQLearnTrainer`: IQLearn on expert rows mixed with the model's own samples (docs/method.md §2, online
+IQLearn)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,8 @@ import time
 import torch
 
 from ..losses import online_iq_loss_from_qv, restrict_rows
-from ..qv import reference
 from .base import TirlTrainer
 from .online_iqlearn_config import OnlineIQLearnConfig
-from .reference_model import frozen_copy, prepare_reference, reference_values
-from .sampler import RolloutSampler
 
 
 class OnlineIQLearnTrainer(TirlTrainer):
@@ -23,7 +21,7 @@ class OnlineIQLearnTrainer(TirlTrainer):
     the trainer's `RolloutSampler` (`self.sampler`), drawn for all micro-batches of a step before its first forward.
     With `iq_alpha=0` nothing is sampled and every step is exactly `IQLearnTrainer`'s. Evaluation is the offline loss
     on the expert rows (no sampling), so `eval_loss` compares directly with offline IQLearn and MLE runs. With
-    `iq_value="reference"` the trainer holds the frozen starting model (`self.ref_model`, prepared like TRL's GRPO
+    the reference form the trainer holds the frozen starting model (`self.ref_model`, prepared like TRL's GRPO
     reference), which records the logsumexp of each sample when it is drawn.
 
     Logs, besides the offline metrics (computed on the expert rows): `policy_fraction` (policy rows / rows),
@@ -39,15 +37,9 @@ class OnlineIQLearnTrainer(TirlTrainer):
 
     def __init__(self, model, args: OnlineIQLearnConfig | None = None, *pos, **kwargs):
         super().__init__(model, args, *pos, **kwargs)
-        a = self.args
-        record = {}
-        self.ref_model = None
-        if a.iq_value == "reference":  # LSE_θ0 at the samples' states (the expert rows have theirs precomputed)
-            self.ref_model = prepare_reference(frozen_copy(self.accelerator.unwrap_model(self.model)), self.accelerator,
-                                               deepspeed=self.is_deepspeed_enabled, fsdp=self.is_fsdp_enabled)
-            record[reference.COLUMN] = self._reference_values
-        self.sampler = RolloutSampler(a, self.accelerator, self.processing_class, self.eos_token_ids,
-                                      self.num_policy_samples, record=record, model=self.model)
+        if self.objective.iq_value.needs_reference_lse:  # LSE_θ0 at the samples' states
+            self.hold_reference_model()
+        self.sampler = self.make_sampler({})
 
     def num_policy_samples(self, batch_size: int) -> int:
         """max(1, round(α × batch size)) unless `num_policy_samples` is set; 0 when α = 0 (offline)."""
@@ -57,12 +49,6 @@ class OnlineIQLearnTrainer(TirlTrainer):
         if a.iq_alpha == 0:
             return 0
         return max(1, round(a.iq_alpha * batch_size))
-
-    def _reference_values(self, model, rollout) -> torch.Tensor:
-        return reference_values(self.ref_model, self.accelerator, rollout, chunk_size=max(self.args.iq_chunk_size, 256))
-
-    def objective(self) -> dict:
-        return {**super().objective(), "stop_grad_next": self.args.iq_stop_grad_next}
 
     # ----------------------------------------------------------------------------------------------------------------
     # One micro-batch: expert + policy rows (drawn by `get_batch_samples` for the whole step) through the online loss
@@ -81,19 +67,9 @@ class OnlineIQLearnTrainer(TirlTrainer):
         mode = "train" if self.model.training else "eval"
         inputs["use_cache"] = False
         qv = self.compute_qv(model, inputs)
-        a = self.args
         counts = self.loss_counts(inputs, num_items_in_batch, is_expert)
-        out = online_iq_loss_from_qv(
-            qv,
-            is_expert,
-            alpha=a.iq_alpha,
-            policy_terms=a.iq_policy_terms,
-            **self.objective(),
-            num_items_in_batch=num_items_in_batch,
-            num_sequences_in_batch=counts.get("sequences"),
-            num_policy_items_in_batch=counts.get("policy_tokens"),
-            num_policy_sequences_in_batch=counts.get("policy_sequences"),
-        )
+        out = online_iq_loss_from_qv(qv, is_expert, self.objective_now(), counts, alpha=self.args.iq_alpha,
+                                     policy_terms=self.args.iq_policy_terms)
         loss = self.finalize_loss(mode, out.loss, out, num_items_in_batch)
         self.record_loss_metrics(mode, restrict_rows(qv, is_expert), out, inputs)
         self._record_online_metrics(mode, out, is_expert)

