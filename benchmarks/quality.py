@@ -4,6 +4,8 @@ and against entropy-regularised MLE (the paper's other baseline), mean ± s.e.m.
 Variants (every section trains the same ones; the preset fixes λ, β and the value forms):
     mle            --method mle                        plain SFT
     ent-mle        --method mle --entropy_coef β        entropy-regularised MLE
+    gem            --method gem (β = 0.7, logsigmoid)   GEM (Li et al. 2025), the authors' defaults
+    dft            --method dft                        DFT (Wu et al. 2025), TRL's loss_type="dft"
     iq-logits      --iq_value logits    --iq_lambda λ   V = logsumexp(logits) (the first implementation)
     iq-reference   --iq_value reference --iq_lambda λ   V = LSE_θ − LSE_θ0 (V ≡ 0 at the start)
     iq-head        --iq_value head      --iq_lambda λ   V = a zero-initialised value head
@@ -57,6 +59,8 @@ def variants(lam_logits: float, lam_reference: float, lam_head: float, beta: flo
     out = {
         "mle": ["--method", "mle"],
         "ent-mle": ["--method", "mle", "--entropy_coef", f"{beta:g}"],
+        "gem": ["--method", "gem", "--gem_beta", "0.7", "--gem_h", "logsigmoid"],
+        "dft": ["--method", "dft"],
         "iq-logits": ["--method", "iqlearn", "--iq_value", "logits", "--iq_lambda", f"{lam_logits:g}"],
         "iq-reference": ["--method", "iqlearn", "--iq_value", "reference", "--iq_lambda", f"{lam_reference:g}"],
         "iq-head": ["--method", "iqlearn", "--iq_value", "head", "--iq_lambda", f"{lam_head:g}"],
@@ -72,6 +76,17 @@ def variants(lam_logits: float, lam_reference: float, lam_head: float, beta: flo
 # rise above MLE's. λ = 0.1 already costs accuracy there for both logits and reference (see README, "Does IQLearn beat
 # MLE?"); the head form starts from the same r_t = log π_θ0 as reference, so it takes reference's λ.
 CPU_VARIANTS = variants(lam_logits=0.01, lam_reference=0.01, lam_head=0.01, beta=0.1)
+
+# The many-answer section: SmolLM2-135M on generated tasks with a known, uniform expert (`tirl.data.many_answer`),
+# 32 prompts x 4 uniform draws, 3 epochs, every epoch evaluated on 16 test prompts: greedy, K = 32 samples at each
+# temperature, the held-out expert NLL. pick-two (copying two different words of a list) is the main task; between
+# (a number between two bounds) repeats the comparison for a few variants. Arithmetic-constrained tasks (sum-pairs,
+# countdown) stay at the floor at this size (3% valid samples at T = 1 after 48 MLE steps), like GSM8k.
+MANY_CPU = {"model": "smollm2-135m", "seeds": [1, 2], "train_examples": 128, "epochs": 3, "batch": 8, "lr": 5e-5,
+            "eval_rows": 32, "prompts": 16, "samples": 32, "temperatures": [0.5, 0.7, 1.0, 1.3], "max_new_tokens": 16,
+            "eval_batch": 128, "references": ["mle", "ent-mle", "gem", "dft"],
+            "variants": ["mle", "ent-mle", "gem", "dft", "iq-reference", "iq-logits", "iq-head", "iq-online"],
+            "tasks": {"pick-two": {}, "between": {"variants": ["mle", "gem", "iq-reference"]}}}
 
 PRESETS: dict[str, dict] = {
     "cpu": {
@@ -91,6 +106,7 @@ PRESETS: dict[str, dict] = {
         "grammar": {"model": "small-llama", "seeds": [0, 1, 2], "train_examples": 2000, "max_steps": 200, "batch": 32,
                     "lr": 2e-3, "num_samples": 400, "online_alpha": 0.1, "gail_steps": 200,
                     "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online", "gail"]},
+        "many": MANY_CPU,
     },
     # the λ / β screen behind the CPU preset's choice: one seed, a grid per value form, arithmetic only
     "screen": {
@@ -103,6 +119,8 @@ PRESETS: dict[str, dict] = {
             "iq-head-1": ["--method", "iqlearn", "--iq_value", "head", "--iq_lambda", "1"],
             "iq-reference-1-warmup": ["--method", "iqlearn", "--iq_value", "reference", "--iq_lambda", "1",
                                       "--iq_lambda_warmup_steps", "16"],
+            "iq-logits-0.001": ["--method", "iqlearn", "--iq_value", "logits", "--iq_lambda", "0.001"],
+            "iq-head-0.01": ["--method", "iqlearn", "--iq_value", "head", "--iq_lambda", "0.01"],
         }),
         "arithmetic": {"model": "smollm2-135m", "dataset": "arithmetic", "seeds": [0], "train_examples": 64,
                        "epochs": 5, "batch": 8, "lr": 5e-5, "eval_rows": 64, "prompts": 32, "samples": 4,
@@ -110,6 +128,11 @@ PRESETS: dict[str, dict] = {
                        "variants": ["mle", "ent-mle-0.03", "ent-mle", "ent-mle-0.3", "iq-logits", "iq-logits-0.1",
                                     "iq-reference-0.01", "iq-reference", "iq-reference-1", "iq-reference-1-warmup",
                                     "iq-head", "iq-head-1"]},
+        # λ per value form on the many-answer task, seed 0 (the reported seeds are 1-5), the final epoch at T = 1 and
+        # the held-out expert NLL; the screen's λ are 0.01 (logits), 0.1 (reference, head) unless named
+        "many": {**MANY_CPU, "seeds": [0], "temperatures": [1.0], "tasks": {"pick-two": {}},
+                 "variants": ["mle", "iq-reference-0.01", "iq-reference", "iq-reference-1", "iq-logits-0.001",
+                              "iq-logits", "iq-logits-0.1", "iq-head-0.01", "iq-head", "iq-head-1"]},
     },
     # full scale, for one GPU (`benchmarks/gpu.sh quality`)
     "gpu": {
@@ -129,6 +152,10 @@ PRESETS: dict[str, dict] = {
         "grammar": {"model": "llama-10m", "seeds": [0, 1, 2], "train_examples": 5000, "max_steps": 500, "batch": 64,
                     "lr": 1e-3, "num_samples": 1000, "online_alpha": 0.1, "gail_steps": 500,
                     "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online", "gail"]},
+        # SmolLM2-360M (a hub id, or a local directory with --model), 5 seeds of every variant, both tasks
+        "many": {**MANY_CPU, "model": "HuggingFaceTB/SmolLM2-360M-Instruct", "seeds": [1, 2, 3, 4, 5],
+                 "train_examples": 256, "prompts": 50, "eval_batch": 256,
+                 "tasks": {"pick-two": {}, "between": {}, "sum-pairs": {}}},
     },
     "smoke": {
         "variants": variants(lam_logits=0.01, lam_reference=0.1, lam_head=0.1, beta=0.1),
@@ -143,9 +170,13 @@ PRESETS: dict[str, dict] = {
         "grammar": {"model": "tiny-llama", "seeds": [0], "train_examples": 200, "max_steps": 6, "batch": 16,
                     "lr": 3e-3, "num_samples": 40, "online_alpha": 0.25, "gail_steps": 3,
                     "variants": ["mle", "ent-mle", "iq-reference", "iq-head", "iq-online", "gail"]},
+        "many": {**MANY_CPU, "model": "tiny-llama", "seeds": [0, 1], "train_examples": 16, "epochs": 2, "lr": 3e-3,
+                 "eval_rows": 8, "prompts": 3, "samples": 4, "temperatures": [0.7, 1.0], "max_new_tokens": 8,
+                 "eval_batch": 16, "variants": ["mle", "gem", "dft", "iq-reference"],
+                 "tasks": {"pick-two": {}, "between": {"variants": ["mle", "iq-reference"], "seeds": [0]}}},
     },
 }
-SECTIONS = ("arithmetic", "xsum", "gsm8k", "grammar")
+SECTIONS = ("arithmetic", "xsum", "gsm8k", "grammar", "many")
 
 
 def tirl(*args: str) -> None:
@@ -190,15 +221,28 @@ def train(cfg: dict, variant: list[str], seed: int, run_dir: Path, per_epoch: bo
 
 
 def evaluate(cfg: dict, model: str, out: Path, temperature: float | None, samples: int | None = None,
-             prompts: int | None = None, dataset: str | None = None) -> dict:
-    """`tirl eval`: greedy only (`temperature=None`), or K samples at `temperature` without a greedy pass."""
+             prompts: int | None = None, dataset: str | None = None, expert_nll: bool = False) -> dict:
+    """`tirl eval`: greedy only (`temperature=None`), or K samples at `temperature` without a greedy pass;
+    `expert_nll`: also the held-out expert NLL of a many-answer task. Locked per directory: processes sharing the
+    cache (one per core) evaluate the untrained model once."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _evaluate(cfg, model, out, temperature, samples, prompts, dataset, expert_nll)
+
+
+def _evaluate(cfg: dict, model: str, out: Path, temperature: float | None, samples: int | None, prompts: int | None,
+              dataset: str | None, expert_nll: bool) -> dict:
     if not (out / "metrics.json").is_file():
         passes = ["--samples", "0"] if temperature is None else [
             "--samples", str(samples or cfg["samples"]), "--temperature", str(temperature), "--no-greedy"]
         n = prompts if prompts is not None else cfg["prompts"]
         tirl("eval", "--model", model, "--dataset", dataset or cfg["dataset"], "--split", "test", "--num_examples",
              str(n or 0), *passes, "--max_new_tokens", str(cfg["max_new_tokens"]), "--batch_size",
-             str(cfg["eval_batch"]), "--seed", "0", "--no_progress", "--output_dir", str(out))
+             str(cfg["eval_batch"]), "--seed", "0", "--no_progress", "--output_dir", str(out),
+             "--expert_nll" if expert_nll else "--no-expert_nll")
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -226,6 +270,8 @@ def points(evals: dict, score: str) -> dict:
         p = m["greedy"] if name == "greedy" else m["sampled"]
         out[name] = {"score": scale * p[score], "self_bleu": 100.0 if name == "greedy" else p.get("self_bleu"),
                      "entropy": p.get("entropy"), "distinct_2": p.get("distinct_2"), "mean_tokens": p.get("mean_tokens")}
+        if p.get("pass_at_k"):
+            out[name]["pass_at_k"] = [100.0 * x for x in p["pass_at_k"]]
     return out
 
 
@@ -251,25 +297,25 @@ def along_frontier(ref: dict, other: dict) -> dict:
     return out
 
 
-def compare_plot(run_dirs: list[Path], labels: list[str], png: Path, score: str | None = None) -> None:
-    """`tirl compare`: one frontier per label, seeds averaged."""
-    args = [*map(str, run_dirs), "--labels", ",".join(labels), "--output", str(png)]
-    tirl("compare", *args, *(["--score", score] if score else []))
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Sections on real tasks: arithmetic (overfitting + frontier), xsum (frontier + rewards), gsm8k (floor row)
 
 
 def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: str, per_epoch: bool,
-                 rewards: bool = False) -> dict:
+                 rewards: bool = False, recorded: dict | None = None) -> dict:
+    """One task: every variant and seed trained and evaluated (cached under `runs`). `recorded`: the section's runs
+    in an earlier results file; a run whose directory is gone (runs are not committed) is taken from there instead of
+    trained again, so a section can gain variants without rerunning the others."""
+    recorded = recorded or {}
     section: dict = {"config": cfg, "score": score, "runs": {}}
     base_evals = frontier_evals(cfg, cfg["model"], runs / "untrained" / "eval")
     section["untrained"] = points(base_evals, score)
-    eval_dirs, labels = [runs / "untrained" / "eval"], ["untrained"]
     for vname in cfg["variants"]:
-        for seed in seeds_of(cfg, vname, runs):
+        for seed in seeds_of(cfg, vname, runs, recorded):
             key = f"{vname}-s{seed}"
+            if key in recorded and not (runs / key / "metrics.json").is_file():
+                section["runs"][key] = recorded[key]
+                continue
             t0 = time.time()
             run_dir = train(cfg, all_variants[vname], seed, runs / key, per_epoch)
             entry: dict = {"variant": vname, "seed": seed}
@@ -284,15 +330,12 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
             entry["train"] = json.loads((run_dir / "metrics.json").read_text()).get("eval_after", {})
             entry["seconds"] = time.time() - t0
             section["runs"][key] = entry
-            eval_dirs.append(runs / key / "eval" / "frontier")
-            labels.append(vname)
             if per_epoch:  # keep the chosen checkpoint and the final model; the others were only for the curves
                 for ck in run_dir.glob("checkpoint-*"):
                     if str(ck) != model:
                         shutil.rmtree(ck, ignore_errors=True)
     section["summary"] = summarise(section, cfg)
-    compare_plot(_frontier_dirs(eval_dirs), _frontier_labels(eval_dirs, labels), result_path(f"quality_{name}_frontier.png"),
-                 score)
+    plot_frontiers(section, cfg, result_path(f"quality_{name}_frontier.png"), score)
     if per_epoch:
         plot_epochs(section, cfg, result_path(f"quality_{name}_epochs.png"), score)
     if rewards:
@@ -300,24 +343,44 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
     return section
 
 
-def seeds_of(cfg: dict, vname: str, runs: Path) -> list[int]:
+def seeds_of(cfg: dict, vname: str, runs: Path, recorded: dict | None = None) -> list[int]:
     """The seeds to run and summarise for a variant: the preset's (or `--seeds`), plus, unless `--seeds` restricts
-    them, every other seed whose training run is in the cache (more seeds for some variants, run with `--seeds` and
-    `--variants`, enter the summary without training the others' too)."""
+    them, every other seed whose training run is in the cache or in the recorded results (more seeds for some
+    variants, run with `--seeds` and `--variants`, enter the summary without training the others' too)."""
     seeds = list(cfg["seeds"])
     if not cfg.get("seeds_given"):
-        suffixes = (d.name[len(vname) + 2:] for d in runs.glob(f"{vname}-s*") if (d / "metrics.json").is_file())
-        seeds += sorted(int(x) for x in suffixes if x.isdigit() and int(x) not in seeds)
+        suffixes = [d.name[len(vname) + 2:] for d in runs.glob(f"{vname}-s*") if (d / "metrics.json").is_file()]
+        suffixes += [k[len(vname) + 2:] for k in (recorded or {}) if k.startswith(f"{vname}-s")]
+        seeds += sorted({int(x) for x in suffixes if x.isdigit() and int(x) not in seeds})
     return seeds
 
 
-def _frontier_dirs(eval_dirs: list[Path]) -> list[Path]:
-    return [d / sub for d in eval_dirs for sub in ["greedy", *sorted(p.name for p in d.iterdir() if p.name.startswith("t"))]]
+def plot_frontiers(section: dict, cfg: dict, png: Path, score: str) -> None:
+    """Each variant's temperature frontier (score against Self-BLEU, greedy at 100), mean ± s.e.m. over its seeds,
+    drawn from the section's summary (so recorded runs without their directories are drawn too)."""
+    from tirl.plots import pyplot as _pyplot
 
-
-def _frontier_labels(eval_dirs: list[Path], labels: list[str]) -> list[str]:
-    return [lab for d, lab in zip(eval_dirs, labels, strict=True)
-            for _ in ["greedy", *sorted(p.name for p in d.iterdir() if p.name.startswith("t"))]]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.6, 5.6))
+    passes = ["greedy", *[f"T={t:g}" for t in cfg["temperatures"]]]
+    series = {"untrained": {p: {"score": {"mean": v["score"]}, "self_bleu": {"mean": v["self_bleu"]}}
+                            for p, v in section["untrained"].items()}}
+    series.update({v: s["frontier"] for v, s in section["summary"].items()})
+    for vname, frontier in series.items():
+        pts = [(frontier[p]["self_bleu"], frontier[p]["score"], p) for p in passes if p in frontier]
+        xs, ys = [x["mean"] for x, _, _ in pts], [y["mean"] for _, y, _ in pts]
+        line = ax.plot(xs, ys, marker="o", ms=5, lw=1.3, label=vname)[0]
+        ax.errorbar(xs, ys, xerr=[x.get("sem") or 0 for x, _, _ in pts], yerr=[y.get("sem") or 0 for _, y, _ in pts],
+                    fmt="none", ecolor=line.get_color(), elinewidth=0.8, capsize=2)
+    ax.set_xlabel("Self-BLEU of the K samples per prompt (← more diverse; greedy = 100)")
+    ax.set_ylabel(f"{score} (↑ better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{cfg['dataset']}: {score} along each method's temperature frontier "
+                 f"(T = {', '.join(f'{t:g}' for t in cfg['temperatures'])}; mean ± s.e.m. over seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def epoch_curve(cfg: dict, run_dir: Path, eval_root: Path, score: str, untrained: dict) -> list[dict]:
@@ -356,6 +419,9 @@ def summarise(section: dict, cfg: dict) -> dict:
         for pname in entries[0]["frontier"]:
             s["frontier"][pname] = {k: mean_sem([e["frontier"][pname][k] for e in entries])
                                     for k in ("score", "self_bleu", "entropy", "distinct_2")}
+            curves = [e["frontier"][pname]["pass_at_k"] for e in entries if e["frontier"][pname].get("pass_at_k")]
+            if curves:
+                s["frontier"][pname]["pass_at_k"] = [mean_sem(list(c)) for c in zip(*curves, strict=False)]
         if "epochs" in entries[0]:
             n_epochs = min(len(e["epochs"]) for e in entries)
             s["epochs"] = [{"epoch": entries[0]["epochs"][i]["epoch"],
@@ -455,6 +521,197 @@ def _chosen_model(section: dict, key: str, runs: Path) -> str:
         best = next(e for e in entry["epochs"] if e["epoch"] == entry["best_epoch"])
         return best["checkpoint"]
     return str(runs / key)
+
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Many-answer tasks (`tirl.data.many_answer`): diversity where it has a right answer
+
+
+MANY_KS = (1, 2, 4, 8, 16, 32)
+
+
+def many_evals(cfg: dict, model: str, root: Path) -> dict:
+    """One checkpoint on the task's test prompts: greedy (with the held-out expert NLL) and K samples at each
+    temperature. Returns {"greedy": {...}, "expert": {...}, "T=0.5": {precision, coverage, pass_at_k, self_bleu}}."""
+    out: dict = {}
+    greedy = evaluate(cfg, model, root / "greedy", None, expert_nll=True)
+    out["greedy"] = {"precision": 100.0 * greedy["greedy"]["precision"]}
+    out["expert"] = greedy.get("expert")
+    for t in cfg["temperatures"]:
+        m = evaluate(cfg, model, root / f"t{t:g}", t)["sampled"]
+        out[f"T={t:g}"] = {"precision": 100.0 * m["precision"], "coverage": 100.0 * m["coverage"],
+                           "pass_at_k": [100.0 * x for x in m["pass_at_k"]], "self_bleu": m.get("self_bleu"),
+                           "entropy": m.get("entropy")}
+    return out
+
+
+def many_run(cfg: dict, variant: list[str], seed: int, run_dir: Path, base: dict) -> dict:
+    """Train one variant (a checkpoint per epoch), evaluate every checkpoint; the epoch curve ends at the final model.
+    Epoch 0 is the untrained model (`base`, shared). Only the final model is kept."""
+    cached = run_dir / "many_curve.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    t0 = time.time()
+    train(cfg, variant, seed, run_dir, per_epoch=True)
+    curve = [{"epoch": 0, **base}]
+    history = {round(h["epoch"]): h for h in log_history(run_dir) if "eval_mle_loss" in h}
+    for ck in sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        epoch = round(json.loads((ck / "trainer_state.json").read_text())["epoch"])
+        evals = many_evals(cfg, str(ck), run_dir / "eval" / f"epoch{epoch}")
+        curve.append({"epoch": epoch, "heldout_mle": history.get(epoch, {}).get("eval_mle_loss"), **evals})
+    entry = {"curve": curve, "seconds": time.time() - t0}
+    cached.write_text(json.dumps(entry, indent=1) + "\n")
+    for ck in run_dir.glob("checkpoint-*"):  # the final model stays (run_dir itself)
+        shutil.rmtree(ck, ignore_errors=True)
+    return entry
+
+
+def frontier_delta(ref: dict, other: dict, temperatures: list[float]) -> dict:
+    """Precision of `other` minus the reference's precision at the same coverage, along the reference's temperature
+    frontier (piecewise linear in coverage; the nearest end outside its range, flagged `extrapolated`)."""
+    curve = sorted((ref[f"T={t:g}"]["coverage"], ref[f"T={t:g}"]["precision"]) for t in temperatures)
+    out = {}
+    for t in temperatures:
+        x, y = other[f"T={t:g}"]["coverage"], other[f"T={t:g}"]["precision"]
+        if x <= curve[0][0]:
+            y_ref, extra = curve[0][1], x < curve[0][0]
+        elif x >= curve[-1][0]:
+            y_ref, extra = curve[-1][1], x > curve[-1][0]
+        else:
+            (x0, y0), (x1, y1) = next((a, b) for a, b in zip(curve, curve[1:], strict=False) if a[0] <= x <= b[0])
+            y_ref, extra = y0 + (y1 - y0) * (x - x0) / max(x1 - x0, 1e-9), False
+        out[f"T={t:g}"] = {"delta": y - y_ref, "extrapolated": extra}
+    return out
+
+
+def many_summary(runs: dict, cfg: dict, references: tuple[str, ...]) -> dict:
+    """Per variant, mean ± s.e.m. over seeds of every figure at every epoch; and, paired by seed, the differences to
+    each reference variant at the final epoch: precision at equal coverage along its frontier, pass@k at each
+    temperature, the held-out expert NLL."""
+    by_variant: dict[str, list[dict]] = {}
+    for entry in runs.values():
+        by_variant.setdefault(entry["variant"], []).append(entry)
+    temps = [f"T={t:g}" for t in cfg["temperatures"]]
+    out: dict = {}
+    for vname, entries in by_variant.items():
+        n_epochs = min(len(e["curve"]) for e in entries)
+        epochs = []
+        for i in range(n_epochs):
+            pts = [e["curve"][i] for e in entries]
+            row: dict = {"epoch": pts[0]["epoch"], "greedy_precision": mean_sem([p["greedy"]["precision"] for p in pts]),
+                         "expert_nll": mean_sem([(p.get("expert") or {}).get("expert_nll") for p in pts]),
+                         "forward_kl": mean_sem([(p.get("expert") or {}).get("forward_kl") for p in pts])}
+            for t in temps:
+                row[t] = {k: mean_sem([p[t][k] for p in pts]) for k in ("precision", "coverage", "self_bleu")}
+                row[t]["pass_at_k"] = {k: mean_sem([p[t]["pass_at_k"][k - 1] for p in pts]) for k in MANY_KS
+                                       if k <= min(len(p[t]["pass_at_k"]) for p in pts)}
+            epochs.append(row)
+        summary: dict = {"seeds": len(entries), "epochs": epochs}
+        for ref in references:
+            if ref == vname or ref not in by_variant:
+                continue
+            refs = {e["seed"]: e for e in by_variant[ref]}
+            paired = [(e["curve"][-1], refs[e["seed"]]["curve"][-1]) for e in entries if e["seed"] in refs]
+            if not paired:
+                continue
+            d: dict = {"seeds": len(paired)}
+            deltas = [frontier_delta(r, a, cfg["temperatures"]) for a, r in paired]
+            for t in temps:
+                d[t] = {**mean_sem([x[t]["delta"] for x in deltas]),
+                        "extrapolated": any(x[t]["extrapolated"] for x in deltas),
+                        "pass_at_k": {k: mean_sem([a[t]["pass_at_k"][k - 1] - r[t]["pass_at_k"][k - 1]
+                                                   for a, r in paired]) for k in MANY_KS
+                                      if all(k <= len(a[t]["pass_at_k"]) for a, _ in paired)}}
+            d["expert_nll"] = mean_sem([a["expert"]["expert_nll"] - r["expert"]["expert_nll"] for a, r in paired
+                                        if a.get("expert") and r.get("expert")])
+            d["greedy_precision"] = mean_sem([a["greedy"]["precision"] - r["greedy"]["precision"] for a, r in paired])
+            summary[f"vs_{ref}"] = d
+        out[vname] = summary
+    return out
+
+
+def many_section(cfg: dict, all_variants: dict, runs: Path, recorded: dict | None = None) -> dict:
+    """Every task of `cfg["tasks"]`: its variants and seeds (a task may override the section's), per-epoch curves
+    and final-epoch comparisons with MLE and the baselines; plots of the final frontier, pass@k and the epochs."""
+    recorded = recorded or {}
+    result: dict = {"config": cfg}
+    for task, overrides in cfg["tasks"].items():
+        tcfg = {**cfg, "dataset": task, **overrides}
+        truns = runs / task
+        base = many_evals(tcfg, tcfg["model"], truns / "untrained" / "eval")
+        section: dict = {"config": {k: v for k, v in tcfg.items() if k != "tasks"}, "untrained": base, "runs": {}}
+        previous = (recorded.get(task) or {}).get("runs", {})
+        for vname in tcfg["variants"]:
+            for seed in seeds_of(tcfg, vname, truns, previous):
+                key = f"{vname}-s{seed}"
+                if key in previous and not (truns / key / "many_curve.json").is_file():
+                    section["runs"][key] = previous[key]
+                    continue
+                entry = many_run(tcfg, all_variants[vname], seed, truns / key, base)
+                section["runs"][key] = {"variant": vname, "seed": seed, **entry}
+                print(f"  {task} {key}: final precision/coverage at T=1 "
+                      f"{entry['curve'][-1].get('T=1', {}).get('precision', float('nan')):.1f}/"
+                      f"{entry['curve'][-1].get('T=1', {}).get('coverage', float('nan')):.1f}", flush=True)
+        section["summary"] = many_summary(section["runs"], tcfg, references=tuple(cfg["references"]))
+        plot_many(section, tcfg, result_path(f"quality_many_{task}.png"))
+        result[task] = section
+    return result
+
+
+def plot_many(section: dict, cfg: dict, png: Path) -> None:
+    """Three panels: precision against coverage along the temperatures at the final epoch; pass@k against k at
+    T = 1 at the final epoch; pass@1 and pass@32 at T = 1 and the held-out expert NLL through the epochs."""
+    from tirl.plots import pyplot as _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(22, 5))
+    temps = [f"T={t:g}" for t in cfg["temperatures"]]
+    hot = "T=1" if "T=1" in temps else temps[-1]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (vname, s) in enumerate(section["summary"].items()):
+        color = colors[i % len(colors)]
+        last = s["epochs"][-1]
+        xs = [last[t]["coverage"]["mean"] for t in temps]
+        ys = [last[t]["precision"]["mean"] for t in temps]
+        axes[0].errorbar(xs, ys, xerr=[last[t]["coverage"]["sem"] or 0 for t in temps],
+                         yerr=[last[t]["precision"]["sem"] or 0 for t in temps], marker="o", ms=4, lw=1.3, capsize=2,
+                         color=color, label=f"{vname} ({s['seeds']})")
+        for t, x, y in zip(temps, xs, ys, strict=True):
+            axes[0].annotate(t.removeprefix("T="), (x, y), xytext=(3, -9), textcoords="offset points", fontsize=6,
+                             color=color)
+        ks = sorted(last[hot]["pass_at_k"], key=int)
+        axes[1].errorbar([int(k) for k in ks], [last[hot]["pass_at_k"][k]["mean"] for k in ks],
+                         yerr=[last[hot]["pass_at_k"][k]["sem"] or 0 for k in ks], marker="o", ms=3, lw=1.3,
+                         capsize=2, color=color, label=vname)
+        ep = [e["epoch"] for e in s["epochs"]]
+        for k, style in ((1, ":"), (max(int(k) for k in ks), "-")):
+            axes[2].plot(ep, [e[hot]["pass_at_k"].get(k, e[hot]["pass_at_k"].get(str(k), {})).get("mean")
+                              for e in s["epochs"]], style, marker="o", ms=3, color=color,
+                         label=f"{vname} pass@{k}")
+        axes[3].errorbar(ep, [e["expert_nll"]["mean"] for e in s["epochs"]],
+                         yerr=[e["expert_nll"]["sem"] or 0 for e in s["epochs"]], marker="o", ms=3, capsize=2,
+                         color=color, label=vname)
+    axes[0].set(xlabel="coverage (%)  → more of the valid set", ylabel="precision (%)  ↑ valid",
+                title="final epoch: precision vs coverage along T")
+    axes[1].set(xscale="log", xlabel="k", ylabel="pass@k (%)", title=f"final epoch: pass@k at {hot}")
+    axes[1].set_xticks(list(MANY_KS), [str(k) for k in MANY_KS])
+    for ax in axes[:3]:
+        ax.set_ylim(0, 100)
+    axes[0].set_xlim(0, 100)
+    axes[2].set(xlabel="epoch", ylabel="pass@k (%)", title=f"through training, {hot}: pass@1 (dotted), pass@K")
+    axes[3].set(xlabel="epoch", ylabel="nats per prompt", title="held-out expert NLL (= forward KL + log|valid|)")
+    axes[3].set_yscale("log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{cfg['dataset']}: {cfg['train_examples']} training rows ({cfg['train_examples'] // 4} prompts x 4 "
+                 f"uniform draws), {cfg['epochs']} epochs, {cfg['prompts']} test prompts x K = {cfg['samples']} "
+                 "(mean ± s.e.m. over seeds; seeds per variant in the legend)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -670,6 +927,8 @@ def tables(result: dict) -> str:
                 lines.append(f"| {vname} | {m['iq_value']} | {_f(r['spearman_within_prompt'])} | "
                              f"{_f(lp['spearman_within_prompt'])} | {_f(r['spearman'])} | {_f(lp['spearman'])} | "
                              f"{_f(pref.get('accuracy'))} | {_f(pref.get('accuracy_logprob'))} |")
+    if "many" in result:
+        lines += many_tables(result["many"])
     if "grammar" in result:
         g = result["grammar"]
         lines += [f"\n### Known-expert grammar (mean ± s.e.m. over {len(g['config']['seeds'])} seeds)\n",
@@ -686,6 +945,59 @@ def _f(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
+def _k(d: dict, k: int):
+    """pass@k entry `k` of a dict whose keys were ints before a JSON round trip."""
+    return d.get(k, d.get(str(k)))
+
+
+def many_tables(section: dict) -> list[str]:
+    lines: list[str] = []
+    for task, sec in section.items():
+        if task == "config":
+            continue
+        cfg = sec["config"]
+        temps = [f"T={t:g}" for t in cfg["temperatures"]]
+        hot = "T=1" if "T=1" in temps else temps[-1]
+        ks = [k for k in MANY_KS if k <= cfg["samples"]]
+        lines += [f"\n### many-answer task {task}: the final epoch (mean ± s.e.m. over seeds; precision / coverage, %)\n",
+                  "| variant | seeds | greedy precision | " + " | ".join(temps) + " | "
+                  + " | ".join(f"pass@{k} ({hot})" for k in ks) + " | expert NLL | forward KL |",
+                  "|---|---|---|" + "---|" * (len(temps) + len(ks) + 2)]
+        u = sec["untrained"]
+        lines.append("| untrained | – | " + f"{u['greedy']['precision']:.1f} | " + " | ".join(
+            f"{u[t]['precision']:.1f} / {u[t]['coverage']:.1f}" for t in temps) + " | " + " | ".join(
+            f"{u[hot]['pass_at_k'][k - 1]:.1f}" for k in ks) + f" | {_f((u.get('expert') or {}).get('expert_nll'))} | "
+            f"{_f((u.get('expert') or {}).get('forward_kl'))} |")
+        for vname, s in sec["summary"].items():
+            last = s["epochs"][-1]
+            lines.append(f"| {vname} | {s['seeds']} | {_ms(last['greedy_precision'])} | " + " | ".join(
+                f"{_ms(last[t]['precision'])} / {_ms(last[t]['coverage'])}" for t in temps) + " | " + " | ".join(
+                _ms(_k(last[hot]["pass_at_k"], k)) for k in ks) + f" | {_ms(last['expert_nll'], 3)} | "
+                f"{_ms(last['forward_kl'], 3)} |")
+        lines += [f"\n{task}: paired by seed, the final epoch against each reference: precision at the reference's "
+                  "coverage along its temperature frontier (percentage points; * = outside its range), pass@k and the "
+                  "expert NLL (negative = closer to the expert)\n",
+                  "| variant | vs | seeds | " + " | ".join(f"Δ precision {t}" for t in temps) + " | "
+                  + " | ".join(f"Δ pass@{k} ({hot})" for k in ks) + " | Δ expert NLL |",
+                  "|---|---|---|" + "---|" * (len(temps) + len(ks) + 1)]
+        for vname, s in sec["summary"].items():
+            for key, d in s.items():
+                if not key.startswith("vs_"):
+                    continue
+                lines.append(f"| {vname} | {key[3:]} | {d['seeds']} | " + " | ".join(
+                    _ms(d[t], signed=True) + ("*" if d[t].get("extrapolated") else "") for t in temps) + " | "
+                    + " | ".join(_ms(_k(d[hot]["pass_at_k"], k), signed=True) for k in ks)
+                    + f" | {_ms(d['expert_nll'], 3, True)} |")
+        lines += [f"\n{task}: through training at {hot} (pass@1 / pass@{ks[-1]} %, expert NLL)\n",
+                  "| variant | " + " | ".join(f"epoch {e['epoch']}" for e in next(iter(sec["summary"].values()))["epochs"])
+                  + " |", "|---|" + "---|" * len(next(iter(sec["summary"].values()))["epochs"])]
+        for vname, s in sec["summary"].items():
+            lines.append(f"| {vname} | " + " | ".join(
+                f"{_ms(_k(e[hot]['pass_at_k'], 1))} / {_ms(_k(e[hot]['pass_at_k'], ks[-1]))}, "
+                f"{_ms(e['expert_nll'], 2)}" for e in s["epochs"]) + " |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--section", choices=[*SECTIONS, "all"], default="all", help="which section to run")
@@ -698,6 +1010,8 @@ def main() -> None:
                    "seeds for some of them (with --seeds); a later run without either summarises every cached seed")
     p.add_argument("--skip_rewards", action="store_true", help="summarise XSum without its reward analysis (the slowest "
                    "part: every model scores the sample pool and the demonstration pairs)")
+    p.add_argument("--model", default=None, help="the model every section trains instead of the preset's: a built-in "
+                   "name, a hub id or a local directory (e.g. SmolLM2-360M for the gpu preset)")
     args = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     preset = PRESETS[args.preset]
@@ -738,19 +1052,28 @@ def main() -> None:
         cfg = preset[name]
         if args.seeds:
             cfg = {**cfg, "seeds": [int(x) for x in args.seeds.split(",")], "seeds_given": True}
+        if args.model:
+            cfg = {**cfg, "model": args.model}
         if args.variants:
             unknown = set(args.variants.split(",")) - set(cfg.get("variants", []))
             if unknown:
                 p.error(f"--variants: {', '.join(sorted(unknown))} not in the {name} section of the preset")
             cfg = {**cfg, "variants": [v for v in cfg["variants"] if v in args.variants.split(",")]}
+        recorded = result.get(name) or {}
         if name == "grammar":
             result[name] = grammar_section(cfg)
+        elif name == "many":
+            # a task's own variants, restricted to --variants when given
+            tasks = {t: {**o, "variants": [v for v in o.get("variants", cfg["variants"]) if v in cfg["variants"]]}
+                     for t, o in cfg["tasks"].items()}
+            result[name] = many_section({**cfg, "tasks": tasks}, preset["variants"], runs / name, recorded)
         else:
             score = {"arithmetic": "accuracy_flexible", "gsm8k": "accuracy_flexible"}.get(name, "rouge1")
             if cfg["dataset"] == "arithmetic" and name == "xsum":
                 score = "accuracy_flexible"  # the smoke preset stands arithmetic in for XSum
             result[name] = task_section(name, cfg, preset["variants"], runs / name, score,
-                                        per_epoch=name == "arithmetic", rewards=name == "xsum" and not args.skip_rewards)
+                                        per_epoch=name == "arithmetic", rewards=name == "xsum" and not args.skip_rewards,
+                                        recorded=recorded.get("runs"))
         result["seconds"][name] = time.time() - t0
         done.add(name)
         save()

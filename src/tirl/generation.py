@@ -156,6 +156,27 @@ def generate(model, config: GenerationConfig, **kwargs: Any) -> torch.Tensor:
         return model.generate(generation_config=own, **kwargs)
 
 
+def generate_copies(model, config: GenerationConfig, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    copies: int, **kwargs: Any) -> torch.Tensor:
+    """`generate` of `copies` samples of each left-padded prompt, rows in `num_return_sequences` order ([p0, p0, …,
+    p1, …]), with the prompt read once: its key/value cache is computed for one copy and repeated for the others, so
+    K samples cost one prompt pass instead of K (on a CPU the prompt pass dominates short completions). The same
+    distribution as `num_return_sequences=copies`; `config` must ask for one sequence per row."""
+    if copies == 1 or input_ids.shape[1] < 2:
+        ids, mask = input_ids.repeat_interleave(copies, 0), attention_mask.repeat_interleave(copies, 0)
+        return generate(model, config, input_ids=ids, attention_mask=mask, **kwargs)
+    from transformers import DynamicCache
+
+    # every prompt token but the last goes into the cache, with the position ids `generate` gives left-padded rows
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=getattr(model, "config", None))
+    model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
+          cache=cache, use_cache=True)
+    cache.batch_repeat_interleave(copies)
+    ids, mask = input_ids.repeat_interleave(copies, 0), attention_mask.repeat_interleave(copies, 0)
+    return generate(model, config, input_ids=ids, attention_mask=mask, cache=cache, **kwargs)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Token ids in, token ids out
 # --------------------------------------------------------------------------------------------------------------------
@@ -231,5 +252,6 @@ def sample_completions(
     return out[:, ids.shape[1] :].tolist()
 
 
-__all__ = ["NEUTRAL", "SAMPLER_OPTIONS", "eval_mode", "generate", "generation_config", "generation_defaults",
+__all__ = ["NEUTRAL", "SAMPLER_OPTIONS", "eval_mode", "generate", "generate_copies", "generation_config",
+           "generation_defaults",
            "left_pad", "sample_completions", "sampler_settings", "truncate_at_eos"]

@@ -14,7 +14,9 @@ What it writes (in --output_dir):
 
 Metric families (--metric auto picks the task's own): gsm8k = accuracy (lm-eval's strict `#### n` and flexible
 last-number filters) and, for K > 1, "any of K correct"; rouge = ROUGE-1/2/L/Lsum F1 (rouge-score, stemmed);
-bleu = sacreBLEU BLEU and chrF. Diversity is always measured on the sampled pass.
+bleu = sacreBLEU BLEU and chrF; valid_set (many-answer tasks) = precision (valid samples), coverage (distinct valid
+answers / min(K, |valid|)), pass@k for k = 1..K (unbiased estimator) and the held-out expert NLL. Diversity
+(Self-BLEU, distinct-n, entropy) is always measured on the sampled pass.
 
 Examples:
   tirl eval --model smollm2-135m --dataset gsm8k --num_examples 100 --samples 4
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--overwrite", action="store_true", help="Discard generations already in --output_dir instead of resuming "
       "(needed when the settings changed).")
     a("--num_report_examples", type=int, default=3, help="Prompts shown with their generations in report.md.")
+    a("--expert_nll", action=argparse.BooleanOptionalAction, default=True,
+      help="Many-answer tasks (sum-pairs, countdown): also score every valid answer of each prompt under the model, "
+      "for the held-out expert NLL (= forward KL to the uniform expert + log|valid|; written to expert_nll.json).")
     a("--trust_remote_code_model", action="store_true", help="Allow a local model to run code it ships.")
     a("--no_progress", action="store_true", help="No progress bars (e.g. in CI logs).")
     return p

@@ -6,9 +6,9 @@ answers. That is what lets an evaluation measure diversity where it has a right 
 are valid (precision), how much of the valid set K samples reach (coverage), pass@k, and the held-out expert NLL,
 which equals the forward KL to the expert plus log|valid| exactly (`tirl.evaluation.metrics`).
 
-    sum-pairs   "Write two positive whole numbers, each at most M, that add up to N."   answers "a + b"
+    sum-pairs   "Write two numbers from 1 to M that add up to N, as a + b."             answers "a + b"
                 valid: every (a, b) with 1 ≤ a, b ≤ M and a + b = N (a + b and b + a are two answers); 2 to 25
-    countdown   "Use each of the numbers a, b and c exactly once, with + and -, to make N."   answers "x + y - z"
+    countdown   "Make N from a, b and c, each used once, with + and -, as x + y - z."   answers "x + y - z"
                 valid: every order of a, b, c with + or − between them (left to right) that equals N; 2 to 6
 
 A row's `reference` is its prompt's specification as JSON (`{"task": ..., ...}`): `valid_answers(reference)` lists the
@@ -25,7 +25,7 @@ import random
 import re
 from collections.abc import Callable
 
-MANY_ANSWER_TASKS = ("sum-pairs", "countdown")
+MANY_ANSWER_TASKS = ("sum-pairs", "countdown", "pick-two", "between")
 COMPLETIONS_PER_PROMPT = 4
 
 
@@ -52,8 +52,7 @@ def _sum_pairs_valid(spec: dict) -> list[str]:
 
 
 def _sum_pairs_prompt(spec: dict) -> str:
-    return (f"Write two positive whole numbers, each at most {spec['max']}, that add up to {spec['n']}. "
-            "Reply with the sum only, as in 3 + 4.")
+    return f"Write two numbers from 1 to {spec['max']} that add up to {spec['n']}, as a + b."
 
 
 _PAIR = re.compile(r"^(\d+)\s*\+\s*(\d+)$")
@@ -98,8 +97,7 @@ def _countdown_valid(spec: dict) -> list[str]:
 
 def _countdown_prompt(spec: dict) -> str:
     a, b, c = spec["numbers"]
-    return (f"Use each of the numbers {a}, {b} and {c} exactly once, with + and -, to make {spec['n']}. "
-            "Reply with the expression only, as in 1 + 2 - 3.")
+    return f"Make {spec['n']} from {a}, {b} and {c}, each used once, with + and -, as x + y - z."
 
 
 _TRIPLE = re.compile(r"^(\d+)\s*([+-])\s*(\d+)\s*([+-])\s*(\d+)$")
@@ -114,6 +112,59 @@ def _countdown_read(text: str, spec: dict) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# pick-two
+
+WORDS = ("apple", "river", "stone", "cloud", "lamp", "horse", "bread", "chair", "glass", "paper", "train", "music",
+         "ocean", "tiger", "candle", "garden", "mirror", "pencil", "rocket", "window", "forest", "bottle", "castle",
+         "dragon", "planet", "silver", "winter", "yellow", "ladder", "basket", "button", "carpet", "dinner", "engine",
+         "finger", "guitar", "hammer", "island", "jacket", "kitten", "letter", "market", "needle", "orange", "pillow",
+         "rabbit", "saddle", "ticket", "violin", "wallet")
+
+
+def _pick_two_spec(rng: random.Random) -> dict:
+    return {"task": "pick-two", "words": rng.sample(WORDS, rng.randint(3, 6))}
+
+
+def _pick_two_valid(spec: dict) -> list[str]:
+    return [f"{a}, {b}" for a, b in itertools.permutations(spec["words"], 2)]
+
+
+def _pick_two_prompt(spec: dict) -> str:
+    return f"Name two different words from this list, as a, b: {', '.join(spec['words'])}."
+
+
+_TWO_WORDS = re.compile(r"^([a-z]+)\s*,\s*([a-z]+)$")
+
+
+def _pick_two_read(text: str, spec: dict) -> str | None:
+    m = _TWO_WORDS.match(text.lower())
+    if not m or m.group(1) == m.group(2) or not {m.group(1), m.group(2)} <= set(spec["words"]):
+        return None
+    return f"{m.group(1)}, {m.group(2)}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# between
+
+
+def _between_spec(rng: random.Random) -> dict:
+    low = rng.randint(1, 80)
+    return {"task": "between", "low": low, "high": low + rng.randint(3, 21)}
+
+
+def _between_valid(spec: dict) -> list[str]:
+    return [str(x) for x in range(spec["low"] + 1, spec["high"])]
+
+
+def _between_prompt(spec: dict) -> str:
+    return f"Write a whole number greater than {spec['low']} and less than {spec['high']}."
+
+
+def _between_read(text: str, spec: dict) -> str | None:
+    return text if text.isdigit() and spec["low"] < int(text) < spec["high"] and text == str(int(text)) else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # The tasks
 
 
@@ -121,6 +172,8 @@ _TASKS: dict[str, tuple[Callable, Callable, Callable, Callable]] = {
     # name: (draw a specification, its valid answers, its prompt, read a generation)
     "sum-pairs": (_sum_pairs_spec, _sum_pairs_valid, _sum_pairs_prompt, _sum_pairs_read),
     "countdown": (_countdown_spec, _countdown_valid, _countdown_prompt, _countdown_read),
+    "pick-two": (_pick_two_spec, _pick_two_valid, _pick_two_prompt, _pick_two_read),
+    "between": (_between_spec, _between_valid, _between_prompt, _between_read),
 }
 
 

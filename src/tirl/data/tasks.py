@@ -385,6 +385,10 @@ TASK_INFO: dict[str, TaskInfo] = {
                           "2-25 valid answers per prompt, uniform expert (train 200 prompts x 4 / test 50)"),
     "countdown": TaskInfo(_many_answer_loader("countdown"), "valid_set", "generated: an expression of a, b, c that "
                           "equals N, 2-6 valid answers per prompt, uniform expert (train 200 prompts x 4 / test 50)"),
+    "pick-two": TaskInfo(_many_answer_loader("pick-two"), "valid_set", "generated: two different words from a list of "
+                         "3-6, 6-30 valid answers per prompt, uniform expert (train 200 prompts x 4 / test 50)"),
+    "between": TaskInfo(_many_answer_loader("between"), "valid_set", "generated: a whole number between two bounds, "
+                        "2-20 valid answers per prompt, uniform expert (train 200 prompts x 4 / test 50)"),
     "xsum": TaskInfo(load_xsum, "rouge", "XSum one-sentence summaries, 1000-document subset (train 800 / test 200)"),
     "xsum-lead": TaskInfo(load_xsum_lead, "rouge", f"XSum with each article cut to its first ~{XSUM_LEAD_WORDS} words "
                           "(CPU-sized; same documents and splits)"),

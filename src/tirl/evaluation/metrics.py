@@ -306,7 +306,8 @@ PRIMARY_SCORE = {"gsm8k": "accuracy_flexible", "rouge": "rouge1", "bleu": "bleu"
 def task_scores(family: str, samples_per_prompt: Sequence[Sequence[str]], refs: Sequence[str]) -> dict[str, float]:
     """The task scores of one decoding pass: K texts per prompt (K = 1 for greedy) against one reference per prompt.
 
-    - 'gsm8k': `gsm8k_accuracy` over all prompt×sample pairs (the mean over samples), plus `gsm8k_pass_at_k` when K > 1.
+    - 'gsm8k': `gsm8k_accuracy` over all prompt×sample pairs (the mean over samples), plus `gsm8k_pass_at_k` when K > 1
+      and `pass_at_k`, the unbiased pass@k (flexible filter) for k = 1…K.
     - 'rouge': `rouge` over all prompt×sample pairs (the mean over samples).
     - 'bleu': corpus `bleu` and `chrf` of the j-th samples of all prompts, averaged over j = 1..K (BLEU is a corpus
       statistic, so each sample index forms one corpus, as if K systems were scored).
@@ -322,6 +323,10 @@ def task_scores(family: str, samples_per_prompt: Sequence[Sequence[str]], refs: 
         out.pop("n")
         if k > 1:
             out.update(gsm8k_pass_at_k(samples_per_prompt, refs))
+            correct = [[gsm8k_correct(t, r)[1] for t in samples] for samples, r in zip(samples_per_prompt, refs,
+                                                                                       strict=True)]
+            out["pass_at_k"] = [sum(pass_at_k(len(c), sum(c), j) for c in correct) / len(correct)
+                                for j in range(1, k + 1)]
         return out
     if family == "rouge":
         return rouge(flat_preds, flat_refs)

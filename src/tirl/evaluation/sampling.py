@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from ..generation import eval_mode, generate, generation_config, left_pad, sampler_settings, truncate_at_eos
+from ..generation import eval_mode, generate_copies, generation_config, left_pad, sampler_settings, truncate_at_eos
 from .metrics import token_entropy
 
 Prompt = str | list[dict]  # a user message, or a conversation (list of {"role", "content"}) ending before the answer
@@ -147,7 +147,7 @@ def iter_samples(
     eos = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     device = next(model.parameters()).device
-    config = _config(temperature, top_p, greedy, max_new_tokens, eos, pad_id, copies)
+    config = _config(temperature, top_p, greedy, max_new_tokens, eos, pad_id)
 
     tokens_done, t0 = 0, time.time()
     with eval_mode(model), _progress(total=len(todo), desc=desc, enabled=progress) as bar:
@@ -167,8 +167,8 @@ def iter_samples(
             amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast_bf16 else nullcontext()
             with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), amp:
                 torch.manual_seed(batch_seed(seed, idx[0]))
-                out = generate(model, config, input_ids=input_ids, attention_mask=attention_mask,
-                               logits_processor=LogitsProcessorList([recorder]))
+                out = generate_copies(model, config, input_ids, attention_mask, copies,
+                                      logits_processor=LogitsProcessorList([recorder]))
             generated = out[:, input_ids.shape[1] :].cpu()  # [B·copies, steps]
             entropies = torch.stack(recorder.steps, dim=1) if recorder.steps else torch.zeros(generated.shape[0], 0)
             rows = [_to_sample(generated[r], entropies[r], eos, tokenizer) for r in range(generated.shape[0])]
@@ -182,12 +182,12 @@ def iter_samples(
 
 
 def _config(temperature: float, top_p: float, greedy: bool, max_new_tokens: int, eos: list[int] | None,
-            pad_id: int | None, copies: int = 1):
+            pad_id: int | None):
     """The `GenerationConfig` of a pass: greedy, or ancestral sampling at `temperature` with nucleus `top_p`."""
     if greedy:
         return generation_config(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad_id, do_sample=False)
     return generation_config(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad_id, temperature=temperature,
-                             top_k=0, top_p=top_p, num_return_sequences=copies)
+                             top_k=0, top_p=top_p)
 
 
 def generation_settings(temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False) -> dict:

@@ -32,7 +32,8 @@ from ..rewards.extraction import encode_generated, load_reward_model, score_enco
 from ..rewards.pictures import render_html, reward_histogram, reward_scatter
 from .eval import EvalSettings, read_generations, run_eval
 
-PRIMARY_SAMPLE_SCORE = {"gsm8k": "correct_flexible", "rouge": "rouge1", "bleu": "bleu"}
+PRIMARY_SAMPLE_SCORE = {"gsm8k": "correct_flexible", "rouge": "rouge1", "bleu": "bleu", "valid_set": "valid"}
+CORRECTNESS = ("gsm8k", "valid_set")  # families whose per-sample score is right or wrong
 
 
 @dataclass
@@ -119,7 +120,7 @@ def analyse(s: AnalyseSettings) -> dict:
             "iq_value": rm.form.name,
             "gamma": gamma,
         }
-        if family == "gsm8k":
+        if family in CORRECTNESS:
             right = [r for r, y in zip(R, score, strict=True) if y > 0.5]
             wrong = [r for r, y in zip(R, score, strict=True) if y <= 0.5]
             entry["mean_R_correct"] = statistics.fmean(right) if right else None

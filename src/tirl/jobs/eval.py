@@ -61,6 +61,7 @@ class EvalSettings:
     output_dir: str | None = None
     overwrite: bool = False
     num_report_examples: int = 3
+    expert_nll: bool = True
     trust_remote_code_model: bool = False
     progress: bool = True
 
@@ -261,14 +262,15 @@ def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> 
     todo = {name: set(range(len(rows))) - _done_prompts(records, name, k, rows) for name, k in passes}
     timing: dict = {"resumed_prompts": {name: len(rows) - len(t) for name, t in todo.items()}}
     expert_path = safe_path(out_dir, EXPERT_FILE)
-    expert = _read_expert_nll(expert_path, rows) if family == "valid_set" else None
+    wants_expert = family == "valid_set" and s.expert_nll
+    expert = _read_expert_nll(expert_path, rows) if wants_expert else None
     loaded = None
-    if any(todo.values()) or (family == "valid_set" and expert is None):
+    if any(todo.values()) or (wants_expert and expert is None):
         loaded = _load_model(s, timing)
     if any(todo.values()):
         timing.update(_generate(s, loaded, rows, passes, todo, family, gen_path))
         records = read_generations(gen_path)
-    if family == "valid_set" and expert is None:
+    if wants_expert and expert is None:
         expert = _expert_nll(s, loaded, rows, expert_path)
     timing["total_seconds"] = time.time() - start
 
@@ -323,33 +325,19 @@ def _read_expert_nll(path: Path, rows: list[dict]) -> dict | None:
 
 def _expert_nll(s: EvalSettings, loaded, rows: list[dict], path: Path) -> dict:
     """Held-out expert NLL of a many-answer task (`tirl.evaluation.metrics.expert_nll_scores`): log q(y|x) of every
-    valid answer y of each prompt, the completion up to and including its EOS, rendered as training renders it."""
-    from ..data import to_trl
+    valid answer y of each prompt, up to and including its EOS, rendered as training renders it."""
     from ..data.many_answer import valid_answers
+    from ..evaluation.likelihood import completion_logprobs
     from ..evaluation.metrics import expert_nll_scores
     from ..models import eos_token_ids
-    from ..rewards.extraction import score
 
     model, tokenizer = loaded
-    eos = set(eos_token_ids(tokenizer, model))
-    answers = [valid_answers(r["reference"]) for r in rows]
-    pairs = [(p["prompt"], p["completion"]) for r, valid in zip(rows, answers, strict=True)
-             for p in to_trl([{"prompt": r["prompt"], "completion": y} for y in valid], tokenizer)]
+    eos = eos_token_ids(tokenizer, model)
     t0 = time.time()
-    import torch
-
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16 and next(model.parameters()).device.type == "cpu"):
-        scored = score(model, tokenizer, pairs, batch_size=max(8, s.batch_size), progress=s.progress)
-    per_sequence = []
-    for sr in scored:
-        end = next((i + 1 for i, t in enumerate(sr.token_ids) if t in eos), len(sr.token_ids))
-        per_sequence.append(sum(sr.logprobs[:end]))
-    logprobs, start = [], 0
-    for valid in answers:
-        logprobs.append(per_sequence[start : start + len(valid)])
-        start += len(valid)
-    out = {**expert_nll_scores(logprobs), "answers_scored": len(pairs), "seconds": time.time() - t0,
-           "rows_sha256": rows_checksum(rows)}
+    logprobs = [completion_logprobs(model, tokenizer, r["prompt"], valid_answers(r["reference"]), eos,
+                                    autocast_bf16=s.bf16) for r in rows]
+    out = {**expert_nll_scores(logprobs), "answers_scored": sum(len(lp) for lp in logprobs),
+           "seconds": time.time() - t0, "rows_sha256": rows_checksum(rows)}
     write_json_atomic(path, out)
     return out
 

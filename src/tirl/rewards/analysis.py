@@ -117,8 +117,8 @@ def correlations(records: list[dict], score: list[float], values: list[float]) -
 def demonstration_pairs(records: list[dict], score: list[float], family: str, dataset: str, split: str,
                         tokenizer) -> list[dict]:
     """Preference rows from the task itself: chosen = the dataset's reference completion of a prompt, rejected = one
-    of the model's samples for it (GSM8k: only wrong ones; other tasks: every sample). Rendered as training renders
-    them (`to_trl`), so prompt and completion templates match what the model was trained on."""
+    of the model's samples for it (GSM8k and many-answer tasks: only wrong ones; other tasks: every sample). Rendered
+    as training renders them (`to_trl`), so prompt and completion templates match what the model was trained on."""
     key = lambda prompt: prompt if isinstance(prompt, str) else json.dumps(prompt)  # noqa: E731
     references = {key(r["prompt"]): r for r in load_rows(dataset, split=split)}
     rows, missing = [], 0
@@ -127,7 +127,7 @@ def demonstration_pairs(records: list[dict], score: list[float], family: str, da
         if ref is None:
             missing += 1
             continue
-        if family == "gsm8k" and y > 0.5:
+        if family in ("gsm8k", "valid_set") and y > 0.5:
             continue
         chosen = to_trl([{"prompt": ref["prompt"], "completion": ref["completion"]}], tokenizer)[0]
         rejected = to_trl([{"prompt": ref["prompt"], "completion": rec["text"]}], tokenizer)[0]
