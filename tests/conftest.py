@@ -69,9 +69,9 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def shared_data():
-    from tirl.data import shared_data_dir
+    from tirl.data import local_data_dir
 
-    root = shared_data_dir()
+    root = local_data_dir()
     if root is None:
         pytest.skip("../shared/data is absent (set TIRL_DATA_DIR to the shared data folder to run this test)")
     return root

@@ -211,7 +211,7 @@ def _bad_model_dir(tmp_path, kind):
     (["--model", "{empty}"], "--model: {empty} is not a model directory: it has no config.json"),
     (["--model", "{corrupt}"], "--model: {corrupt}/model.safetensors: not a readable safetensors file"),
     (["--model", "./no-such-dir"], "--model: ./no-such-dir: no such model directory; built-in models: smollm2-135m, tiny-llama"),
-    (["--dataset", "{tmp}"], "--dataset: {tmp} is a directory, not a data file"),
+    (["--dataset", "{tmp}"], "--dataset: {tmp}: datasets.load_dataset could not read it"),
     (["--output_dir", "{file}"], "--output_dir {file} is a file, not a directory"),
     (["--output_dir", "/sys/tirl-test"], "--output_dir /sys/tirl-test is not writable"),
 ])

@@ -171,8 +171,8 @@ def test_json_array_rows_are_named_by_line(tmp_path):
         load_local(broken, skip_bad_rows=True)
 
 
-def test_a_directory_is_not_a_data_file(tmp_path):
-    with pytest.raises(DataError, match=rf"^{tmp_path} is a directory, not a data file"):
+def test_a_directory_without_data_is_one_line(tmp_path):
+    with pytest.raises(DataError, match=rf"^{tmp_path}: datasets.load_dataset could not read it"):
         load_rows(str(tmp_path))
 
 

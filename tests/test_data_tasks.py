@@ -103,7 +103,7 @@ def test_alpaca_fixed_split(shared_data):
     assert not any(r["id"] in ("alpaca-2335", "alpaca-4658") for r in train + test)
 
 
-def test_gsm8k_rows_and_bad_split(shared_data):
+def test_gsm8k_rows_and_bad_split():
     rows = load_rows("gsm8k", split="test")
     _check_rows(rows)
     assert len(rows) == 1319 and rows[0]["reference"] == "18"
@@ -111,11 +111,51 @@ def test_gsm8k_rows_and_bad_split(shared_data):
         load_rows("gsm8k", split="validation")
 
 
-def test_missing_shared_data_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("TIRL_DATA_DIR", str(tmp_path / "nowhere"))
-    for name in ("xsum", "wmt22-de-en", "alpaca"):
-        with pytest.raises(DataError, match="shared data folder"):
-            load_rows(name, split="train")
+@pytest.mark.parametrize("name,online", [
+    ("xsum", "Hugging Face Hub dataset EdinburghNLP/xsum"),
+    ("xsum-lead", "Hugging Face Hub dataset EdinburghNLP/xsum"),
+    ("alpaca", "Hugging Face Hub dataset tatsu-lab/alpaca"),
+    ("wmt22-de-en", "sacreBLEU's download of wmt21 de-en"),  # its train split is WMT21's
+    ("wmt21-en-de", "sacreBLEU's download of wmt21 en-de"),
+])
+def test_without_a_local_copy_or_network_each_task_names_its_source_in_one_line(name, online, tmp_path, monkeypatch):
+    """No data folder (`$TIRL_DATA_DIR` empty), no hub (the tests run with HF_HUB_OFFLINE=1) and no network: one line
+    naming where the data would come from and the variable that points at a local copy."""
+    monkeypatch.setenv("TIRL_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError) as e:
+        load_rows(name, split="train")
+    message = str(e.value)
+    assert "\n" not in message and online in message and "$TIRL_DATA_DIR" in message and "no local copy" in message
+
+
+def test_preferences_without_a_local_copy_name_the_hub_dataset(tmp_path, monkeypatch):
+    from tirl.data.preferences import load_preferences
+
+    monkeypatch.setenv("TIRL_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match=r"Anthropic/hh-rlhf .*\$TIRL_DATA_DIR"):
+        load_preferences("hh_rlhf")
+
+
+def test_gsm8k_is_packaged_and_equals_the_official_files(tmp_path, monkeypatch):
+    """The demo's task needs no data folder: GSM8k ships in the package, and its rows are those of the official files
+    (when the local copy is here to compare with)."""
+    from tirl.data import local_data_dir
+    from tirl.jobs.runinfo import rows_checksum
+
+    shared = local_data_dir()
+    monkeypatch.setenv("TIRL_DATA_DIR", str(tmp_path))
+    packaged = {split: load_rows("gsm8k", split=split) for split in ("train", "test")}
+    assert len(packaged["train"]) == 7473 and len(packaged["test"]) == 1319
+    if shared is None or not (shared / "gsm8k").is_dir():
+        pytest.skip("no local GSM8k copy to compare the packaged one with (../shared/data/gsm8k)")
+    from tirl.data import read_records
+    from tirl.data.tasks import CALCULATOR_ANNOTATION
+
+    for split, rows in packaged.items():
+        records, _ = read_records(shared / "gsm8k" / f"{split}.jsonl")
+        assert [r["prompt"] for r in rows] == [rec["question"] for _, rec in records]
+        assert [r["completion"] for r in rows] == [CALCULATOR_ANNOTATION.sub("", rec["answer"]) for _, rec in records]
+    assert rows_checksum(packaged["test"]) == rows_checksum(load_rows("gsm8k", split="test"))
 
 
 def test_xsum_lead_keeps_whole_sentences_up_to_the_word_budget(shared_data):

@@ -238,7 +238,7 @@ def test_rewards_analyse_end_to_end(tmp_path):
 
 
 def test_demonstration_pairs_put_the_reference_above_each_wrong_sample(tiny):
-    from tirl.data.tasks import load_rows, to_trl
+    from tirl.data import load_rows, to_trl
     from tirl.rewards import demonstration_pairs
 
     _, tok = tiny

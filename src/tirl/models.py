@@ -307,15 +307,29 @@ def load(
     dtype: torch.dtype | str | None = None,
     seed: int = 0,
     trust_remote_code: bool = False,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    quantization_config=None,
 ):
     """Return `(model, tokenizer)` for a built-in name, a local directory, or a hub id.
 
     Tiny models are built fresh from `seed`. Other models load from safetensors only (pickled `.bin` weights are
-    refused) and run no shipped code unless `trust_remote_code=True`. A model that cannot be had raises
+    refused) and run no shipped code unless `trust_remote_code=True`. `revision` (a hub model's branch, tag or commit),
+    `attn_implementation` and `quantization_config` (a `BitsAndBytesConfig`) go to `from_pretrained` as TRL's
+    `trl sft` passes them; a revision for a model that is not a hub id is refused. A model that cannot be had raises
     `ModelNotAvailableError` with one line saying why.
     """
+    revision = None if revision in (None, "main") else revision  # "main": the hub's default branch, TRL's default
+    if revision is not None and (name in TINY_MODELS or name.lower() in SMOLLM2_NAMES or os.path.exists(name)):
+        raise ModelNotAvailableError(f"--model_revision {revision!r} selects a version of a hub model; {name!r} is "
+                                     "built in or a local directory")
     if name in TINY_MODELS:
+        if quantization_config is not None:
+            raise ModelNotAvailableError(f"{name!r} is built in code in float32; 4- and 8-bit loading applies to "
+                                         "pretrained weights")
         model, tokenizer = tiny_model(name, seed=seed)
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
         if dtype is not None:
             model = model.to(_as_dtype(dtype))
         return model, tokenizer
@@ -331,6 +345,10 @@ def load(
     kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
     if dtype is not None:
         kwargs["dtype"] = _as_dtype(dtype)
+    for key, value in (("revision", revision), ("attn_implementation", attn_implementation),
+                       ("quantization_config", quantization_config)):
+        if value is not None:
+            kwargs[key] = value
     try:
         if os.path.isdir(path) and os.path.isfile(os.path.join(path, "adapter_config.json")):
             from peft import AutoPeftModelForCausalLM
@@ -338,9 +356,9 @@ def load(
             model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as e:  # e.g. a hub repository without safetensors weights
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError, ImportError) as e:  # no safetensors weights, an unknown revision or attention
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # implementation, no bnb
         raise ModelNotAvailableError(f"cannot load model {name!r}: {first}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

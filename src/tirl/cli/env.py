@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tirl.data import shared_data_dir
+    from tirl.data import local_data_dir
     from tirl.jobs.runinfo import git_commit, versions
     from tirl.models import ModelNotAvailableError, cache_dir, smollm2_gguf_path
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         "cuda": torch.cuda.is_available(),
         "smollm2_gguf": gguf,
         "model_cache": str(cache_dir()),
-        "shared_data": str(shared_data_dir()),
+        "shared_data": str(local_data_dir()),
     }
     if args.json:
         print(json.dumps(info, indent=2))

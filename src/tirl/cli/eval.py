@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--expert_nll", action=argparse.BooleanOptionalAction, default=True,
       help="Many-answer tasks (sum-pairs, countdown): also score every valid answer of each prompt under the model, "
       "for the held-out expert NLL (= forward KL to the uniform expert + log|valid|; written to expert_nll.json).")
-    a("--trust_remote_code_model", action="store_true", help="Allow a local model to run code it ships.")
+    a("--trust_remote_code", action="store_true", help="Allow a local model to run code it ships (off: models never execute code).")
     a("--no_progress", action="store_true", help="No progress bars (e.g. in CI logs).")
     return p
 

@@ -15,9 +15,6 @@ from trl import ModelConfig
 
 from .train_help import CLI_DEFAULTS, DEMO_DEFAULTS, HELP_EPILOG, MODEL_HELP, SCRIPT_HELP
 
-# option names a user may write for ours, on the command line or as YAML keys (the alias → the option)
-ALIASES = {"model": "model_name_or_path"}
-
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in every option's help, and the epilog's examples kept as written."""
@@ -53,9 +50,15 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
+def aliases(parser) -> dict[str, str]:
+    """Every name an option may be written with, on the command line or as a YAML key, mapped to the option (`model`
+    → `model_name_or_path`, `trl sft`'s `dataset_name` → `dataset`, ...)."""
+    return {o[2:].replace("-", "_"): a.dest for a in parser._actions for o in a.option_strings if o.startswith("--")}
+
+
 def read_yaml(path: str) -> dict:
-    """The options of a `--config` YAML file, aliases resolved (`model:` is `model_name_or_path:`); its `env:` mapping
-    is set in the environment, as `trl sft` does. A file that is not a mapping is a ValueError."""
+    """The options of a `--config` YAML file; its `env:` mapping is set in the environment, as `trl sft` does. A file
+    that is not a mapping is a ValueError."""
     import yaml
 
     with open(path) as f:
@@ -67,16 +70,16 @@ def read_yaml(path: str) -> dict:
         raise ValueError(f"--config {path}: `env` must be a mapping of variable names to values")
     for key, value in env.items():
         os.environ[key] = str(value)
-    return {ALIASES.get(k, k): v for k, v in data.items()}
+    return data
 
 
-def given_options(argv: list[str], yaml_options: dict) -> set[str]:
-    """The option names (dests) the user set: on the command line or in the `--config` file."""
-    given = set(yaml_options)
+def given_options(argv: list[str], yaml_options: dict, names: dict[str, str]) -> set[str]:
+    """The options (dests) the user set, on the command line or in the `--config` file; `names`: `aliases`."""
+    given = {names.get(k, k) for k in yaml_options}
     for arg in argv:
         if arg.startswith("--"):
             name = arg[2:].split("=", 1)[0].replace("-", "_")
-            given.add(ALIASES.get(name, name))
+            given.add(names.get(name, name))
     return given
 
 
@@ -139,11 +142,13 @@ def parse(argv: list[str]):
     method = selected_method(argv, yaml_options)
     parser = build_parser(method)
     known = {a.dest for a in parser._actions if a.option_strings}
-    unknown = sorted(set(yaml_options) - known)
+    names = aliases(parser)
+    unknown = sorted(k for k in yaml_options if k not in names)
     if unknown:
         sys.exit(fail(f"--config {path}: unknown option(s) {', '.join(unknown)} (`tirl train --method {method} --help` "
                       "lists the options)"))
-    given = given_options(argv, yaml_options)
+    yaml_options = {names[k]: v for k, v in yaml_options.items()}
+    given = given_options(argv, yaml_options, names)
     if not given & {"model_name_or_path", "dataset"} and not {"-h", "--help"} & set(argv):
         parser.set_defaults(**{k: v for k, v in DEMO_DEFAULTS.items() if k in known})
     parser.set_defaults_with_config(**yaml_options)

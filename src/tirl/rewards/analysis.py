@@ -13,7 +13,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from ..data.tasks import load_rows, to_trl
+from ..data.rows import load_rows, to_trl
 from ..losses import LOGITS, ValueForm
 from .extraction import score
 

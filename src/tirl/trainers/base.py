@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import json
 import os
 import shutil
 from dataclasses import replace
@@ -30,9 +31,12 @@ from dataclasses import replace
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset
+from transformers import TrainerCallback
+from transformers.trainer import TrainOutput
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
+from ..files import write_text_atomic
 from ..losses import LOGITS, QV, Counts, LossOutput, Objective, ValueForm, gem_loss, iq_loss_from_qv, qv_from_logits
 from ..models import eos_token_ids
 from ..qv import reference
@@ -46,6 +50,7 @@ from .reference_model import frozen_copy, prepare_reference, reference_lse
 from .sampler import RolloutSampler
 
 _SFT_PARAMETERS = inspect.signature(SFTTrainer.__init__)
+TOTALS_FILE = "tirl_run_totals.json"  # in each checkpoint: the run's training-loss sum and tokens (MetricStore)
 
 
 @contextlib.contextmanager
@@ -61,7 +66,19 @@ def _trl_loss_type(args):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; training stops before the optimizer applies it."""
+    """The training loss, its gradient or the weights became NaN or infinite; training stops before the optimizer
+    applies it, and no checkpoint with non-finite weights is written."""
+
+
+class StopBeforeNonFiniteStep(TrainerCallback):
+    """Before each optimizer step: a non-finite gradient (on any process) stops training before it reaches the
+    weights (`TirlTrainer.check_finite_gradients`)."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.check_finite_gradients()
 
 
 class TirlTrainer(SFTTrainer):
@@ -122,6 +139,7 @@ class TirlTrainer(SFTTrainer):
         self._staging: str | None = None  # where `_save_checkpoint` is writing, while it is
         self.resumed_from: str | None = None  # the checkpoint `train` resumes from
         self.add_callback(LoadExtraStateOnResume(self))
+        self.add_callback(StopBeforeNonFiniteStep(self))
         if self.objective.iq_value.needs_value_head:
             add_value_head(base)
         if self.objective.iq_value.needs_reference_lse:
@@ -353,19 +371,36 @@ class TirlTrainer(SFTTrainer):
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return loss
 
-    def _check_finite(self, loss: torch.Tensor, out: LossOutput) -> None:
+    def _all_processes(self, ok: bool) -> bool:
         # every process must agree, or one would raise while the others wait in the next collective
-        finite = bool(self.accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
-        if finite:
-            return
+        return bool(self.accelerator.gather(torch.tensor([ok], device=self.accelerator.device)).all())
+
+    def _stop(self, what: str, advice: str) -> None:
         last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
         raise NonFiniteLossError(
-            f"the training loss is {loss.item()} at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.3f}): "
-            f"MLE term {out.mle_loss.item()}, TD term {out.td_loss.item()} (λ={self.objective_now().iq_lambda}). "
-            "Training stopped before this "
-            f"batch was applied; the last checkpoint is {last or 'none (no checkpoint saved yet)'}. Try a lower "
-            "--learning_rate or --iq_lambda, or --max_grad_norm, and check the data."
-        )
+            f"{what} at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.3f}). Training stopped before "
+            f"this batch was applied; the last checkpoint is {last or 'none (no checkpoint saved yet)'}. {advice}")
+
+    def _check_finite(self, loss: torch.Tensor, out: LossOutput) -> None:
+        if self._all_processes(bool(torch.isfinite(loss.detach()).all())):
+            return
+        self._stop(f"the training loss is {loss.item()} (MLE term {out.mle_loss.item()}, TD term {out.td_loss.item()}, "
+                   f"λ={self.objective_now().iq_lambda})", "Try a lower --learning_rate or --iq_lambda, or "
+                   "--max_grad_norm, and check the data.")
+
+    def check_finite_gradients(self) -> None:
+        """Stop when any gradient is NaN or infinite (a finite loss can still overflow in backward)."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        ok = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        if not self._all_processes(ok):
+            self._stop("the gradient is not finite", "Try a lower --learning_rate or --iq_lambda, or --max_grad_norm.")
+
+    def check_finite_weights(self) -> None:
+        """Stop, before a checkpoint is written, when an optimizer step made a weight NaN or infinite."""
+        ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if not self._all_processes(ok):
+            self._stop("the weights are no longer finite (the last optimizer step overflowed)",
+                       "Try a lower --learning_rate.")
 
     # ----------------------------------------------------------------------------------------------------------------
     # Metrics
@@ -404,7 +439,9 @@ class TirlTrainer(SFTTrainer):
 
     def _save_checkpoint(self, model, trial):
         """Save like `Trainer`, but atomically: a crash mid-save never leaves a `checkpoint-N` that looks complete.
-        Every process also writes its extra state (`save_extra_state`) before the checkpoint is renamed into place."""
+        Every process also writes its extra state (`save_extra_state`) before the checkpoint is renamed into place.
+        Weights that are no longer finite are never saved (`check_finite_weights`)."""
+        self.check_finite_weights()
         run_dir = self._get_output_dir(trial=trial)
         step = self.state.global_step
         staging = staging_dir(run_dir, step)
@@ -429,17 +466,30 @@ class TirlTrainer(SFTTrainer):
             save_value_head(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
 
     def save_extra_state(self, checkpoint_dir: str) -> None:
-        """Write what this trainer keeps beyond the model into a checkpoint being staged (on every process): here,
-        the sampler's buffer; subclasses add theirs."""
+        """Write what this trainer keeps beyond the model into a checkpoint being staged (on every process): the run's
+        totals (`MetricStore.totals`) and the sampler's buffer; subclasses add theirs."""
+        if self.args.should_save:
+            write_text_atomic(os.path.join(checkpoint_dir, TOTALS_FILE), json.dumps(self.metrics.totals()) + "\n")
         if self.sampler is not None:
             self.sampler.save(checkpoint_dir)
 
     def load_extra_state(self, checkpoint_dir: str) -> None:
-        """Restore what `save_model`/`save_extra_state` wrote beyond the model weights: the value head, the buffer."""
+        """Restore what `save_model`/`save_extra_state` wrote beyond the model weights: the run's totals, the value
+        head, the sample buffer."""
+        totals = os.path.join(checkpoint_dir, TOTALS_FILE)
+        if os.path.isfile(totals):
+            with open(totals) as f:
+                self.metrics.restore(json.load(f))
         if self.objective.iq_value.needs_value_head:
             load_value_head(self.accelerator.unwrap_model(self.model), checkpoint_dir)
         if self.sampler is not None:
             self.sampler.load(checkpoint_dir)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """`Trainer.training_step`, its loss counted into the run's totals."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.metrics.add_loss(loss)
+        return loss
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`Trainer.train`; a resumed run also restores the extra state (`load_extra_state`) before its first step."""
@@ -447,7 +497,10 @@ class TirlTrainer(SFTTrainer):
         if checkpoint is True:  # as Trainer resolves it (and fails, when there is none)
             checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
         self.resumed_from = checkpoint or None
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        out = super().train(resume_from_checkpoint, *args, **kwargs)
+        # Trainer's `train_loss` is the mean over the steps of this call; the run's is over every step since the start
+        train_loss = self.metrics.totals()["loss_sum"] / max(self.state.global_step, 1)
+        return TrainOutput(out.global_step, train_loss, {**out.metrics, "train_loss": train_loss})
 
 
 __all__ = ["NonFiniteLossError", "TirlTrainer"]

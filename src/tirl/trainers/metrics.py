@@ -11,12 +11,29 @@ from collections import defaultdict
 
 
 class MetricStore:
-    """Values of each metric since the last logging step, per mode ("train" or "eval"), and the running count of
-    training tokens (`num_tokens`, as TRL's SFTTrainer reports it)."""
+    """Values of each metric since the last logging step, per mode ("train" or "eval"), and the run's totals: the
+    training tokens (`num_tokens`, as TRL's SFTTrainer reports it) and the sum of the training losses, saved with
+    each checkpoint (`totals`, `restore`) so that a resumed run reports the whole run's."""
 
     def __init__(self) -> None:
         self._values: dict[str, defaultdict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.train_tokens = 0
+        self.loss_sum = 0.0  # Σ of `training_step`'s losses before this process's resume ...
+        self._loss_since = None  # ... and since then, a tensor (no device sync per step)
+
+    def add_loss(self, loss) -> None:
+        """Count one micro-batch's training loss (what `Trainer` sums into its `train_loss`)."""
+        self._loss_since = loss.detach() if self._loss_since is None else self._loss_since + loss.detach()
+
+    def totals(self) -> dict:
+        """The run's totals so far, JSON-ready (a checkpoint keeps them)."""
+        since = 0.0 if self._loss_since is None else float(self._loss_since)
+        return {"loss_sum": self.loss_sum + since, "train_tokens": self.train_tokens}
+
+    def restore(self, totals: dict) -> None:
+        """Continue from a checkpoint's `totals`."""
+        self.loss_sum, self._loss_since = float(totals["loss_sum"]), None
+        self.train_tokens = int(totals["train_tokens"])
 
     def add(self, mode: str, **values: float) -> None:
         """Record one value of each named metric (a micro-batch's, already reduced over processes)."""
