@@ -5,8 +5,7 @@ with fp32 master weights, every token a completion token:
   trl_sft     TRL's SFTTrainer (its fused, chunked log-prob head)
   iq_naive    IQLearnTrainer, iq_chunk_size=0 (loss from the model's full [B, T, V] logits)
   iq_chunked  IQLearnTrainer, iq_chunk_size=1024 (chunked head, never builds the logits; on CUDA its per-chunk
-              maths is compiled with torch.compile), iq_head="auto": the single-pass head in training since issue 15
-              phase 2 (results recorded before then measured the two-pass head)
+              maths is compiled with torch.compile), iq_head="auto": the single-pass head in training
   iq_chunked_eager  the same with TIRL_FUSED_HEAD=0 (eager per-chunk maths; the same as iq_chunked on CPU); only with
               --variants
   iq_two_pass the same with iq_head="two_pass" (Q and V in forward, the logits recomputed in backward); only with

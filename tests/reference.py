@@ -1,4 +1,4 @@
-"""Oracles the tests compare against: small batches with every edge case, and METHOD.md written as plain loops.
+"""Oracles the tests compare against: small batches with every edge case, and docs/method.md written as plain loops.
 
 The loop references restate the objectives token by token in float64, independently of `tirl.losses` (no masks, no
 shift helper, no vectorised reductions), so a bug in the vectorised maths cannot hide in its own oracle.
@@ -47,7 +47,7 @@ def logits_of(h, W, b=None):
 
 
 def naive_iq_reference(logits, labels, lam, gamma):
-    """An independent, loop-based statement of METHOD.md §2 for rows that end in EOS or are truncated."""
+    """An independent, loop-based statement of docs/method.md §2 for rows that end in EOS or are truncated."""
     total_nll, total_td, n = 0.0, 0.0, 0
     lp = torch.log_softmax(logits.double(), -1)
     lse = torch.logsumexp(logits.double(), -1)
@@ -94,7 +94,7 @@ def mixed_batch(dtype=torch.float64, seed=0, V=19):
 
 
 def online_loop_reference(logits, labels, is_expert, alpha, lam, gamma):
-    """METHOD.md §2's L_on, token by token: −log π on expert tokens, r² and V − γV' where the TD term is defined."""
+    """docs/method.md §2's L_on, token by token: −log π on expert tokens, r² and V − γV' where the TD term is defined."""
     lp = torch.log_softmax(logits.double(), -1)
     lse = torch.logsumexp(logits.double(), -1)
     sums = {"nll": 0.0, "r2_E": 0.0, "gap_E": 0.0, "r2_P": 0.0, "gap_P": 0.0}

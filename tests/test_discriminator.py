@@ -26,7 +26,7 @@ def test_frozen_copy_and_truncated_trunk(tiny):
     h_short = short(input_ids=ids).last_hidden_state
     h_full = ref.base_model(input_ids=ids).last_hidden_state
     assert h_short.shape == h_full.shape and not torch.allclose(h_short, h_full)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="gail_disc_num_layers must be between 1 and 2 for this model, got 3"):
         truncated_trunk(ref.base_model, 3)
 
 

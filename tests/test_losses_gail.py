@@ -75,7 +75,7 @@ def test_shaped_rewards_and_kl_estimate():
     mask = torch.ones(1, 2, dtype=torch.bool)
     kl = A.kl_estimate(old, ref, mask)
     assert kl[0, 1] == 0 and kl[0, 0] > 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="kl_coef > 0 needs the reference log-probabilities"):
         A.shaped_rewards(r, old, None, kl_coef=0.1)
 
 

@@ -20,7 +20,7 @@ def pairs(tok, n=4, limit_len=None):
 
 
 def test_rewards_telescope_for_gamma_one(tiny):
-    """γ = 1: Σ r_t over the episode = log π(y|x) + V(s_0) (METHOD.md §4), for completions ending in EOS."""
+    """γ = 1: Σ r_t over the episode = log π(y|x) + V(s_0) (docs/method.md §4), for completions ending in EOS."""
     model, tok = tiny
     for s in score(model, tok, pairs(tok), gamma=1.0, progress=False):
         assert s.terminated
@@ -59,7 +59,7 @@ def test_masks_and_batching_do_not_change_rewards(tiny):
 def test_pairwise_accuracy_by_hand():
     assert pairwise_accuracy([3.0, 1.0, 2.0], [1.0, 1.0, 5.0]) == pytest.approx(0.5)  # win, tie (½), loss
     assert pairwise_accuracy([2.0, 2.0], [1.0, 0.0]) == 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="chosen and rejected must have the same length"):
         pairwise_accuracy([1.0], [])
 
 

@@ -126,3 +126,40 @@ def test_bad_arguments(tiny):
         sample(model, tok, PROMPTS, k=0, progress=False)
     with pytest.raises(ValueError, match="top_p"):
         sample(model, tok, PROMPTS, top_p=1.5, progress=False)
+
+
+def test_k_copies_read_the_prompt_once_and_draw_what_num_return_sequences_draws(tiny):
+    """`generate_copies` (the prompt's cache computed once, repeated K times) gives exactly `generate` with
+    num_return_sequences=K, same seed: the same distribution and the same draws."""
+    from tirl.generation import generate, generate_copies, generation_config, left_pad
+
+    model, tok = tiny
+    model.eval()
+    ids, mask = left_pad([tok("12+3=")["input_ids"], tok("4+40=44 and")["input_ids"]], tok.pad_token_id)
+    common = dict(max_new_tokens=6, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, temperature=0.8)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        plain = generate(model, generation_config(**common, num_return_sequences=4), input_ids=ids, attention_mask=mask)
+        torch.manual_seed(3)
+        cached = generate_copies(model, generation_config(**common), ids, mask, 4)
+    assert torch.equal(plain, cached)
+
+
+def test_completion_logprobs_read_the_prompt_once_and_equal_the_reward_scores(tiny):
+    """log q(y|x) up to EOS, from the shared prompt cache, equals the per-token log-probabilities that
+    `tirl.rewards.score` reads for the same pairs (rendered as training renders them)."""
+    from tirl.data import to_trl
+    from tirl.evaluation.likelihood import completion_logprobs
+    from tirl.models import eos_token_ids
+    from tirl.rewards import score
+
+    model, tok = tiny
+    model = model.double()
+    prompt, ys = "Name two words: a, b, c.", ["a, b", "c, a", "b, c, a"]
+    ours = completion_logprobs(model, tok, prompt, ys, eos_token_ids(tok, model))
+    rows = to_trl([{"prompt": prompt, "completion": y} for y in ys], tok)
+    eos = set(eos_token_ids(tok, model))
+    for got, s in zip(ours, score(model, tok, [(r["prompt"], r["completion"]) for r in rows], progress=False),
+                      strict=True):
+        end = next(i + 1 for i, t in enumerate(s.token_ids) if t in eos)
+        assert got == pytest.approx(sum(s.logprobs[:end]), abs=1e-5)

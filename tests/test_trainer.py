@@ -118,9 +118,9 @@ def test_sequence_reduction_eval_loss_is_the_mean_of_row_means(tiny, tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="iq_lambda must be a finite number >= 0, got -1.0"):
         IQLearnConfig(output_dir="/tmp/x", iq_lambda=-1.0, use_cpu=True)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"iq_gamma must be a finite number in \[0, 1\], got 1.5"):
         IQLearnConfig(output_dir="/tmp/x", iq_gamma=1.5, use_cpu=True)
     assert IQLearnConfig(output_dir="/tmp/x").use_cpu  # no GPU here: switched on automatically
 

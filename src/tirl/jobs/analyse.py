@@ -1,4 +1,4 @@
-"""The `tirl rewards analyse` job: do a checkpoint's implicit rewards track task quality? (METHOD.md §4)
+"""The `tirl rewards analyse` job: do a checkpoint's implicit rewards track task quality? (docs/method.md §4)
 
 1. Sample K completions per prompt (with `tirl.evaluation`, from `samples_from`, by default the first model), or read
    a `generations.jsonl` that `tirl eval` wrote; each completion carries its own task score (GSM8k correctness,

@@ -1,4 +1,4 @@
-"""The maths of GAIL for language models (METHOD.md §2), as pure functions on per-token tensors.
+"""The maths of GAIL for language models (docs/method.md §2), as pure functions on per-token tensors.
 
 Token-level adversarial imitation. A discriminator D(s_t, a_t) ∈ (0, 1) scores each completion token, expert = 1:
 

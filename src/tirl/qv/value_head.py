@@ -1,4 +1,4 @@
-"""The state-value head of `iq_value="head"`: V(s_t) = v_ψ(h_t), a linear map of the final hidden state (METHOD.md §1).
+"""The state-value head of `iq_value="head"`: V(s_t) = v_ψ(h_t), a linear map of the final hidden state (docs/method.md §1).
 
 It is zero-initialised, so training starts with V ≡ 0 and r_t = log π(a_t|s_t), and Q(s_t, a_t) = log π(a_t|s_t) + V(s_t)
 leaves the policy exactly the model's softmax. The head is a submodule of the causal LM (`tirl_value_head`), so the

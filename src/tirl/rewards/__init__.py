@@ -1,4 +1,4 @@
-"""Rewards read off a trained model (METHOD.md §4): extraction, pictures and analysis.
+"""Rewards read off a trained model (docs/method.md §4): extraction, pictures and analysis.
 
     extraction   r_t = Q(s_t, a_t) − γ·V(s_{t+1}) per token and R = Σ r_t of any causal LM checkpoint, in the value
                  form it was trained with; `RewardScorer`, a reward function for TRL's online trainers

@@ -1,6 +1,6 @@
 """Do rewards track quality? Rank correlations, preference accuracy, demonstration pairs, the analysis table.
 
-The statistics of `tirl rewards analyse` (METHOD.md §4; the job that samples, scores and writes is
+The statistics of `tirl rewards analyse` (docs/method.md §4; the job that samples, scores and writes is
 `tirl.jobs.analyse`): Spearman and Pearson correlation of R with a task score, overall and within each prompt (which
 removes prompt difficulty), preference accuracy on chosen/rejected pairs (R_chosen > R_rejected, ties one half), and
 the same for the sequence log-likelihood Σ log π, the reference a reward must beat.

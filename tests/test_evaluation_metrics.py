@@ -1,5 +1,6 @@
 """Every metric on hand-computed cases; ROUGE against the XSum paper's published system scores."""
 
+import json
 import math
 import tarfile
 
@@ -196,7 +197,7 @@ def test_distinct_n_by_hand():
     assert distinct_n(texts, 2) == pytest.approx(3 / 4)
     assert distinct_n(["x"], 2) == 0.0
     assert distinct_n(["A a"], 1) == 1.0  # case is kept
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
         distinct_n(texts, 0)
 
 
@@ -232,3 +233,51 @@ def test_task_scores_per_family():
     assert sample_scores("gsm8k", "#### 4", "4") == {"correct_strict": True, "correct_flexible": True}
     assert sample_scores("bleu", "a b c d", "a b c d")["bleu"] == pytest.approx(100.0)
     assert sample_scores("rouge", "a b", "a b")["rouge1"] == pytest.approx(100.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Many-answer tasks
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    from tirl.evaluation.metrics import pass_at_k
+
+    assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 4, 1) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 − C(3,2)/C(4,2)
+    assert pass_at_k(10, 3, 4) == pytest.approx(1 - math.comb(7, 4) / math.comb(10, 4))
+    assert pass_at_k(5, 4, 2) == 1.0  # fewer wrong samples than draws
+    with pytest.raises(ValueError, match="pass@k needs"):
+        pass_at_k(3, 4, 1)
+
+
+def test_valid_set_scores_by_hand():
+    from tirl.evaluation.metrics import valid_set_scores
+
+    answers = [["a", "a", None, "b"], [None, None, None, "x"]]  # prompt 0: 3 valid, 2 distinct; prompt 1: 1 valid
+    out = valid_set_scores(answers, [3, 10])
+    assert out["precision"] == pytest.approx(4 / 8)
+    assert out["coverage"] == pytest.approx((2 / 3 + 1 / 4) / 2)  # min(K, |valid|) = 3 and 4
+    assert out["pass_at_k"][0] == pytest.approx((3 / 4 + 1 / 4) / 2)
+    assert out["pass_at_k"][-1] == 1.0 and len(out["pass_at_k"]) == 4
+
+
+def test_expert_nll_is_forward_kl_plus_log_valid_exactly():
+    """For a uniform expert p over V and a model q: −(1/|V|)Σ log q(y) = KL(p‖q) + log|V|, computed independently."""
+    from tirl.evaluation.metrics import expert_nll_scores
+
+    q = [[0.5, 0.3, 0.1], [0.25, 0.25]]  # each prompt's model probabilities of its valid answers
+    out = expert_nll_scores([[math.log(x) for x in qs] for qs in q])
+    kl = [sum((1 / len(qs)) * math.log((1 / len(qs)) / x) for x in qs) for qs in q]
+    assert out["forward_kl"] == pytest.approx(sum(kl) / 2, abs=1e-12)
+    assert out["expert_nll"] == pytest.approx(sum(kl) / 2 + (math.log(3) + math.log(2)) / 2, abs=1e-12)
+    exact = expert_nll_scores([[math.log(1 / 3)] * 3])  # the expert itself: KL 0
+    assert exact["forward_kl"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_task_scores_of_a_many_answer_task():
+    spec = json.dumps({"task": "between", "low": 1, "high": 5})
+    out = task_scores("valid_set", [["2", "3", "9"]], [spec])
+    assert out["precision"] == pytest.approx(2 / 3) and out["coverage"] == pytest.approx(2 / 3)
+    assert len(out["pass_at_k"]) == 3
+    assert sample_scores("valid_set", " 3.", spec) == {"valid": True, "answer": "3"}
