@@ -26,8 +26,9 @@ def test_valid_sets_by_hand():
     assert M.valid_answers({"task": "between", "low": 3, "high": 7}) == ["4", "5", "6"]
     assert M.valid_answers({"task": "pick-two", "words": ["a", "b", "c"]}) == ["a, b", "a, c", "b, a", "b, c", "c, a",
                                                                               "c, b"]
-    assert M.valid_answers({"task": "countdown", "numbers": [1, 2, 3], "n": 0}) == ["1 + 2 - 3", "2 + 1 - 3", "3 - 1 - 2",
-                                                                             "3 - 2 - 1"]
+    # left to right: 1 − 3 + 2 = 0 as well
+    assert M.valid_answers({"task": "countdown", "numbers": [1, 2, 3], "n": 0}) == [
+        "1 + 2 - 3", "1 - 3 + 2", "2 + 1 - 3", "2 - 3 + 1", "3 - 1 - 2", "3 - 2 - 1"]
 
 
 @pytest.mark.parametrize("text,answer", [
