@@ -211,14 +211,15 @@ def _bad_model_dir(tmp_path, kind):
     (["--model", "{empty}"], "--model: {empty} is not a model directory: it has no config.json"),
     (["--model", "{corrupt}"], "--model: {corrupt}/model.safetensors: not a readable safetensors file"),
     (["--model", "./no-such-dir"], "--model: ./no-such-dir: no such model directory; built-in models: smollm2-135m, tiny-llama"),
-    (["--dataset", "{tmp}"], "--dataset: {tmp}: datasets.load_dataset could not read it"),
+    (["--dataset", "{nodata}"], "--dataset: {nodata}: datasets.load_dataset could not read it"),
     (["--output_dir", "{file}"], "--output_dir {file} is a file, not a directory"),
     (["--output_dir", "/sys/tirl-test"], "--output_dir /sys/tirl-test is not writable"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys, args, expected):
     if "/sys/tirl-test" in args and not Path("/sys").is_dir():
         pytest.skip("no /sys to stand for an unwritable directory (chmod does not stop root)")
-    names = {"tmp": tmp_path, "file": tmp_path / "file", "empty": _bad_model_dir(tmp_path, "empty"),
+    (tmp_path / "nodata").mkdir()  # a directory without data files
+    names = {"nodata": tmp_path / "nodata", "file": tmp_path / "file", "empty": _bad_model_dir(tmp_path, "empty"),
              "corrupt": _bad_model_dir(tmp_path, "corrupt")}
     (tmp_path / "file").write_text("x")
     args = [a.format(**names) for a in args]

@@ -14,7 +14,8 @@ from tirl.trainers.checkpoints import PARTIAL_PREFIX as STAGING
 
 
 def fake_run(path: Path, method="iqlearn", model="tiny-llama", sha="a" * 64, checkpoints=(10, 20)):
-    """A run directory as `tirl train` leaves it: run.json and checkpoints with safetensors weights."""
+    """A run directory as `tirl train` leaves it: run.json and checkpoints with safetensors weights and a trainer
+    state."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "run.json").write_text(json.dumps({"method": method, "model": model,
                                                "data": {"train": {"sha256": sha, "rows": 3}}}))
@@ -22,6 +23,7 @@ def fake_run(path: Path, method="iqlearn", model="tiny-llama", sha="a" * 64, che
         ckpt = path / f"checkpoint-{step}"
         ckpt.mkdir()
         (ckpt / "config.json").write_text("{}")
+        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         _safetensors(ckpt / "model.safetensors")
     return path
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import errors
+
 EPILOG = """
 Each RUN_DIR is a `tirl eval` output directory (it holds metrics.json) or a `tirl train` run directory with
 evaluations under eval/ (as `tirl eval --model RUN_DIR` writes them; several there give several points).
@@ -55,6 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
 
     from tirl.data import DataError
+    from tirl.jobs.rundir import output_lock, refuse_links
+
+    png_path = Path(args.output)
+    outputs = [png_path, png_path.with_suffix(".md"), png_path.with_name(png_path.stem + "_valid_set.png")]
+    try:
+        refuse_links(outputs, "--output")
+        with output_lock(png_path.parent, "compare", name=f".{png_path.name}.tirl.lock"):
+            return _compare(args, outputs)
+    except (DataError, ValueError, OSError) as e:  # RunDirError is a ValueError
+        return errors.fail("compare", e if not isinstance(e, OSError) else f"{e.filename or args.output}: "
+                           f"{e.strerror or e}")
+    except KeyboardInterrupt:
+        return errors.interrupted("compare", "its files may be incomplete; run it again")
+
+
+def _compare(args, outputs: list[Path]) -> int:
     from tirl.evaluation.report import (
         compare_table,
         find_evaluations,
@@ -63,28 +81,25 @@ def main(argv: list[str] | None = None) -> int:
         plot_valid_set,
         resolve_score,
     )
+    from tirl.files import write_text_atomic
 
-    try:
-        found = [(i, e) for i, d in enumerate(args.run_dirs) for e in find_evaluations(d)]
-        evals = [e for _, e in found]
-        labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
-        label_evaluations(evals, labels, groups=[i for i, _ in found])
-        score = resolve_score(evals, args.score)
-        datasets = {e.metrics["dataset"] for e in evals}
-        if len(datasets) > 1:
-            print(f"tirl compare: warning: the evaluations are on different datasets ({', '.join(sorted(datasets))})",
-                  file=sys.stderr)
-        png = plot_compare(evals, score, args.output, title=args.title)
-        pictures = [f"![task score vs Self-BLEU]({png.name})"]
-        if evals[0].metrics.get("metric_family") == "valid_set":
-            extra = plot_valid_set(evals, Path(png).with_name(Path(png).stem + "_valid_set.png"), title=args.title)
-            pictures.append(f"![precision vs coverage, pass@k]({extra.name})")
-        table = compare_table(evals, score)
-    except (DataError, ValueError) as e:
-        print(f"tirl compare: error: {e}", file=sys.stderr)
-        return 2
-    md = Path(png).with_suffix(".md")
-    md.write_text("# tirl compare\n\n" + "\n".join(pictures) + f"\n\n{table}")
+    png_path, md, extra_path = outputs
+    found = [(i, e) for i, d in enumerate(args.run_dirs) for e in find_evaluations(d)]
+    evals = [e for _, e in found]
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    label_evaluations(evals, labels, groups=[i for i, _ in found])
+    score = resolve_score(evals, args.score)
+    datasets = {e.metrics["dataset"] for e in evals}
+    if len(datasets) > 1:
+        print(f"tirl compare: warning: the evaluations are on different datasets ({', '.join(sorted(datasets))})",
+              file=sys.stderr)
+    png = plot_compare(evals, score, png_path, title=args.title)
+    pictures = [f"![task score vs Self-BLEU]({png.name})"]
+    if evals[0].metrics.get("metric_family") == "valid_set":
+        extra = plot_valid_set(evals, extra_path, title=args.title)
+        pictures.append(f"![precision vs coverage, pass@k]({extra.name})")
+    table = compare_table(evals, score)
+    write_text_atomic(md, "# tirl compare\n\n" + "\n".join(pictures) + f"\n\n{table}")
     print(table)
-    print(f"plot:  {png}" + (f" and {extra}" if len(pictures) > 1 else "") + f"\ntable: {md}")
+    print(f"plot:  {png}" + (f" and {extra_path}" if len(pictures) > 1 else "") + f"\ntable: {md}")
     return 0

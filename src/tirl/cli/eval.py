@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import errors
+
 EPILOG = """
 What it writes (in --output_dir):
   metrics.json       task scores per pass (greedy, sampled), Self-BLEU, distinct-1/2, entropy, all settings
@@ -17,6 +19,10 @@ last-number filters) and, for K > 1, "any of K correct"; rouge = ROUGE-1/2/L/Lsu
 bleu = sacreBLEU BLEU and chrF; valid_set (many-answer tasks) = precision (valid samples), coverage (distinct valid
 answers / min(K, |valid|)), pass@k for k = 1..K (unbiased estimator) and the held-out expert NLL. Diversity
 (Self-BLEU, distinct-n, entropy) is always measured on the sampled pass.
+
+Prompts are 0-shot: each is rendered exactly as training renders it (the chat template with the generation prompt).
+lm-evaluation-harness's gsm8k task is 5-shot and its numbers are not comparable with these; for those, a run directory
+is a plain transformers model:  lm_eval --model hf --model_args pretrained=RUN_DIR --tasks gsm8k
 
 Examples:
   tirl eval --model smollm2-135m --dataset gsm8k --num_examples 100 --samples 4
@@ -33,8 +39,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 def fail(message: object) -> int:
     """A user error: one line on stderr, exit code 2."""
-    print(f"tirl eval: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
+    return errors.fail("eval", message)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--completion_field", default="completion", help="Completion column of a local file / cached dataset.")
     a("--reference_field", default=None, help="Column scored against (default: the completion).")
     a("--skip_bad_rows", action="store_true", help="Skip malformed rows (counted) instead of stopping at the first.")
+    a("--wrap_in_chat_template", action=argparse.BooleanOptionalAction, default=None,
+      help="Render the plain-string prompts of your data (a local file or hub dataset) as a user message with the "
+      "chat template. Default: as the run was trained (its --wrap_in_chat_template), else plain text, as `trl sft` "
+      "trains. Built-in tasks are always rendered as training renders them.")
     a("--output_dir", default=None, help="Where to write. Default: RUN_DIR/eval/<tag> for a run directory, else "
       "evals/<model>-<tag>, with tag = dataset-split-n-K-T.")
     a("--overwrite", action="store_true", help="Discard generations already in --output_dir instead of resuming "
@@ -127,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_eval(settings)
     except (DataError, ModelNotAvailableError, RunDirError) as e:
         return fail(e)
+    except KeyboardInterrupt:
+        return errors.interrupted("eval", "the generations made so far are kept; the same command continues them")
     _print_summary(result)
     return 0
 

@@ -9,6 +9,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from . import errors
+
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint to read rewards from: a run directory, 'smollm2-135m', "
@@ -38,77 +40,118 @@ def build_score_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="pairs to score: a task name (gsm8k, arithmetic, ...), a local "
                    "prompt/completion file; or use --generations")
     p.add_argument("--split", default="test", help="split of a named task")
-    p.add_argument("--generations", default=None, help="a generations.jsonl written by `tirl eval`: score the sampled "
-                   "completions instead of the dataset's references")
+    p.add_argument("--generations", default=None, help="a generations.jsonl written by `tirl eval` (each sample scored "
+                   "as it was generated), or any file of prompt/completion or messages rows: score those completions "
+                   "instead of the dataset's references")
     p.add_argument("--num_render", type=int, default=12, help="completions drawn in rewards.html / rewards.png")
     return p
 
 
-def _pairs_from_generations(path: str, limit: int | None) -> tuple[list[tuple], list[dict]]:
-    from tirl.data import read_records
+def _encoded_from_file(path: str, tokenizer, limit: int | None) -> tuple[list[dict], list[dict], int]:
+    """(token ids and labels, metadata, skipped) of the completions in a file: a `generations.jsonl` that `tirl eval`
+    wrote (each sample scored as it was generated, cut by `max_new_tokens` or ended by EOS; samples without a token
+    are skipped and counted), or rows in TRL's formats (prompt/completion or messages, rendered as training does)."""
+    from tirl.data import DataError, read_records
+    from tirl.evaluation.sampling import encode_prompt
+    from tirl.jobs.eval import generations_chat
+    from tirl.rewards.extraction import encode_generated
 
     records, _ = read_records(path)
-    pairs, meta = [], []
-    for loc, rec in records:
-        if not isinstance(rec, dict) or "prompt" not in rec or "completion" not in rec:
-            from tirl.data import DataError
+    if records and isinstance(records[0][1], dict) and {"text", "token_ids", "prompt"} <= set(records[0][1]):
+        encoded, meta, skipped, chat = [], [], 0, generations_chat(path)
+        for loc, rec in records:
+            if not isinstance(rec, dict) or not {"text", "token_ids", "prompt"} <= set(rec):
+                raise DataError(f"{loc}: a generations line needs 'prompt', 'text' and 'token_ids' (as `tirl eval` "
+                                "writes them)")
+            if not rec["token_ids"]:
+                skipped += 1
+                continue
+            encoded.append(encode_generated(encode_prompt(rec["prompt"], tokenizer, chat), rec["token_ids"]))
+            meta.append({k: v for k, v in rec.items() if k != "token_ids"})
+            if limit and len(encoded) >= limit:
+                break
+        return encoded, meta, skipped
+    return _encoded_from_rows(path, tokenizer, limit)
 
-            raise DataError(f"{loc}: a generations file needs 'prompt' and 'completion' fields")
-        pairs.append((rec["prompt"], rec["completion"]))
-        meta.append({k: v for k, v in rec.items() if k not in ("completion",)})
-    return (pairs[:limit], meta[:limit]) if limit else (pairs, meta)
+
+def _encoded_from_rows(name: str, tokenizer, limit: int | None, split: str = "test", seed: int = 0):
+    """Rows of a task or a file (prompt/completion or messages) as training tokenises them; text rows have no prompt
+    to read a reward against and are refused."""
+    from tirl.data import DataError, is_builtin, load_rows, to_trl
+    from tirl.data.tokenize import encode_prompt_completion
+
+    rows = load_rows(name, split=split, limit=limit, seed=seed)
+    pairs, meta = [], []
+    for r in rows:
+        if "text" in r:
+            raise DataError(f"{r.get('location', name)}: a text row has no prompt; rewards are read for "
+                            "prompt/completion or messages rows")
+        if "messages" in r:
+            last = max(i for i, m in enumerate(r["messages"]) if m["role"] == "assistant")
+            r = {**r, "prompt": r["messages"][:last], "completion": [r["messages"][last]]}
+        pairs.append(to_trl([{"prompt": r["prompt"], "completion": r["completion"]}], tokenizer,
+                            None if is_builtin(name) else False)[0])
+        meta.append({"id": r.get("id"), "prompt": r["prompt"]})
+    return [encode_prompt_completion(tokenizer, p["prompt"], p["completion"]) for p in pairs], meta, 0
 
 
 def score_main(argv: list[str]) -> int:
     args = build_score_parser().parse_args(argv)
     if not args.dataset and not args.generations:
-        print("tirl rewards: error: give --dataset or --generations", file=sys.stderr)
-        return 2
+        return errors.fail("rewards", "give --dataset or --generations")
+    if args.gamma is not None and not 0.0 <= args.gamma <= 1.0:
+        return errors.fail("rewards", f"--gamma must be in [0, 1], got {args.gamma}")
     from tirl import models
-    from tirl.data import DataError, load_rows
-    from tirl.files import safe_path, write_json_atomic, write_text_atomic
-    from tirl.jobs.rundir import RunDirError, check_no_links, check_writable
-    from tirl.rewards import load_reward_model, render_html, render_png, score
+    from tirl.data import DataError
+    from tirl.jobs.rundir import RunDirError, check_no_links, check_writable, output_lock
+    from tirl.rewards import load_reward_model
 
     try:
         # before any work: nothing is written through a link, nor into a path that cannot be written
         if check_writable(args.output_dir):
             check_no_links(args.output_dir)
-        if args.generations:
-            pairs, meta = _pairs_from_generations(args.generations, args.num_examples)
-        else:
-            rows = load_rows(args.dataset, split=args.split, limit=args.num_examples, seed=args.seed)
-            pairs = [(r["prompt"], r["completion"]) for r in rows]
-            meta = [{"id": r.get("id"), "prompt": r["prompt"]} for r in rows]
         rm = load_reward_model(args.model)
+        tok = rm.tokenizer
+        if args.generations:
+            encoded, meta, skipped = _encoded_from_file(args.generations, tok, args.num_examples)
+        else:
+            encoded, meta, skipped = _encoded_from_rows(args.dataset, tok, args.num_examples, args.split, args.seed)
+        with output_lock(args.output_dir, "rewards"):
+            return _score(args, rm, encoded, meta, skipped)
     except (DataError, RunDirError, models.ModelNotAvailableError, FileNotFoundError) as e:
-        print(f"tirl rewards: error: {e}", file=sys.stderr)
-        return 2
+        return errors.fail("rewards", e)
+    except KeyboardInterrupt:
+        return errors.interrupted("rewards", "nothing was written")
+
+
+def _score(args, rm, encoded: list[dict], meta: list[dict], skipped: int) -> int:
+    """Score the encoded completions under the reward model and write the four files."""
+    from tirl.files import safe_path, write_json_atomic, write_text_atomic
+    from tirl.rewards import render_html, render_png
+    from tirl.rewards.extraction import score_encoded
+
     model, tok = rm.model, rm.tokenizer
     args.gamma = rm.gamma if args.gamma is None else args.gamma
-    print(f"[tirl] rewards of {args.model} with V in its '{rm.form.name}' form, γ = {args.gamma}")
-    # prompts from a task are user messages, formatted the way training formats them
-    from tirl.data import to_trl
-
-    if not args.generations:
-        trl_rows = to_trl([{"prompt": p, "completion": c} for p, c in pairs], tok)
-        pairs = [(r["prompt"], r["completion"]) for r in trl_rows]
-    scored = score(model, tok, pairs, gamma=args.gamma, batch_size=args.batch_size, max_length=args.max_length, bf16=args.bf16,
-                   form=rm.form, reference_model=rm.reference)
+    print(f"[tirl] rewards of {args.model} with V in its '{rm.form.name}' form, γ = {args.gamma}"
+          + (f"; {skipped} samples without a token skipped" if skipped else ""))
+    scored = score_encoded(model, tok, encoded, gamma=args.gamma, batch_size=args.batch_size,
+                           max_length=args.max_length, bf16=args.bf16, form=rm.form, reference_model=rm.reference)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({**m, **s.to_dict()}, ensure_ascii=False) for m, s in zip(meta, scored, strict=True)]
     write_text_atomic(safe_path(out, "rewards.jsonl"), "\n".join(lines) + "\n")
     R = [s.reward for s in scored]
     per_tok = [r for s in scored for r in s.rewards if not math.isnan(r)]
-    summary = {"model": args.model, "gamma": args.gamma, "iq_value": rm.form.name, "n": len(scored), "mean_R": statistics.fmean(R),
-               "std_R": statistics.pstdev(R), "mean_r_t": statistics.fmean(per_tok) if per_tok else None,
+    summary = {"model": args.model, "gamma": args.gamma, "iq_value": rm.form.name, "n": len(scored),
+               "skipped_without_tokens": skipped, "mean_R": statistics.fmean(R), "std_R": statistics.pstdev(R),
+               "mean_r_t": statistics.fmean(per_tok) if per_tok else None,
                "mean_logprob": statistics.fmean(s.logprob for s in scored),
                "mean_tokens": statistics.fmean(s.num_tokens for s in scored)}
     write_json_atomic(safe_path(out, "summary.json"), summary)
     shown = scored[: args.num_render]
-    labels = [{"prompt": m.get("prompt") if isinstance(m.get("prompt"), str) else json.dumps(m.get("prompt"))} for m in meta[: args.num_render]]
-    render_html(shown, safe_path(out, "rewards.html"), title=f"rewards of {args.model} (γ = {args.gamma})", labels=labels)
+    labels = [{"prompt": m.get("prompt") if isinstance(m.get("prompt"), str) else json.dumps(m.get("prompt"))}
+              for m in meta[: args.num_render]]
+    render_html(shown, safe_path(out, "rewards.html"), title=f"rewards of {args.model} (γ = {args.gamma})",
+                labels=labels)
     render_png(shown[:4], safe_path(out, "rewards.png"), title=f"r_t under {args.model}")
     print(f"scored {len(scored)} completions: mean R = {summary['mean_R']:.3f} (sd {summary['std_R']:.3f}), "
           f"mean r_t = {summary['mean_r_t']:.3f}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from . import errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tirl.data import DataError
     from tirl.jobs.analyse import AnalyseSettings, analyse
-    from tirl.jobs.rundir import check_no_links, check_writable
+    from tirl.jobs.rundir import check_no_links, check_writable, output_lock
     from tirl.models import ModelNotAvailableError
 
+    if args.gamma is not None and not 0.0 <= args.gamma <= 1.0:
+        return errors.fail("rewards analyse", f"--gamma must be in [0, 1], got {args.gamma}")
     settings = AnalyseSettings(**{k: v for k, v in vars(args).items()})
     if settings.preference == "none":
         settings.preference = None
@@ -55,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         # before any work: nothing is written through a link, nor into a path that cannot be written
         if check_writable(settings.output_dir):
             check_no_links(settings.output_dir)
-        result = analyse(settings)
+        with output_lock(settings.output_dir, "rewards analyse"):
+            result = analyse(settings)
     except (DataError, ValueError, ModelNotAvailableError) as e:  # RunDirError is a ValueError
-        print(f"tirl rewards analyse: error: {e}", file=sys.stderr)
-        return 2
+        return errors.fail("rewards analyse", e)
+    except KeyboardInterrupt:
+        return errors.interrupted("rewards analyse", f"its samples so far are kept in {settings.output_dir}/samples; "
+                                  "the same command continues them")
     from tirl.rewards import analysis_markdown
 
     print(analysis_markdown(result))

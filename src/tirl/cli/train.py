@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from trl import ModelConfig
 
+from . import errors
 from .train_help import CLI_DEFAULTS, DEMO_DEFAULTS, HELP_EPILOG, MODEL_HELP, SCRIPT_HELP
 
 
@@ -29,8 +30,7 @@ class ModelArguments(ModelConfig):
 
 def fail(message: object) -> int:
     """A user error: one line on stderr, exit code 2."""
-    print(f"tirl train: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
+    return errors.fail("train", message)
 
 
 def option_message(error: ValueError, known: set[str]) -> str:
@@ -188,15 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelNotAvailableError, NoTrainableTokensError, OptionError, RunDirError) as e:
         return fail(e)
     except NonFiniteLossError as e:
-        print(f"tirl train: stopped: {e}", file=sys.stderr)
+        print(f"\ntirl train: stopped: {' '.join(str(e).split())}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         if last_checkpoint(config.output_dir):
-            print(f"\ntirl train: interrupted; continue with the same command plus --resume (checkpoints in "
-                  f"{config.output_dir})", file=sys.stderr)
-        else:
-            print("\ntirl train: interrupted before the first checkpoint; nothing was kept", file=sys.stderr)
-        return 130
+            return errors.interrupted("train", f"continue with the same command plus --resume (checkpoints in "
+                                      f"{config.output_dir})")
+        return errors.interrupted("train", "it stopped before the first checkpoint; nothing was kept")
     if os.environ.get("RANK", "0") == "0":  # one summary, from the main process of a multi-process run
         _print_summary(result)
     return 0

@@ -55,19 +55,23 @@ def has_chat_template(tokenizer) -> bool:
     return getattr(tokenizer, "chat_template", None) is not None
 
 
-def encode_prompt(prompt: Prompt, tokenizer) -> list[int]:
-    """Token ids of a prompt, as TRL's SFTTrainer tokenizes the prompt side of the rows `tirl.data.to_trl` makes.
+def encode_prompt(prompt: Prompt, tokenizer, chat: bool | None = None) -> list[int]:
+    """Token ids of a prompt, as TRL's SFTTrainer tokenizes the prompt side of the rows `tirl.data.to_trl` makes with
+    the same `chat`.
 
-    Chat template: `apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)` (a message
-    list is used as it is); no template: `tokenizer(prompt + "\\n")` (TRL's standard prompt/completion format).
+    A message list, or a plain string with `chat=None` (the built-in tasks' rule) or `chat=True` when the tokenizer has
+    a chat template: `apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)`.
+    `chat=None` without a template: `tokenizer(prompt + "\\n")`; `chat=False`: `tokenizer(prompt)`, `trl sft`'s plain
+    text.
     """
-    if isinstance(prompt, list) or has_chat_template(tokenizer):
-        if not has_chat_template(tokenizer):
+    template = has_chat_template(tokenizer)
+    if isinstance(prompt, list) or (template and chat is not False):
+        if not template:
             raise ValueError("a conversational prompt needs a tokenizer with a chat template")
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
         return list(out["input_ids"])
-    return list(tokenizer(text=prompt + "\n")["input_ids"])
+    return list(tokenizer(text=prompt + "\n" if chat is None else prompt)["input_ids"])
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
@@ -124,6 +128,7 @@ def iter_samples(
     skip: set[int] | frozenset[int] = frozenset(),
     progress: bool = True,
     desc: str = "sampling",
+    chat: bool | None = None,
 ) -> Iterator[tuple[list[int], list[list[Sample]]]]:
     """Generate K samples for each prompt not in `skip`, yielding `(prompt indices, samples per prompt)` per batch.
 
@@ -133,7 +138,8 @@ def iter_samples(
     the model's own generation config (repetition penalty, min-p, ...; see `tirl.generation` and `generation_settings`,
     which lists every option as used). Each batch is seeded with `batch_seed(seed, first prompt index)`
     inside a forked RNG, so results are reproducible for a seed and batch size and the caller's RNG is untouched.
-    A tqdm bar counts prompts and shows generated tokens per second.
+    A tqdm bar counts prompts and shows generated tokens per second. `chat`: how plain-string prompts are rendered
+    (`encode_prompt`).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -153,7 +159,7 @@ def iter_samples(
     with eval_mode(model), _progress(total=len(todo), desc=desc, enabled=progress) as bar:
         for start in range(0, len(todo), per_call):
             idx = todo[start : start + per_call]
-            encoded = [encode_prompt(prompts[i], tokenizer) for i in idx]
+            encoded = [encode_prompt(prompts[i], tokenizer, chat) for i in idx]
             input_ids, attention_mask = left_pad(encoded, pad_id, device)
             done_before = tokens_done
 

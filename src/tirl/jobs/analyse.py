@@ -30,7 +30,7 @@ from ..files import safe_path, write_json_atomic, write_text_atomic
 from ..rewards.analysis import analysis_markdown, correlations, demonstration_pairs, preference_accuracy
 from ..rewards.extraction import encode_generated, load_reward_model, score_encoded
 from ..rewards.pictures import render_html, reward_histogram, reward_scatter
-from .eval import EvalSettings, read_generations, run_eval
+from .eval import EvalSettings, generations_chat, read_generations, run_eval
 
 PRIMARY_SAMPLE_SCORE = {"gsm8k": "correct_flexible", "rouge": "rouge1", "bleu": "bleu", "valid_set": "valid"}
 CORRECTNESS = ("gsm8k", "valid_set")  # families whose per-sample score is right or wrong
@@ -79,6 +79,12 @@ def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str, st
     return records, task_metric(dataset), dataset, split
 
 
+def _with_tokens(records: list[dict]) -> tuple[list[dict], int]:
+    """The completions that have a token to score (a sample without one has no reward), and how many had none."""
+    kept = [r for r in records if r.get("token_ids")]
+    return kept, len(records) - len(kept)
+
+
 def _score_value(record: dict, family: str) -> float:
     value = record.get("scores", {}).get(PRIMARY_SAMPLE_SCORE.get(family, ""))
     if value is None:
@@ -94,6 +100,10 @@ def analyse(s: AnalyseSettings) -> dict:
     if len(labels) != len(s.models):
         raise ValueError("give one label per model")
     records, family, dataset, split = _sampled_records(s, out)
+    chat = generations_chat(s.generations or safe_path(out, "samples") / "generations.jsonl")
+    records, skipped = _with_tokens(records)
+    if not records:
+        raise ValueError("none of the sampled completions has a token to score")
     s = replace(s, dataset=dataset, split=split)  # read from the generations' eval_config.json when given a file
     score = [_score_value(r, family) for r in records]
     pref_rows = None
@@ -101,12 +111,13 @@ def analyse(s: AnalyseSettings) -> dict:
         pref_rows = load_preferences(s.preference, limit=s.num_pairs, seed=s.seed)[0]
 
     result: dict = {"settings": asdict(s), "task_metric": family, "sample_score": PRIMARY_SAMPLE_SCORE.get(family),
-                    "num_completions": len(records), "num_prompts": len({r.get("prompt_index") for r in records}),
+                    "num_completions": len(records), "skipped_without_tokens": skipped,
+                    "num_prompts": len({r.get("prompt_index") for r in records}),
                     "mean_sample_score": statistics.fmean(score), "models": {}}
     for model_name, label in zip(s.models, labels, strict=True):
         rm = load_reward_model(model_name)
         model, tok, gamma = rm.model, rm.tokenizer, (rm.gamma if s.gamma is None else s.gamma)
-        encoded = [encode_generated(encode_prompt(r["prompt"], tok), r["token_ids"]) for r in records]
+        encoded = [encode_generated(encode_prompt(r["prompt"], tok, chat), r["token_ids"]) for r in records]
         scored = score_encoded(model, tok, encoded, gamma=gamma, batch_size=8, bf16=s.bf16, max_length=None,
                                form=rm.form, reference_model=rm.reference)
         R = [x.reward for x in scored]

@@ -23,10 +23,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..data import DataError, load_rows, task_metric
+from ..data import DataError, is_builtin, load_rows, task_metric
 from ..evaluation.metrics import PRIMARY_SCORE, diversity_scores, mean_token_entropy, sample_scores, task_scores
 from ..files import safe_path, write_json_atomic, write_text_atomic
-from .rundir import RunDirError, check_no_links, check_writable
+from .rundir import RunDirError, check_no_links, check_writable, output_lock
 from .runinfo import rows_checksum, run_record
 
 METRICS_KIND = "tirl.eval"
@@ -62,11 +62,25 @@ class EvalSettings:
     overwrite: bool = False
     num_report_examples: int = 3
     expert_nll: bool = True
+    wrap_in_chat_template: bool | None = None  # a user's plain prompts as a conversation; None: as the run trained
     trust_remote_code: bool = False
     progress: bool = True
 
     def metric_family(self) -> str:
         return task_metric(self.dataset) if self.metric == "auto" else self.metric
+
+    def chat(self) -> bool | None:
+        """How plain-string prompts are rendered (`encode_prompt`): a built-in task's rule (None), else the run's
+        `--wrap_in_chat_template` when the model is a tirl run and this option is unset, else this option (off)."""
+        if is_builtin(self.dataset):
+            return None
+        if self.wrap_in_chat_template is not None:
+            return self.wrap_in_chat_template
+        return bool(find_run_info(self.model).get("wrap_in_chat_template"))
+
+    def split_label(self) -> str:
+        """The split recorded for the rows: a local file has none (every row of it is evaluated)."""
+        return "file" if os.path.isfile(self.dataset) else self.split
 
     def generation_key(self) -> dict:
         """The settings that change what is generated; a resumed run must match them (batch size may differ).
@@ -75,11 +89,12 @@ class EvalSettings:
         from ..evaluation.sampling import generation_settings
 
         keys = ("model", "dataset", "split", "num_examples", "data_seed", "samples", "temperature", "top_p", "greedy",
-                "max_new_tokens", "seed", "bf16", "prompt_field", "completion_field", "reference_field")
+                "max_new_tokens", "seed", "bf16", "prompt_field", "completion_field", "reference_field",
+                "wrap_in_chat_template")
         passes = {"greedy": self.greedy, "sampled": self.samples > 0}
         sampler = {name: {k: v for k, v in generation_settings(self.temperature, self.top_p, name == "greedy").items()
                           if k not in keys} for name, run in passes.items() if run}
-        return {**{k: getattr(self, k) for k in keys}, "sampler": sampler}
+        return {**{k: getattr(self, k) for k in keys}, "prompt_chat": self.chat(), "sampler": sampler}
 
 
 @dataclass
@@ -104,7 +119,7 @@ def _slug(text: str) -> str:
 def default_output_dir(s: EvalSettings) -> Path:
     """`<model dir>/eval/<tag>` for a local model directory, else `evals/<model>-<tag>`; tag = dataset-split-n-K-T."""
     data = Path(s.dataset).stem if os.path.exists(s.dataset) else s.dataset
-    tag = _slug(f"{data}-{s.split}-n{s.num_examples or 'all'}-k{s.samples}-t{s.temperature:g}")
+    tag = _slug(f"{data}-{s.split_label()}-n{s.num_examples or 'all'}-k{s.samples}-t{s.temperature:g}")
     if os.path.isdir(s.model):
         return Path(s.model) / "eval" / tag
     return Path("evals") / f"{_slug(s.model)}-{tag}"
@@ -124,6 +139,7 @@ def find_run_info(model: str) -> dict:
                 return {}
             config = run.get("config") or {}
             return {"run_dir": str(d), "method": run.get("method"), "base_model": run.get("model"),
+                    "wrap_in_chat_template": (run.get("script") or {}).get("wrap_in_chat_template"),
                     "iq_lambda": config.get("iq_lambda"), "iq_gamma": config.get("iq_gamma"),
                     "iq_value": config.get("iq_value"), "entropy_coef": config.get("entropy_coef"),
                     "seed": config.get("seed"),
@@ -153,6 +169,16 @@ def read_generations(path: Path) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}); delete the file or use --overwrite") from e
     return records
+
+
+def generations_chat(path: str | Path) -> bool | None:
+    """How the prompts of a generations file were rendered (`encode_prompt`'s `chat`), from the `eval_config.json`
+    beside it; None (the built-in tasks' rule) when there is none."""
+    config = Path(path).parent / CONFIG_FILE
+    try:
+        return json.loads(config.read_text()).get("prompt_chat")
+    except (OSError, ValueError):
+        return None
 
 
 def _append(path: Path, records: list[dict]) -> None:
@@ -242,7 +268,8 @@ def run_eval(s: EvalSettings) -> EvalResult:
     rows = load_eval_rows(s)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _run_eval(s, family, out_dir, rows)
+        with output_lock(out_dir, "eval"):
+            return _run_eval(s, family, out_dir, rows)
     except BaseException:
         gen_path = out_dir / GENERATIONS_FILE
         if not existed and not (gen_path.is_file() and gen_path.stat().st_size):
@@ -282,7 +309,7 @@ def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> 
         "model": s.model,
         "run": find_run_info(s.model),
         "dataset": s.dataset,
-        "split": s.split,
+        "split": s.split_label(),
         "num_prompts": len(rows),
         "metric_family": family,
         "primary_score": PRIMARY_SCORE.get(family),
@@ -357,7 +384,7 @@ def _generate(s: EvalSettings, loaded, rows: list[dict], passes, todo: dict, fam
         for idx, batch in iter_samples(
             model, tokenizer, prompts, k=k, temperature=s.temperature, top_p=s.top_p,
             max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=s.seed, greedy=name == "greedy",
-            autocast_bf16=s.bf16, skip=skip, progress=s.progress, desc=f"{name} (K={k})",
+            autocast_bf16=s.bf16, skip=skip, progress=s.progress, desc=f"{name} (K={k})", chat=s.chat(),
         ):
             lines = []
             for i, samples in zip(idx, batch, strict=True):

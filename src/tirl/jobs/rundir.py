@@ -9,15 +9,22 @@
 - A path that is a file, or a directory that cannot be written, is found by a probe before anything else runs.
 - A run that fails before saving a checkpoint leaves nothing behind (`remove_failed_run`).
 - A full disk is reported with the device, the file and the last complete checkpoint (`write_failure`).
+- One job at a time: a job holds an OS lock on its output directory (`output_lock`, `.tirl.lock` inside it) while it
+  runs; a second job there is refused in one line that names the holder.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +35,56 @@ LOW_SPACE_BYTES = 64 * 2**20
 
 class RunDirError(ValueError):
     """The output directory cannot be used as asked; the message names the cause and the option that changes it."""
+
+
+LOCK_NAME = ".tirl.lock"  # inside an output directory: held (flock) by the job writing there, never deleted by tirl
+
+
+@contextmanager
+def output_lock(directory: str | Path, command: str, name: str = LOCK_NAME) -> Iterator[Path]:
+    """Hold an exclusive OS lock (`fcntl.flock`) on `directory/name` for the block (created, with the directory, if
+    needed), so that two tirl jobs never write into one directory. A lock held elsewhere is a `RunDirError` naming
+    the process and command that hold it. The lock goes with the process (also when it is killed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunDirError(f"{directory} is in use by {holder}; wait for it to finish or choose another output "
+                              "directory") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} (tirl {command}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                     f"{' '.join(sys.argv[1:])[:200]})\n")
+        handle.flush()
+        try:
+            yield path
+        finally:
+            if directory.is_dir() and not _entries(directory):  # nothing else there (a failed job removed its
+                path.unlink(missing_ok=True)                     # files): leave nothing behind
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def refuse_links(paths: Sequence[str | Path], option: str) -> None:
+    """Refuse output files that are symbolic links (dangling ones too): writing would go through them."""
+    for p in map(Path, paths):
+        if p.is_symlink():
+            raise RunDirError(f"{option}: {p} is a symbolic link (to {os.readlink(p)}): tirl writes nothing through "
+                              "links; remove it or choose another path")
+        if p.parent.is_symlink():
+            raise RunDirError(f"{option}: {p.parent} is a symbolic link (to {os.readlink(p.parent)}): tirl writes "
+                              "nothing through links")
+    for parent in {Path(p).parent for p in paths}:
+        check_writable(parent, option)
+
+
+def _entries(path: Path) -> list[Path]:
+    """What a directory holds besides tirl's lock file."""
+    return [p for p in path.iterdir() if p.name != LOCK_NAME]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -136,7 +193,7 @@ def plan_train_dir(path: str | Path, *, resume: bool, overwrite: bool, method: s
     if resume and overwrite:
         raise RunDirError("--resume continues the run in --output_dir and --overwrite replaces it: give one of them")
     existed = check_writable(path)
-    if not existed or not any(path.iterdir()):
+    if not existed or not _entries(path):
         return RunDir(path, existed=existed, fresh=True)
     check_no_links(path)
     previous = read_run_json(path)
@@ -146,7 +203,7 @@ def plan_train_dir(path: str | Path, *, resume: bool, overwrite: bool, method: s
                               "choose an empty or new --output_dir")
         return RunDir(path, existed=True, fresh=True, replace=True)
     if previous is None:
-        shown = ", ".join(sorted(p.name for p in path.iterdir())[:5])
+        shown = ", ".join(sorted(p.name for p in _entries(path))[:5])
         raise RunDirError(f"--output_dir {path} is not empty ({shown}) and holds no tirl run; choose an empty or new "
                           "directory")
     if not resume:
@@ -180,14 +237,30 @@ def changed_settings(before: dict, now: dict) -> dict:
 
 
 def check_checkpoint_weights(checkpoint: str | Path) -> None:
-    """Refuse to resume from a checkpoint whose weights are not readable safetensors (pickled `pytorch_model.bin`
-    weights would go through `torch.load`)."""
+    """Refuse to resume from a checkpoint that cannot be read back: weights that are not readable safetensors
+    (pickled `pytorch_model.bin` weights would go through `torch.load`), a `trainer_state.json` that is not JSON, or
+    optimizer, scheduler or RNG states (`torch.save` zip archives) that are cut short or corrupt."""
+    import zipfile
+
     from ..models import ModelNotAvailableError, check_model_dir
 
     try:
         check_model_dir(checkpoint)
     except ModelNotAvailableError as e:
         raise RunDirError(f"--resume: {e}") from None
+    checkpoint = Path(checkpoint)
+    hint = "resume from an earlier one with --resume_from_checkpoint, or pass --overwrite to start again"
+    state = checkpoint / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"--resume: {state} cannot be read ({getattr(e, 'msg', None) or e}); the checkpoint is "
+                          f"damaged: {hint}") from None
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        path = checkpoint / name
+        if path.exists() and not zipfile.is_zipfile(path):
+            raise RunDirError(f"--resume: {path} is not a readable torch.save archive (cut short or corrupt); the "
+                              f"checkpoint is damaged: {hint}")
 
 
 def prepare(run_dir: RunDir) -> None:
@@ -210,7 +283,7 @@ def remove_failed_run(run_dir: RunDir) -> bool:
 
 
 def _empty(path: Path) -> None:
-    for entry in path.iterdir():
+    for entry in _entries(path):  # the lock file stays: the job that empties the directory holds it
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
@@ -241,10 +314,12 @@ def _says_disk_full(exc: BaseException) -> bool:
 
 
 def _is_stream_error(exc: BaseException) -> bool:
-    """torch.save's C++ writer fails with a bare stream error, naming neither the cause nor the file."""
+    """torch.save's C++ writer fails with a bare stream error, naming neither the cause nor the file (a short write
+    shows up as `basic_ios::clear: iostream error`, `file write failed` or, at the end of the archive,
+    `[enforce fail at inline_container.cc:...] . unexpected pos N vs M`)."""
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("iostream error" in text or "failed writing file" in text
-                                              or "file write failed" in text)
+    return isinstance(exc, RuntimeError) and any(s in text for s in (
+        "iostream error", "failed writing file", "file write failed", "unexpected pos"))
 
 
 def device_of(path: str | Path) -> str:

@@ -7,6 +7,7 @@ The run directory (`output_dir`) gets the trained model and tokenizer, TRL/trans
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -280,12 +281,21 @@ def run(script: TrainScriptArguments, config, model_args) -> TrainResult:
     print(f"[tirl] data: {len(train_rows)} training rows from {data_info['train']['source']!r}, "
           f"{len(eval_rows)} evaluation rows")
 
-    # every process has checked the directory before the main one changes it
+    # every process has checked the directory before the main one changes it; the main one holds its lock throughout
     main = config.process_index == 0
     _barrier(config)
-    if main:
-        rundir.prepare(run_dir)
-    _barrier(config)
+    with rundir.output_lock(run_dir.path, "train") if main else contextlib.nullcontext():
+        if main:
+            rundir.prepare(run_dir)
+        _barrier(config)
+        return _run_in(run_dir, script, config, model_args, trainer_class, model, tokenizer, model_name, train_rows,
+                       eval_rows, data_info)
+
+
+def _run_in(run_dir, script, config, model_args, trainer_class, model, tokenizer, model_name, train_rows, eval_rows,
+            data_info) -> TrainResult:
+    """`_train` in a prepared, locked run directory; a failure ends as `run` documents."""
+    main = config.process_index == 0
     try:
         return _train(script, config, model_args, trainer_class, model, tokenizer, model_name,
                       train_rows, eval_rows, data_info, run_dir)
@@ -293,7 +303,7 @@ def run(script: TrainScriptArguments, config, model_args) -> TrainResult:
         from ..trainers.checkpoints import PARTIAL_PREFIX
 
         message = (rundir.write_failure(e, run_dir.path, staging_prefix=PARTIAL_PREFIX)
-                   if isinstance(e, (OSError, RuntimeError)) else None)
+                   if isinstance(e, Exception) else None)
         if isinstance(e, pickle.UnpicklingError) and run_dir.resume_from:
             # transformers reads optimizer.pt, scheduler.pt and rng_state.pth with torch.load(weights_only=True),
             # which refuses anything but tensors and plain containers

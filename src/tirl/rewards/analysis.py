@@ -149,7 +149,9 @@ def analysis_markdown(result: dict) -> str:
         "# Reward analysis",
         "",
         f"{result['num_completions']} sampled completions of {result['num_prompts']} {st['dataset']} prompts "
-        f"(K = {st['samples']}, T = {st['temperature']}); per-completion score: {result['sample_score']} "
+        + (f"({result['skipped_without_tokens']} without a token skipped) " if result.get("skipped_without_tokens")
+           else "")
+        + f"(K = {st['samples']}, T = {st['temperature']}); per-completion score: {result['sample_score']} "
         f"(mean {result['mean_sample_score']:.3f}); γ = "
         + (str(st["gamma"]) if st["gamma"] is not None else "each run's own") + "; V in each run's own form.",
         "",
