@@ -8,6 +8,8 @@ upgrade that breaks one names it here, at once, instead of as a wrong result som
                                                                                 writes a checkpoint elsewhere first
     Trainer._get_output_dir(trial)                      trainers/base.py        where _save_checkpoint writes; the
                                                                                 override redirects it to the staging dir
+    Trainer._issue_warnings_after_load                  trainers/base.py        a resume must not warn that a tied
+                                                                                weight (lm_head) is missing
     Trainer._set_signature_columns_if_needed,           trainers/base.py        the reference-value column must survive
       Trainer._signature_columns                                                Trainer's column removal
     _BaseTrainer._tag_names, _name, _paper              trainers/*_trainer.py   TRL's model card reads these class
@@ -49,6 +51,13 @@ def test_atomic_checkpoints_can_redirect_where_trainer_saves():
     assert "_save_checkpoint" in source(SFTTrainer)  # TRL writes the model card there, then calls Trainer's
     # the crash test of tests/test_robustness.py fails this step: after the model and optimizer, before the trainer state
     assert "self._save_rng_state(" in source(Trainer._save_checkpoint)
+
+
+def test_resume_warnings_pass_through_one_method():
+    assert list(inspect.signature(Trainer._issue_warnings_after_load).parameters) == ["self", "load_result"]
+    assert "self._issue_warnings_after_load(load_result)" in source(Trainer._load_from_checkpoint)
+    # torch's load_state_dict result is a namedtuple: the override replaces its missing keys
+    assert hasattr(torch.nn.Module().load_state_dict({}, strict=False), "_replace")
 
 
 def test_the_reference_value_column_survives_column_removal():

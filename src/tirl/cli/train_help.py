@@ -36,9 +36,10 @@ SCRIPT_HELP: dict[str, str] = {
     "skip_bad_rows": "Skip malformed rows (reported with their line and counted) instead of stopping at the first.",
     "resume": "Continue the run in --output_dir from its last checkpoint. Its run.json must name the same --method, "
     "--model and training data (checksum); anything else is refused.",
-    "resume_with_changes": "With --resume: continue even though a setting that defines the run (objective, "
-    "optimizer, schedule, batch, adapters, data selection) differs from the run's; run.json records the segment and "
-    "what it changed. Without it such a resume is refused. The length of training may always change.",
+    "resume_with_changes": "With --resume: continue even though a setting that defines the run (objective, batch, "
+    "adapters, data selection) differs from the run's; run.json records the segment and what it changed. Without it "
+    "such a resume is refused. The optimizer's settings and its learning-rate schedule come back from the checkpoint "
+    "and cannot change; the length of training may always change.",
     "overwrite": "Replace the run already in --output_dir (its model, checkpoints, logs and metrics are deleted). "
     "Without it, or --resume, a non-empty --output_dir is refused.",
 }

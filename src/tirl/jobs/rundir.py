@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +155,10 @@ def _describe(run: dict, path: Path) -> str:
 
 
 def _train_sha(run: dict) -> str | None:
-    return ((run.get("data") or {}).get("train") or {}).get("sha256")
+    """The checksum of the rows a run drew its training rows from (runs recorded before `sha256_available` existed
+    drew from all of them)."""
+    train = (run.get("data") or {}).get("train") or {}
+    return train.get("sha256_available", train.get("sha256"))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -175,13 +178,16 @@ class RunDir:
 
 def plan_train_dir(path: str | Path, *, resume: bool, overwrite: bool, method: str, model: str,
                    train_sha256: str, checkpoint: str | None = None, settings: dict | None = None,
-                   allow_changes: bool = False) -> RunDir:
+                   allow_changes: bool = False, restored: Collection[str] = ()) -> RunDir:
     """Check `--output_dir` against `--resume`/`--overwrite` and the run it may hold; raise `RunDirError` (one line)
     when it cannot be used. Writes nothing.
 
     `checkpoint` (`--resume_from_checkpoint`) resumes from that checkpoint of the run, instead of its last. A resumed
-    run must be the same run: the same method, model and training data, and the same `settings` (what defines the
-    run: objective, optimizer, schedule, batch, data selection) unless `allow_changes`."""
+    run must be the same run: the same method, model and training data (`train_sha256`: the rows it draws from, which
+    a longer run may draw more of), and the same `settings` (what defines the
+    run: objective, optimizer, schedule, batch, data selection) unless `allow_changes`. The `restored` settings (the
+    optimizer's and its schedule's, which the checkpoint's optimizer.pt and scheduler.pt bring back) cannot change
+    even then: the change would not take effect."""
     path = Path(path)
     if checkpoint is not None:
         if overwrite:
@@ -218,6 +224,12 @@ def plan_train_dir(path: str | Path, *, resume: bool, overwrite: bool, method: s
         raise RunDirError(f"--resume: {path} holds another run ({'; '.join(differences)}); resume it with the "
                           "options that started it, or pass --overwrite to replace it")
     changed = changed_settings(previous.get("defining") or {}, settings or {})
+    fixed = {k: v for k, v in changed.items() if k in restored}
+    if fixed and allow_changes:
+        shown = "; ".join(f"{k} {a!r} then, {b!r} now" for k, (a, b) in fixed.items())
+        raise RunDirError(f"--resume_with_changes: {shown}: the optimizer and its learning-rate schedule are restored "
+                          "from the checkpoint, so this change would not take effect; resume without it, or start a "
+                          "new run")
     if changed and not allow_changes:
         shown = "; ".join(f"{k} {a!r} then, {b!r} now" for k, (a, b) in list(changed.items())[:4])
         more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""

@@ -118,6 +118,10 @@ DEFINING = (
     # the adapters
     "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
 )
+# What a checkpoint restores on resume (optimizer.pt holds the optimizer's hyperparameters, scheduler.pt the schedule
+# and its base learning rate): a resume cannot change these, even with --resume_with_changes.
+RESTORED_ON_RESUME = ("optim", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+                      "lr_scheduler_type", "warmup_steps")
 
 
 def defining_settings(config, model_args) -> dict:
@@ -198,12 +202,25 @@ def _load_rows(option: str, name: str, **kwargs) -> list[dict]:
         raise DataError(f"{option}: {e}") from None
 
 
-def load_train_eval_rows(script: TrainScriptArguments, seed: int) -> tuple[list[dict], list[dict], dict]:
+def rows_per_run(config) -> int | None:
+    """How many training rows a run with `max_steps` draws (steps × batch × accumulation × processes); None when
+    epochs define its length."""
+    if config.max_steps is None or config.max_steps <= 0:
+        return None
+    return config.max_steps * config.per_device_train_batch_size * config.gradient_accumulation_steps * \
+        max(1, config.world_size)
+
+
+def load_train_eval_rows(script: TrainScriptArguments, seed: int, used: int | None = None,
+                         ) -> tuple[list[dict], list[dict], dict]:
     """Training and evaluation rows, plus a description of where they came from (for run.json).
 
     Evaluation rows come from --eval_dataset, else the task's test split, else (a local file) a held-out part of the
     training rows: round(--eval_fraction × rows), at most --num_eval_examples; every held-out row is evaluated and
-    every other row trained on."""
+    every other row trained on. `used` (`rows_per_run`): a run that draws fewer rows than there are keeps that many,
+    the first of one seeded shuffle of them (what a shuffled first epoch would draw; a longer run of the same seed
+    keeps a superset, so it can resume a shorter one), so that nothing is prepared, such as the reference values, for
+    rows it never sees. `run.json` records both counts and both checksums."""
     name = script.dataset or DEFAULT_DATASET
     common = {"seed": seed, "skip_bad_rows": script.skip_bad_rows, "prompt_field": script.prompt_field,
               "completion_field": script.completion_field}
@@ -229,9 +246,14 @@ def load_train_eval_rows(script: TrainScriptArguments, seed: int) -> tuple[list[
             eval_rows = load_rows(name, split=script.eval_split, limit=script.num_eval_examples, **common, **hub)
         except (DataError, ValueError) as e:
             print(f"[tirl] no evaluation split for {name!r} ({e}); training without evaluation")
+    available, available_sha = len(train), rows_checksum(train)
+    if used is not None and used < available:
+        train = train[:]
+        random.Random(seed).shuffle(train)
+        train = train[:used]
     info = {
         "train": {"source": name, "split": script.dataset_split, "config": script.dataset_config, "rows": len(train),
-                  "sha256": rows_checksum(train)},
+                  "sha256": rows_checksum(train), "rows_available": available, "sha256_available": available_sha},
         "eval": {"source": script.eval_dataset or name, "rows": len(eval_rows), "sha256": rows_checksum(eval_rows),
                  "held_out_from_train": held_out},
     }
@@ -268,18 +290,21 @@ def run(script: TrainScriptArguments, config, model_args) -> TrainResult:
     fix_method(script.method, config)
     model_name = model_args.model_name_or_path or "smollm2-135m"
 
-    train_rows, eval_rows, data_info = load_train_eval_rows(script, config.seed)
+    train_rows, eval_rows, data_info = load_train_eval_rows(script, config.seed, rows_per_run(config))
     run_dir = rundir.plan_train_dir(config.output_dir, resume=script.resume, overwrite=script.overwrite,
-                                    method=script.method, model=model_name, train_sha256=data_info["train"]["sha256"],
+                                    method=script.method, model=model_name,
+                                    train_sha256=data_info["train"]["sha256_available"],
                                     checkpoint=config.resume_from_checkpoint,
                                     settings=defining_settings(config, model_args),
-                                    allow_changes=script.resume_with_changes)
+                                    allow_changes=script.resume_with_changes, restored=RESTORED_ON_RESUME)
     t0 = time.time()
     model, tokenizer = load_model(model_name, config, model_args)
     print(f"[tirl] model {model_name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters "
           f"(loaded in {time.time() - t0:.1f} s)")
-    print(f"[tirl] data: {len(train_rows)} training rows from {data_info['train']['source']!r}, "
-          f"{len(eval_rows)} evaluation rows")
+    available = data_info["train"]["rows_available"]
+    print(f"[tirl] data: {len(train_rows)} training rows from {data_info['train']['source']!r}"
+          f"{f' (the {len(train_rows)} of {available} that --max_steps draws)' if available > len(train_rows) else ''}"
+          f", {len(eval_rows)} evaluation rows")
 
     # every process has checked the directory before the main one changes it; the main one holds its lock throughout
     main = config.process_index == 0
@@ -399,7 +424,8 @@ def _train(script, config, model_args, trainer_class, model, tokenizer, model_na
         plot_training_curves(trainer.state.log_history, safe_path(output_dir, "training_curves.png"), title=f"{script.method} · {model_name}")
         logging_dir = _tensorboard_dir(trainer)
         write_text_atomic(safe_path(output_dir, "summary.md"),
-                          summary_markdown(script.method, model_name, config, metrics, output_dir, logging_dir))
+                          summary_markdown(script.method, model_name, config, metrics, output_dir, logging_dir,
+                                           record))
     else:
         logging_dir = None
     return TrainResult(output_dir=output_dir, metrics=metrics, log_history=trainer.state.log_history,
@@ -414,6 +440,8 @@ def resumed_record(previous: dict, now: dict, checkpoint: str) -> dict:
                                      if (previous.get(section) or {}).get(k) != v}
                            for section in ("config", "script", "model_args")}}
     segment["changed"] = {k: v for k, v in segment["changed"].items() if v}
+    if now.get("data") != previous.get("data"):  # a longer run draws more of the same rows
+        segment["data"] = now.get("data")
     out = {**previous, "segments": [*previous.get("segments", []), segment],
            "resumed_from": [*previous.get("resumed_from", []), checkpoint]}
     return out or now
@@ -434,16 +462,33 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def summary_markdown(method: str, model: str, config, metrics: dict, output_dir: Path, logging_dir: str | None) -> str:
+def summary_markdown(method: str, model: str, config, metrics: dict, output_dir: Path, logging_dir: str | None,
+                     record: dict | None = None) -> str:
+    """summary.md: the run's settings as it was started (from its run.json `record`; else `config`), each resumed
+    segment with what it changed, and the evaluation before and after."""
     before, after = metrics.get("eval_before", {}), metrics.get("eval_after", {})
+    started = (record or {}).get("config") or {}
+
+    def setting(name: str, default=None):
+        return started.get(name, getattr(config, name, default))
+
     rows = [("eval loss", "eval_loss"), ("eval −log π (MLE term)", "eval_mle_loss"), ("eval TD term E[r²]", "eval_td_loss"),
             ("eval mean reward", "eval_mean_reward"), ("eval entropy", "eval_entropy"),
             ("eval token accuracy", "eval_mean_token_accuracy")]
     lines = [
         f"# tirl train: {method} on {model}",
         "",
-        f"λ = {getattr(config, 'iq_lambda', 0.0)}, γ = {config.iq_gamma}, V = {config.iq_value}, steps = {metrics.get('train', {}).get('global_step', config.max_steps)}, "
-        f"learning rate = {config.learning_rate}, training time = {metrics.get('train_seconds', 0):.0f} s",
+        f"λ = {setting('iq_lambda', 0.0)}, γ = {setting('iq_gamma')}, V = {setting('iq_value')}, "
+        f"steps = {metrics.get('train', {}).get('global_step', config.max_steps)}, "
+        f"learning rate = {setting('learning_rate')}, training time = {metrics.get('train_seconds', 0):.0f} s"
+        + (" (the last segment)" if (record or {}).get("segments") else ""),
+    ]
+    for segment in (record or {}).get("segments", []):
+        changes = {k: v for section in segment.get("changed", {}).values() for k, v in section.items()
+                   if k not in ("resume", "resume_with_changes", "resume_from_checkpoint")}
+        shown = ", ".join(f"{k} = {v}" for k, v in changes.items() if k in DEFINING) or "no defining setting"
+        lines.append(f"- resumed from `{Path(segment['resumed_from']).name}`: changed {shown}")
+    lines += [
         "",
         "| metric | before | after |",
         "|---|---|---|",

@@ -433,6 +433,16 @@ class TirlTrainer(SFTTrainer):
     # ----------------------------------------------------------------------------------------------------------------
     # Checkpoints: written under a name resume never picks, then renamed in one step (`tirl.trainers.checkpoints`)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # safetensors stores a tied weight once (lm_head.weight is the embedding's), so a resumed checkpoint lacks it;
+        # transformers would warn on every resume that it is missing
+        model = self.accelerator.unwrap_model(self.model)
+        names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+        kept = {n for n, _ in model.named_parameters()}
+        tied = set(names) - kept
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
     def _get_output_dir(self, trial) -> str:
         # while `_save_checkpoint` runs, Trainer writes the checkpoint into the staging directory
         return self._staging or super()._get_output_dir(trial)
