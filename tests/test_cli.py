@@ -70,7 +70,10 @@ def test_train_end_to_end_tiny_model_and_resume(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_after"]["eval_loss"] < metrics["eval_before"]["eval_loss"]
     run = json.loads((out / "run.json").read_text())
-    assert run["method"] == "iqlearn" and run["data"]["train"]["rows"] == 64 and len(run["data"]["train"]["sha256"]) == 64
+    train = run["data"]["train"]
+    # 6 steps of 4 draw 24 of the 64 rows: only those are prepared and recorded
+    assert run["method"] == "iqlearn" and (train["rows"], train["rows_available"]) == (24, 64)
+    assert len(train["sha256"]) == len(train["sha256_available"]) == 64
     assert run["versions"]["trl"] == "1.16.0"
 
     # the saved run loads back as a model
@@ -343,7 +346,7 @@ def test_too_long_prompt_warning_names_file_and_line(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.warns(UserWarning, match=rf"1 of \d+ (train|eval) examples were skipped .* \({data}:7\)"):
-        rc, _, _ = tirl(capsys, "train", *TINY[:2], "--dataset", data, *TINY[4:], "--max_steps", 1,
+        rc, _, _ = tirl(capsys, "train", *TINY[:2], "--dataset", data, *TINY[4:], "--max_steps", 10,
                         "--max_length", 64, "--output_dir", tmp_path / "out")
     assert rc == 0
 
