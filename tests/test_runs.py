@@ -52,7 +52,7 @@ def train(capsys, out, *extra):
 
 
 def _lock_holder(path: Path) -> str:
-    lock = path / ".tirl.lock"
+    lock = path / "_tirl.lock"
     return lock.read_text() if lock.is_file() else ""
 
 
@@ -348,12 +348,12 @@ def test_reference_values_are_computed_only_for_the_rows_a_run_draws_and_methods
     assert "the 8 of 32 that --max_steps draws" in stdout
     data = json.loads((run / "run.json").read_text())["data"]["train"]
     assert (data["rows"], data["rows_available"]) == (8, 32)
-    [cache] = (run / "tirl_reference_values").glob("train-*.safetensors")
+    [cache] = (run / "_tirl_reference_values").glob("train-*.safetensors")
     assert load_file(cache)["lengths"].shape == (8,)
 
     mle = tmp_path / "mle"
     train(capsys, mle, "--method", "mle", "--max_steps", 2, "--eval_strategy", "no", "--save_strategy", "no")
-    assert not (mle / "tirl_reference_values").exists()
+    assert not (mle / "_tirl_reference_values").exists()
 
 
 # --------------------------------------------------------------------------------------------------------------------

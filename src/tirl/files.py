@@ -20,7 +20,12 @@ from typing import Any
 def jsonable(obj: Any) -> Any:
     """`obj` as JSON-ready values: dataclasses (and configs) as dicts, tuples as lists, anything else as its string."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        source = obj
         obj = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+        # TrainingArguments.to_dict masks every "*_token" field as a secret; TRL's eos_token and pad_token are text
+        for name in ("eos_token", "pad_token"):
+            if name in obj and isinstance(getattr(source, name, None), str | None):
+                obj[name] = getattr(source, name)
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

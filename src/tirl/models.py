@@ -328,6 +328,7 @@ def load(
             raise ModelNotAvailableError(f"{name!r} is built in code in float32; 4- and 8-bit loading applies to "
                                          "pretrained weights")
         model, tokenizer = tiny_model(name, seed=seed)
+        model.name_or_path = name  # what a LoRA adapter trained on it records as its base (`_load_adapter`)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
         if dtype is not None:
@@ -349,17 +350,47 @@ def load(
                        ("quantization_config", quantization_config)):
         if value is not None:
             kwargs[key] = value
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "adapter_config.json")):
+        return _load_adapter(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                             attn_implementation=attn_implementation, quantization_config=quantization_config)
     try:
-        if os.path.isdir(path) and os.path.isfile(os.path.join(path, "adapter_config.json")):
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError, ImportError) as e:  # no safetensors weights, an unknown revision or attention
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # implementation, no bnb
         raise ModelNotAvailableError(f"cannot load model {name!r}: {first}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load_adapter(path: str, **kwargs):
+    """A PEFT adapter directory on its base model, the base loaded by `load` (so a built-in base loads as it was
+    trained: a tiny model with the seed of its run, SmolLM2 from this machine's cache)."""
+    from peft import PeftModel
+
+    base = json.loads(Path(path, "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelNotAvailableError(f"{path}: the adapter names no base model (base_model_name_or_path in "
+                                     "adapter_config.json)")
+    seed = 0
+    if base in TINY_MODELS:  # built from a seed: the run's, from the run.json beside the adapter or above it
+        record = next((Path(d, "run.json") for d in (path, os.path.dirname(path)) if Path(d, "run.json").is_file()),
+                      None)
+        if record is None:
+            raise ModelNotAvailableError(f"{path}: the adapter's base {base!r} is built from the seed of its run, "
+                                         "and no run.json beside the adapter records it")
+        seed = int((json.loads(record.read_text()).get("config") or {}).get("seed", 0))
+    elif not os.path.exists(base) and Path(base).name.startswith("smollm2-135m-instruct-"):
+        base = "smollm2-135m"  # the dequantised cache of another machine
+    model, tokenizer = load(base, seed=seed, **kwargs)
+    try:
+        model = PeftModel.from_pretrained(model, path)
+        if any(Path(path).glob("tokenizer*")):
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotAvailableError(f"cannot load the adapter in {path}: {first}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

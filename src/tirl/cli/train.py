@@ -156,8 +156,12 @@ def parse(argv: list[str]):
             and not (i > 0 and argv[i - 1] == "--config")]
     try:
         script, config, model_args = parser.parse_args_into_dataclasses(args=args)
-    except ValueError as e:  # a config's own validation (e.g. iq_gamma outside [0, 1])
-        sys.exit(fail(option_message(e, known)))
+    except ImportError as e:  # an option whose package is missing: transformers checks for it while parsing
+        extra = next((x for x in ("deepspeed", "bitsandbytes", "wandb", "vllm") if x in str(e)), None)
+        hint = f"; install it with pip install 'tirl[{extra}]'" if extra else ""
+        sys.exit(fail(f"{' '.join(str(e).split())}{hint}"))
+    except (ValueError, TypeError) as e:  # a config's own validation (e.g. iq_gamma outside [0, 1]), or a JSON option
+        sys.exit(fail(option_message(e, known)))  # whose keys the class it builds does not take (--accelerator_config)
     return script, config, model_args, given
 
 

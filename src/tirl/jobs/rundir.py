@@ -9,7 +9,7 @@
 - A path that is a file, or a directory that cannot be written, is found by a probe before anything else runs.
 - A run that fails before saving a checkpoint leaves nothing behind (`remove_failed_run`).
 - A full disk is reported with the device, the file and the last complete checkpoint (`write_failure`).
-- One job at a time: a job holds an OS lock on its output directory (`output_lock`, `.tirl.lock` inside it) while it
+- One job at a time: a job holds an OS lock on its output directory (`output_lock`, `_tirl.lock` inside it) while it
   runs; a second job there is refused in one line that names the holder.
 """
 
@@ -37,7 +37,8 @@ class RunDirError(ValueError):
     """The output directory cannot be used as asked; the message names the cause and the option that changes it."""
 
 
-LOCK_NAME = ".tirl.lock"  # inside an output directory: held (flock) by the job writing there, never deleted by tirl
+# inside an output directory, held (flock) by the job writing there; "_*" is what Trainer.push_to_hub leaves out
+LOCK_NAME = "_tirl.lock"
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..files import write_atomic
 
 COLUMN = "tirl_reference_lse"
-CACHE_DIR = "tirl_reference_values"
+CACHE_DIR = "_tirl_reference_values"  # "_*": what Trainer.push_to_hub leaves out of an upload
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -31,7 +31,7 @@ from dataclasses import replace
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer import TrainOutput
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
@@ -97,6 +97,8 @@ class TirlTrainer(SFTTrainer):
     def __init__(self, model, args=None, *pos, **kwargs):
         if args is None:
             args = self._config_class(output_dir=self._default_output_dir)
+        elif isinstance(args, TrainingArguments) and not isinstance(args, self._config_class):
+            args = self.convert_args(args)
         if not isinstance(args, self._config_class):
             raise TypeError(f"{type(self).__name__} needs a {self._config_class.__name__}, got {type(args).__name__}")
         call = _SFT_PARAMETERS.bind(self, model, args, *pos, **kwargs).arguments
@@ -144,6 +146,19 @@ class TirlTrainer(SFTTrainer):
             add_value_head(base)
         if self.objective.iq_value.needs_reference_lse:
             self._attach_reference_values()
+
+    @classmethod
+    def convert_args(cls, args: TrainingArguments):
+        """`args` (a `TrainingArguments`, an `SFTConfig`, ...) as this trainer's config, as `SFTTrainer` converts a
+        `TrainingArguments`: every field the config has keeps its value, tirl's own take their defaults."""
+        import dataclasses
+
+        values = args.to_dict()
+        for name in ("hub_token", "eos_token", "pad_token"):  # to_dict masks every "*_token" field
+            if hasattr(args, name):
+                values[name] = getattr(args, name)
+        names = {f.name for f in dataclasses.fields(cls._config_class) if f.init}
+        return cls._config_class(**{k: v for k, v in values.items() if k in names})
 
     def _report(self, prepared, tracked, name: str):
         if tracked is None or prepared is None:
@@ -208,9 +223,9 @@ class TirlTrainer(SFTTrainer):
 
     def _with_reference_values(self, dataset, name: str):
         if not isinstance(dataset, Dataset):
-            raise NotImplementedError("iq_value='reference' needs a map-style datasets.Dataset (its values are "
-                                      "computed once before training); use iq_value='logits' or 'head' for streaming "
-                                      "data")
+            raise ValueError(f"iq_value='reference' computes the starting model's values once, before training, so "
+                             f"it needs a map-style datasets.Dataset, not a {type(dataset).__name__}: for streaming "
+                             "data use iq_value='logits' (--iq_value logits) or 'head'")
         if reference.COLUMN in dataset.column_names:
             return dataset
         self._set_signature_columns_if_needed()
@@ -432,6 +447,38 @@ class TirlTrainer(SFTTrainer):
 
     # ----------------------------------------------------------------------------------------------------------------
     # Checkpoints: written under a name resume never picks, then renamed in one step (`tirl.trainers.checkpoints`)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # The model card
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """TRL's model card, plus what trained the model: the method and tirl's settings of the run (λ, γ, the value
+        form, ...), and where to read how the methods compare."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        path = os.path.join(self.args.output_dir, "README.md")
+        if self.is_world_process_zero() and os.path.isfile(path):
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(self.model_card_section())
+
+    def model_card_section(self) -> str:
+        """The markdown `create_model_card` appends: every setting this trainer's config adds to TRL's `SFTConfig`."""
+        import dataclasses
+
+        from trl import SFTConfig
+
+        base = {f.name for f in dataclasses.fields(SFTConfig)}
+        rows = [(f.name, getattr(self.args, f.name)) for f in dataclasses.fields(self.args)
+                if f.name not in base and not f.name.startswith("vllm_")] + [("loss_type", self.args.loss_type)]
+        table = "\n".join(f"| `{name}` | `{value}` |" for name, value in rows)
+        mle = (" With `iq_lambda` = 0 the objective is maximum likelihood (token loss `loss_type`)."
+               if getattr(self.args, "iq_lambda", None) == 0 else "")
+        return (f"\n\n## Training objective\n\nTrained with tirl's {type(self).__name__} ({self._name}: inverse "
+                "reinforcement learning over tokens, where the logits are a soft Q-function and the implicit reward "
+                "is r_t = Q(s_t, a_t) − γ·V(s_{t+1})). Read the rewards of any completion with "
+                "`tirl rewards --model <this model>`. How the methods compare with maximum likelihood on task score "
+                "and diversity: the tirl README, section \"Does IQLearn beat MLE?\" (https://pypi.org/project/tirl/)."
+                f"{mle}\n\n| setting | value |\n|---|---|\n{table}\n")
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # safetensors stores a tied weight once (lm_head.weight is the embedding's), so a resumed checkpoint lacks it;
