@@ -82,10 +82,13 @@ CPU_VARIANTS = variants(lam_logits=0.01, lam_reference=0.01, lam_head=0.01, beta
 # temperature, the held-out expert NLL. pick-two (copying two different words of a list) is the main task; between
 # (a number between two bounds) repeats the comparison for a few variants. Arithmetic-constrained tasks (sum-pairs,
 # countdown) stay at the floor at this size (3% valid samples at T = 1 after 48 MLE steps), like GSM8k.
+# λ per value form from the screen's many section (pick-two, seed 0): the λ with the lowest held-out expert NLL,
+# logits 0.001, reference 0.01, head 0.1 (results/quality_screen.md).
 MANY_CPU = {"model": "smollm2-135m", "seeds": [1, 2], "train_examples": 128, "epochs": 3, "batch": 8, "lr": 5e-5,
             "eval_rows": 32, "prompts": 16, "samples": 32, "temperatures": [0.5, 0.7, 1.0, 1.3], "max_new_tokens": 16,
             "eval_batch": 128, "references": ["mle", "ent-mle", "gem", "dft"],
             "variants": ["mle", "ent-mle", "gem", "dft", "iq-reference", "iq-logits", "iq-head", "iq-online"],
+            "variant_args": variants(lam_logits=0.001, lam_reference=0.01, lam_head=0.1, beta=0.1),
             "tasks": {"pick-two": {}, "between": {"variants": ["mle", "gem", "iq-reference"]}}}
 
 PRESETS: dict[str, dict] = {
@@ -130,7 +133,7 @@ PRESETS: dict[str, dict] = {
                                     "iq-head", "iq-head-1"]},
         # λ per value form on the many-answer task, seed 0 (the reported seeds are 1-5), the final epoch at T = 1 and
         # the held-out expert NLL; the screen's λ are 0.01 (logits), 0.1 (reference, head) unless named
-        "many": {**MANY_CPU, "seeds": [0], "temperatures": [1.0], "tasks": {"pick-two": {}},
+        "many": {**MANY_CPU, "seeds": [0], "temperatures": [1.0], "tasks": {"pick-two": {}}, "variant_args": {},
                  "variants": ["mle", "iq-reference-0.01", "iq-reference", "iq-reference-1", "iq-logits-0.001",
                               "iq-logits", "iq-logits-0.1", "iq-head-0.01", "iq-head", "iq-head-1"]},
     },
@@ -633,11 +636,15 @@ def many_summary(runs: dict, cfg: dict, references: tuple[str, ...]) -> dict:
 
 def many_section(cfg: dict, all_variants: dict, runs: Path, recorded: dict | None = None) -> dict:
     """Every task of `cfg["tasks"]`: its variants and seeds (a task may override the section's), per-epoch curves
-    and final-epoch comparisons with MLE and the baselines; plots of the final frontier, pass@k and the epochs."""
+    and final-epoch comparisons with MLE and the baselines; plots of the final frontier, pass@k and the epochs.
+    `cfg["variant_args"]`: the section's own arguments for some variants (its own λ screen)."""
     recorded = recorded or {}
+    all_variants = {**all_variants, **cfg.get("variant_args", {})}
     result: dict = {"config": cfg}
     for task, overrides in cfg["tasks"].items():
         tcfg = {**cfg, "dataset": task, **overrides}
+        # a task's own variant list stays within the section's (which --variants may have narrowed)
+        tcfg["variants"] = [v for v in tcfg["variants"] if v in cfg["variants"]]
         truns = runs / task
         base = many_evals(tcfg, tcfg["model"], truns / "untrained" / "eval")
         section: dict = {"config": {k: v for k, v in tcfg.items() if k != "tasks"}, "untrained": base, "runs": {}}

@@ -117,7 +117,7 @@ def test_env_command(capsys, monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Reliability of the command (README "Reliability"): user errors, reused directories, resumed runs
+# Reliability of the command (docs/reliability.md): user errors, reused directories, resumed runs
 
 
 TINY = ["--model", "tiny-llama", "--dataset", "arithmetic", "--num_train_examples", "32", "--num_eval_examples", "8",

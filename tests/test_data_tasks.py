@@ -28,6 +28,15 @@ def test_registry_and_metric_families():
     assert task_metric("my_file.jsonl") == "rouge"
 
 
+def test_docs_data_table_is_the_registry():
+    """docs/data.md lists each built-in task with where its data comes from and its licence, as the registry says."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    rows = [f"| `{name}` | {t.description} | {t.source} | {t.licence} |" for name, t in TASK_INFO.items()]
+    assert all(row in text for row in rows), [row for row in rows if row not in text]
+
+
 def test_load_rows_passes_each_loader_its_own_options():
     rows = load_rows("arithmetic", split="test", limit=7, seed=3)
     assert len(rows) == 7 and rows == load_rows("arithmetic", split="test", limit=7, seed=3)

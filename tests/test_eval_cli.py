@@ -150,12 +150,14 @@ def test_compare_two_runs_writes_png_and_table(tmp_path, capsys):
     assert "| A |" in (tmp_path / "out" / "compare.md").read_text()
 
 
-def test_compare_errors(tmp_path, capsys):
+def test_compare_errors(tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)  # the default --output is compare.png in the working directory
     assert main(["compare", str(tmp_path / "empty")]) == 2
     assert "no evaluation found" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "missing")]) == 2
     assert "no such directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # a refused compare leaves nothing, its lock too
 
 
 def test_eval_on_a_local_file_with_its_own_fields(tmp_path):

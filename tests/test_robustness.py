@@ -1,6 +1,6 @@
 """Reliability: bad input, non-finite losses, killed runs, interrupted checkpoints, reproducibility, untrusted input.
 
-The README's "Reliability" table lists each fault tried here and the behaviour these tests pin down.
+docs/reliability.md lists each fault tried here and the behaviour these tests pin down.
 """
 
 import contextlib

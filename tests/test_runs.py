@@ -1,7 +1,7 @@
 """One job per directory, resumes that tell the truth, nothing lost without a word: `tirl train`, `eval`, `rewards`
 and `compare` as a user runs them, on the tiny models.
 
-Each test names the fault it pins down; the README's "Reliability" table lists them.
+Each test names the fault it pins down; docs/reliability.md lists them.
 """
 
 import json

@@ -63,7 +63,7 @@ class TinySpec:
     vocab_size: int | None = None  # None: the tokenizer's size
 
 
-# Sizes measured on 2 CPU cores (see feasibility notes): tiny ≈ 0.1 M parameters, small ≈ 1 M, llama-10m ≈ 10 M.
+# Parameter counts: tiny ≈ 0.1 M, small ≈ 1 M, llama-10m ≈ 10 M (with the character tokenizer).
 TINY_MODELS: dict[str, TinySpec] = {
     "tiny-llama": TinySpec(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
     "small-llama": TinySpec(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),

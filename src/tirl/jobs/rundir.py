@@ -65,8 +65,10 @@ def output_lock(directory: str | Path, command: str, name: str = LOCK_NAME) -> I
         try:
             yield path
         finally:
-            if directory.is_dir() and not _entries(directory):  # nothing else there (a failed job removed its
-                path.unlink(missing_ok=True)                     # files): leave nothing behind
+            # a lock beside files in a shared folder (compare's) goes with the job; a run directory's goes when
+            # nothing else is there (a failed job removed its files): leave nothing behind
+            if name != LOCK_NAME or (directory.is_dir() and not _entries(directory)):
+                path.unlink(missing_ok=True)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

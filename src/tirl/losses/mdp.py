@@ -189,7 +189,7 @@ def next_values(qv: QV, eos_token_ids: Sequence[int] = ()) -> tuple[torch.Tensor
 
 
 def token_rewards(qv: QV, iq_gamma: float = 0.99, eos_token_ids: Sequence[int] = ()) -> TokenRewards:
-    """Implicit per-token rewards r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (docs/method.md, Rewards), γ = `iq_gamma`, in the
+    """Implicit per-token rewards r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (docs/method.md §1), γ = `iq_gamma`, in the
     value form `qv` carries."""
     v_next, td_mask = next_values(qv, eos_token_ids)
     reward = (qv.q - iq_gamma * v_next) * qv.mask
