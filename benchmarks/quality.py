@@ -91,6 +91,8 @@ MANY_CPU = {"model": "smollm2-135m", "seeds": [1, 2], "train_examples": 128, "ep
             "variant_args": variants(lam_logits=0.001, lam_reference=0.01, lam_head=0.1, beta=0.1),
             "tasks": {"pick-two": {}, "between": {"variants": ["mle", "gem", "iq-reference"]}}}
 
+CACHED_ONLY: list[bool] = []  # --cached_only
+
 PRESETS: dict[str, dict] = {
     "cpu": {
         "variants": CPU_VARIANTS,
@@ -646,6 +648,8 @@ def many_section(cfg: dict, all_variants: dict, runs: Path, recorded: dict | Non
         # a task's own variant list stays within the section's (which --variants may have narrowed)
         tcfg["variants"] = [v for v in tcfg["variants"] if v in cfg["variants"]]
         truns = runs / task
+        if CACHED_ONLY and not list(truns.glob("*/many_curve.json")):
+            continue
         base = many_evals(tcfg, tcfg["model"], truns / "untrained" / "eval")
         section: dict = {"config": {k: v for k, v in tcfg.items() if k != "tasks"}, "untrained": base, "runs": {}}
         previous = (recorded.get(task) or {}).get("runs", {})
@@ -654,6 +658,8 @@ def many_section(cfg: dict, all_variants: dict, runs: Path, recorded: dict | Non
                 key = f"{vname}-s{seed}"
                 if key in previous and not (truns / key / "many_curve.json").is_file():
                     section["runs"][key] = previous[key]
+                    continue
+                if CACHED_ONLY and not (truns / key / "many_curve.json").is_file():
                     continue
                 entry = many_run(tcfg, all_variants[vname], seed, truns / key, base)
                 section["runs"][key] = {"variant": vname, "seed": seed, **entry}
@@ -1015,11 +1021,14 @@ def main() -> None:
                    "seed on separate cores; rerun without it afterwards to summarise every seed from the cache")
     p.add_argument("--variants", default=None, help="comma-separated variants instead of the section's, e.g. more "
                    "seeds for some of them (with --seeds); a later run without either summarises every cached seed")
+    p.add_argument("--cached_only", action="store_true", help="many-answer section: summarise the finished runs in "
+                   "the cache and train nothing (e.g. while other processes still run)")
     p.add_argument("--skip_rewards", action="store_true", help="summarise XSum without its reward analysis (the slowest "
                    "part: every model scores the sample pool and the demonstration pairs)")
     p.add_argument("--model", default=None, help="the model every section trains instead of the preset's: a built-in "
                    "name, a hub id or a local directory (e.g. SmolLM2-360M for the gpu preset)")
     args = p.parse_args()
+    CACHED_ONLY[:] = [True] if args.cached_only else []
     RESULTS.mkdir(parents=True, exist_ok=True)
     preset = PRESETS[args.preset]
     CURRENT_VARIANTS.update(preset["variants"])

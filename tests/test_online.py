@@ -119,7 +119,7 @@ def test_short_online_training_lowers_eval_loss(tiny, tmp_path):
     model, tok = tiny
     train, evald = trl_rows(tok, n=800), trl_rows(tok, n=48, split="test")
     cfg = OnlineIQLearnConfig(**common_args(tmp_path, max_steps=120, per_device_train_batch_size=8, learning_rate=3e-3,
-                                            logging_steps=20), iq_lambda=0.1, iq_alpha=0.1, max_new_tokens=32)
+                                            logging_steps=20), iq_lambda=0.1, iq_alpha=0.1, max_new_tokens=16)
     tr = OnlineIQLearnTrainer(model, cfg, train_dataset=train, eval_dataset=evald, processing_class=tok)
     before = tr.evaluate()
     tr.train()

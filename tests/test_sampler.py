@@ -66,9 +66,13 @@ def test_config_validation_and_vllm_refusal(tiny, tmp_path):
     with pytest.raises((ImportError, RuntimeError), match="vllm|GPU"):
         OnlineIQLearnTrainer(model, OnlineIQLearnConfig(**common_args(tmp_path), use_vllm=True),
                              train_dataset=trl_rows(tok, n=8), processing_class=tok)
+    # an offline config is converted as SFTTrainer converts TrainingArguments (its settings kept); anything that is
+    # not TrainingArguments is refused
+    trainer = OnlineIQLearnTrainer(model, IQLearnConfig(**common_args(tmp_path), iq_lambda=0.3),
+                                   train_dataset=trl_rows(tok, n=8), processing_class=tok)
+    assert type(trainer.args) is OnlineIQLearnConfig and trainer.args.iq_lambda == 0.3
     with pytest.raises(TypeError, match="OnlineIQLearnConfig"):
-        OnlineIQLearnTrainer(model, IQLearnConfig(**common_args(tmp_path)), train_dataset=trl_rows(tok, n=8),
-                             processing_class=tok)
+        OnlineIQLearnTrainer(model, common_args(tmp_path), train_dataset=trl_rows(tok, n=8), processing_class=tok)
 
 
 def test_vllm_path_is_wired_like_trl(tiny, tmp_path, monkeypatch):
