@@ -86,3 +86,16 @@ def smollm2_dir():
         return smollm2_local_dir()
     except ModelNotAvailableError as e:
         pytest.skip(str(e))
+
+
+def tirl_in_process(capsys, *args):
+    """`tirl ARGS` in this process: (exit code, stdout, stderr)."""
+    from tirl.cli import main as cli_main
+
+    capsys.readouterr()
+    try:
+        rc = cli_main([str(a) for a in args])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err

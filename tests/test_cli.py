@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from conftest import tirl_in_process as tirl
 from tirl.cli import main as cli_main
 
 
@@ -125,15 +126,6 @@ TINY = ["--model", "tiny-llama", "--dataset", "arithmetic", "--num_train_example
         "--disable_tqdm", "true", "--report_to", "none", "--seed", "0"]
 
 
-def tirl(capsys, *args):
-    """`tirl ARGS` in this process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        rc = cli_main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line_error(err: str) -> str:

@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 from trl import SFTConfig
 
 from conftest import common_args, trl_rows
+from conftest import tirl_in_process as tirl
 from tirl.cli import main as cli_main
 from tirl.trainers import IQLearnConfig, IQLearnTrainer
 
@@ -17,14 +18,6 @@ TINY = ["--model", "tiny-llama", "--learning_rate", "3e-3", "--logging_steps", "
         "--disable_tqdm", "true", "--report_to", "none", "--seed", "0", "--per_device_train_batch_size", "4"]
 
 
-def tirl(capsys, *args):
-    capsys.readouterr()
-    try:
-        rc = cli_main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # --------------------------------------------------------------------------------------------------------------------

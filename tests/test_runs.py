@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tirl_in_process as tirl
 from tirl.cli import main as cli_main
 
 TINY = ["--model", "tiny-llama", "--dataset", "arithmetic", "--num_train_examples", "32", "--num_eval_examples", "8",
@@ -26,15 +27,6 @@ EVAL = ["--dataset", "arithmetic", "--num_examples", "4", "--samples", "2", "--m
         "4", "--no_progress"]
 
 
-def tirl(capsys, *args):
-    """`tirl ARGS` in this process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        rc = cli_main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def last_line(err: str) -> str:
