@@ -9,7 +9,7 @@ Variants (every section trains the same ones; the preset fixes λ, β and the va
     iq-logits      --iq_value logits    --iq_lambda λ   V = logsumexp(logits) (the first implementation)
     iq-reference   --iq_value reference --iq_lambda λ   V = LSE_θ − LSE_θ0 (V ≡ 0 at the start)
     iq-head        --iq_value head      --iq_lambda λ   V = a zero-initialised value head
-    iq-online      --method iqlearn-online, α = 0.1     (arithmetic only: online IQLearn on a real task)
+    iq-online      --method iqlearn-online, α = 0.1     (arithmetic and many-answer: online IQLearn on real tasks)
 
 Sections:
     arithmetic   SmolLM2-135M on the generated GSM8k-style task, where a 135M model's accuracy moves. A small
@@ -22,6 +22,10 @@ Sections:
                  sentence ROUGE-1 over one shared pool of samples, within prompt and overall, with Σ log π as the bar
                  a reward must clear (paper: TL;DR ρ(R, ROUGE-1) 0.64 for IQLearn vs −0.05 for MLE).
     gsm8k        the paper-comparable row. Floor-bound at 135M: every method, untrained included, scores 2–10%.
+    many         many-answer tasks with a known, uniform expert (`tirl.data.many_answer`: pick-two, between): per
+                 epoch, precision and coverage of K = 32 samples along T, pass@k for k up to 32, the held-out expert NLL
+                 (= forward KL + log|valid|); paired Δ against MLE, entropy-MLE, GEM and DFT; and the paper's reward
+                 protocol on pick-two: Spearman of R with validity across prompts, online IQLearn (α = 0.1) included.
     grammar      a known expert (`tirl.data.grammar`): small Llama from scratch, offline variants plus online
                  IQLearn and GAIL; exact forward KL, P(valid), and compounding error (validity after t symbols).
 
@@ -89,9 +93,10 @@ MANY_CPU = {"model": "smollm2-135m", "seeds": [1, 2], "train_examples": 128, "ep
             "eval_batch": 128, "references": ["mle", "ent-mle", "gem", "dft"],
             "variants": ["mle", "ent-mle", "gem", "dft", "iq-reference", "iq-logits", "iq-head", "iq-online"],
             "variant_args": variants(lam_logits=0.001, lam_reference=0.01, lam_head=0.1, beta=0.1),
-            "tasks": {"pick-two": {}, "between": {"variants": ["mle", "gem", "iq-reference"]}}}
+            "tasks": {"pick-two": {"rewards": True}, "between": {"variants": ["mle", "gem", "iq-reference"]}}}
 
 CACHED_ONLY: list[bool] = []  # --cached_only
+SKIP_REWARDS: list[bool] = []  # --skip_rewards
 
 PRESETS: dict[str, dict] = {
     "cpu": {
@@ -99,7 +104,8 @@ PRESETS: dict[str, dict] = {
         "arithmetic": {"model": "smollm2-135m", "dataset": "arithmetic", "seeds": [1, 2], "train_examples": 64,
                        "epochs": 5, "batch": 8, "lr": 5e-5, "eval_rows": 64, "prompts": 32, "samples": 4,
                        "temperatures": [0.5, 0.7, 1.0, 1.5], "max_new_tokens": 64, "eval_batch": 128,
-                       "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online"]},
+                       "variants": ["mle", "ent-mle", "gem", "dft", "iq-logits", "iq-reference", "iq-head",
+                                    "iq-online"]},
         "xsum": {"model": "smollm2-135m", "dataset": "xsum-lead", "seeds": [1], "train_examples": 160, "epochs": 1,
                  "batch": 4, "lr": 5e-5, "eval_rows": 32, "prompts": 32, "samples": 4, "temperatures": [0.5, 0.7, 1.0],
                  "max_new_tokens": 64, "eval_batch": 64, "reward_prompts": 48, "reward_samples": 4,
@@ -668,8 +674,36 @@ def many_section(cfg: dict, all_variants: dict, runs: Path, recorded: dict | Non
                       f"{entry['curve'][-1].get('T=1', {}).get('coverage', float('nan')):.1f}", flush=True)
         section["summary"] = many_summary(section["runs"], tcfg, references=tuple(cfg["references"]))
         plot_many(section, tcfg, result_path(f"quality_many_{task}.png"))
+        if tcfg.get("rewards") and not SKIP_REWARDS:
+            section["rewards"] = many_reward_section(tcfg, truns)
         result[task] = section
     return result
+
+
+def many_reward_section(cfg: dict, runs: Path) -> dict:
+    """The paper's reward protocol on a many-answer task: Spearman of each model's R = Σ r_t with validity over every
+    sample of one shared pool (the first seed's MLE, its final model's K samples at T = 1 on the test prompts), across
+    prompts and within each, with Σ log π as the bar. Within a prompt R ranks as Σ log π by construction (docs/method.md
+    §4), so only the across-prompt figure can tell a reward from the likelihood."""
+    seed = cfg["seeds"][0]
+    pool = runs / f"mle-s{seed}" / "eval" / f"epoch{cfg['epochs']}" / "t1" / "generations.jsonl"
+    if not pool.is_file():
+        return {}
+    models: dict = {}
+    for vname in cfg["variants"]:
+        model_dir, out_dir = runs / f"{vname}-s{seed}", runs / "reward-analysis" / vname
+        if not (model_dir / "many_curve.json").is_file():
+            continue
+        if not (out_dir / "analysis.json").is_file():
+            if out_dir.exists():  # an interrupted analysis: start it again
+                shutil.rmtree(out_dir)
+            tirl("rewards", "analyse", "--models", str(model_dir), "--labels", vname, "--generations", str(pool),
+                 "--preference", "demonstrations", "--num_pairs", "200", "--output_dir", str(out_dir))
+        one = json.loads((out_dir / "analysis.json").read_text())["models"][vname]
+        models[vname] = {x: one.get(x) for x in ("iq_value", "gamma", "reward", "logprob", "reward_per_token",
+                                                 "preference", "mean_R", "mean_R_correct", "mean_R_wrong")}
+    return {"pool": f"{cfg['prompts']} prompts × {cfg['samples']} samples of mle-s{seed} at T = 1 (final epoch)",
+            "score": "valid", "models": models}
 
 
 def plot_many(section: dict, cfg: dict, png: Path) -> None:
@@ -922,6 +956,15 @@ def tables(result: dict) -> str:
                     continue
                 cells = [_ms(d.get(p), signed=True) + ("*" if d.get(p, {}).get("extrapolated") else "") for p in passes]
                 lines.append(f"| {vname} | {ref} | " + " | ".join(cells) + " |")
+        hot = next((p for p in ("T=1", *reversed(passes)) if p in passes and p != "greedy"), None)
+        with_k = {v: s["frontier"][hot]["pass_at_k"] for v, s in sec["summary"].items()
+                  if hot and s["frontier"].get(hot, {}).get("pass_at_k")}
+        if with_k:
+            ks = range(1, min(len(c) for c in with_k.values()) + 1)
+            lines += [f"\n{name}: pass@k against k at {hot} ({cfg['samples']} samples per prompt, unbiased estimator; "
+                      "runs recorded before pass@k was kept have none)\n",
+                      "| variant | " + " | ".join(f"pass@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+            lines += [f"| {v} | " + " | ".join(_ms(c[k - 1]) for k in ks) + " |" for v, c in with_k.items()]
         if any("epochs" in s for s in sec["summary"].values()):
             lines += [f"\n{name}: overfitting ({cfg['train_examples']} rows, {cfg['epochs']} epochs)\n",
                       "| variant | held-out −log π, best epoch | held-out −log π, last epoch | Δ last vs MLE | "
@@ -932,14 +975,7 @@ def tables(result: dict) -> str:
                              f"{_ms(d.get('final_heldout_nll'), 3, True)} | {_ms(s['final_greedy_score'])} | "
                              f"{_ms(d.get('final_greedy_score'), 1, True)} | {_ms(s['best_epoch'])} |")
         if "rewards" in sec:
-            lines += [f"\n{name}: rewards vs sentence {score} over {sec['rewards']['pool']}\n",
-                      "| variant | V | Spearman R within prompt | Σ log π within prompt (the bar) | Spearman R overall | "
-                      "Σ log π overall | preference acc. R (demonstrations) | Σ log π |", "|---|---|---|---|---|---|---|---|"]
-            for vname, m in sec["rewards"]["models"].items():
-                r, lp, pref = m["reward"], m["logprob"], m.get("preference") or {}
-                lines.append(f"| {vname} | {m['iq_value']} | {_f(r['spearman_within_prompt'])} | "
-                             f"{_f(lp['spearman_within_prompt'])} | {_f(r['spearman'])} | {_f(lp['spearman'])} | "
-                             f"{_f(pref.get('accuracy'))} | {_f(pref.get('accuracy_logprob'))} |")
+            lines += reward_table(f"{name}: rewards vs sentence {score} over {sec['rewards']['pool']}", sec["rewards"])
     if "many" in result:
         lines += many_tables(result["many"])
     if "grammar" in result:
@@ -952,6 +988,19 @@ def tables(result: dict) -> str:
                          f"{_ms(s['validity_mass'], 4)} | {_ms(s['reverse_kl_on_support'], 4)} | "
                          f"{_ms(s['sample_validity'], 3)} | {_ms(s['self_bleu'])} |")
     return "\n".join(lines) + "\n"
+
+
+def reward_table(title: str, rewards: dict) -> list[str]:
+    """Spearman of R (and of Σ log π, the bar) with the per-sample score, within prompt and across all samples."""
+    lines = [f"\n{title}\n",
+             "| variant | V | Spearman R within prompt | Σ log π within prompt (the bar) | Spearman R across prompts | "
+             "Σ log π across prompts | preference acc. R (demonstrations) | Σ log π |", "|---|---|---|---|---|---|---|---|"]
+    for vname, m in rewards["models"].items():
+        r, lp, pref = m["reward"], m["logprob"], m.get("preference") or {}
+        lines.append(f"| {vname} | {m['iq_value']} | {_f(r['spearman_within_prompt'])} | "
+                     f"{_f(lp['spearman_within_prompt'])} | {_f(r['spearman'])} | {_f(lp['spearman'])} | "
+                     f"{_f(pref.get('accuracy'))} | {_f(pref.get('accuracy_logprob'))} |")
+    return lines
 
 
 def _f(x) -> str:
@@ -1008,6 +1057,9 @@ def many_tables(section: dict) -> list[str]:
             lines.append(f"| {vname} | " + " | ".join(
                 f"{_ms(_k(e[hot]['pass_at_k'], 1))} / {_ms(_k(e[hot]['pass_at_k'], ks[-1]))}, "
                 f"{_ms(e['expert_nll'], 2)}" for e in s["epochs"]) + " |")
+        if sec.get("rewards", {}).get("models"):
+            lines += reward_table(f"{task}: the paper's reward protocol, R = Σ r_t of each variant's first seed against "
+                                  f"validity over {sec['rewards']['pool']}", sec["rewards"])
     return lines
 
 
@@ -1023,12 +1075,13 @@ def main() -> None:
                    "seeds for some of them (with --seeds); a later run without either summarises every cached seed")
     p.add_argument("--cached_only", action="store_true", help="many-answer section: summarise the finished runs in "
                    "the cache and train nothing (e.g. while other processes still run)")
-    p.add_argument("--skip_rewards", action="store_true", help="summarise XSum without its reward analysis (the slowest "
+    p.add_argument("--skip_rewards", action="store_true", help="summarise XSum and the many-answer tasks without their reward analysis (the slowest "
                    "part: every model scores the sample pool and the demonstration pairs)")
     p.add_argument("--model", default=None, help="the model every section trains instead of the preset's: a built-in "
                    "name, a hub id or a local directory (e.g. SmolLM2-360M for the gpu preset)")
     args = p.parse_args()
     CACHED_ONLY[:] = [True] if args.cached_only else []
+    SKIP_REWARDS[:] = [True] if args.skip_rewards else []
     RESULTS.mkdir(parents=True, exist_ok=True)
     preset = PRESETS[args.preset]
     CURRENT_VARIANTS.update(preset["variants"])

@@ -3,7 +3,9 @@ on the tiny models, so a command the documentation shows cannot silently break.
 
 A `tirl` on the PATH stands in for the real one and swaps what would take minutes for what takes seconds: a model
 that is not a directory becomes `tiny-llama`, a task that needs files or the hub becomes `arithmetic` (the generated
-tasks stay), and training, sampling and scoring get small lengths. Everything else is the documented command. Lines
+tasks stay), and training, sampling and scoring get small lengths. Everything else is the documented command. It runs
+in a child forked from one warm process (tests/forkserver.py), which spares each command the 5 s of importing torch,
+transformers and TRL and changes nothing else it sees. Lines
 that install, benchmark or call other programs (`make`, `pip`, `lm_eval`, `.venv/bin/python benchmarks/...`) are
 left out; blocks that are not meant to be pasted are fenced as ```text.
 """
@@ -61,6 +63,13 @@ if "--help" in out or "-h" in out:
     extra = []
 if tuple(command) == ("train",) and not any(a in out for a in ("--model", "--model_name_or_path")):
     extra += ["--model", "tiny-llama", "--dataset", "arithmetic"]  # the embedded default job, made small
+server = os.environ.get("TIRL_TEST_SERVER")
+if server:  # the warm server of tests/forkserver.py; it declines a command whose environment differs from its own
+    sys.path.insert(0, TESTS_DIR)
+    from forkserver import FRESH, client
+    code = client(server, [*out, *extra])
+    if code != FRESH:
+        sys.exit(code)
 os.execv(sys.executable, [sys.executable, "-m", "tirl.cli", *out, *extra])
 '''
 
@@ -100,17 +109,32 @@ CASES = [pytest.param(page, start, text, id=f"{page.relative_to(ROOT)}:{start}")
          for page in PAGES for start, text in blocks(page) if runnable(text).strip()]
 
 
+def environment(work: Path) -> dict[str, str]:
+    """What every block runs with: the stand-in first on the PATH, no hub, the warm server's socket."""
+    inherited = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # it changes from test to test
+    return {**inherited, "PATH": f"{work / '.bin'}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1", "TIRL_TEST_SERVER": str(work / ".bin" / "server.sock")}
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """One directory for all blocks, as a reader's checkout: later blocks may use what earlier ones made."""
+    """One directory for all blocks, as a reader's checkout: later blocks may use what earlier ones made; the warm
+    server runs while they do."""
     work = tmp_path_factory.mktemp("docs")
     (work / "examples").symlink_to(ROOT / "examples")
     bin_dir = work / ".bin"
     bin_dir.mkdir()
     tirl = bin_dir / "tirl"
-    tirl.write_text(WRAPPER.replace("PYTHON", sys.executable).replace("GENERATED_SET", repr(GENERATED)))
+    tirl.write_text(WRAPPER.replace("PYTHON", sys.executable).replace("GENERATED_SET", repr(GENERATED))
+                    .replace("TESTS_DIR", repr(str(Path(__file__).parent))))
     tirl.chmod(tirl.stat().st_mode | stat.S_IEXEC)
-    return work
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "forkserver.py"),
+                               str(bin_dir / "server.sock")], cwd=work, env=environment(work), stdout=subprocess.PIPE,
+                              text=True)
+    assert server.stdout.readline().strip() == "ready"
+    yield work
+    server.kill()
+    server.wait()
 
 
 def test_every_page_has_its_commands_found():
@@ -121,8 +145,7 @@ def test_every_page_has_its_commands_found():
 @pytest.mark.slow
 @pytest.mark.parametrize("page, start, text", CASES)
 def test_documented_commands_run(workdir, page, start, text):
-    env = {**os.environ, "PATH": f"{workdir / '.bin'}{os.pathsep}{os.environ['PATH']}",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = environment(workdir)
     script = "set -euo pipefail\n" + runnable(text)
     proc = subprocess.run(["bash", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (f"{page.relative_to(ROOT)}:{start} failed ({proc.returncode}):\n{runnable(text)}\n"
