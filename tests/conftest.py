@@ -9,6 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -45,9 +46,41 @@ def first_batch(trainer):
     return dict(next(iter(trainer.get_train_dataloader())))
 
 
+def warm_server() -> str:
+    """The socket of this session's warm `tirl` (tests/forkserver.py), started on first use."""
+    if not _WARM:
+        path = os.path.join(tempfile.mkdtemp(prefix="tirl-warm-"), "server.sock")
+        env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+        proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "forkserver.py"), path],
+                                env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        _WARM.update(path=path, proc=proc)
+    return _WARM["path"]
+
+
+_WARM: dict = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _WARM:
+        _WARM["proc"].kill()
+        _WARM["proc"].wait()
+
+
 def run_cli(*args, cwd=None, check=True):
-    """`python -m tirl.cli ARGS` in a subprocess: the command as a user runs it."""
-    proc = subprocess.run([sys.executable, "-m", "tirl.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    """`tirl ARGS` as a user runs it: its own process (forked from the warm server, or a fresh interpreter when the
+    environment differs from the server's), its exit code and output."""
+    from forkserver import FRESH, client
+
+    args = [str(a) for a in args]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, open(os.devnull) as stdin:
+        code = client(warm_server(), args, (stdin.fileno(), out.fileno(), err.fileno()), cwd=str(cwd) if cwd else None)
+        out.seek(0)
+        err.seek(0)
+        proc = subprocess.CompletedProcess([sys.executable, "-m", "tirl.cli", *args], code, out.read(), err.read())
+    if code == FRESH:
+        proc = subprocess.run([sys.executable, "-m", "tirl.cli", *args], capture_output=True, text=True, cwd=cwd,
+                              timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"tirl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

@@ -1,4 +1,4 @@
-"""A warm `tirl` for tests that run many commands as a shell would (tests/test_docs.py).
+"""A warm `tirl` for the tests that run commands as a user would (`conftest.run_cli`, tests/test_docs.py).
 
 Every `python -m tirl.cli` pays for importing torch, transformers, TRL and peft: about 5 s a command on two cores,
 more than most documented commands then take on the tiny models. The server imports them once and forks a child per
@@ -20,8 +20,9 @@ import socket
 import sys
 import traceback
 
-# set by the shell or by the client itself; every other difference sends the command to a fresh interpreter
-SHELL_VARIABLES = {"PWD", "OLDPWD", "SHLVL", "_"}
+# set by the shell, by pytest or by the tests (where to find programs and this server): no library reads them on
+# import, and the command still gets them; every other difference sends the command to a fresh interpreter
+SHELL_VARIABLES = {"PWD", "OLDPWD", "SHLVL", "_", "PATH", "PYTEST_CURRENT_TEST", "TIRL_TEST_SERVER"}
 FRESH = -1000  # the server's answer: run this command in a fresh interpreter
 PRELOAD = ("tirl.cli.train", "tirl.cli.eval", "tirl.cli.rewards", "tirl.cli.rewards_analyse", "tirl.cli.compare",
            "tirl.jobs.train", "tirl.jobs.eval", "tirl.jobs.analyse", "tirl.trainers", "tirl.rewards", "tirl.evaluation",
@@ -102,16 +103,17 @@ def _child(request: dict, fds: list[int]) -> None:
             os._exit(code if isinstance(code, int) else 1)
 
 
-def client(path: str, args: list[str]) -> int:
-    """Run `tirl ARGS` through the server at `path`; FRESH when it declines (or is not there)."""
+def client(path: str, args: list[str], streams: tuple[int, int, int] = (0, 1, 2), cwd: str | None = None) -> int:
+    """Run `tirl ARGS` through the server at `path` with these stdin/stdout/stderr descriptors; its exit code, or
+    FRESH when the server declines (or is not there)."""
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         conn.connect(path)
     except OSError:
         return FRESH
     with conn:
-        request = {"args": args, "cwd": os.getcwd(), "env": dict(os.environ)}
-        socket.send_fds(conn, [json.dumps(request).encode()], [0, 1, 2])
+        request = {"args": args, "cwd": cwd or os.getcwd(), "env": dict(os.environ)}
+        socket.send_fds(conn, [json.dumps(request).encode()], list(streams))
         code = int(conn.recv(64).decode())
     return code if code >= 0 or code == FRESH else 128 - code  # killed by a signal: as a shell reports it
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import warm_server
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = ("make", "pip", "lm_eval", ".venv/bin/python", "python", "bash", "accelerate", "tensorboard", "wait")
@@ -113,13 +115,12 @@ def environment(work: Path) -> dict[str, str]:
     """What every block runs with: the stand-in first on the PATH, no hub, the warm server's socket."""
     inherited = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # it changes from test to test
     return {**inherited, "PATH": f"{work / '.bin'}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1", "TIRL_TEST_SERVER": str(work / ".bin" / "server.sock")}
+            "HF_DATASETS_OFFLINE": "1", "TIRL_TEST_SERVER": warm_server()}
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """One directory for all blocks, as a reader's checkout: later blocks may use what earlier ones made; the warm
-    server runs while they do."""
+    """One directory for all blocks, as a reader's checkout: later blocks may use what earlier ones made."""
     work = tmp_path_factory.mktemp("docs")
     (work / "examples").symlink_to(ROOT / "examples")
     bin_dir = work / ".bin"
@@ -128,13 +129,7 @@ def workdir(tmp_path_factory):
     tirl.write_text(WRAPPER.replace("PYTHON", sys.executable).replace("GENERATED_SET", repr(GENERATED))
                     .replace("TESTS_DIR", repr(str(Path(__file__).parent))))
     tirl.chmod(tirl.stat().st_mode | stat.S_IEXEC)
-    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "forkserver.py"),
-                               str(bin_dir / "server.sock")], cwd=work, env=environment(work), stdout=subprocess.PIPE,
-                              text=True)
-    assert server.stdout.readline().strip() == "ready"
-    yield work
-    server.kill()
-    server.wait()
+    return work
 
 
 def test_every_page_has_its_commands_found():

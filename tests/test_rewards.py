@@ -6,10 +6,10 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
+from conftest import run_cli
 from tirl.data import load_rows, to_trl
 from tirl.rewards import RewardScorer, pairwise_accuracy, preference_accuracy, score
 
@@ -152,8 +152,8 @@ def test_rewards_cli_end_to_end(tmp_path):
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "tirl.cli", "rewards", "--model", str(tmp_path / "m"), "--dataset",
-                           "arithmetic", "--num_examples", "6", "--output_dir", str(out)], capture_output=True, text=True, timeout=300)
+    proc = run_cli("rewards", "--model", str(tmp_path / "m"), "--dataset",
+                           "arithmetic", "--num_examples", "6", "--output_dir", str(out), check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "rewards.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and {"rewards", "values", "logprobs", "reward", "prompt"} <= rows[0].keys()
@@ -209,10 +209,10 @@ def test_rewards_analyse_end_to_end(tmp_path):
     prefs = tmp_path / "prefs.jsonl"
     prefs.write_text("\n".join(json.dumps({"prompt": "Say hi", "chosen": "hi", "rejected": "bye"}) for _ in range(3)) + "\n")
     out = tmp_path / "analysis"
-    proc = subprocess.run([sys.executable, "-m", "tirl.cli", "rewards", "analyse", "--models", str(tmp_path / "a"),
+    proc = run_cli("rewards", "analyse", "--models", str(tmp_path / "a"),
                            str(tmp_path / "b"), "--labels", "a", "b", "--dataset", "arithmetic", "--num_examples", "4",
                            "--samples", "3", "--max_new_tokens", "24", "--preference", str(prefs), "--no-bf16",
-                           "--output_dir", str(out)], capture_output=True, text=True, timeout=600)
+                           "--output_dir", str(out), check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "analysis.json").read_text())
     assert result["num_completions"] == 12 and set(result["models"]) == {"a", "b"}
@@ -223,9 +223,9 @@ def test_rewards_analyse_end_to_end(tmp_path):
 
     # the same completions again, read from the file, against the task's own demonstrations
     out2 = tmp_path / "analysis2"
-    proc = subprocess.run([sys.executable, "-m", "tirl.cli", "rewards", "analyse", "--models", str(tmp_path / "a"),
+    proc = run_cli("rewards", "analyse", "--models", str(tmp_path / "a"),
                            "--generations", str(out / "samples" / "generations.jsonl"), "--preference", "demonstrations",
-                           "--no-bf16", "--output_dir", str(out2)], capture_output=True, text=True, timeout=600)
+                           "--no-bf16", "--output_dir", str(out2), check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result2 = json.loads((out2 / "analysis.json").read_text())
     assert result2["settings"]["dataset"] == "arithmetic"  # the generations' dataset, not the option's default
