@@ -692,7 +692,7 @@ def many_reward_section(cfg: dict, runs: Path) -> dict:
     models: dict = {}
     for vname in cfg["variants"]:
         model_dir, out_dir = runs / f"{vname}-s{seed}", runs / "reward-analysis" / vname
-        if not (model_dir / "many_curve.json").is_file():
+        if not (model_dir / "many_curve.json").is_file() or (CACHED_ONLY and not (out_dir / "analysis.json").is_file()):
             continue
         if not (out_dir / "analysis.json").is_file():
             if out_dir.exists():  # an interrupted analysis: start it again
@@ -1073,8 +1073,8 @@ def main() -> None:
                    "seed on separate cores; rerun without it afterwards to summarise every seed from the cache")
     p.add_argument("--variants", default=None, help="comma-separated variants instead of the section's, e.g. more "
                    "seeds for some of them (with --seeds); a later run without either summarises every cached seed")
-    p.add_argument("--cached_only", action="store_true", help="many-answer section: summarise the finished runs in "
-                   "the cache and train nothing (e.g. while other processes still run)")
+    p.add_argument("--cached_only", action="store_true", help="many-answer section: summarise the finished runs and "
+                   "reward analyses in the cache; train and analyse nothing (e.g. while other processes still run)")
     p.add_argument("--skip_rewards", action="store_true", help="summarise XSum and the many-answer tasks without their reward analysis (the slowest "
                    "part: every model scores the sample pool and the demonstration pairs)")
     p.add_argument("--model", default=None, help="the model every section trains instead of the preset's: a built-in "
