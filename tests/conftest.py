@@ -7,6 +7,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -65,6 +66,7 @@ def pytest_sessionfinish(session, exitstatus):
     if _WARM:
         _WARM["proc"].kill()
         _WARM["proc"].wait()
+        shutil.rmtree(os.path.dirname(_WARM["path"]), ignore_errors=True)
 
 
 def run_cli(*args, cwd=None, check=True):
@@ -74,7 +76,8 @@ def run_cli(*args, cwd=None, check=True):
 
     args = [str(a) for a in args]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, open(os.devnull) as stdin:
-        code = client(warm_server(), args, (stdin.fileno(), out.fileno(), err.fileno()), cwd=str(cwd) if cwd else None)
+        code = client(warm_server(), args, (stdin.fileno(), out.fileno(), err.fileno()), cwd=str(cwd) if cwd else None,
+                      timeout=600)
         out.seek(0)
         err.seek(0)
         proc = subprocess.CompletedProcess([sys.executable, "-m", "tirl.cli", *args], code, out.read(), err.read())

@@ -111,9 +111,10 @@ def _child(request: dict, fds: list[int]) -> None:
             os._exit(code if isinstance(code, int) else 1)
 
 
-def client(path: str, args: list[str], streams: tuple[int, int, int] = (0, 1, 2), cwd: str | None = None) -> int:
+def client(path: str, args: list[str], streams: tuple[int, int, int] = (0, 1, 2), cwd: str | None = None,
+           timeout: float | None = None) -> int:
     """Run `tirl ARGS` through the server at `path` with these stdin/stdout/stderr descriptors; its exit code, or
-    FRESH when the server declines (or is not there)."""
+    FRESH when the server declines (or is not there). Raises TimeoutError after `timeout` seconds."""
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         conn.connect(path)
@@ -122,6 +123,7 @@ def client(path: str, args: list[str], streams: tuple[int, int, int] = (0, 1, 2)
     with conn:
         request = {"args": args, "cwd": cwd or os.getcwd(), "env": dict(os.environ)}
         socket.send_fds(conn, [json.dumps(request).encode()], list(streams))
+        conn.settimeout(timeout)
         code = int(conn.recv(64).decode())
     return code if code >= 0 or code == FRESH else 128 - code  # killed by a signal: as a shell reports it
 
