@@ -51,9 +51,8 @@ def warm_server() -> str:
     """The socket of this session's warm `tirl` (tests/forkserver.py), started on first use."""
     if not _WARM:
         path = os.path.join(tempfile.mkdtemp(prefix="tirl-warm-"), "server.sock")
-        env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
         proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "forkserver.py"), path],
-                                env=env, stdout=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         _WARM.update(path=path, proc=proc)
     return _WARM["path"]

@@ -41,6 +41,7 @@ def serve(path: str) -> None:
     from tirl.plots import pyplot
 
     pyplot()
+    added = {k: v for k, v in os.environ.items() if k not in started_with and k not in SHELL_VARIABLES}
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server.bind(path)
     server.listen(4)
@@ -57,10 +58,11 @@ def serve(path: str) -> None:
         with conn:
             message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
             request = json.loads(message)
-            theirs, ours = _environment(request["env"]), started_with
-            if theirs != ours or len(fds) != 3:
+            theirs = _environment(request["env"])
+            if theirs != started_with or len(fds) != 3:
                 if os.environ.get("TIRL_TEST_SERVER_DEBUG"):
-                    print("declined, differing:", sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k)),
+                    print("declined, differing:", sorted(k for k in {*theirs, *started_with}
+                                                         if theirs.get(k) != started_with.get(k)),
                           file=sys.stderr, flush=True)
                 for fd in fds:
                     os.close(fd)
@@ -71,7 +73,6 @@ def serve(path: str) -> None:
             pid = os.fork()
             if pid == 0:
                 server.close()
-                added = {k: v for k, v in os.environ.items() if k not in started_with and k not in SHELL_VARIABLES}
                 _child({**request, "env": {**request["env"], **added}}, fds)
             for fd in fds:
                 os.close(fd)

@@ -126,8 +126,6 @@ TINY = ["--model", "tiny-llama", "--dataset", "arithmetic", "--num_train_example
         "--disable_tqdm", "true", "--report_to", "none", "--seed", "0"]
 
 
-
-
 def one_line_error(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tirl train: error: "), err

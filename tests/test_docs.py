@@ -113,8 +113,7 @@ CASES = [pytest.param(page, start, text, id=f"{page.relative_to(ROOT)}:{start}")
 
 def environment(work: Path) -> dict[str, str]:
     """What every block runs with: the stand-in first on the PATH, no hub, the warm server's socket."""
-    inherited = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # it changes from test to test
-    return {**inherited, "PATH": f"{work / '.bin'}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+    return {**os.environ, "PATH": f"{work / '.bin'}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1", "TIRL_TEST_SERVER": warm_server()}
 
 

@@ -18,8 +18,6 @@ TINY = ["--model", "tiny-llama", "--learning_rate", "3e-3", "--logging_steps", "
         "--disable_tqdm", "true", "--report_to", "none", "--seed", "0", "--per_device_train_batch_size", "4"]
 
 
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # The Python API
 

@@ -27,8 +27,6 @@ EVAL = ["--dataset", "arithmetic", "--num_examples", "4", "--samples", "2", "--m
         "4", "--no_progress"]
 
 
-
-
 def last_line(err: str) -> str:
     return err.strip().splitlines()[-1]
 
