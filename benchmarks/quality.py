@@ -109,7 +109,7 @@ PRESETS: dict[str, dict] = {
         "xsum": {"model": "smollm2-135m", "dataset": "xsum-lead", "seeds": [1], "train_examples": 160, "epochs": 1,
                  "batch": 4, "lr": 5e-5, "eval_rows": 32, "prompts": 32, "samples": 4, "temperatures": [0.5, 0.7, 1.0],
                  "max_new_tokens": 64, "eval_batch": 64, "reward_prompts": 48, "reward_samples": 4,
-                 "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head"]},
+                 "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online"]},
         "gsm8k": {"model": "smollm2-135m", "dataset": "gsm8k", "seeds": [1], "train_examples": 320, "max_steps": 40,
                   "batch": 4, "lr": 5e-5, "eval_rows": 16, "prompts": 40, "samples": 4, "temperatures": [1.0],
                   "max_new_tokens": 160, "eval_batch": 64,
@@ -314,7 +314,7 @@ def along_frontier(ref: dict, other: dict) -> dict:
 
 
 def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: str, per_epoch: bool,
-                 rewards: bool = False, recorded: dict | None = None) -> dict:
+                 rewards: bool = False, recorded: dict | None = None, recorded_rewards: dict | None = None) -> dict:
     """One task: every variant and seed trained and evaluated (cached under `runs`). `recorded`: the section's runs
     in an earlier results file; a run whose directory is gone (runs are not committed) is taken from there instead of
     trained again, so a section can gain variants without rerunning the others."""
@@ -351,7 +351,7 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
     if per_epoch:
         plot_epochs(section, cfg, result_path(f"quality_{name}_epochs.png"), score)
     if rewards:
-        section["rewards"] = reward_section(cfg, section, runs)
+        section["rewards"] = reward_section(cfg, section, runs, recorded_rewards)
     return section
 
 
@@ -497,10 +497,13 @@ def plot_epochs(section: dict, cfg: dict, png: Path, score: str) -> None:
     plt.close(fig)
 
 
-def reward_section(cfg: dict, section: dict, runs: Path) -> dict:
-    """Spearman of each model's R with sentence ROUGE-1 over one pool of MLE samples (the first seed's models)."""
+def reward_section(cfg: dict, section: dict, runs: Path, recorded: dict | None = None) -> dict:
+    """Spearman of each model's R with sentence ROUGE-1 over one pool of MLE samples (the first seed's models).
+    `recorded`: the section's earlier reward results; a variant whose model is no longer in the cache keeps its row
+    (the pool is the first seed's MLE samples, so it is the same pool only if that run is: compare MLE's row)."""
     from tirl.rewards.analysis import analysis_markdown
 
+    kept = (recorded or {}).get("models", {})
     seed = cfg["seeds"][0]
     mle_model = _chosen_model(section, f"mle-s{seed}", runs)
     evaluate(cfg, mle_model, runs / "reward-pool", 1.0, samples=cfg["reward_samples"], prompts=cfg["reward_prompts"])
@@ -509,22 +512,27 @@ def reward_section(cfg: dict, section: dict, runs: Path) -> dict:
     analysis: dict = {}
     for vname in cfg["variants"]:
         out_dir = runs / "reward-analysis" / vname
+        model = _chosen_model(section, f"{vname}-s{seed}", runs)
+        if not (out_dir / "analysis.json").is_file() and not Path(model).is_dir():
+            continue  # a recorded run (its model is gone): its recorded row, if any, is kept below
         if not (out_dir / "analysis.json").is_file():
             if out_dir.exists():  # an interrupted analysis: start it again
                 shutil.rmtree(out_dir)
-            tirl("rewards", "analyse", "--models", _chosen_model(section, f"{vname}-s{seed}", runs), "--labels", vname,
+            tirl("rewards", "analyse", "--models", model, "--labels", vname,
                  "--generations", str(runs / "reward-pool" / "generations.jsonl"), "--preference", "demonstrations",
                  "--num_pairs", "200", "--output_dir", str(out_dir))
         one = json.loads((out_dir / "analysis.json").read_text())
         for png in out_dir.glob("reward_*.png"):  # R against the sample score (XSum) or for right/wrong (GSM8k)
             shutil.copy(png, result_path(f"quality_{png.stem}.png"))
         analysis = {**one, "models": {**analysis.get("models", {}), **one["models"]}}
-    analysis["settings"]["models"] = [m["model"] for m in analysis["models"].values()]
-    analysis["settings"]["labels"] = list(analysis["models"])
-    result_path("quality_rewards_analysis.md").write_text(analysis_markdown(analysis))
+    if analysis:
+        analysis["settings"]["models"] = [m["model"] for m in analysis["models"].values()]
+        analysis["settings"]["labels"] = list(analysis["models"])
+        result_path("quality_rewards_analysis.md").write_text(analysis_markdown(analysis))
+    fresh = {k: {x: v.get(x) for x in ("iq_value", "gamma", "reward", "logprob", "reward_per_token", "preference",
+                                       "mean_R")} for k, v in analysis.get("models", {}).items()}
     return {"pool": f"{cfg['reward_prompts']} prompts × {cfg['reward_samples']} samples of mle-s{seed} at T = 1",
-            "models": {k: {x: v.get(x) for x in ("iq_value", "gamma", "reward", "logprob", "reward_per_token",
-                                                  "preference", "mean_R")} for k, v in analysis["models"].items()}}
+            "models": {v: fresh.get(v) or kept[v] for v in cfg["variants"] if v in fresh or v in kept}}
 
 
 def _chosen_model(section: dict, key: str, runs: Path) -> str:
@@ -1194,7 +1202,7 @@ def main() -> None:
                 score = "accuracy_flexible"  # the smoke preset stands arithmetic in for XSum
             result[name] = task_section(name, cfg, preset["variants"], runs / name, score,
                                         per_epoch=name == "arithmetic", rewards=name == "xsum" and not args.skip_rewards,
-                                        recorded=recorded.get("runs"))
+                                        recorded=recorded.get("runs"), recorded_rewards=recorded.get("rewards"))
         result["seconds"][name] = time.time() - t0
         done.add(name)
         save()
