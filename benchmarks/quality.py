@@ -96,6 +96,7 @@ MANY_CPU = {"model": "smollm2-135m", "seeds": [1, 2], "train_examples": 128, "ep
             "tasks": {"pick-two": {"rewards": True}, "between": {"variants": ["mle", "gem", "iq-reference"]}}}
 
 CACHED_ONLY: list[bool] = []  # --cached_only
+THREADS: list[str] = []  # --threads
 SKIP_REWARDS: list[bool] = []  # --skip_rewards
 
 PRESETS: dict[str, dict] = {
@@ -194,9 +195,16 @@ SECTIONS = ("arithmetic", "xsum", "gsm8k", "grammar", "many")
 def tirl(*args: str) -> None:
     cmd = [sys.executable, "-m", "tirl.cli", *args]
     print("$ tirl " + " ".join(args), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    threads = {"OMP_NUM_THREADS": THREADS[0]} if THREADS else {}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **threads})
     if proc.returncode != 0:
         raise SystemExit(f"tirl {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def run_timing(run_dir: Path) -> dict:
+    """What a run's `seconds` measure: `resumed` when its training was already in the cache (an interrupted run's
+    time is not a run's cost; an unfinished training starts again from scratch), `threads` the torch threads of its commands (OMP_NUM_THREADS; None = one per core)."""
+    return {"resumed": (run_dir / "metrics.json").is_file(), "threads": THREADS[0] if THREADS else os.environ.get("OMP_NUM_THREADS")}
 
 
 def mean_sem(values: list[float]) -> dict:
@@ -328,7 +336,7 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
             if key in recorded and not (runs / key / "metrics.json").is_file():
                 section["runs"][key] = recorded[key]
                 continue
-            t0 = time.time()
+            t0, timing = time.time(), run_timing(runs / key)
             run_dir = train(cfg, all_variants[vname], seed, runs / key, per_epoch)
             entry: dict = {"variant": vname, "seed": seed}
             model = str(run_dir)
@@ -340,7 +348,7 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
             evals = frontier_evals(cfg, model, runs / key / "eval" / "frontier")
             entry["frontier"] = points(evals, score)
             entry["train"] = json.loads((run_dir / "metrics.json").read_text()).get("eval_after", {})
-            entry["seconds"] = time.time() - t0
+            entry.update(seconds=time.time() - t0, **timing)
             section["runs"][key] = entry
             if per_epoch:  # keep the chosen checkpoint and the final model; the others were only for the curves
                 for ck in run_dir.glob("checkpoint-*"):
@@ -572,7 +580,7 @@ def many_run(cfg: dict, variant: list[str], seed: int, run_dir: Path, base: dict
     cached = run_dir / "many_curve.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    t0 = time.time()
+    t0, timing = time.time(), run_timing(run_dir)
     train(cfg, variant, seed, run_dir, per_epoch=True)
     curve = [{"epoch": 0, **base}]
     history = {round(h["epoch"]): h for h in log_history(run_dir) if "eval_mle_loss" in h}
@@ -580,7 +588,7 @@ def many_run(cfg: dict, variant: list[str], seed: int, run_dir: Path, base: dict
         epoch = round(json.loads((ck / "trainer_state.json").read_text())["epoch"])
         evals = many_evals(cfg, str(ck), run_dir / "eval" / f"epoch{epoch}")
         curve.append({"epoch": epoch, "heldout_mle": history.get(epoch, {}).get("eval_mle_loss"), **evals})
-    entry = {"curve": curve, "seconds": time.time() - t0}
+    entry = {"curve": curve, "seconds": time.time() - t0, **timing}
     cached.write_text(json.dumps(entry, indent=1) + "\n")
     for ck in run_dir.glob("checkpoint-*"):  # the final model stays (run_dir itself)
         shutil.rmtree(ck, ignore_errors=True)
@@ -1002,8 +1010,9 @@ def tables(result: dict) -> str:
 
 def cost_table(result: dict) -> list[str]:
     """What the preset's own runs (its seeds and variants, not the extra seeds) cost, from the recorded runs' wall time
-    (training and every evaluation, one process per core as the preset is meant to run). A run read back from the
-    cache took milliseconds and is not a timing; a variant without a timed run takes its task's median (marked ~).
+    (training and every evaluation), one process per core with one thread each (`--threads 1`) as the preset is meant
+    to run. Runs timed with more threads than that (older records), resumed ones and ones read back from the cache
+    are not timings of that; a variant without a timed run takes its task's median (marked ~).
     The grammar section trains in process and has no cache, so its own time is its cost."""
     preset = PRESETS.get(result.get("preset", ""), {})
     groups: list[tuple[str, list[str], list[int], dict]] = []  # (label, variants, seeds, runs)
@@ -1016,13 +1025,13 @@ def cost_table(result: dict) -> list[str]:
         for task, o in cfg["tasks"].items():
             groups.append((f"many / {task}", o.get("variants", cfg["variants"]), o.get("seeds", cfg["seeds"]),
                            (result["many"].get(task) or {}).get("runs", {})))
-    lines = ["\n### What the preset costs (one core per process; from the recorded runs' wall time)\n",
+    lines = ["\n### What the preset costs (a process per core, one thread each; from the recorded runs' wall time)\n",
              "| section | runs in the preset | timed runs | minutes per run, median (range) | core-hours |",
              "|---|---|---|---|---|"]
     total, untimed = 0.0, []
     for label, names, seeds, runs in groups:
-        minutes = {v: [r["seconds"] / 60 for r in runs.values() if r.get("variant") == v and r.get("seconds", 0) > 60]
-                   for v in names}
+        minutes = {v: [r["seconds"] / 60 for r in runs.values() if r.get("variant") == v and r.get("threads") == "1"
+                       and not r.get("resumed", True) and r.get("seconds", 0) > 60] for v in names}
         timed = [m for ms in minutes.values() for m in ms]
         if not timed:
             untimed.append(label)
@@ -1039,7 +1048,7 @@ def cost_table(result: dict) -> list[str]:
         lines.append(f"| grammar | the whole section | – | – | {secs / 3600:.1f} |")
     lines.append(f"| **timed sections** | | | | **{total:.1f}** |")
     if untimed:
-        lines.append(f"\nNot timed in this record (read back from the cache): {', '.join(untimed)}.")
+        lines.append(f"\nNo run timed with one thread per process in this record: {', '.join(untimed)}.")
     return lines
 
 
@@ -1132,11 +1141,15 @@ def main() -> None:
                    "reward analyses in the cache; train and analyse nothing (e.g. while other processes still run)")
     p.add_argument("--skip_rewards", action="store_true", help="summarise XSum and the many-answer tasks without their reward analysis (the slowest "
                    "part: every model scores the sample pool and the demonstration pairs)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of each `tirl` command it starts (default: "
+                   "torch's, one per core); 1 when running one process per core, or the processes' threads contend "
+                   "for the cores and every run is slower")
     p.add_argument("--model", default=None, help="the model every section trains instead of the preset's: a built-in "
                    "name, a hub id or a local directory (e.g. SmolLM2-360M for the gpu preset)")
     args = p.parse_args()
     CACHED_ONLY[:] = [True] if args.cached_only else []
     SKIP_REWARDS[:] = [True] if args.skip_rewards else []
+    THREADS[:] = [str(args.threads)] if args.threads else []
     RESULTS.mkdir(parents=True, exist_ok=True)
     preset = PRESETS[args.preset]
     CURRENT_VARIANTS.update(preset["variants"])

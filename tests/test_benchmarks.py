@@ -68,8 +68,12 @@ def test_quality_cost_counts_the_presets_runs_from_timed_runs_only():
     quality = quality_module()
     cfg = quality.PRESETS["cpu"]["many"]
     task = next(iter(cfg["tasks"]))
-    runs = {"mle-s1": {"variant": "mle", "seconds": 600}, "mle-s3": {"variant": "mle", "seconds": 1200},
-            "gem-s1": {"variant": "gem", "seconds": 0.01}}  # read back from the cache: not a timing
+    timed = {"threads": "1", "resumed": False}
+    runs = {"mle-s1": {"variant": "mle", "seconds": 600, **timed}, "mle-s3": {"variant": "mle", "seconds": 1200, **timed},
+            # none of these is a timing of the preset: read back from the cache, resumed, run with every core's threads
+            "gem-s1": {"variant": "gem", "seconds": 0.01, **timed},
+            "gem-s2": {"variant": "gem", "seconds": 6000, "threads": "1", "resumed": True},
+            "dft-s1": {"variant": "dft", "seconds": 6000, "threads": None, "resumed": False}}
     lines = quality.cost_table({"preset": "cpu", "many": {task: {"runs": runs}}})
     row = next(line for line in lines if line.startswith(f"| many / {task} "))
     # every variant without a timed run takes the median of the timed ones (15 min), marked as an estimate
