@@ -507,8 +507,9 @@ def plot_epochs(section: dict, cfg: dict, png: Path, score: str) -> None:
 
 def reward_section(cfg: dict, section: dict, runs: Path, recorded: dict | None = None) -> dict:
     """Spearman of each model's R with sentence ROUGE-1 over one pool of MLE samples (the first seed's models).
-    `recorded`: the section's earlier reward results; a variant whose model is no longer in the cache keeps its row
-    (the pool is the first seed's MLE samples, so it is the same pool only if that run is: compare MLE's row)."""
+    `recorded`: the section's earlier reward results. A variant whose model is no longer in the cache keeps its row if
+    the pool is the same: the pool is MLE's samples, so it is when MLE's row, scored again, is unchanged. Otherwise
+    the recorded rows move, MLE's with them, to `earlier_pool`: rows on different pools are not comparable."""
     from tirl.rewards.analysis import analysis_markdown
 
     kept = (recorded or {}).get("models", {})
@@ -539,8 +540,15 @@ def reward_section(cfg: dict, section: dict, runs: Path, recorded: dict | None =
         result_path("quality_rewards_analysis.md").write_text(analysis_markdown(analysis))
     fresh = {k: {x: v.get(x) for x in ("iq_value", "gamma", "reward", "logprob", "reward_per_token", "preference",
                                        "mean_R")} for k, v in analysis.get("models", {}).items()}
-    return {"pool": f"{cfg['reward_prompts']} prompts × {cfg['reward_samples']} samples of mle-s{seed} at T = 1",
-            "models": {v: fresh.get(v) or kept[v] for v in cfg["variants"] if v in fresh or v in kept}}
+    same_pool = "mle" not in fresh or (kept.get("mle") or {}).get("reward") == fresh["mle"]["reward"]
+    out: dict = {"pool": f"{cfg['reward_prompts']} prompts × {cfg['reward_samples']} samples of mle-s{seed} at T = 1",
+                 "models": {v: fresh.get(v) or kept[v] for v in cfg["variants"]
+                            if v in fresh or (same_pool and v in kept)}}
+    if not same_pool and kept:
+        out["earlier_pool"] = {"pool": f"{recorded['pool']}, from an earlier training of mle-s{seed}", "models": kept}
+    elif (recorded or {}).get("earlier_pool"):
+        out["earlier_pool"] = recorded["earlier_pool"]
+    return out
 
 
 def _chosen_model(section: dict, key: str, runs: Path) -> str:
@@ -993,6 +1001,10 @@ def tables(result: dict) -> str:
                              f"{_ms(d.get('final_greedy_score'), 1, True)} | {_ms(s['best_epoch'])} |")
         if "rewards" in sec:
             lines += reward_table(f"{name}: rewards vs sentence {score} over {sec['rewards']['pool']}", sec["rewards"])
+            if sec["rewards"].get("earlier_pool"):  # not comparable with the rows above: another pool of samples
+                lines += reward_table(f"{name}: rewards vs sentence {score} over {sec['rewards']['earlier_pool']['pool']}"
+                                      " (another pool: compare these rows with each other only)",
+                                      sec["rewards"]["earlier_pool"])
     if "many" in result:
         lines += many_tables(result["many"])
     if "grammar" in result:
