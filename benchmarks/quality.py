@@ -336,6 +336,9 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
             if key in recorded and not (runs / key / "metrics.json").is_file():
                 section["runs"][key] = recorded[key]
                 continue
+            last = runs / key / "eval" / "frontier" / f"t{cfg['temperatures'][-1]:g}" / "metrics.json"
+            if CACHED_ONLY and not last.is_file():  # not finished: its last evaluation is missing
+                continue
             t0, timing = time.time(), run_timing(runs / key)
             run_dir = train(cfg, all_variants[vname], seed, runs / key, per_epoch)
             entry: dict = {"variant": vname, "seed": seed}
@@ -513,6 +516,8 @@ def reward_section(cfg: dict, section: dict, runs: Path, recorded: dict | None =
     from tirl.rewards.analysis import analysis_markdown
 
     kept = (recorded or {}).get("models", {})
+    if CACHED_ONLY and not (runs / "reward-pool" / "metrics.json").is_file():
+        return recorded or {}
     seed = cfg["seeds"][0]
     mle_model = _chosen_model(section, f"mle-s{seed}", runs)
     evaluate(cfg, mle_model, runs / "reward-pool", 1.0, samples=cfg["reward_samples"], prompts=cfg["reward_prompts"])
@@ -522,8 +527,8 @@ def reward_section(cfg: dict, section: dict, runs: Path, recorded: dict | None =
     for vname in cfg["variants"]:
         out_dir = runs / "reward-analysis" / vname
         model = _chosen_model(section, f"{vname}-s{seed}", runs)
-        if not (out_dir / "analysis.json").is_file() and not Path(model).is_dir():
-            continue  # a recorded run (its model is gone): its recorded row, if any, is kept below
+        if not (out_dir / "analysis.json").is_file() and (CACHED_ONLY or not Path(model).is_dir()):
+            continue  # a recorded run (its model is gone), or --cached_only: its recorded row, if any, is kept below
         if not (out_dir / "analysis.json").is_file():
             if out_dir.exists():  # an interrupted analysis: start it again
                 shutil.rmtree(out_dir)
@@ -1149,8 +1154,9 @@ def main() -> None:
                    "seeds for some of them (with --seeds); a later run without either summarises every cached seed")
     p.add_argument("--tasks", default=None, help="many-answer section: comma-separated tasks instead of the preset's, "
                    "e.g. more seeds for pick-two alone; the other tasks' recorded results are kept")
-    p.add_argument("--cached_only", action="store_true", help="many-answer section: summarise the finished runs and "
-                   "reward analyses in the cache; train and analyse nothing (e.g. while other processes still run)")
+    p.add_argument("--cached_only", action="store_true", help="summarise the recorded runs and the finished trainings and "
+                   "reward analyses in the cache; train and analyse nothing (e.g. while other processes still run). "
+                   "The grammar section, which has no cache, is skipped")
     p.add_argument("--skip_rewards", action="store_true", help="summarise XSum and the many-answer tasks without their reward analysis (the slowest "
                    "part: every model scores the sample pool and the demonstration pairs)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of each `tirl` command it starts (default: "
@@ -1210,6 +1216,8 @@ def main() -> None:
             cfg = {**cfg, "variants": [v for v in cfg["variants"] if v in args.variants.split(",")]}
         recorded = result.get(name) or {}
         if name == "grammar":
+            if CACHED_ONLY:  # no cache to summarise: its recorded result stays
+                continue
             result[name] = grammar_section(cfg)
         elif name == "many":
             # a task's own variants, restricted to --variants when given
