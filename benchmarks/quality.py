@@ -352,6 +352,11 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
             entry["frontier"] = points(evals, score)
             entry["train"] = json.loads((run_dir / "metrics.json").read_text()).get("eval_after", {})
             entry.update(seconds=time.time() - t0, **timing)
+            timed = runs / key / "timing.json"  # the first, whole run's time outlives later summaries from the cache
+            if timing["resumed"] and timed.is_file():
+                entry.update(json.loads(timed.read_text()))
+            elif not timing["resumed"]:
+                timed.write_text(json.dumps({k: entry[k] for k in ("seconds", "resumed", "threads")}) + "\n")
             section["runs"][key] = entry
             if per_epoch:  # keep the chosen checkpoint and the final model; the others were only for the curves
                 for ck in run_dir.glob("checkpoint-*"):
