@@ -203,8 +203,10 @@ def tirl(*args: str) -> None:
 
 def run_timing(run_dir: Path) -> dict:
     """What a run's `seconds` measure: `resumed` when its training was already in the cache (an interrupted run's
-    time is not a run's cost; an unfinished training starts again from scratch), `threads` the torch threads of its commands (OMP_NUM_THREADS; None = one per core)."""
-    return {"resumed": (run_dir / "metrics.json").is_file(), "threads": THREADS[0] if THREADS else os.environ.get("OMP_NUM_THREADS")}
+    time is not a run's cost; an unfinished training starts again from scratch), `threads` the torch threads of its
+    commands (OMP_NUM_THREADS; None = one per core)."""
+    threads = THREADS[0] if THREADS else os.environ.get("OMP_NUM_THREADS")
+    return {"resumed": (run_dir / "metrics.json").is_file(), "threads": threads}
 
 
 def mean_sem(values: list[float]) -> dict:
