@@ -20,9 +20,11 @@ import socket
 import sys
 import traceback
 
-# set by the shell, by pytest or by the tests (where to find programs and this server): no library reads them on
-# import, and the command still gets them; every other difference sends the command to a fresh interpreter
-SHELL_VARIABLES = {"PWD", "OLDPWD", "SHLVL", "_", "PATH", "PYTEST_CURRENT_TEST", "TIRL_TEST_SERVER"}
+# set by the shell (bash's checkwinsize exports the terminal's COLUMNS and LINES to the commands of a block, so they
+# come and go with where the suite runs), by pytest or by the tests (where to find programs and this server): no
+# library reads them on import, and the command still gets them; every other difference sends the command to a fresh
+# interpreter
+SHELL_VARIABLES = {"PWD", "OLDPWD", "SHLVL", "_", "PATH", "COLUMNS", "LINES", "PYTEST_CURRENT_TEST", "TIRL_TEST_SERVER"}
 FRESH = -1000  # the server's answer: run this command in a fresh interpreter
 PRELOAD = ("tirl.cli.train", "tirl.cli.eval", "tirl.cli.rewards", "tirl.cli.rewards_analyse", "tirl.cli.compare",
            "tirl.jobs.train", "tirl.jobs.eval", "tirl.jobs.analyse", "tirl.trainers", "tirl.rewards", "tirl.evaluation",
