@@ -1174,6 +1174,10 @@ def main() -> None:
     args = p.parse_args()
     CACHED_ONLY[:] = [True] if args.cached_only else []
     SKIP_REWARDS[:] = [True] if args.skip_rewards else []
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads: {args.threads} is not a number of threads (1 or more)")
+    if args.tasks and args.section not in ("many", "all"):
+        p.error(f"--tasks picks many-answer tasks; --section {args.section} has none")
     THREADS[:] = [str(args.threads)] if args.threads else []
     RESULTS.mkdir(parents=True, exist_ok=True)
     preset = PRESETS[args.preset]

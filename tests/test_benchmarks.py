@@ -87,3 +87,12 @@ def test_quality_rejects_an_unknown_task(tmp_path):
                           "--output", str(tmp_path / "q.json")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "--tasks: nope not in the many section" in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [(["--threads", "0"], "--threads: 0 is not a number of threads"),
+                                           (["--section", "xsum", "--tasks", "pick-two"], "--section xsum has none")])
+def test_quality_refuses_an_option_it_would_ignore(tmp_path, args, message):
+    out = subprocess.run([sys.executable, str(BENCH / "quality.py"), *args, "--output", str(tmp_path / "q.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert message in out.stderr
