@@ -97,6 +97,7 @@ MANY_CPU = {"model": "smollm2-135m", "seeds": [1, 2], "train_examples": 128, "ep
 
 CACHED_ONLY: list[bool] = []  # --cached_only
 THREADS: list[str] = []  # --threads
+PRECISION: list[str] = []  # --bf16 true/false (empty: tirl's default)
 SKIP_REWARDS: list[bool] = []  # --skip_rewards
 
 PRESETS: dict[str, dict] = {
@@ -193,6 +194,9 @@ SECTIONS = ("arithmetic", "xsum", "gsm8k", "grammar", "many")
 
 
 def tirl(*args: str) -> None:
+    if PRECISION:  # the same precision for every command: `train` takes a value, `eval` and `rewards` a flag
+        args = (*args, *(["--bf16", PRECISION[0]] if args[0] == "train" else
+                         ["--bf16" if PRECISION[0] == "true" else "--no-bf16"]))
     cmd = [sys.executable, "-m", "tirl.cli", *args]
     print("$ tirl " + " ".join(args), flush=True)
     threads = {"OMP_NUM_THREADS": THREADS[0]} if THREADS else {}
@@ -204,9 +208,10 @@ def tirl(*args: str) -> None:
 def run_timing(run_dir: Path) -> dict:
     """What a run's `seconds` measure: `resumed` when its training was already in the cache (an interrupted run's
     time is not a run's cost; an unfinished training starts again from scratch), `threads` the torch threads of its
-    commands (OMP_NUM_THREADS; None = one per core)."""
+    commands (OMP_NUM_THREADS; None = one per core), `bf16` their precision (auto = tirl's default for the machine)."""
     threads = THREADS[0] if THREADS else os.environ.get("OMP_NUM_THREADS")
-    return {"resumed": (run_dir / "metrics.json").is_file(), "threads": threads}
+    return {"resumed": (run_dir / "metrics.json").is_file(), "threads": threads,
+            "bf16": PRECISION[0] if PRECISION else "auto"}
 
 
 def mean_sem(values: list[float]) -> dict:
@@ -1169,6 +1174,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads of each `tirl` command it starts (default: "
                    "torch's, one per core); 1 when running one process per core, or the processes' threads contend "
                    "for the cores and every run is slower")
+    p.add_argument("--bf16", choices=["auto", "true", "false"], default="auto", help="precision of every `tirl` "
+                   "command: auto = tirl's default (bf16 autocast only where the hardware computes bf16 natively, "
+                   "float32 on an AVX2 CPU); the recorded cpu results trained under bf16 autocast, so `true` matches "
+                   "them (at a large cost on an AVX2 CPU, see docs/benchmarks.md)")
     p.add_argument("--model", default=None, help="the model every section trains instead of the preset's: a built-in "
                    "name, a hub id or a local directory (e.g. SmolLM2-360M for the gpu preset)")
     args = p.parse_args()
@@ -1179,6 +1188,7 @@ def main() -> None:
     if args.tasks and args.section not in ("many", "all"):
         p.error(f"--tasks picks many-answer tasks; --section {args.section} has none")
     THREADS[:] = [str(args.threads)] if args.threads else []
+    PRECISION[:] = [] if args.bf16 == "auto" else [args.bf16]
     RESULTS.mkdir(parents=True, exist_ok=True)
     preset = PRESETS[args.preset]
     CURRENT_VARIANTS.update(preset["variants"])

@@ -111,6 +111,9 @@ def test_env_command(capsys, monkeypatch, tmp_path):
     for package in ("torch", "transformers", "trl"):
         assert info["versions"][package] == metadata.version(package)
     assert info["model_cache"] == str(tmp_path / "cache")
+    # the precision an unset --bf16 becomes here: on a CPU, bf16 only where the CPU computes it natively
+    if not info["cuda"]:
+        assert info["default_bf16"] == info["cpu_native_bf16"]
     monkeypatch.delenv("TIRL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cli_main(["env", "--json"]) == 0

@@ -125,6 +125,23 @@ def test_config_validation():
     assert IQLearnConfig(output_dir="/tmp/x").use_cpu  # no GPU here: switched on automatically
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_an_unset_bf16_on_a_cpu_follows_whether_the_cpu_computes_bf16_natively(native, monkeypatch):
+    """TRL turns bf16 on by default; emulated on a CPU without bf16 instructions it trains several times slower, so an
+    unset bf16 is on only where the CPU has them. What a user sets is kept, and fp16 keeps bf16 off, as in TRL."""
+    from tirl import hardware
+    from tirl.jobs.eval import EvalSettings
+    from tirl.trainers import GAILConfig, OnlineIQLearnConfig
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    for config_class in (IQLearnConfig, OnlineIQLearnConfig, GAILConfig):
+        assert config_class(output_dir="/tmp/x").bf16 is native
+        assert config_class(output_dir="/tmp/x", bf16=True).bf16 is True
+        assert config_class(output_dir="/tmp/x", bf16=False).bf16 is False
+    assert EvalSettings().bf16 is native
+    assert EvalSettings(bf16=True).bf16 is True and EvalSettings(bf16=False).bf16 is False
+
+
 def test_the_metric_store_averages_each_logging_step_and_starts_afresh():
     from tirl.trainers.metrics import MetricStore
 

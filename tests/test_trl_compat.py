@@ -20,6 +20,8 @@ upgrade that breaks one names it here, at once, instead of as a wrong result som
                                                                                 layers without changing the original
     argparse.ArgumentParser._actions                    cli/train.py            the option names of TRL's parser, to
       (TrlParser's base class)                                                  name a bad option in a config's error
+    torch.cpu._is_avx512_bf16_supported,                hardware.py             whether a CPU computes bf16 natively
+      torch.cpu._is_amx_tile_supported                                          (the bf16 default): no public query
     trl.data_utils._tokenize (tests only)               tests/test_sampling.py  the oracle of prompt tokenisation
     Trainer._save_rng_state (tests only)                tests/test_robustness   a crash injected part-way through
                                                                                 writing a checkpoint
@@ -136,3 +138,9 @@ def test_trainer_counts_and_hands_over_the_micro_batches_of_a_step():
     for name in ("get_tp_size", "get_cp_size", "get_sp_size", "compute_loss_context_manager"):
         assert callable(getattr(Trainer, name)), name
     assert transformers.__version__ and trl.__version__
+
+
+def test_the_cpu_bf16_query_is_still_there():
+    """tirl.hardware asks torch whether the CPU has AVX512-BF16 or AMX; gone, every CPU would train in float32."""
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        assert isinstance(getattr(torch.cpu, name)(), bool)

@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tirl.data import local_data_dir
+    from tirl.hardware import cpu_has_native_bf16, fast_bf16
     from tirl.jobs.runinfo import git_commit, versions
     from tirl.models import ModelNotAvailableError, cache_dir, smollm2_gguf_path
 
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": git_commit(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        # what an unset --bf16 becomes in `tirl train` / `tirl eval` on this machine (tirl.hardware)
+        "default_bf16": fast_bf16(),
         "smollm2_gguf": gguf,
         "model_cache": str(cache_dir()),
         "shared_data": str(local_data_dir()),

@@ -85,9 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--batch_size", type=int, default=32, help="Sequences per generate() call (prompts per call = batch_size // "
       "K). Larger is faster on CPU up to ~64; results depend on it only through the RNG stream.")
     a("--seed", type=int, default=0, help="Sampling seed: the same seed and batch size give the same samples.")
-    a("--bf16", action=argparse.BooleanOptionalAction, default=True,
-      help="bfloat16 autocast during generation (about 2.5x faster than float32 on AVX-512 CPUs; weights stay "
-      "float32). --no-bf16 for exact float32.")
+    a("--bf16", action=argparse.BooleanOptionalAction, default=None,
+      help="bfloat16 autocast during generation (weights stay float32). Default: on where the hardware computes "
+      "bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX: about 2.5x faster there), float32 elsewhere "
+      "(an AVX2 CPU emulates bf16, several times slower). --no-bf16 for exact float32 everywhere.")
     a("--metric", default="auto", choices=["auto", *METRIC_FAMILIES],
       help="Task score family; 'auto' = the built-in task's own, 'rouge' for local files and cached datasets.")
     a("--self_bleu_n", type=int, default=4, help="Maximum n-gram order of Self-BLEU.")

@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=None, help="discount γ of the reward; default: each run's own "
                    "iq_gamma (0.99 for other models). Keep < 1: with γ = 1, R is the log-likelihood plus V(s_0). V is "
                    "read in each run's own iq_value form")
-    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="run generation and scoring in float32")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for generation and scoring; default: where the hardware computes bf16 natively "
+                   "(a GPU with bf16, a CPU with AVX512-BF16 or AMX), float32 elsewhere")
     p.add_argument("--samples_from", default=None, help="model that generates the completions (default: the first)")
     p.add_argument("--generations", default=None, help="use this generations.jsonl (from `tirl eval`) instead of sampling")
     p.add_argument("--preference", default="hh_rlhf", help="preference pairs: 'hh_rlhf', 'demonstrations' (the task's "

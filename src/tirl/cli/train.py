@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from trl import ModelConfig
 
 from . import errors
-from .train_help import CLI_DEFAULTS, DEMO_DEFAULTS, HELP_EPILOG, MODEL_HELP, SCRIPT_HELP
+from .train_help import CLI_DEFAULTS, DEMO_DEFAULTS, HELP_EPILOG, MODEL_HELP, SCRIPT_HELP, TRL_OPTION_HELP
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -125,6 +125,8 @@ def build_parser(method: str):
     for action in parser._actions:
         if action.dest in SCRIPT_HELP:
             action.help = SCRIPT_HELP[action.dest]
+        elif action.dest in TRL_OPTION_HELP:
+            action.help = TRL_OPTION_HELP[action.dest]
         if action.dest == "method":
             action.choices = list(METHODS)
         if action.dest in DEMO_DEFAULTS and action.help is not argparse.SUPPRESS:

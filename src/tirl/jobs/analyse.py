@@ -49,13 +49,19 @@ class AnalyseSettings:
     batch_size: int = 32
     seed: int = 0
     gamma: float | None = None  # None: each run's own iq_gamma (0.99 for models that are not tirl runs)
-    bf16: bool = True
+    bf16: bool | None = None  # None: where the hardware computes bf16 natively (tirl.hardware.fast_bf16)
     samples_from: str | None = None
     generations: str | None = None
     preference: str | None = "hh_rlhf"
     num_pairs: int = 200
     num_render: int = 8
     output_dir: str = "reward-analysis"
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            from ..hardware import fast_bf16
+
+            self.bf16 = fast_bf16()
 
 
 def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str, str, str]:

@@ -51,7 +51,7 @@ class EvalSettings:
     max_new_tokens: int = 256
     batch_size: int = 32
     seed: int = 0
-    bf16: bool = True
+    bf16: bool | None = None  # None: where the hardware computes bf16 natively (tirl.hardware.fast_bf16)
     metric: str = "auto"
     self_bleu_n: int = 4
     prompt_field: str = "prompt"
@@ -65,6 +65,12 @@ class EvalSettings:
     wrap_in_chat_template: bool | None = None  # a user's plain prompts as a conversation; None: as the run trained
     trust_remote_code: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            from ..hardware import fast_bf16
+
+            self.bf16 = fast_bf16()
 
     def metric_family(self) -> str:
         return task_metric(self.dataset) if self.metric == "auto" else self.metric

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..hardware import fast_bf16
 from ..losses import GEM_H, LOSS_TYPES, POLICY_TERMS, REDUCTIONS, VALUE_FORMS, Objective
 
 IQ_HEADS = ("auto", "two_pass")
@@ -39,10 +40,13 @@ def accelerator_available() -> bool:
 
 
 def default_to_cpu(config) -> None:
-    """Switch `use_cpu` on where there is no accelerator: TRL's bf16 default otherwise refuses to start on CPU.
-    Called by every tirl config before `SFTConfig.__post_init__`."""
+    """Switch `use_cpu` on where there is no accelerator: TRL's bf16 default otherwise refuses to start on CPU. On a
+    CPU, an unset `bf16` (TRL's default: on) is on only where the CPU computes bf16 natively (`tirl.hardware`):
+    emulated, it makes training several times slower. Called by every tirl config before `SFTConfig.__post_init__`."""
     if not config.use_cpu and not accelerator_available():
         config.use_cpu = True
+    if config.use_cpu and config.bf16 is None and not config.fp16:
+        config.bf16 = fast_bf16("cpu")
 
 
 def check_objective(config) -> Objective:

@@ -18,7 +18,8 @@ class IQLearnConfig(TokenLossArguments, TDArguments, QVArguments, SFTConfig):
 
     With `iq_lambda=0` the trainer computes exactly TRL's SFT loss, and with `loss_type="dft"` TRL's DFT loss.
     Differences from `SFTConfig`'s defaults: on a machine without a GPU, `use_cpu` is switched on (TRL's bf16 default
-    otherwise refuses to start on CPU); `loss_type` also takes `"gem"`.
+    otherwise refuses to start on CPU), and an unset `bf16` is on only where the CPU computes bf16 natively
+    (`tirl.hardware`); `loss_type` also takes `"gem"`.
 
     Parameters:
         iq_lambda (`float`, defaults to `0.01`):
