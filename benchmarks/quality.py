@@ -319,9 +319,11 @@ def log_history(run_dir: Path) -> list[dict]:
     return []
 
 
-def frontier_evals(cfg: dict, model: str, eval_root: Path) -> dict:
-    """Greedy plus K samples at each temperature of `cfg`: {"greedy": metrics, "T=0.5": metrics, ...}."""
-    evals = evaluate_passes(cfg, model, eval_root, {"greedy": None, **{f"t{t:g}": t for t in cfg["temperatures"]}})
+def frontier_evals(cfg: dict, model: str, eval_root: Path, expert_nll: bool = False) -> dict:
+    """Greedy plus K samples at each temperature of `cfg`: {"greedy": metrics, "T=0.5": metrics, ...}, in one
+    process; `expert_nll` on the greedy pass (many-answer tasks)."""
+    evals = evaluate_passes(cfg, model, eval_root, {"greedy": None, **{f"t{t:g}": t for t in cfg["temperatures"]}},
+                            expert_nll=expert_nll)
     return {"greedy": evals["greedy"], **{f"T={t:g}": evals[f"t{t:g}"] for t in cfg["temperatures"]}}
 
 
@@ -624,13 +626,12 @@ def many_evals(cfg: dict, model: str, root: Path) -> dict:
     """One checkpoint on the task's test prompts: greedy (with the held-out expert NLL) and K samples at each
     temperature. Returns {"greedy": {...}, "expert": {...}, "T=0.5": {precision, coverage, pass_at_k, self_bleu}}."""
     out: dict = {}
-    evals = evaluate_passes(cfg, model, root, {"greedy": None, **{f"t{t:g}": t for t in cfg["temperatures"]}},
-                            expert_nll=True)
+    evals = frontier_evals(cfg, model, root, expert_nll=True)
     greedy = evals["greedy"]
     out["greedy"] = {"precision": 100.0 * greedy["greedy"]["precision"]}
     out["expert"] = greedy.get("expert")
     for t in cfg["temperatures"]:
-        m = evals[f"t{t:g}"]["sampled"]
+        m = evals[f"T={t:g}"]["sampled"]
         out[f"T={t:g}"] = {"precision": 100.0 * m["precision"], "coverage": 100.0 * m["coverage"],
                            "pass_at_k": [100.0 * x for x in m["pass_at_k"]], "self_bleu": m.get("self_bleu"),
                            "entropy": m.get("entropy")}

@@ -128,7 +128,7 @@ def test_config_validation():
 @pytest.mark.parametrize("native", [True, False])
 def test_an_unset_bf16_on_a_cpu_follows_whether_the_cpu_computes_bf16_natively(native, monkeypatch):
     """TRL turns bf16 on by default; emulated on a CPU without bf16 instructions it trains several times slower, so an
-    unset bf16 is on only where the CPU has them. What a user sets is kept, and fp16 keeps bf16 off, as in TRL."""
+    unset bf16 is on only where the CPU has them. What a user sets is kept."""
     from tirl import hardware
     from tirl.jobs.eval import EvalSettings
     from tirl.trainers import GAILConfig, OnlineIQLearnConfig
