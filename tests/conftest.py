@@ -6,6 +6,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs the suite in one pytest-xdist worker per core: each worker, and every process it starts, computes on
+# one thread, so the workers do not fight over the cores (OpenMP threads spin while they wait for a busy core)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -15,7 +19,7 @@ import tempfile  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 # --------------------------------------------------------------------------------------------------------------------
 # Shared builders (plain functions: `from conftest import trl_rows, ...`); the fixtures follow
@@ -52,13 +56,22 @@ def warm_server() -> str:
     if not _WARM:
         path = os.path.join(tempfile.mkdtemp(prefix="tirl-warm-"), "server.sock")
         proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "forkserver.py"), path],
-                                stdout=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, text=True, env=_SESSION_ENV or None)
         assert proc.stdout.readline().strip() == "ready"
         _WARM.update(path=path, proc=proc)
     return _WARM["path"]
 
 
 _WARM: dict = {}
+# the environment the warm server starts with, whichever test starts it (taken once the test modules are imported):
+# one started inside a test that set a variable (monkeypatch.setenv) would send every later command to a fresh
+# interpreter
+_SESSION_ENV: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_environment():
+    _SESSION_ENV.update(os.environ)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -92,6 +105,18 @@ def run_cli(*args, cwd=None, check=True):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test ends with the environment it started with: a variable that a library sets while a test runs does not
+    leak into later tests, where it would send every `run_cli` command to a fresh interpreter (the warm server runs
+    only commands whose environment is its own) and change what they see."""
+    before = dict(os.environ)
+    yield
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 @pytest.fixture

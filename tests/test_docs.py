@@ -107,8 +107,7 @@ def runnable(block: str) -> str:
     return "\n".join(kept)
 
 
-CASES = [pytest.param(page, start, text, id=f"{page.relative_to(ROOT)}:{start}")
-         for page in PAGES for start, text in blocks(page) if runnable(text).strip()]
+CASES = [(page, start, text) for page in PAGES for start, text in blocks(page) if runnable(text).strip()]
 
 
 def environment(work: Path) -> dict[str, str]:
@@ -117,10 +116,8 @@ def environment(work: Path) -> dict[str, str]:
             "HF_DATASETS_OFFLINE": "1", "TIRL_TEST_SERVER": warm_server()}
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """One directory for all blocks, as a reader's checkout: later blocks may use what earlier ones made."""
-    work = tmp_path_factory.mktemp("docs")
+def reader_checkout(work: Path) -> Path:
+    """`work` made into what a reader pastes the blocks in: the examples beside, the stand-in `tirl` on the PATH."""
     (work / "examples").symlink_to(ROOT / "examples")
     bin_dir = work / ".bin"
     bin_dir.mkdir()
@@ -137,11 +134,16 @@ def test_every_page_has_its_commands_found():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page, start, text", CASES)
-def test_documented_commands_run(workdir, page, start, text):
-    env = environment(workdir)
-    script = "set -euo pipefail\n" + runnable(text)
-    proc = subprocess.run(["bash", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (f"{page.relative_to(ROOT)}:{start} failed ({proc.returncode}):\n{runnable(text)}\n"
-                                  f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}")
-    assert not re.search(r"^Traceback", proc.stderr, re.M)
+def test_documented_commands_run(tmp_path):
+    """Every block in page order, in one directory, as a reader pastes them: later blocks use what earlier ones made
+    (the runs that the evaluation and reward pages load). One test, so that no pytest-xdist worker runs a block
+    without the ones before it; a failure names its page and line."""
+    work = reader_checkout(tmp_path)
+    env = environment(work)
+    for page, start, text in CASES:
+        script = "set -euo pipefail\n" + runnable(text)
+        proc = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        where = f"{page.relative_to(ROOT)}:{start}"
+        assert proc.returncode == 0, (f"{where} failed ({proc.returncode}):\n{runnable(text)}\n"
+                                      f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}")
+        assert not re.search(r"^Traceback", proc.stderr, re.M), f"{where}:\n{proc.stderr[-3000:]}"

@@ -51,7 +51,8 @@ def maybe_relaunch(command: str, argv: list[str]) -> int | None:
         return None
     n = _pop(argv, "--num_processes")
     if name == "multi_cpu":
-        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", n or "2"]
+        # --standalone: a free port of this machine, so two multi_cpu runs side by side do not both claim 29500
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", n or "2"]
     else:
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_path(name)]
         if n is not None:
