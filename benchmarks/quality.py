@@ -238,10 +238,26 @@ def tirl_commands(commands: list[list[str]]) -> None:
 def run_timing(run_dir: Path) -> dict:
     """What a run's `seconds` measure: `resumed` when its training was already in the cache (an interrupted run's
     time is not a run's cost; an unfinished training starts again from scratch), `threads` the torch threads of its
-    commands (OMP_NUM_THREADS; None = one per core), `bf16` their precision (auto = tirl's default for the machine)."""
+    commands (OMP_NUM_THREADS; None = one per core), `bf16` their precision (auto = tirl's default for the machine),
+    and the machine's `cpu`: what auto meant there, and what its times compare with."""
     threads = THREADS[0] if THREADS else os.environ.get("OMP_NUM_THREADS")
     return {"resumed": (run_dir / "metrics.json").is_file(), "threads": threads,
-            "bf16": PRECISION[0] if PRECISION else "auto"}
+            "bf16": PRECISION[0] if PRECISION else "auto", "cpu": machine()}
+
+
+def machine() -> dict:
+    """The CPU the runs compute on: torch's capability level (AVX2, AVX512, ...) and whether it has bf16 instructions
+    (`tirl.hardware`, the rule behind an unset --bf16)."""
+    if not MACHINE:
+        import torch
+
+        from tirl.hardware import cpu_has_native_bf16
+
+        MACHINE.update(capability=torch.backends.cpu.get_cpu_capability(), native_bf16=cpu_has_native_bf16())
+    return dict(MACHINE)
+
+
+MACHINE: dict = {}
 
 
 def mean_sem(values: list[float]) -> dict:
@@ -401,7 +417,7 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
             if timing["resumed"] and timed.is_file():
                 entry.update(json.loads(timed.read_text()))
             elif not timing["resumed"]:
-                timed.write_text(json.dumps({k: entry[k] for k in ("seconds", "resumed", "threads")}) + "\n")
+                timed.write_text(json.dumps({k: entry[k] for k in ("seconds", "resumed", "threads", "cpu")}) + "\n")
             section["runs"][key] = entry
             if per_epoch:  # keep the chosen checkpoint and the final model; the others were only for the curves
                 for ck in run_dir.glob("checkpoint-*"):

@@ -82,6 +82,20 @@ def test_quality_cost_counts_the_presets_runs_from_timed_runs_only():
     assert "many / between" in lines[-1]  # no run of it: named as not timed
 
 
+def test_quality_records_the_machine_each_run_was_timed_on(tmp_path):
+    """A run's time and precision mean little without the CPU (bf16 autocast is 28x slower on one without bf16
+    instructions, so an unset --bf16 trains in float32 there): each run records torch's capability level and tirl's
+    answer to whether the CPU has bf16."""
+    import torch
+
+    from tirl.hardware import cpu_has_native_bf16
+
+    timing = quality_module().run_timing(tmp_path)
+    assert timing["cpu"] == {"capability": torch.backends.cpu.get_cpu_capability(),
+                             "native_bf16": cpu_has_native_bf16()}
+    assert timing["resumed"] is False and timing["bf16"] == "auto"
+
+
 def test_quality_rejects_an_unknown_task(tmp_path):
     out = subprocess.run([sys.executable, str(BENCH / "quality.py"), "--section", "many", "--tasks", "pick-two,nope",
                           "--output", str(tmp_path / "q.json")], capture_output=True, text=True, timeout=120)
