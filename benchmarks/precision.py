@@ -18,22 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -95,8 +84,9 @@ def main() -> None:
         print(f"{name}: fp32 {tokens / fp32:.0f} tok/s, bf16 autocast {tokens / bf16:.0f} tok/s, "
               f"bf16 time / fp32 time {ratio:.2f}", flush=True)
 
-    machine = {"cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
-               "native_bf16": hardware.cpu_has_native_bf16(), "threads": args.threads, "torch": torch.__version__}
+    cpu = hardware.cpu_info()
+    machine = {"cpu": cpu["name"], "capability": cpu["capability"], "native_bf16": cpu["native_bf16"],
+               "threads": args.threads, "torch": torch.__version__}
     key = f"{machine['capability']}{'+bf16' if machine['native_bf16'] else ''}"
     out = Path(args.output)
     results = json.loads(out.read_text()) if out.is_file() else {"benchmark": "precision", "machines": {}}

@@ -42,6 +42,7 @@ Runs are cached under benchmarks/runs/quality/<preset>/ (git-ignored): an interr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -242,22 +243,15 @@ def run_timing(run_dir: Path) -> dict:
     and the machine's `cpu`: what auto meant there, and what its times compare with."""
     threads = THREADS[0] if THREADS else os.environ.get("OMP_NUM_THREADS")
     return {"resumed": (run_dir / "metrics.json").is_file(), "threads": threads,
-            "bf16": PRECISION[0] if PRECISION else "auto", "cpu": machine()}
+            "bf16": PRECISION[0] if PRECISION else "auto", "cpu": dict(machine())}
 
 
+@functools.cache
 def machine() -> dict:
-    """The CPU the runs compute on: torch's capability level (AVX2, AVX512, ...) and whether it has bf16 instructions
-    (`tirl.hardware`, the rule behind an unset --bf16)."""
-    if not MACHINE:
-        import torch
+    """The CPU the runs compute on (`tirl.hardware.cpu_info`: model, torch's capability level, bf16 instructions)."""
+    from tirl.hardware import cpu_info
 
-        from tirl.hardware import cpu_has_native_bf16
-
-        MACHINE.update(capability=torch.backends.cpu.get_cpu_capability(), native_bf16=cpu_has_native_bf16())
-    return dict(MACHINE)
-
-
-MACHINE: dict = {}
+    return cpu_info()
 
 
 def mean_sem(values: list[float]) -> dict:

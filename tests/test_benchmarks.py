@@ -91,8 +91,9 @@ def test_quality_records_the_machine_each_run_was_timed_on(tmp_path):
     from tirl.hardware import cpu_has_native_bf16
 
     timing = quality_module().run_timing(tmp_path)
-    assert timing["cpu"] == {"capability": torch.backends.cpu.get_cpu_capability(),
-                             "native_bf16": cpu_has_native_bf16()}
+    assert timing["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert timing["cpu"]["native_bf16"] == cpu_has_native_bf16()
+    assert timing["cpu"]["name"]
     assert timing["resumed"] is False and timing["bf16"] == "auto"
 
 

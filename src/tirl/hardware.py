@@ -8,6 +8,9 @@ nobody asked for a precision, tirl uses bf16 only on hardware that computes it n
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 
@@ -32,4 +35,15 @@ def fast_bf16(device: str | torch.device | None = None) -> bool:
     return True  # XPU, NPU, MPS: as TRL defaults
 
 
-__all__ = ["cpu_has_native_bf16", "fast_bf16"]
+def cpu_info() -> dict:
+    """The CPU, as run records and `tirl env` describe it: its model `name` (from /proc/cpuinfo where there is one),
+    torch's `capability` level (AVX2, AVX512, ...) and whether it has bf16 instructions (`native_bf16`)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        lines = []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return {"name": name or platform.processor() or platform.machine(), "capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16()}
+
+
+__all__ = ["cpu_has_native_bf16", "cpu_info", "fast_bf16"]

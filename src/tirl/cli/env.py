@@ -14,10 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tirl.data import local_data_dir
-    from tirl.hardware import cpu_has_native_bf16, fast_bf16
+    from tirl.hardware import cpu_info, fast_bf16
     from tirl.jobs.runinfo import git_commit, versions
     from tirl.models import ModelNotAvailableError, cache_dir, smollm2_gguf_path
 
+    cpu = cpu_info()
     try:
         gguf = str(smollm2_gguf_path())
     except ModelNotAvailableError as e:
@@ -27,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": git_commit(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
+        "cpu_capability": cpu["capability"],
+        "cpu_native_bf16": cpu["native_bf16"],
         # what an unset --bf16 becomes in `tirl train` / `tirl eval` on this machine (tirl.hardware)
         "default_bf16": fast_bf16(),
         "smollm2_gguf": gguf,
