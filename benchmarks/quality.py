@@ -42,16 +42,33 @@ Runs are cached under benchmarks/runs/quality/<preset>/ (git-ignored): an interr
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sections' shared modules beside this file
+import quality_overtraining  # noqa: E402
+from quality_runner import (  # noqa: E402
+    CACHED_ONLY,
+    PRECISION,
+    SKIP_REWARDS,
+    THREADS,
+    evaluate,
+    evaluate_passes,
+    fmt_mean_sem,
+    frontier_delta,
+    log_history,
+    mean_sem,
+    run_timing,
+    tirl,
+    train,
+)
+
+_ms = fmt_mean_sem
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -94,12 +111,8 @@ MANY_CPU = {"model": "smollm2-135m", "seeds": [1, 2], "train_examples": 128, "ep
             "eval_batch": 128, "references": ["mle", "ent-mle", "gem", "dft"],
             "variants": ["mle", "ent-mle", "gem", "dft", "iq-reference", "iq-logits", "iq-head", "iq-online"],
             "variant_args": variants(lam_logits=0.001, lam_reference=0.01, lam_head=0.1, beta=0.1),
-            "tasks": {"pick-two": {"rewards": True}, "between": {"variants": ["mle", "gem", "iq-reference"]}}}
-
-CACHED_ONLY: list[bool] = []  # --cached_only
-THREADS: list[str] = []  # --threads
-PRECISION: list[str] = []  # --bf16 true/false (empty: tirl's default)
-SKIP_REWARDS: list[bool] = []  # --skip_rewards
+            "tasks": {"pick-two": {"rewards": True},
+                      "between": {"variants": ["mle", "gem", "iq-reference"], "extra_task": True}}}
 
 PRESETS: dict[str, dict] = {
     "cpu": {
@@ -108,19 +121,22 @@ PRESETS: dict[str, dict] = {
                        "epochs": 5, "batch": 8, "lr": 5e-5, "eval_rows": 64, "prompts": 32, "samples": 4,
                        "temperatures": [0.5, 0.7, 1.0, 1.5], "max_new_tokens": 64, "eval_batch": 128,
                        "variants": ["mle", "ent-mle", "gem", "dft", "iq-logits", "iq-reference", "iq-head",
-                                    "iq-online"]},
+                                    "iq-online"],
+                       "extra": ["iq-logits", "iq-head", "iq-online"]},
         "xsum": {"model": "smollm2-135m", "dataset": "xsum-lead", "seeds": [1], "train_examples": 160, "epochs": 1,
                  "batch": 4, "lr": 5e-5, "eval_rows": 32, "prompts": 32, "samples": 4, "temperatures": [0.5, 0.7, 1.0],
                  "max_new_tokens": 64, "eval_batch": 64, "reward_prompts": 48, "reward_samples": 4,
-                 "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online"]},
+                 "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online"],
+                 "extra": ["ent-mle", "iq-logits", "iq-head"]},
         "gsm8k": {"model": "smollm2-135m", "dataset": "gsm8k", "seeds": [1], "train_examples": 320, "max_steps": 40,
                   "batch": 4, "lr": 5e-5, "eval_rows": 16, "prompts": 40, "samples": 4, "temperatures": [1.0],
                   "max_new_tokens": 160, "eval_batch": 64,
-                  "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head"]},
+                  "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head"], "extra_section": True},
         "grammar": {"model": "small-llama", "seeds": [0, 1, 2], "train_examples": 2000, "max_steps": 200, "batch": 32,
                     "lr": 2e-3, "num_samples": 400, "online_alpha": 0.1, "gail_steps": 200,
                     "variants": ["mle", "ent-mle", "iq-logits", "iq-reference", "iq-head", "iq-online", "gail"]},
         "many": MANY_CPU,
+        "overtraining": {**quality_overtraining.OVERTRAINING_CPU, "extra_section": True},
     },
     # the λ / β screen behind the CPU preset's choice: one seed, a grid per value form, arithmetic only
     "screen": {
@@ -189,144 +205,10 @@ PRESETS: dict[str, dict] = {
                  "eval_rows": 8, "prompts": 3, "samples": 4, "temperatures": [0.7, 1.0], "max_new_tokens": 8,
                  "eval_batch": 16, "variants": ["mle", "gem", "dft", "iq-reference"],
                  "tasks": {"pick-two": {}, "between": {"variants": ["mle", "iq-reference"], "seeds": [0]}}},
+        "overtraining": quality_overtraining.OVERTRAINING_SMOKE,
     },
 }
-SECTIONS = ("arithmetic", "xsum", "gsm8k", "grammar", "many")
-
-
-def _with_precision(args: tuple[str, ...] | list[str]) -> list[str]:
-    """The same precision for every command (--bf16): `train` takes a value, `eval` and `rewards` a flag."""
-    if not PRECISION:
-        return list(args)
-    return [*args, *(["--bf16", PRECISION[0]] if args[0] == "train" else
-                     ["--bf16" if PRECISION[0] == "true" else "--no-bf16"])]
-
-
-def _run(cmd: list[str], what: str) -> None:
-    threads = {"OMP_NUM_THREADS": THREADS[0]} if THREADS else {}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **threads})
-    if proc.returncode != 0:
-        raise SystemExit(f"{what} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-
-
-def tirl(*args: str) -> None:
-    args = _with_precision(args)
-    print("$ tirl " + " ".join(args), flush=True)
-    _run([sys.executable, "-m", "tirl.cli", *args], f"tirl {' '.join(args)}")
-
-
-# Several `tirl` commands in one interpreter, `tirl.cli.main` on each in turn
-_RUN_COMMANDS = """import json, sys
-from tirl.cli import main
-for argv in json.loads(sys.argv[1]):
-    code = main(argv)
-    if code:
-        sys.exit(f"tirl {' '.join(argv)} exited with {code}")
-"""
-
-
-def tirl_commands(commands: list[list[str]]) -> None:
-    """`tirl` commands run one after another in one process: the same results as a process each (side by side on
-    pick-two, every metric identical), without each paying its imports again (~9 s of a 75 s evaluation)."""
-    if not commands:
-        return
-    commands = [_with_precision(c) for c in commands]
-    for c in commands:
-        print("$ tirl " + " ".join(c), flush=True)
-    _run([sys.executable, "-c", _RUN_COMMANDS, json.dumps(commands)], f"{len(commands)} tirl commands")
-
-
-def run_timing(run_dir: Path) -> dict:
-    """What a run's `seconds` measure: `resumed` when its training was already in the cache (an interrupted run's
-    time is not a run's cost; an unfinished training starts again from scratch), `threads` the torch threads of its
-    commands (OMP_NUM_THREADS; None = one per core), `bf16` their precision (auto = tirl's default for the machine),
-    and the machine's `cpu`: what auto meant there, and what its times compare with."""
-    threads = THREADS[0] if THREADS else os.environ.get("OMP_NUM_THREADS")
-    return {"resumed": (run_dir / "metrics.json").is_file(), "threads": threads,
-            "bf16": PRECISION[0] if PRECISION else "auto", "cpu": dict(machine())}
-
-
-@functools.cache
-def machine() -> dict:
-    """The CPU the runs compute on (`tirl.hardware.cpu_info`: model, torch's capability level, bf16 instructions)."""
-    from tirl.hardware import cpu_info
-
-    return cpu_info()
-
-
-def mean_sem(values: list[float]) -> dict:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return {"mean": None, "sem": None, "n": 0}
-    mean = statistics.fmean(values)
-    sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
-    return {"mean": mean, "sem": sem, "n": len(values)}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Training and evaluation runs (through the `tirl` CLI, cached on disk)
-
-
-def train(cfg: dict, variant: list[str], seed: int, run_dir: Path, per_epoch: bool) -> Path:
-    """`tirl train` one variant; with `per_epoch`, a checkpoint and a held-out evaluation after every epoch."""
-    if (run_dir / "metrics.json").is_file():
-        return run_dir
-    if run_dir.exists():  # an interrupted run: start it again (the benchmark's unit of caching is a finished run)
-        shutil.rmtree(run_dir)
-    length = ["--max_steps", str(cfg["max_steps"])] if cfg.get("max_steps") else ["--num_train_epochs", str(cfg["epochs"])]
-    subset = ["--num_train_examples", str(cfg["train_examples"])] if cfg.get("train_examples") else []
-    # held-out −log π after every epoch (and before training); per-epoch checkpoints only for the epoch curves
-    schedule = ["--eval_strategy", "epoch", *(["--save_strategy", "epoch", "--save_only_model", "true",
-                                               "--save_total_limit", "1000"] if per_epoch else ["--save_strategy", "no"])]
-    tirl("train", *variant, "--model", cfg["model"], "--dataset", cfg["dataset"], *subset, *length,
-         "--num_eval_examples", str(cfg["eval_rows"]), "--per_device_train_batch_size", str(cfg["batch"]),
-         "--per_device_eval_batch_size", "16", "--learning_rate", str(cfg["lr"]), "--lr_scheduler_type", "cosine",
-         "--warmup_steps", "0.1", "--max_length", "512" if "xsum" in cfg["dataset"] else "384",
-         "--gradient_checkpointing", "false", *schedule, "--report_to", "none", "--logging_steps", "5",
-         "--seed", str(seed), "--disable_tqdm", "true", "--output_dir", str(run_dir))
-    return run_dir
-
-
-def evaluate(cfg: dict, model: str, out: Path, temperature: float | None, samples: int | None = None,
-             prompts: int | None = None, dataset: str | None = None, expert_nll: bool = False) -> dict:
-    """`tirl eval`: greedy only (`temperature=None`), or K samples at `temperature` without a greedy pass;
-    `expert_nll`: also the held-out expert NLL of a many-answer task. Locked per directory: processes sharing the
-    cache (one per core) evaluate the untrained model once."""
-    return evaluate_passes(cfg, model, out.parent, {out.name: temperature}, samples, prompts, dataset,
-                           expert_nll=expert_nll)[out.name]
-
-
-def evaluate_passes(cfg: dict, model: str, root: Path, passes: dict[str, float | None], samples: int | None = None,
-                    prompts: int | None = None, dataset: str | None = None, expert_nll: bool = False) -> dict:
-    """`evaluate` for several passes of one model ({directory name under `root`: temperature, None = greedy}), in one
-    process; `expert_nll` on the greedy pass. Returns {name: metrics}."""
-    import fcntl
-
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{'+'.join(passes)}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        tirl_commands([eval_command(cfg, model, root / name, t, samples, prompts, dataset, expert_nll and t is None)
-                       for name, t in passes.items() if not (root / name / "metrics.json").is_file()])
-    return {name: json.loads((root / name / "metrics.json").read_text()) for name in passes}
-
-
-def eval_command(cfg: dict, model: str, out: Path, temperature: float | None, samples: int | None, prompts: int | None,
-                 dataset: str | None, expert_nll: bool) -> list[str]:
-    passes = ["--samples", "0"] if temperature is None else [
-        "--samples", str(samples or cfg["samples"]), "--temperature", str(temperature), "--no-greedy"]
-    n = prompts if prompts is not None else cfg["prompts"]
-    return ["eval", "--model", model, "--dataset", dataset or cfg["dataset"], "--split", "test", "--num_examples",
-            str(n or 0), *passes, "--max_new_tokens", str(cfg["max_new_tokens"]), "--batch_size",
-            str(cfg["eval_batch"]), "--seed", "0", "--no_progress", "--output_dir", str(out),
-            "--expert_nll" if expert_nll else "--no-expert_nll"]
-
-
-def log_history(run_dir: Path) -> list[dict]:
-    """The trainer's log history: from the last checkpoint's trainer_state.json (it holds every epoch's eval)."""
-    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if checkpoints:
-        return json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
-    return []
+SECTIONS = ("arithmetic", "xsum", "gsm8k", "grammar", "many", "overtraining")
 
 
 def frontier_evals(cfg: dict, model: str, eval_root: Path, expert_nll: bool = False) -> dict:
@@ -392,7 +274,7 @@ def task_section(name: str, cfg: dict, all_variants: dict, runs: Path, score: st
                 section["runs"][key] = recorded[key]
                 continue
             last = runs / key / "eval" / "frontier" / f"t{cfg['temperatures'][-1]:g}" / "metrics.json"
-            if CACHED_ONLY and not last.is_file():  # not finished: its last evaluation is missing
+            if (CACHED_ONLY or vname in cfg.get("extra", ())) and not last.is_file():  # not finished, or not asked for
                 continue
             t0, timing = time.time(), run_timing(runs / key)
             run_dir = train(cfg, all_variants[vname], seed, runs / key, per_epoch)
@@ -669,24 +551,6 @@ def many_run(cfg: dict, variant: list[str], seed: int, run_dir: Path, base: dict
     return entry
 
 
-def frontier_delta(ref: dict, other: dict, temperatures: list[float]) -> dict:
-    """Precision of `other` minus the reference's precision at the same coverage, along the reference's temperature
-    frontier (piecewise linear in coverage; the nearest end outside its range, flagged `extrapolated`)."""
-    curve = sorted((ref[f"T={t:g}"]["coverage"], ref[f"T={t:g}"]["precision"]) for t in temperatures)
-    out = {}
-    for t in temperatures:
-        x, y = other[f"T={t:g}"]["coverage"], other[f"T={t:g}"]["precision"]
-        if x <= curve[0][0]:
-            y_ref, extra = curve[0][1], x < curve[0][0]
-        elif x >= curve[-1][0]:
-            y_ref, extra = curve[-1][1], x > curve[-1][0]
-        else:
-            (x0, y0), (x1, y1) = next((a, b) for a, b in zip(curve, curve[1:], strict=False) if a[0] <= x <= b[0])
-            y_ref, extra = y0 + (y1 - y0) * (x - x0) / max(x1 - x0, 1e-9), False
-        out[f"T={t:g}"] = {"delta": y - y_ref, "extrapolated": extra}
-    return out
-
-
 def many_summary(runs: dict, cfg: dict, references: tuple[str, ...]) -> dict:
     """Per variant, mean ± s.e.m. over seeds of every figure at every epoch; and, paired by seed, the differences to
     each reference variant at the final epoch: precision at equal coverage along its frontier, pass@k at each
@@ -745,18 +609,26 @@ def many_section(cfg: dict, all_variants: dict, runs: Path, recorded: dict | Non
         # a task's own variant list stays within the section's (which --variants may have narrowed)
         tcfg["variants"] = [v for v in tcfg["variants"] if v in cfg["variants"]]
         truns = runs / task
-        if CACHED_ONLY and not list(truns.glob("*/many_curve.json")):
+        before = recorded.get(task) or {}
+        summarise_only = CACHED_ONLY or tcfg.pop("extra_task", False)  # an extra task, not named by --tasks
+        if summarise_only:
+            tcfg["extra"] = list(tcfg["variants"])
+        if summarise_only and not list(truns.glob("*/many_curve.json")) and not before.get("runs"):
             continue
-        base = many_evals(tcfg, tcfg["model"], truns / "untrained" / "eval")
+        untrained_cached = (truns / "untrained" / "eval" / "greedy" / "metrics.json").is_file()
+        if summarise_only and not untrained_cached and before.get("untrained"):
+            base = before["untrained"]  # summarising the recorded runs again (runs are not committed)
+        else:
+            base = many_evals(tcfg, tcfg["model"], truns / "untrained" / "eval")
         section: dict = {"config": {k: v for k, v in tcfg.items() if k != "tasks"}, "untrained": base, "runs": {}}
-        previous = (recorded.get(task) or {}).get("runs", {})
+        previous = before.get("runs", {})
         for vname in tcfg["variants"]:
             for seed in seeds_of(tcfg, vname, truns, previous):
                 key = f"{vname}-s{seed}"
                 if key in previous and not (truns / key / "many_curve.json").is_file():
                     section["runs"][key] = previous[key]
                     continue
-                if CACHED_ONLY and not (truns / key / "many_curve.json").is_file():
+                if (CACHED_ONLY or vname in tcfg.get("extra", ())) and not (truns / key / "many_curve.json").is_file():
                     continue
                 entry = many_run(tcfg, all_variants[vname], seed, truns / key, base)
                 section["runs"][key] = {"variant": vname, "seed": seed, **entry}
@@ -766,7 +638,10 @@ def many_section(cfg: dict, all_variants: dict, runs: Path, recorded: dict | Non
         section["summary"] = many_summary(section["runs"], tcfg, references=tuple(cfg["references"]))
         plot_many(section, tcfg, result_path(f"quality_many_{task}.png"))
         if tcfg.get("rewards") and not SKIP_REWARDS:
-            section["rewards"] = many_reward_section(tcfg, truns)
+            # the recorded analysis stays when its pool of samples is not in the cache
+            section["rewards"] = many_reward_section(tcfg, truns) or before.get("rewards", {})
+        elif before.get("rewards"):
+            section["rewards"] = before["rewards"]
         result[task] = section
     return result
 
@@ -774,8 +649,8 @@ def many_section(cfg: dict, all_variants: dict, runs: Path, recorded: dict | Non
 def many_reward_section(cfg: dict, runs: Path) -> dict:
     """The paper's reward protocol on a many-answer task: Spearman of each model's R = Σ r_t with validity over every
     sample of one shared pool (the first seed's MLE, its final model's K samples at T = 1 on the test prompts), across
-    prompts and within each, with Σ log π as the bar. Within a prompt R ranks as Σ log π by construction (docs/method.md
-    §4), so only the across-prompt figure can tell a reward from the likelihood."""
+    prompts and within each, with Σ log π as the bar. Within a prompt R ranks almost as Σ log π does (exactly at
+    γ = 1; docs/method.md §4), so only the across-prompt figure can tell a reward from the likelihood."""
     seed = cfg["seeds"][0]
     pool = runs / f"mle-s{seed}" / "eval" / f"epoch{cfg['epochs']}" / "t1" / "generations.jsonl"
     if not pool.is_file():
@@ -1010,13 +885,6 @@ def plot_grammar(summary: dict, expert: dict, path: Path) -> None:
 # Tables
 
 
-def _ms(s: dict | None, d: int = 1, signed: bool = False) -> str:
-    if not s or s.get("mean") is None:
-        return "–"
-    fmt = f"{{:{'+' if signed else ''}.{d}f}}"
-    return fmt.format(s["mean"]) + (f" ± {s['sem']:.{d}f}" if s.get("sem") is not None else "")
-
-
 def tables(result: dict) -> str:
     lines: list[str] = []
     for name in ("arithmetic", "xsum", "gsm8k"):
@@ -1073,6 +941,8 @@ def tables(result: dict) -> str:
                                       sec["rewards"]["earlier_pool"])
     if "many" in result:
         lines += many_tables(result["many"])
+    if "overtraining" in result:
+        lines += quality_overtraining.tables(result["overtraining"])
     if "grammar" in result:
         g = result["grammar"]
         lines += [f"\n### Known-expert grammar (mean ± s.e.m. over {len(g['config']['seeds'])} seeds)\n",
@@ -1094,19 +964,60 @@ def cost_table(result: dict) -> list[str]:
     The grammar section trains in process and has no cache, so its own time is its cost."""
     preset = PRESETS.get(result.get("preset", ""), {})
     groups: list[tuple[str, list[str], list[int], dict]] = []  # (label, variants, seeds, runs)
+    # the preset's own runs: not its extra sections, tasks or variants (each its own documented command)
     for name in ("arithmetic", "xsum", "gsm8k"):
-        if name in preset and name in result:
+        if name in preset and name in result and not preset[name].get("extra_section"):
             cfg = preset[name]
-            groups.append((name, cfg["variants"], cfg["seeds"], result[name].get("runs", {})))
+            groups.append((name, [v for v in cfg["variants"] if v not in cfg.get("extra", ())], cfg["seeds"],
+                           result[name].get("runs", {})))
     if "many" in preset and "many" in result:
         cfg = preset["many"]
         for task, o in cfg["tasks"].items():
-            groups.append((f"many / {task}", o.get("variants", cfg["variants"]), o.get("seeds", cfg["seeds"]),
-                           (result["many"].get(task) or {}).get("runs", {})))
+            if not o.get("extra_task"):
+                groups.append((f"many / {task}", o.get("variants", cfg["variants"]), o.get("seeds", cfg["seeds"]),
+                               (result["many"].get(task) or {}).get("runs", {})))
+    over: list[tuple[str, list[str], list[int], dict]] = []  # the over-training section: its own budget
+    if "overtraining" in preset and "overtraining" in result:
+        cfg, sec = preset["overtraining"], result["overtraining"]
+        screen = cfg["screen"]
+        over.append((f"overtraining / λ screen ({screen['task']})",
+                       ["mle", *[quality_overtraining.screen_variant(lam) for lam in screen["lambdas"]]], [screen["seed"]],
+                       {k: {"variant": k, **v} for k, v in (sec.get("screen") or {}).get("runs", {}).items()}))
+        for task, o in cfg["tasks"].items():
+            tsec = sec.get(task) or {}
+            seeds = o.get("seeds", cfg["seeds"])
+            over.append((f"overtraining / {task}", cfg["variants"], seeds, tsec.get("runs", {})))
+            over.append((f"overtraining / {task}, MLE's shorter budgets", [f"mle-{b}ep" for b in cfg["short_budgets"]],
+                           seeds, {k: {"variant": f"mle-{v['budget']}ep", **v}
+                                   for k, v in tsec.get("short_runs", {}).items()}))
     lines = ["\n### What the preset costs (a process per core, one thread each; from the recorded runs' wall time)\n",
-             "| section | runs in the preset | timed runs | minutes per run, median (range) | core-hours |",
-             "|---|---|---|---|---|"]
-    total, untimed = 0.0, []
+             *COST_HEADER]
+    rows, total, untimed = _cost_rows(groups)
+    lines += rows
+    if "grammar" in preset and "grammar" in result:  # in process, no cache: the section's own time
+        secs = (result.get("seconds") or {}).get("grammar", 0)
+        total += secs / 3600
+        lines.append(f"| grammar | the whole section | – | – | {secs / 3600:.1f} |")
+    lines.append(f"| **timed sections** | | | | **{total:.1f}** |")
+    if untimed:
+        lines.append(f"\nNo run timed with one thread per process in this record: {', '.join(untimed)}.")
+    if over:
+        rows, total, untimed = _cost_rows(over)
+        lines += ["\n### What the over-training section costs (its own command; a process per core, one thread each)\n",
+                  *COST_HEADER, *rows, f"| **timed parts** | | | | **{total:.1f}** |"]
+        if untimed:
+            lines.append(f"\nNot timed yet: {', '.join(untimed)}.")
+    return lines
+
+
+COST_HEADER = ["| section | runs in the preset | timed runs | minutes per run, median (range) | core-hours |",
+               "|---|---|---|---|---|"]
+
+
+def _cost_rows(groups: list[tuple[str, list[str], list[int], dict]]) -> tuple[list[str], float, list[str]]:
+    """A row per group (label, variants, seeds, recorded runs) from its runs timed with one thread, not resumed; a
+    variant without one takes the group's median (marked ~). Returns the rows, their core-hours and the untimed groups."""
+    lines, total, untimed = [], 0.0, []
     for label, names, seeds, runs in groups:
         minutes = {v: [r["seconds"] / 60 for r in runs.values() if r.get("variant") == v and r.get("threads") == "1"
                        and not r.get("resumed", True) and r.get("seconds", 0) > 60] for v in names}
@@ -1120,14 +1031,7 @@ def cost_table(result: dict) -> list[str]:
         total += hours
         lines.append(f"| {label} | {len(names)} variants × {len(seeds)} seeds | {len(timed)} | {fallback:.0f} "
                      f"({min(timed):.0f}–{max(timed):.0f}) | {'~' if estimated else ''}{hours:.1f} |")
-    if "grammar" in preset and "grammar" in result:  # in process, no cache: the section's own time
-        secs = (result.get("seconds") or {}).get("grammar", 0)
-        total += secs / 3600
-        lines.append(f"| grammar | the whole section | – | – | {secs / 3600:.1f} |")
-    lines.append(f"| **timed sections** | | | | **{total:.1f}** |")
-    if untimed:
-        lines.append(f"\nNo run timed with one thread per process in this record: {', '.join(untimed)}.")
-    return lines
+    return lines, total, untimed
 
 
 def reward_table(title: str, rewards: dict) -> list[str]:
@@ -1234,7 +1138,7 @@ def main() -> None:
     SKIP_REWARDS[:] = [True] if args.skip_rewards else []
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads: {args.threads} is not a number of threads (1 or more)")
-    if args.tasks and args.section not in ("many", "all"):
+    if args.tasks and args.section not in ("many", "overtraining", "all"):
         p.error(f"--tasks picks many-answer tasks; --section {args.section} has none")
     THREADS[:] = [str(args.threads)] if args.threads else []
     PRECISION[:] = [] if args.bf16 == "auto" else [args.bf16]
@@ -1273,6 +1177,8 @@ def main() -> None:
     for name in SECTIONS:
         if args.section not in (name, "all") or name not in preset:
             continue
+        if args.section == "all" and preset[name].get("extra_section"):  # its own command; its record is kept
+            continue
         t0 = time.time()
         cfg = preset[name]
         if args.seeds:
@@ -1280,10 +1186,14 @@ def main() -> None:
         if args.model:
             cfg = {**cfg, "model": args.model}
         if args.variants:
-            unknown = set(args.variants.split(",")) - set(cfg.get("variants", []))
+            given = args.variants.split(",")
+            screened = ([] if name != "overtraining" else ["mle", *[quality_overtraining.screen_variant(lam)
+                                                                   for lam in cfg["screen"]["lambdas"]]])
+            unknown = set(given) - set(cfg.get("variants", [])) - set(screened)
             if unknown:
                 p.error(f"--variants: {', '.join(sorted(unknown))} not in the {name} section of the preset")
-            cfg = {**cfg, "variants": [v for v in cfg["variants"] if v in args.variants.split(",")]}
+            cfg = {**cfg, "variants": [v for v in cfg["variants"] if v in given], "extra": [],
+                   **({"screen_variants": [v for v in screened if v in given]} if screened else {})}
         recorded = result.get(name) or {}
         if name == "grammar":
             if CACHED_ONLY:  # no cache to summarise: its recorded result stays
@@ -1295,10 +1205,21 @@ def main() -> None:
             if set(chosen) - set(cfg["tasks"]):
                 p.error(f"--tasks: {', '.join(sorted(set(chosen) - set(cfg['tasks'])))} not in the many section of the "
                         f"preset ({', '.join(cfg['tasks'])})")
-            tasks = {t: {**o, "variants": [v for v in o.get("variants", cfg["variants"]) if v in cfg["variants"]]}
+            tasks = {t: {**o, "variants": [v for v in o.get("variants", cfg["variants"]) if v in cfg["variants"]],
+                         "extra_task": bool(o.get("extra_task")) and not (args.tasks and t in chosen)}
                      for t, o in cfg["tasks"].items() if t in chosen}
             kept = {t: v for t, v in recorded.items() if t in cfg["tasks"] and t not in chosen}
             result[name] = {**kept, **many_section({**cfg, "tasks": tasks}, preset["variants"], runs / name, recorded)}
+        elif name == "overtraining":
+            chosen = args.tasks.split(",") if args.tasks else list(cfg["tasks"])
+            if set(chosen) - set(cfg["tasks"]):
+                p.error(f"--tasks: {', '.join(sorted(set(chosen) - set(cfg['tasks'])))} not in the overtraining "
+                        f"section of the preset ({', '.join(cfg['tasks'])})")
+            kept = {t: v for t, v in recorded.items() if t in cfg["tasks"] and t not in chosen}
+            ran = quality_overtraining.section({**cfg, "tasks": {t: o for t, o in cfg["tasks"].items() if t in chosen}},
+                                               preset["variants"], runs / name, recorded, result_path,
+                                               seeds_given=bool(args.seeds))
+            result[name] = {**kept, **ran}
         else:
             score = {"arithmetic": "accuracy_flexible", "gsm8k": "accuracy_flexible"}.get(name, "rouge1")
             if cfg["dataset"] == "arithmetic" and name == "xsum":

@@ -55,10 +55,13 @@ def test_cost_grid_runs(tmp_path):
     assert {"trl_sft", "tirl_mle", "iq_naive", "iq_chunked"} <= set(grid[0]["variants"])
 
 
-def quality_module():
+def quality_module(name: str = "quality"):
+    """benchmarks/quality.py, or one of the modules beside it that its sections share."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("quality", BENCH / "quality.py")
+    if str(BENCH) not in sys.path:  # the sections import their shared module by name, as `python quality.py` does
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -79,7 +82,9 @@ def test_quality_cost_counts_the_presets_runs_from_timed_runs_only():
     # every variant without a timed run takes the median of the timed ones (15 min), marked as an estimate
     hours = 15 * len(cfg["variants"]) * len(cfg["seeds"]) / 60
     assert row.endswith(f"| 2 | 15 (10–20) | ~{hours:.1f} |")
-    assert "many / between" in lines[-1]  # no run of it: named as not timed
+    assert "many / pick-two" not in lines[-1]
+    # an extra task (its own command) is not part of the preset's cost
+    assert not any(line.startswith("| many / between ") for line in lines) and "between" not in lines[-1]
 
 
 def test_quality_records_the_machine_each_run_was_timed_on(tmp_path):
@@ -111,3 +116,67 @@ def test_quality_refuses_an_option_it_would_ignore(tmp_path, args, message):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert message in out.stderr
+
+
+def test_frontier_delta_measures_against_the_upper_envelope_of_the_reference():
+    """Coverage falls again at T = 1.3 while precision collapses: MLE seed 2's points (26.5, 91.6) at T = 0.7,
+    (35.4, 84.0) at T = 1 and (30.0, 22.9) at T = 1.3. The reference frontier is their upper envelope, so a point at
+    coverage 31 is measured against the line from (26.5, 91.6) to (35.4, 84.0), not against the collapsed point."""
+    quality = quality_module("quality_runner")
+    ref = {"T=0.7": {"coverage": 26.5, "precision": 91.6}, "T=1": {"coverage": 35.4, "precision": 84.0},
+           "T=1.3": {"coverage": 30.0, "precision": 22.9}}
+    assert quality.upper_envelope([(p["coverage"], p["precision"]) for p in ref.values()]) == [(26.5, 91.6),
+                                                                                             (35.4, 84.0)]
+    other = {"T=0.7": {"coverage": 31.0, "precision": 85.0}, "T=1": {"coverage": 40.0, "precision": 80.0},
+             "T=1.3": {"coverage": 20.0, "precision": 95.0}}
+    d = quality.frontier_delta(ref, other, [0.7, 1.0, 1.3])
+    on_line = 91.6 + (84.0 - 91.6) * (31.0 - 26.5) / (35.4 - 26.5)
+    assert d["T=0.7"]["delta"] == pytest.approx(85.0 - on_line) and not d["T=0.7"]["extrapolated"]
+    assert d["T=1"] == {"delta": pytest.approx(-4.0), "extrapolated": True}
+    assert d["T=1.3"] == {"delta": pytest.approx(95.0 - 91.6), "extrapolated": True}
+
+
+def test_the_cpu_preset_costs_only_its_own_runs():
+    """The cpu preset: arithmetic trains MLE, entropy-MLE, GEM, DFT and the default IQLearn; the other value forms,
+    online IQLearn, `between` and GSM8k are their own commands (their records are kept and summarised)."""
+    quality = quality_module()
+    timed = {"threads": "1", "resumed": False, "seconds": 600}
+    runs = {f"{v}-s1": {"variant": v, **timed} for v in quality.PRESETS["cpu"]["arithmetic"]["variants"]}
+    lines = quality.cost_table({"preset": "cpu", "arithmetic": {"runs": runs}, "gsm8k": {"runs": {}}})
+    row = next(line for line in lines if line.startswith("| arithmetic "))
+    assert "| 5 variants × 2 seeds | 5 |" in row and row.endswith("| 1.7 |")  # 5 × 2 × 10 min
+    assert not any(line.startswith("| gsm8k ") for line in lines) and "gsm8k" not in lines[-1]
+
+
+def overtraining_point(validation_nll, cov_prec):
+    return {"validation_nll": validation_nll, **{f"T={t:g}": {"coverage": c, "precision": p, "pass_at_k": []}
+                                                 for t, (c, p) in cov_prec.items()}}
+
+
+def test_the_lambda_screen_takes_the_closest_to_the_expert_that_keeps_mles_precision():
+    ot = quality_module("quality_overtraining")
+    grid = [0.7, 1.0]
+    mle = overtraining_point(5.0, {0.7: (30, 90), 1.0: (40, 70)})
+    screen = {"lambdas": [0.01, 0.1, 1.0], "runs": {
+        "mle": {"grid": {"final": mle}},
+        "iq-reference-0.01": {"grid": {"final": overtraining_point(4.9, {0.7: (30, 90), 1.0: (40, 70)})}},
+        "iq-reference-0.1": {"grid": {"final": overtraining_point(4.7, {0.7: (31, 89), 1.0: (41, 69)})}},
+        # closest to the expert, but 10 points of precision below MLE at equal coverage: not admissible
+        "iq-reference-1": {"grid": {"final": overtraining_point(4.5, {0.7: (30, 80), 1.0: (40, 60)})}}}}
+    assert ot.choose_lambda(screen, grid) == 0.1
+    # judged envelope against envelope: a hot temperature that another of its own beats in coverage and precision is
+    # never one a user samples at, so its collapse does not count against the λ
+    runner = quality_module("quality_runner")
+    mle3 = overtraining_point(5.0, {0.7: (30, 90), 1.0: (40, 70), 1.3: (35, 40)})
+    hot = overtraining_point(4.6, {0.7: (31, 89), 1.0: (41, 69), 1.3: (20, 5)})
+    assert runner.envelope_delta(mle3, hot, [0.7, 1.0, 1.3]) == pytest.approx(89 - 88)
+    del screen["runs"]["iq-reference-1"]
+    assert ot.choose_lambda(screen, grid) is None  # not every λ has finished
+
+
+def test_tuned_mle_is_the_best_of_its_long_run_and_shorter_budgets_by_validation_nll():
+    ot = quality_module("quality_overtraining")
+    long = {"best_epoch": 6, "grid": {"best": {"validation_nll": 5.2}}}
+    shorts = {2: {"point": {"validation_nll": 5.4}}, 3: {"point": {"validation_nll": 5.1}}}
+    assert ot.tuned_mle(long, shorts) == {"label": "3 epochs", "epoch": 3, "point": {"validation_nll": 5.1}}
+    assert ot.tuned_mle(long, {2: shorts[2]})["label"] == "long"

@@ -49,6 +49,15 @@ def test_demo_defaults_apply_only_without_model_and_dataset():
     assert custom[1].report_to == ["tensorboard"]
 
 
+def test_demo_keeps_one_checkpoint():
+    """The demo's run directory holds one checkpoint (enough for --resume), not two of 1.6 GB each; a run the user
+    sizes keeps tirl's usual three."""
+    from tirl.cli.train import parse
+
+    assert parse([])[1].save_total_limit == 1
+    assert parse(["--model", "tiny-llama"])[1].save_total_limit == 3
+
+
 def with_max_steps(args: list[str], steps: int) -> list[str]:
     """`args` with only the value of --max_steps replaced."""
     i = args.index("--max_steps") + 1

@@ -65,5 +65,29 @@ def test_load_rows_keeps_whole_prompts():
 def test_unknown_task_and_split():
     with pytest.raises(ValueError, match="unknown many-answer task 'x'"):
         M.generate("x")
-    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
-        M.generate("between", "validation")
+    with pytest.raises(ValueError, match="split must be one of train, validation, test"):
+        M.generate("between", "dev")
+
+
+@pytest.mark.parametrize("task", M.MANY_ANSWER_TASKS)
+@pytest.mark.parametrize("text", ["5²", "²", "٣", "1² + 3", "3 + ٤", "7 - 2 + ³", "¹⁰", "½", "Ⅻ"])
+def test_a_generation_with_digits_int_cannot_read_is_invalid_not_an_error(task, text):
+    """str.isdigit() and regex \\d accept characters int() refuses ("²") or reads as other digits ("٣"): a model's
+    output never stops an evaluation, and only ASCII digits count."""
+    spec = M.generate(task, "test", n=1)[0]["reference"]
+    assert M.canonical_answer(text, spec) is None
+
+
+@pytest.mark.parametrize("task", M.MANY_ANSWER_TASKS)
+def test_validation_prompts_are_training_distribution_prompts_no_training_run_saw(task):
+    """The validation split chooses a checkpoint without the test prompts and without the run's own training prompts:
+    drawn from the training half, never among the first TRAIN_PROMPTS training prompts of the same seed."""
+    for seed in (0, 3):
+        validation = M.generate(task, "validation", n=40, seed=seed)
+        assert len(validation) == 40 and len({r["reference"] for r in validation}) == 40
+        train = {r["reference"] for r in M.generate(task, "train", n=M.TRAIN_PROMPTS, seed=seed)}
+        test = {r["reference"] for r in M.generate(task, "test", seed=seed)}
+        assert not {r["reference"] for r in validation} & (train | test)
+        assert all(M._in_split(json.loads(r["reference"]), "train") for r in validation)
+        assert all(r["completion"] in M.valid_answers(r["reference"]) for r in validation)
+    assert M.generate(task, "validation", n=10, seed=1) == M.generate(task, "validation", n=10, seed=1)

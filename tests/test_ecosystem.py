@@ -97,7 +97,9 @@ def test_a_lora_run_on_a_built_in_model_loads_back_for_eval_and_rewards(tmp_path
                       "--num_eval_examples", 8, "--max_steps", 4, "--save_steps", 4, "--use_peft", "--lora_r", 4,
                       "--lora_target_modules", "q_proj", "v_proj", "--output_dir", run)
     assert rc == 0, err[-2000:]
-    assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-llama"
+    # the run directory holds the merged model (transformers loads it too), the adapter is beside it
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-llama"
+    assert not (run / "adapter_config.json").exists()
 
     # the adapter on its base (rebuilt from the run's seed) is the trained model: its eval loss is the run's
     model, tok = models.load(str(run))

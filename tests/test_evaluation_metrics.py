@@ -281,3 +281,14 @@ def test_task_scores_of_a_many_answer_task():
     assert out["precision"] == pytest.approx(2 / 3) and out["coverage"] == pytest.approx(2 / 3)
     assert len(out["pass_at_k"]) == 3
     assert sample_scores("valid_set", " 3.", spec) == {"valid": True, "answer": "3"}
+
+
+def test_memorisation_by_hand():
+    """Two training prompts (demonstrated {a, b} and {c}) and one prompt never trained on (left out): 3 of 6 samples
+    repeat a demonstration, 2 are valid answers never shown for their prompt, 1 is invalid."""
+    from tirl.evaluation.metrics import memorisation_scores
+
+    out = memorisation_scores([["a", "b", "z"], ["c", None, "d"], ["a", "a", "a"]],
+                              [frozenset("ab"), frozenset("c"), frozenset()])
+    assert out == {"demonstrated": 3 / 6, "novel_valid": 2 / 6, "prompts": 2}
+    assert memorisation_scores([["a"]], [None]) == {"demonstrated": None, "novel_valid": None, "prompts": 0}

@@ -47,16 +47,46 @@ def record_generate(model) -> list:
     return steps
 
 
-def sample_rollouts(model, tok, seed=0):
+def sample_rollouts(model, tok, seed=0, sampler="packed"):
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
     torch.manual_seed(seed)
     return sample_completions(model, prompts, max_new_tokens=8, eos_token_ids=[tok.eos_token_id],
-                              pad_token_id=tok.pad_token_id)
+                              pad_token_id=tok.pad_token_id, sampler=sampler)
 
 
 def sample_eval(model, tok, **kw):
     return [[s.token_ids for s in per_prompt] for _, batch in
             iter_samples(model, tok, PROMPTS, k=2, max_new_tokens=8, seed=1, progress=False, **kw) for per_prompt in batch]
+
+
+def record_packed(monkeypatch) -> list:
+    """Make the packed sampler also return what it sampled from: per step, the raw logits and the warped scores."""
+    import tirl.generation as G
+
+    real, steps = G.sampling_warpers, []
+
+    def warpers(config):
+        inner = real(config)
+
+        def apply(input_ids, logits):
+            scores = inner(input_ids, logits)
+            steps.append((logits.clone(), scores.clone()))
+            return scores
+
+        return apply
+
+    monkeypatch.setattr(G, "sampling_warpers", warpers)
+    return steps
+
+
+def no_generate(model):
+    """`model.generate` (of a PEFT model's base too) fails: the packed sampler must never call it."""
+    def refuse(*a, **k):
+        raise AssertionError("the packed sampler called model.generate")
+
+    model.generate = refuse
+    if hasattr(model, "get_base_model"):
+        model.get_base_model().generate = refuse
 
 
 def lora(model):
@@ -65,8 +95,9 @@ def lora(model):
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
 
 
+@pytest.mark.parametrize("sampler", ["packed", "generate"])
 @pytest.mark.parametrize("wrap,options", [("plain", ISSUE), ("plain", POLLUTED), ("peft", POLLUTED)])
-def test_policy_samples_ignore_the_models_generation_config(tiny, wrap, options):
+def test_policy_samples_ignore_the_models_generation_config(tiny, wrap, options, sampler, monkeypatch):
     """Every step of `sample_completions` samples from softmax(logits) itself (no processor touches the scores), the
     samples equal those of a model with a clean generation config, and the model's config is left as it was."""
     model, tok = tiny
@@ -74,32 +105,44 @@ def test_policy_samples_ignore_the_models_generation_config(tiny, wrap, options)
     dirty = polluted(model, options)
     if wrap == "peft":
         model, dirty = lora(model), lora(dirty)
-    steps = record_generate(dirty)
-    assert sample_rollouts(dirty, tok) == sample_rollouts(model, tok)
+    if sampler == "generate":
+        steps = record_generate(dirty)
+    else:
+        steps = record_packed(monkeypatch)
+        no_generate(dirty)
+    assert sample_rollouts(dirty, tok, sampler=sampler) == sample_rollouts(model, tok, sampler=sampler)
     assert steps and all(torch.equal(logits, scores) for logits, scores in steps)
     config = (dirty.get_base_model() if wrap == "peft" else dirty).generation_config
     assert config.repetition_penalty == 1.5 and config.min_p == 0.1  # restored
 
 
+@pytest.mark.parametrize("sampler", ["packed", "generate"])
 @pytest.mark.parametrize("options", [ISSUE, POLLUTED])
-def test_eval_samples_ignore_the_models_generation_config(tiny, options):
+def test_eval_samples_ignore_the_models_generation_config(tiny, options, sampler, monkeypatch):
     """`tirl eval`'s sampler (both passes): what a clean model samples, from unprocessed logits."""
     model, tok = tiny
     model = sharpened(model)
     dirty = polluted(model, options)
-    steps = record_generate(dirty)
-    assert sample_eval(dirty, tok) == sample_eval(model, tok)
-    assert sample_eval(dirty, tok, greedy=True) == sample_eval(model, tok, greedy=True)
+    if sampler == "generate":
+        steps = record_generate(dirty)
+    else:
+        steps = record_packed(monkeypatch)
+        no_generate(dirty)
+    assert sample_eval(dirty, tok, sampler=sampler) == sample_eval(model, tok, sampler=sampler)
+    assert (sample_eval(dirty, tok, greedy=True, sampler=sampler)
+            == sample_eval(model, tok, greedy=True, sampler=sampler))
     assert steps and all(torch.equal(logits, scores) for logits, scores in steps)
 
 
-def test_sampler_options_are_set_as_asked(tiny):
+@pytest.mark.parametrize("sampler", ["packed", "generate"])
+def test_sampler_options_are_set_as_asked(tiny, sampler, monkeypatch):
     """Temperature, top-k and top-p still apply when asked for, and only they (the greedy pass is the argmax)."""
     model, tok = tiny
     dirty = polluted(model)
-    steps = record_generate(dirty)
+    steps = record_generate(dirty) if sampler == "generate" else record_packed(monkeypatch)
     sample_completions(dirty, [tok("1+1=")["input_ids"]], max_new_tokens=3, eos_token_ids=[tok.eos_token_id],
-                       pad_token_id=tok.pad_token_id, temperature=0.5, top_k=4)
+                       pad_token_id=tok.pad_token_id, temperature=0.5, top_k=4, sampler=sampler)
+    assert len(steps) == 3
     for logits, scores in steps:
         kept = torch.isfinite(scores)
         assert int(kept.sum()) == 4 and torch.equal(kept, logits >= logits.topk(4).values[:, -1:])
@@ -127,7 +170,7 @@ def test_generation_config_is_restored_when_generate_fails(tiny):
 
     dirty.generate = broken
     with pytest.raises(RuntimeError, match="boom"):
-        sample_rollouts(dirty, tok)
+        sample_rollouts(dirty, tok, sampler="generate")
     assert dirty.generation_config.repetition_penalty == 1.5
 
 

@@ -69,6 +69,10 @@ def test_value_after_eos_is_zero_and_truncation_drops_td():
     assert torch.allclose(rw.reward[eos_pos], qv.q[eos_pos])  # r = Q(s, EOS) − γ·0
     # row 0: EOS at shifted index 7, then one trailing template token (index 8): MLE yes, TD no
     assert mask[0, 8] and not td_mask[0, 8]
+    # r_t is written once (`token_rewards`), and the losses' TD residuals are that very tensor: 0 where undefined
+    assert rw.reward[0, 8] == 0 and torch.equal(rw.td_mask, td_mask)
+    residual, residual_mask, _ = L.td_residuals(qv, objective(iq_gamma=0.9))
+    assert torch.equal(residual, rw.reward) and torch.equal(residual_mask, td_mask)
     # row 1: truncated without EOS, its last action has no TD term, earlier ones do
     last1 = int(mask[1].nonzero().max())
     assert not td_mask[1, last1] and td_mask[1, last1 - 1]

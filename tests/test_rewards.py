@@ -29,6 +29,9 @@ def test_rewards_telescope_for_gamma_one(tiny):
         assert abs(s.reward - (episode_logprob + s.value0)) < 1e-3 * max(1.0, abs(s.reward))
         # the template's "\n" after EOS is outside the episode: no reward, but its log π is reported
         assert all(math.isnan(r) for r in s.rewards[eos_at + 1 :]) and not math.isnan(s.rewards[eos_at])
+        # Σ log π runs over the same tokens as R, so at γ = 1 the two differ by V(s_0) alone
+        assert s.num_tokens > eos_at + 1
+        assert abs(s.logprob - episode_logprob) < 1e-4 * max(1.0, abs(s.logprob))
 
 
 def test_gamma_below_one_is_not_a_likelihood(tiny):

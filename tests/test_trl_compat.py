@@ -10,6 +10,9 @@ upgrade that breaks one names it here, at once, instead of as a wrong result som
                                                                                 override redirects it to the staging dir
     Trainer._issue_warnings_after_load                  trainers/base.py        a resume must not warn that a tied
                                                                                 weight (lm_head) is missing
+    Trainer._load_optimizer_and_scheduler               trainers/base.py        a resumed optimizer.pt that loads but
+                                                                                does not fit is one line, not torch's
+                                                                                error: no public hook around the load
     Trainer._set_signature_columns_if_needed,           trainers/base.py        the reference-value column must survive
       Trainer._signature_columns                                                Trainer's column removal
     _BaseTrainer._tag_names, _name, _paper              trainers/*_trainer.py   TRL's model card reads these class
@@ -60,6 +63,11 @@ def test_resume_warnings_pass_through_one_method():
     assert "self._issue_warnings_after_load(load_result)" in source(Trainer._load_from_checkpoint)
     # torch's load_state_dict result is a namedtuple: the override replaces its missing keys
     assert hasattr(torch.nn.Module().load_state_dict({}, strict=False), "_replace")
+
+
+def test_a_resumed_optimizer_state_loads_through_one_method():
+    assert list(inspect.signature(Trainer._load_optimizer_and_scheduler).parameters) == ["self", "checkpoint"]
+    assert "self._load_optimizer_and_scheduler(resume_from_checkpoint)" in source(Trainer._prepare_for_training)
 
 
 def test_the_reference_value_column_survives_column_removal():

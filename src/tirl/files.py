@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -85,9 +86,21 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def nan_to_none(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float (nested in dicts and lists) as None, so that it is written as strict JSON
+    (`null`: "not defined"), which every JSON reader accepts, instead of Python's bare `NaN`."""
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
     write_text_atomic(path, json.dumps(jsonable(data), indent=2) + "\n")
 
 
-__all__ = ["jsonable", "safe_path", "share_file_modes", "write_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["jsonable", "nan_to_none", "safe_path", "share_file_modes", "write_atomic", "write_json_atomic", "write_text_atomic"]

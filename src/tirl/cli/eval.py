@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from . import errors
@@ -48,8 +49,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _optional_int(text: str) -> int | None:
-    value = int(text)
-    return None if value <= 0 else value
+    """A count where 0 means all; a negative one is refused (it used to mean all too, without a word)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = all), got {value}")
+    return value or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dataset", default="gsm8k", help="Prompts and references: a built-in task (listed below), a local "
       ".jsonl/.json/.csv file of prompt/completion (or messages) rows, or a hub dataset id (`datasets.load_dataset`).")
     a("--split", default="test", help="Split of a built-in task or cached dataset (built-in tasks: train/test; "
-      "WMT22's train split is WMT21 newstest).")
+      "WMT22's train split is WMT21 newstest; many-answer tasks also have validation: training-distribution prompts no "
+      "run of up to 800 training rows trained on). On a many-answer task each prompt is evaluated once, and when the "
+      "model is a tirl run whose training rows include some of the prompts, every pass also reports memorisation: the "
+      "share of samples repeating one of the prompt's demonstrations, and of valid answers never demonstrated for it.")
     a("--num_examples", type=_optional_int, default=100, help="Evaluate a seeded random subset of this many prompts "
       "(0 = all). The subset depends only on --data_seed, so runs with different --seed share prompts.")
     a("--data_seed", type=int, default=0, help="Seed of the prompt subset (and of the generated arithmetic task).")
@@ -85,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--batch_size", type=int, default=32, help="Sequences per generate() call (prompts per call = batch_size // "
       "K). Larger is faster on CPU up to ~64; results depend on it only through the RNG stream.")
     a("--seed", type=int, default=0, help="Sampling seed: the same seed and batch size give the same samples.")
+    a("--sampler", choices=["packed", "generate"], default="packed",
+      help="Decoding loop. packed: rows that reached EOS leave the batch (faster when lengths differ); generate: "
+      "transformers' model.generate, which computes every row until the longest ends. Same distribution and "
+      "options, different random stream: a resumed run must keep its sampler.")
     a("--bf16", action=argparse.BooleanOptionalAction, default=None,
       help="bfloat16 autocast during generation (weights stay float32). Default: on where the hardware computes "
       "bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX: about 2.5x faster there), float32 elsewhere "
@@ -120,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--samples must be >= 0")
     if args.samples == 0 and not args.greedy:
         parser.error("--samples 0 with --no-greedy leaves nothing to generate")
-    if args.temperature <= 0:
-        parser.error("--temperature must be > 0 (the greedy pass is temperature 0)")
+    # checked before anything runs: a NaN passes `<= 0`, and would only fail in the sampled pass, after the greedy
+    # pass had written its generations
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        parser.error(f"--temperature must be a finite number > 0 (the greedy pass is temperature 0), got "
+                     f"{args.temperature}")
     if not 0 < args.top_p <= 1:
         parser.error("--top_p must be in (0, 1]")
     if args.max_new_tokens < 1 or args.batch_size < 1:

@@ -47,17 +47,25 @@ def build_score_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _encoded_from_file(path: str, tokenizer, limit: int | None) -> tuple[list[dict], list[dict], int]:
-    """(token ids and labels, metadata, skipped) of the completions in a file: a `generations.jsonl` that `tirl eval`
-    wrote (each sample scored as it was generated, cut by `max_new_tokens` or ended by EOS; samples without a token
-    are skipped and counted), or rows in TRL's formats (prompt/completion or messages, rendered as training does)."""
+def _encoded_from_file(path: str, tokenizer, limit: int | None) -> tuple[list[dict], list[dict], int, int]:
+    """(token ids and labels, metadata, skipped, torn) of the completions in a file: a `generations.jsonl` that `tirl
+    eval` wrote (each sample scored as it was generated, cut by `max_new_tokens` or ended by EOS; samples without a
+    token are skipped and counted, and so is a torn last line, named), or rows in TRL's formats (prompt/completion or
+    messages, rendered as training does)."""
+    import os
+
     from tirl.data import DataError, read_records
     from tirl.evaluation.sampling import encode_prompt
-    from tirl.jobs.eval import generations_chat
+    from tirl.jobs.eval import generations_chat, torn_last_line
     from tirl.rewards.extraction import encode_generated
 
-    records, _ = read_records(path)
+    torn = torn_last_line(path) if os.path.isfile(path) and str(path).endswith(".jsonl") else None
+    records, report = read_records(path, skip_bad_rows=torn is not None)
+    if any(loc != f"{path}:{torn}" for loc, _ in report.skipped):
+        read_records(path)  # a bad line other than a torn last one: refused, named by its own error
     if records and isinstance(records[0][1], dict) and {"text", "token_ids", "prompt"} <= set(records[0][1]):
+        if torn is not None:  # as `tirl rewards analyse` treats the same file
+            print(f"[tirl] {path}:{torn}: a torn last line (cut short while `tirl eval` wrote it) is skipped")
         encoded, meta, skipped, chat = [], [], 0, generations_chat(path)
         for loc, rec in records:
             if not isinstance(rec, dict) or not {"text", "token_ids", "prompt"} <= set(rec):
@@ -70,8 +78,8 @@ def _encoded_from_file(path: str, tokenizer, limit: int | None) -> tuple[list[di
             meta.append({k: v for k, v in rec.items() if k != "token_ids"})
             if limit and len(encoded) >= limit:
                 break
-        return encoded, meta, skipped
-    return _encoded_from_rows(path, tokenizer, limit)
+        return encoded, meta, skipped, int(torn is not None)
+    return (*_encoded_from_rows(path, tokenizer, limit), 0)
 
 
 def _encoded_from_rows(name: str, tokenizer, limit: int | None, split: str = "test", seed: int = 0):
@@ -112,21 +120,22 @@ def score_main(argv: list[str]) -> int:
             check_no_links(args.output_dir)
         rm = load_reward_model(args.model)
         tok = rm.tokenizer
+        torn = 0
         if args.generations:
-            encoded, meta, skipped = _encoded_from_file(args.generations, tok, args.num_examples)
+            encoded, meta, skipped, torn = _encoded_from_file(args.generations, tok, args.num_examples)
         else:
             encoded, meta, skipped = _encoded_from_rows(args.dataset, tok, args.num_examples, args.split, args.seed)
         with output_lock(args.output_dir, "rewards"):
-            return _score(args, rm, encoded, meta, skipped)
+            return _score(args, rm, encoded, meta, skipped, torn)
     except (DataError, RunDirError, models.ModelNotAvailableError, FileNotFoundError) as e:
         return errors.fail("rewards", e)
     except KeyboardInterrupt:
         return errors.interrupted("rewards", "nothing was written")
 
 
-def _score(args, rm, encoded: list[dict], meta: list[dict], skipped: int) -> int:
+def _score(args, rm, encoded: list[dict], meta: list[dict], skipped: int, torn: int = 0) -> int:
     """Score the encoded completions under the reward model and write the four files."""
-    from tirl.files import safe_path, write_json_atomic, write_text_atomic
+    from tirl.files import nan_to_none, safe_path, write_json_atomic, write_text_atomic
     from tirl.rewards import render_html, render_png
     from tirl.rewards.extraction import score_encoded
 
@@ -137,16 +146,18 @@ def _score(args, rm, encoded: list[dict], meta: list[dict], skipped: int) -> int
     scored = score_encoded(model, tok, encoded, gamma=args.gamma, batch_size=args.batch_size,
                            max_length=args.max_length, bf16=args.bf16, form=rm.form, reference_model=rm.reference)
     out = Path(args.output_dir)
-    lines = [json.dumps({**m, **s.to_dict()}, ensure_ascii=False) for m, s in zip(meta, scored, strict=True)]
+    # a token without a defined reward (the last of a completion cut short) is null: the file is strict JSON
+    lines = [json.dumps(nan_to_none({**m, **s.to_dict()}), ensure_ascii=False, allow_nan=False)
+             for m, s in zip(meta, scored, strict=True)]
     write_text_atomic(safe_path(out, "rewards.jsonl"), "\n".join(lines) + "\n")
     R = [s.reward for s in scored]
     per_tok = [r for s in scored for r in s.rewards if not math.isnan(r)]
     summary = {"model": args.model, "gamma": args.gamma, "iq_value": rm.form.name, "n": len(scored),
-               "skipped_without_tokens": skipped, "mean_R": statistics.fmean(R), "std_R": statistics.pstdev(R),
+               "skipped_without_tokens": skipped, "skipped_torn_lines": torn, "mean_R": statistics.fmean(R), "std_R": statistics.pstdev(R),
                "mean_r_t": statistics.fmean(per_tok) if per_tok else None,
                "mean_logprob": statistics.fmean(s.logprob for s in scored),
                "mean_tokens": statistics.fmean(s.num_tokens for s in scored)}
-    write_json_atomic(safe_path(out, "summary.json"), summary)
+    write_json_atomic(safe_path(out, "summary.json"), nan_to_none(summary))
     shown = scored[: args.num_render]
     labels = [{"prompt": m.get("prompt") if isinstance(m.get("prompt"), str) else json.dumps(m.get("prompt"))}
               for m in meta[: args.num_render]]

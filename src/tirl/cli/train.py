@@ -41,6 +41,10 @@ def option_message(error: ValueError, known: set[str]) -> str:
     return f"--{text}" if first and first.group(1) in known else text
 
 
+# `trl sft`'s `DatasetMixtureConfig` keys: a YAML file with them is refused by name rather than as unknown options
+TRL_MIXTURE_KEYS = ("datasets", "streaming", "test_split_size")
+
+
 def _config_path(argv: list[str]) -> str | None:
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
@@ -62,7 +66,13 @@ def read_yaml(path: str) -> dict:
     import yaml
 
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"--config {path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: the file must hold a YAML mapping of option names to values")
     env = data.pop("env", {}) or {}
@@ -145,6 +155,11 @@ def parse(argv: list[str]):
     parser = build_parser(method)
     known = {a.dest for a in parser._actions if a.option_strings}
     names = aliases(parser)
+    mixture = sorted(k for k in TRL_MIXTURE_KEYS if k in yaml_options)
+    if mixture:
+        sys.exit(fail(f"--config {path}: {', '.join(mixture)}: `trl sft`'s dataset mixture is not supported; tirl "
+                      "train trains on one dataset: give it as dataset_name (a hub id, a local file or a built-in "
+                      "task), with dataset_config and dataset_train_split"))
     unknown = sorted(k for k in yaml_options if k not in names)
     if unknown:
         sys.exit(fail(f"--config {path}: unknown option(s) {', '.join(unknown)} (`tirl train --method {method} --help` "
@@ -186,16 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     from tirl.jobs.rundir import RunDirError, last_checkpoint
     from tirl.jobs.train import OptionError, fix_method, run
     from tirl.models import ModelNotAvailableError
-    from tirl.trainers import NonFiniteLossError, NoTrainableTokensError
+    from tirl.trainers import CheckpointStateError, NonFiniteLossError, NoTrainableTokensError
 
     try:
-        fix_method(script.method, config, given)
-        result = run(script, config, model_args)
-    except (DataError, ModelNotAvailableError, NoTrainableTokensError, OptionError, RunDirError) as e:
+        with errors.on_sigterm():
+            fix_method(script.method, config, given)
+            result = run(script, config, model_args)
+    except (CheckpointStateError, DataError, ModelNotAvailableError, NoTrainableTokensError, OptionError,
+            RunDirError) as e:
         return fail(e)
     except NonFiniteLossError as e:
         print(f"\ntirl train: stopped: {' '.join(str(e).split())}", file=sys.stderr)
         return 3
+    except errors.Terminated:
+        checkpoint = last_checkpoint(config.output_dir)
+        return errors.terminated("train", f"the last checkpoint, {checkpoint}, is kept: continue from it with the same "
+                                 "command plus --resume" if checkpoint else
+                                 "it stopped before the first checkpoint; nothing was kept")
     except KeyboardInterrupt:
         if last_checkpoint(config.output_dir):
             return errors.interrupted("train", f"continue with the same command plus --resume (checkpoints in "

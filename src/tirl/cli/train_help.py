@@ -16,7 +16,7 @@ SCRIPT_HELP: dict[str, str] = {
     "prompt/completion, messages or text rows (TRL's formats), or a hub dataset id (`datasets.load_dataset`). Default: "
     "the embedded demo, GSM8k (packaged with tirl).",
     "dataset_config": "Configuration of a hub dataset (alias of `trl sft`'s --dataset_config), e.g. openai/gsm8k's "
-    "'main'.",
+    "'main'. Refused with a built-in task or a local file, which have none.",
     "dataset_split": "Split of a built-in task or hub dataset to train on (alias --dataset_train_split).",
     "dataset_streaming": "Stream a hub dataset instead of downloading it: the first --num_train_examples rows are read "
     "(needs --num_train_examples).",
@@ -35,13 +35,15 @@ SCRIPT_HELP: dict[str, str] = {
     "completion_field": "Completion column of a local file or hub dataset.",
     "skip_bad_rows": "Skip malformed rows (reported with their line and counted) instead of stopping at the first.",
     "resume": "Continue the run in --output_dir from its last checkpoint. Its run.json must name the same --method, "
-    "--model and training data (checksum); anything else is refused.",
+    "--model and training data (checksum); anything else is refused, and so is a missing or empty --output_dir (a new "
+    "run is the command without --resume).",
     "resume_with_changes": "With --resume: continue even though a setting that defines the run (objective, batch, "
     "adapters, data selection) differs from the run's; run.json records the segment and what it changed. Without it "
     "such a resume is refused. The optimizer's settings and its learning-rate schedule come back from the checkpoint "
     "and cannot change; the length of training may always change.",
-    "overwrite": "Replace the run already in --output_dir (its model, checkpoints, logs and metrics are deleted). "
-    "Without it, or --resume, a non-empty --output_dir is refused.",
+    "overwrite": "Replace the run already in --output_dir: what a run writes there (its model, tokenizer, checkpoints, "
+    "logs, metrics, run.json) is deleted, and named; anything else (eval/, rewards/, your own files) stays. Without "
+    "it, or --resume, a non-empty --output_dir is refused.",
 }
 
 # TRL / transformers options whose default tirl resolves differently (tirl.trainers.arguments.default_to_cpu)
@@ -70,7 +72,9 @@ DEMO_DEFAULTS = {
     "max_length": 384,
     "logging_steps": 5,
     "save_steps": 20,
-    "save_total_limit": 2,
+    # one checkpoint is all --resume needs; each SmolLM2 checkpoint holds a 1.08 GB optimizer.pt, and two of them
+    # with the model left 3.6 GB on disk after a 40-step demo
+    "save_total_limit": 1,
     "gradient_checkpointing": False,
 }
 

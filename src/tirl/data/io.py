@@ -15,6 +15,7 @@ import csv
 import gzip
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,12 +81,13 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     """
     path = check_data_file(path)
     name = path.name[:-3] if path.suffix == ".gz" else path.name
-    if name.endswith(".csv"):
-        yield from _iter_csv(path)
-    elif name.endswith(".json"):
-        yield from _iter_json_array(path)
-    else:
-        yield from _iter_jsonl(path)
+    reader = _iter_csv if name.endswith(".csv") else _iter_json_array if name.endswith(".json") else _iter_jsonl
+    try:
+        yield from reader(path)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        # the rows read so far would be a silent cut of the file: the whole file is refused
+        reason = "cut short: it ends inside its compressed stream" if isinstance(e, EOFError) else str(e)
+        raise DataError(f"{path}: not a readable gzip file ({reason})") from None
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:

@@ -55,7 +55,7 @@ def _sum_pairs_prompt(spec: dict) -> str:
     return f"Write two numbers from 1 to {spec['max']} that add up to {spec['n']}, as a + b."
 
 
-_PAIR = re.compile(r"^(\d+)\s*\+\s*(\d+)$")
+_PAIR = re.compile(r"^([0-9]+)\s*\+\s*([0-9]+)$")
 
 
 def _sum_pairs_read(text: str, spec: dict) -> str | None:
@@ -100,7 +100,7 @@ def _countdown_prompt(spec: dict) -> str:
     return f"Make {spec['n']} from {a}, {b} and {c}, each used once, with + and -, as x + y - z."
 
 
-_TRIPLE = re.compile(r"^(\d+)\s*([+-])\s*(\d+)\s*([+-])\s*(\d+)$")
+_TRIPLE = re.compile(r"^([0-9]+)\s*([+-])\s*([0-9]+)\s*([+-])\s*([0-9]+)$")
 
 
 def _countdown_read(text: str, spec: dict) -> str | None:
@@ -160,8 +160,13 @@ def _between_prompt(spec: dict) -> str:
     return f"Write a whole number greater than {spec['low']} and less than {spec['high']}."
 
 
+_NUMBER = re.compile(r"^[0-9]+$")  # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+
+
 def _between_read(text: str, spec: dict) -> str | None:
-    return text if text.isdigit() and spec["low"] < int(text) < spec["high"] and text == str(int(text)) else None
+    if not _NUMBER.match(text):
+        return None
+    return text if spec["low"] < int(text) < spec["high"] and text == str(int(text)) else None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -199,19 +204,21 @@ def canonical_answer(text: str, reference: str | dict) -> str | None:
     return _TASKS[spec["task"]][3](text, spec)
 
 
-def generate(task: str, split: str = "train", n: int | None = None, seed: int = 0,
-             completions_per_prompt: int = COMPLETIONS_PER_PROMPT) -> list[dict]:
-    """Rows of a many-answer task: `n` distinct prompts of `split` (default 200 train, 50 test), and for the train
-    split `completions_per_prompt` rows per prompt whose completions are drawn uniformly from its valid set (with
-    replacement); test rows carry one valid answer as their completion. Deterministic for a seed."""
-    if task not in _TASKS:
-        raise ValueError(f"unknown many-answer task {task!r}; choose from {', '.join(_TASKS)}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    draw_spec, valid_of, prompt_of, _ = _TASKS[task]
-    n = n if n is not None else (200 if split == "train" else 50)
+SPLITS = ("train", "validation", "test")
+# A validation prompt is a training-distribution prompt outside the first TRAIN_PROMPTS training prompts of the same
+# seed: a run on up to TRAIN_PROMPTS × COMPLETIONS_PER_PROMPT rows (the default train split) never trains on one, so
+# it can choose a checkpoint by them without looking at the test prompts.
+TRAIN_PROMPTS = 200
+
+
+def _specs(task: str, split: str, n: int, seed: int, exclude: frozenset[str] = frozenset(),
+           ) -> tuple[list[dict], random.Random]:
+    """`n` distinct prompt specifications of `split`, and the generator that drew them (the completions' draws
+    continue its stream)."""
+    draw_spec = _TASKS[task][0]
     rng = random.Random(f"{task}:{split}:{seed}")
-    specs, seen = [], set()
+    region = "test" if split == "test" else "train"  # validation prompts come from the training half of the hash
+    specs, seen = [], set(exclude)
     attempts = 0
     while len(specs) < n:
         attempts += 1
@@ -219,10 +226,30 @@ def generate(task: str, split: str = "train", n: int | None = None, seed: int = 
             raise ValueError(f"the {task!r} task has fewer than {n} distinct {split} prompts")
         spec = draw_spec(rng)
         key = json.dumps(spec, sort_keys=True)
-        if key in seen or not _in_split(spec, split):
+        if key in seen or not _in_split(spec, region):
             continue
         seen.add(key)
         specs.append(spec)
+    return specs, rng
+
+
+def generate(task: str, split: str = "train", n: int | None = None, seed: int = 0,
+             completions_per_prompt: int = COMPLETIONS_PER_PROMPT) -> list[dict]:
+    """Rows of a many-answer task: `n` distinct prompts of `split` (default 200 train, 50 validation and test), and
+    for the train split `completions_per_prompt` rows per prompt whose completions are drawn uniformly from its valid
+    set (with replacement); validation and test rows carry one valid answer as their completion. Validation prompts
+    are drawn like training prompts but never among the first `TRAIN_PROMPTS` training prompts of the same seed.
+    Deterministic for a seed."""
+    if task not in _TASKS:
+        raise ValueError(f"unknown many-answer task {task!r}; choose from {', '.join(_TASKS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    _, valid_of, prompt_of, _ = _TASKS[task]
+    n = n if n is not None else (TRAIN_PROMPTS if split == "train" else 50)
+    exclude: frozenset[str] = frozenset()
+    if split == "validation":
+        exclude = frozenset(json.dumps(s, sort_keys=True) for s in _specs(task, "train", TRAIN_PROMPTS, seed)[0])
+    specs, rng = _specs(task, split, n, seed, exclude)
     draws = completions_per_prompt if split == "train" else 1
     rows = []
     for i, spec in enumerate(specs):
@@ -234,4 +261,4 @@ def generate(task: str, split: str = "train", n: int | None = None, seed: int = 
     return rows
 
 
-__all__ = ["COMPLETIONS_PER_PROMPT", "MANY_ANSWER_TASKS", "canonical_answer", "generate", "valid_answers"]
+__all__ = ["COMPLETIONS_PER_PROMPT", "MANY_ANSWER_TASKS", "SPLITS", "TRAIN_PROMPTS", "canonical_answer", "generate", "valid_answers"]

@@ -29,10 +29,11 @@ def load_rows(
     reference_field: str | None = None,
     config: str | None = None,
     streaming: bool = False,
+    text_field: str = "text",
 ) -> list[dict]:
     """Rows of a built-in task, a local file or directory, or a hub dataset (`config`, `streaming`: its
     `datasets.load_dataset` options); `limit` takes a seeded random subset (with `streaming`, the stream's first
-    rows)."""
+    rows). `text_field`: the column of a user's language-modelling rows (TRL's `dataset_text_field`)."""
     if name_or_path in TASKS:
         loader = TASKS[name_or_path]
         # each loader takes the subset of these it understands (a generated task makes exactly `n` rows)
@@ -40,12 +41,13 @@ def load_rows(
         accepted = inspect.signature(loader).parameters
         rows = loader(**{k: v for k, v in offered.items() if k in accepted and not (k == "n" and v is None)})
     elif os.path.exists(name_or_path):
-        rows, report = load_local(name_or_path, prompt_field, completion_field, reference_field, skip_bad_rows, split)
+        rows, report = load_local(name_or_path, prompt_field, completion_field, reference_field, skip_bad_rows, split,
+                                  text_field)
         if report.skipped:
             print(f"[tirl] {report.summary()}")
     else:
         rows = load_hub(name_or_path, split, config, streaming, limit, prompt_field, completion_field,
-                        reference_field, skip_bad_rows)
+                        reference_field, skip_bad_rows, text_field)
     if limit is not None and len(rows) > limit:
         rows = random.Random(seed).sample(rows, limit)
     return rows
@@ -55,17 +57,18 @@ def is_builtin(name_or_path: str) -> bool:
     return name_or_path in TASKS
 
 
-def to_trl(rows: list[dict], tokenizer, chat: bool | None = None) -> list[dict]:
+def to_trl(rows: list[dict], tokenizer, chat: bool | None = None, text_field: str = "text") -> list[dict]:
     """Rows in TRL's formats (module docstring). `chat`: render plain-string prompt/completion rows as a user/assistant
     conversation; None (the built-in tasks' rule): whenever the tokenizer has a chat template, else the prompt plus a
-    newline. `chat=False` leaves them as they are (`trl sft`'s plain text)."""
+    newline. `chat=False` leaves them as they are (`trl sft`'s plain text). `text_field`: the column TRL reads
+    language-modelling rows from (the config's `dataset_text_field`)."""
     has_template = getattr(tokenizer, "chat_template", None) is not None
     out = []
     for r in rows:
         if "messages" in r:
             out.append({"messages": r["messages"]})
         elif "text" in r:
-            out.append({"text": r["text"]})
+            out.append({text_field: r["text"]})
         elif isinstance(r["prompt"], list):
             out.append({"prompt": r["prompt"], "completion": r["completion"]})
         elif (has_template if chat is None else chat and has_template):

@@ -10,7 +10,7 @@ same whichever source serves them.
 |---|---|---|---|
 | `gsm8k` | packaged with tirl (GSM8k, MIT) | train 7473, test 1319 | `gsm8k` (accuracy) |
 | `arithmetic` | generated in code | train, test | `gsm8k` |
-| `pick-two`, `between`, `sum-pairs`, `countdown` | generated in code (`tirl.data.many_answer`) | train, test | `valid_set` |
+| `pick-two`, `between`, `sum-pairs`, `countdown` | generated in code (`tirl.data.many_answer`) | train, validation, test | `valid_set` |
 | `xsum`, `xsum-lead` | `xsum/test_1000.jsonl`, else hub `EdinburghNLP/xsum` (test split, the same 1000 ids) | train 800, test 200 | `rouge` |
 | `wmt22-de-en`, `wmt22-en-de` | `wmt22/`, `wmt21_newstest/`, else sacreBLEU's WMT22 / WMT21 download | test 1984/2037 | `bleu` |
 | `wmt21-de-en`, `wmt21-en-de` | `wmt21_newstest/`, else sacreBLEU's WMT21 download (train/validation only) | 1000/1002 | `bleu` |

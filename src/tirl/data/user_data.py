@@ -23,9 +23,10 @@ DATASETS_SUFFIXES = (".parquet", ".arrow")
 
 
 def user_row(rec, i: int, prompt_field: str = "prompt", completion_field: str = "completion",
-             reference_field: str | None = None) -> dict:
+             reference_field: str | None = None, text_field: str = "text") -> dict:
     """One row of a user's data in tirl's row layout: {"id", "messages"}, {"id", "prompt", "completion", "reference"}
-    or {"id", "text"} (language modelling). A `DataError` says what is wrong with the row."""
+    or {"id", "text"} (language modelling, read from the `text_field` column, TRL's `dataset_text_field`). A
+    `DataError` says what is wrong with the row."""
     if not isinstance(rec, dict):
         raise DataError(f"expected a JSON object, got {type(rec).__name__}")
     row_id = str(rec.get("id", i))
@@ -37,14 +38,14 @@ def user_row(rec, i: int, prompt_field: str = "prompt", completion_field: str = 
         if not any(m["role"] == "assistant" and str(m["content"]).strip() for m in msgs):
             raise DataError("'messages' has no non-empty assistant turn, so there is nothing to learn from")
         return {"id": row_id, "messages": msgs}
-    if prompt_field not in rec and completion_field not in rec and isinstance(rec.get("text"), str):
-        if not rec["text"].strip():
-            raise DataError("empty 'text'")
-        return {"id": row_id, "text": rec["text"]}
+    if prompt_field not in rec and completion_field not in rec and isinstance(rec.get(text_field), str):
+        if not rec[text_field].strip():
+            raise DataError(f"empty '{text_field}'")
+        return {"id": row_id, "text": rec[text_field]}
     missing = [f for f in (prompt_field, completion_field) if f not in rec]
     if missing:
         raise DataError(f"missing field(s) {missing}; found {sorted(rec)} (a row needs prompt/completion, messages "
-                        "or text; set --prompt_field/--completion_field)")
+                        f"or {text_field}; set --prompt_field/--completion_field or --dataset_text_field)")
     prompt, completion = rec[prompt_field], rec[completion_field]
     if isinstance(prompt, list) and isinstance(completion, list):  # conversational prompt/completion
         if not any(str(m.get("content", "")).strip() for m in completion if isinstance(m, dict)):
@@ -90,9 +91,10 @@ def _collect(located, source: str, skip_bad_rows: bool, fields: dict, report: Re
 
 def load_local(path: str | Path, prompt_field: str = "prompt", completion_field: str = "completion",
                reference_field: str | None = None, skip_bad_rows: bool = False,
-               split: str = "train") -> tuple[list[dict], ReadReport]:
+               split: str = "train", text_field: str = "text") -> tuple[list[dict], ReadReport]:
     """Rows of a local file or directory (module docstring), with what was skipped."""
-    fields = {"prompt_field": prompt_field, "completion_field": completion_field, "reference_field": reference_field}
+    fields = {"prompt_field": prompt_field, "completion_field": completion_field, "reference_field": reference_field,
+              "text_field": text_field}
     path = Path(path)
     if path.is_dir() or path.suffix in DATASETS_SUFFIXES:
         import datasets
@@ -114,7 +116,7 @@ def load_local(path: str | Path, prompt_field: str = "prompt", completion_field:
 
 def load_hub(name: str, split: str = "train", config: str | None = None, streaming: bool = False,
              limit: int | None = None, prompt_field: str = "prompt", completion_field: str = "completion",
-             reference_field: str | None = None, skip_bad_rows: bool = False) -> list[dict]:
+             reference_field: str | None = None, skip_bad_rows: bool = False, text_field: str = "text") -> list[dict]:
     """Rows of a hub dataset (`datasets.load_dataset(name, config, split=split)`); with `streaming`, only the first
     `limit` rows are read from the stream (nothing else is downloaded)."""
     import datasets
@@ -135,7 +137,8 @@ def load_hub(name: str, split: str = "train", config: str | None = None, streami
         raise DataError(f"{name!r} is not a built-in task ({known}), not a local file, and datasets.load_dataset "
                         f"could not load it: {first}") from e
     records = itertools.islice(ds, limit) if streaming else ds
-    fields = {"prompt_field": prompt_field, "completion_field": completion_field, "reference_field": reference_field}
+    fields = {"prompt_field": prompt_field, "completion_field": completion_field, "reference_field": reference_field,
+              "text_field": text_field}
     where = f"{name}" + (f"[{config}]" if config else "") + f"[{split}]"
     return _collect(((f"{where}[{i}]", rec) for i, rec in enumerate(records)), where, skip_bad_rows, fields,
                     ReadReport(source=where))

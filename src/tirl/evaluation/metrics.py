@@ -137,6 +137,28 @@ def valid_set_scores(answers_per_prompt: Sequence[Sequence[str | None]], valid_s
             "pass_at_k": curve}
 
 
+def memorisation_scores(answers_per_prompt: Sequence[Sequence[str | None]],
+                        demonstrated: Sequence[set[str] | frozenset[str] | None]) -> dict:
+    """How much of what a model samples on its own training prompts repeats that prompt's demonstrations. Each sample
+    is its valid answer written canonically, or None; `demonstrated[i]` is the set of answers prompt i was trained on
+    (None or empty: not a training prompt, left out).
+
+        demonstrated  = the fraction of samples that repeat one of the prompt's demonstrations
+        novel_valid   = the fraction of samples that are valid answers never demonstrated for the prompt
+        prompts       = how many prompts had demonstrations
+
+    A uniform expert over |V| valid answers with d distinct demonstrations puts d/|V| of its samples on them; a model
+    that memorises its training set puts all of them there. Both fractions are None when no prompt had any."""
+    _same_length(answers_per_prompt, demonstrated)
+    pairs = [(answers, demos) for answers, demos in zip(answers_per_prompt, demonstrated, strict=True) if demos]
+    flat = [(a, demos) for answers, demos in pairs for a in answers]
+    if not flat:
+        return {"demonstrated": None, "novel_valid": None, "prompts": 0}
+    repeated = sum(a is not None and a in demos for a, demos in flat)
+    novel = sum(a is not None and a not in demos for a, demos in flat)
+    return {"demonstrated": repeated / len(flat), "novel_valid": novel / len(flat), "prompts": len(pairs)}
+
+
 def expert_nll_scores(logprobs_per_prompt: Sequence[Sequence[float]]) -> dict[str, float]:
     """The held-out NLL of a uniform expert from log q(y|x) of every valid answer y of each prompt:
 

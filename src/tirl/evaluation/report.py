@@ -34,13 +34,22 @@ FRACTION_SCORES = {"accuracy_strict", "accuracy_flexible", "pass_at_k_strict", "
                    "precision", "coverage"}
 
 
+# shares of samples or prompts that are not task scores, also written as percentages
+PERCENT_SHARES = {"pass_at_K", "eos_rate"}
+
+
+def fmt_percent(value: float) -> str:
+    """A percentage (already × 100), written the one way tables and plot axes write every percentage."""
+    return f"{value:.1f}%"
+
+
 def fmt_score(name: str, value) -> str:
-    """Accuracies as percentages, 0–100 scores with one decimal, missing values as an en dash."""
+    """Accuracies and other shares as percentages, 0–100 scores with one decimal, missing values as an en dash."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    if name in FRACTION_SCORES:
-        return f"{100 * value:.1f}%"
-    if name in ("distinct_1", "distinct_2", "eos_rate"):
+    if name in FRACTION_SCORES or name in PERCENT_SHARES:
+        return fmt_percent(100 * value)
+    if name in ("distinct_1", "distinct_2"):
         return f"{value:.3f}"
     if name == "mean_tokens":
         return f"{value:.0f}"
@@ -98,6 +107,15 @@ def report_markdown(metrics: dict, records: list[dict], rows: list[dict], num_ex
         lines += ["", "pass@k of the sampled pass (unbiased estimator, k of the K samples):", "",
                   "| " + " | ".join(f"k={k}" for k in shown) + " |", "|" + "---|" * len(shown),
                   "| " + " | ".join(fmt_score("precision", curve[k - 1]) for k in shown) + " |"]
+    memorised = [(p, metrics[p]["memorisation"]) for p in ("greedy", "sampled")
+                 if (metrics.get(p) or {}).get("memorisation", {}).get("prompts")]
+    if memorised:
+        lines += ["", "On the prompts the model trained on (its run's own demonstrations): the share of samples that "
+                  "repeat one of the prompt's demonstrations, and the share that are valid answers never demonstrated "
+                  "for it.", "", "| pass | prompts | repeat a demonstration | valid, never demonstrated |",
+                  "|---|---|---|---|"]
+        lines += [f"| {p} | {m['prompts']} | {fmt_score('precision', m['demonstrated'])} | "
+                  f"{fmt_score('precision', m['novel_valid'])} |" for p, m in memorised]
     if metrics.get("expert"):
         e = metrics["expert"]
         lines += ["", f"Held-out expert NLL {e['expert_nll']:.3f} nats per answer = forward KL to the uniform expert "
@@ -288,18 +306,19 @@ def frontier(evals: list[Evaluation], score: str, x: str = "self_bleu") -> dict[
 
 def frontier_table(series: dict[str, list[FrontierPoint]], score: str) -> str:
     """Markdown: one row per series and temperature, mean ± s.e.m. over runs (n)."""
-    unit = " (%)" if score in FRACTION_SCORES else ""
-    lines = [f"| series | T | n | {SCORE_LABELS.get(score, score)}{unit} | Self-BLEU ↓ |", "|---|---|---|---|---|"]
+    pct = score in FRACTION_SCORES
+    lines = [f"| series | T | n | {SCORE_LABELS.get(score, score)} | Self-BLEU ↓ |", "|---|---|---|---|---|"]
     for label, pts in series.items():
         for p in pts:
             t = "greedy" if p.temperature is None else f"{p.temperature:g}"
             sb = "–" if p.temperature is None else _pm(p.self_bleu, p.self_bleu_sem)
-            lines.append(f"| {label} | {t} | {p.n} | {_pm(p.score, p.score_sem)} | {sb} |")
+            lines.append(f"| {label} | {t} | {p.n} | {_pm(p.score, p.score_sem, pct)} | {sb} |")
     return "\n".join(lines) + "\n"
 
 
-def _pm(mean: float, sem: float | None) -> str:
-    return f"{mean:.1f}" + (f" ± {sem:.1f}" if sem is not None else "")
+def _pm(mean: float, sem: float | None, pct: bool = False) -> str:
+    write = fmt_percent if pct else (lambda v: f"{v:.1f}")
+    return write(mean) + (f" ± {write(sem)}" if sem is not None else "")
 
 
 def resolve_score(evals: list[Evaluation], score: str | None) -> str:
@@ -370,6 +389,11 @@ def pass_at_k_curves(evals: list[Evaluation]) -> dict[tuple[str, float], tuple[l
 def plot_valid_set(evals: list[Evaluation], path: str | Path, title: str | None = None) -> Path:
     """Many-answer tasks: precision against coverage along the temperatures (one frontier per label, greedy hollow),
     and pass@k against k for each label and temperature (mean ± s.e.m. over runs). PNG at `path`."""
+    return _save(valid_set_figure(evals, title), path)
+
+
+def valid_set_figure(evals: list[Evaluation], title: str | None = None):
+    """The figure `plot_valid_set` saves (the caller closes it)."""
     from ..plots import pyplot
 
     plt = pyplot()
@@ -377,28 +401,30 @@ def plot_valid_set(evals: list[Evaluation], path: str | Path, title: str | None 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     series = frontier(evals, "precision", x="coverage")
     color_of = {label: colors[i % len(colors)] for i, label in enumerate(series)}
+    points = [p for pts in series.values() for p in pts]
+    _pad_limits(ax, [p.self_bleu for p in points], [p.score for p in points], [p.self_bleu_sem for p in points],
+                [p.score_sem for p in points], percent=(True, True))
+    tags = []
     for label, pts in series.items():
         color = color_of[label]
         ax.plot([p.self_bleu for p in pts], [p.score for p in pts], color=color, alpha=0.6, lw=1.5, label=label)
         for p in pts:
             ax.errorbar([p.self_bleu], [p.score], xerr=p.self_bleu_sem, yerr=p.score_sem, fmt="o", ms=6, color=color,
                         mfc="white" if p.temperature is None else color, mec="black", mew=0.6, elinewidth=1,
-                        capsize=2, zorder=3)
-            ax.annotate("greedy" if p.temperature is None else f"T={p.temperature:g}", (p.self_bleu, p.score),
-                        xytext=(5, -11), textcoords="offset points", fontsize=7, color=color)
-    ax.set_xlabel("coverage: distinct valid answers ÷ min(K, #valid) (%)  (→ more diverse)")
-    ax.set_ylabel("precision: valid samples (%)  (↑ better)")
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, 100)
+                        capsize=2, zorder=3, clip_on=False)
+            tags.append((p.self_bleu, p.score, "greedy" if p.temperature is None else f"T={p.temperature:g}", color))
+    ax.set_xlabel("coverage: distinct valid answers ÷ min(K, #valid)  (→ more diverse)")
+    ax.set_ylabel("precision: valid samples  (↑ better)")
+    _note_all_zero(ax, [p.score for p in points], "precision")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     curves = pass_at_k_curves(evals)
     temps = sorted({t for _, t in curves})
     styles = ["-", "--", ":", "-."]
     for (label, t), (mean, sem, _) in curves.items():
         ks = list(range(1, len(mean) + 1))
         style = styles[temps.index(t) % len(styles)]
-        bx.plot(ks, mean, style, color=color_of.get(label, "k"), lw=1.4, label=f"{label}, T={t:g}")
+        bx.plot(ks, mean, style, color=color_of.get(label, "k"), lw=1.4, label=f"{label}, T={t:g}", clip_on=False)
         if any(s is not None for s in sem):
             lo = [m - (s or 0) for m, s in zip(mean, sem, strict=True)]
             hi = [m + (s or 0) for m, s in zip(mean, sem, strict=True)]
@@ -406,38 +432,42 @@ def plot_valid_set(evals: list[Evaluation], path: str | Path, title: str | None 
     bx.set_xscale("log", base=2)
     ks_all = sorted({k for mean, _, _ in curves.values() for k in range(1, len(mean) + 1) if k & (k - 1) == 0})
     bx.set_xticks(ks_all, [str(k) for k in ks_all])
-    bx.set_ylim(0, 100)
+    tops = [m + (s or 0) for mean, sem, _ in curves.values() for m, s in zip(mean, sem, strict=True)]
+    _pad_limits(bx, None, tops or [0.0], percent=(False, True))
     bx.set_xlabel("k (samples drawn)")
-    bx.set_ylabel("pass@k: a valid answer among k samples (%)")
+    bx.set_ylabel("pass@k: a valid answer among k samples")
     bx.grid(alpha=0.3)
     bx.legend(fontsize=7, ncol=2)
     first = evals[0].metrics
     fig.suptitle(title or f"Many-answer task {first['dataset']} ({first['split']}, {first['num_prompts']} prompts): "
                  "precision vs coverage, and pass@k (mean ± s.e.m. over runs)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _label_points(ax, tags)
+    return fig
 
 
 def plot_compare(evals: list[Evaluation], score: str, path: str | Path, title: str | None = None) -> Path:
     """Task score (y, up = better) against Self-BLEU (x, left = more diverse): one frontier per label, through its
     temperatures, with the greedy pass at Self-BLEU 100 (hollow marker); runs sharing a label (seeds) are averaged,
     with s.e.m. error bars. PNG at `path`."""
+    return _save(compare_figure(evals, score, title), path)
+
+
+def compare_figure(evals: list[Evaluation], score: str, title: str | None = None):
+    """The figure `plot_compare` saves (the caller closes it)."""
     from ..plots import pyplot
 
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.6, 5.6))
     pct = score in FRACTION_SCORES
     series = frontier(evals, score)
     if not any(p.temperature is not None for pts in series.values() for p in pts):
         raise DataError("no evaluation has a sampled pass with K ≥ 2 (needed for Self-BLEU); rerun with --samples 4")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.6, 5.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    xs = [p.self_bleu for pts in series.values() for p in pts]
-    ys = [p.score for pts in series.values() for p in pts]
-    _pad_limits(ax, xs, ys)
+    points = [p for pts in series.values() for p in pts]
+    _pad_limits(ax, [p.self_bleu for p in points], [p.score for p in points], [p.self_bleu_sem for p in points],
+                [p.score_sem for p in points], percent=(False, pct))
+    tags = []
     for gi, (label, pts) in enumerate(series.items()):
         color = colors[gi % len(colors)]
         ax.plot([p.self_bleu for p in pts], [p.score for p in pts], color=color, alpha=0.6, lw=1.5, label=label)
@@ -445,15 +475,14 @@ def plot_compare(evals: list[Evaluation], score: str, path: str | Path, title: s
             ax.errorbar([p.self_bleu], [p.score], xerr=p.self_bleu_sem, yerr=p.score_sem, fmt="o", ms=7,
                         color=color, mfc="white" if p.temperature is None else color, mec="black", mew=0.6,
                         elinewidth=1, capsize=2, zorder=3, clip_on=False)
-            tag = "greedy" if p.temperature is None else f"T={p.temperature:g}"
-            ax.annotate(tag, (p.self_bleu, p.score), xytext=(5, -11), textcoords="offset points", fontsize=7,
-                        color=color)
+            tags.append((p.self_bleu, p.score, "greedy" if p.temperature is None else f"T={p.temperature:g}", color))
     label = SCORE_LABELS.get(score, score)
-    ax.set_ylabel(f"{label}{' (%)' if pct else ''}  (↑ better)", fontsize=10)
+    ax.set_ylabel(f"{label}  (↑ better)", fontsize=10)
     ax.set_xlabel("Self-BLEU of the K samples per prompt  (← more diverse; greedy = 100)", fontsize=10)
+    _note_all_zero(ax, [p.score for p in points], label)
     first = evals[0].metrics
     datasets = sorted({e.metrics["dataset"] for e in evals})
-    n_runs = max((p.n for pts in series.values() for p in pts), default=1)
+    n_runs = max((p.n for p in points), default=1)
     k = max(e.metrics["settings"]["samples"] for e in evals)
     ax.set_title(title or f"Task score vs diversity — {', '.join(datasets)} ({first['split']}, "
                  f"{first['num_prompts']} prompts, K={k}"
@@ -461,19 +490,95 @@ def plot_compare(evals: list[Evaluation], score: str, path: str | Path, title: s
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    _label_points(ax, tags)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    from ..plots import pyplot
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        pyplot().close(fig)
     return path
 
 
-def _pad_limits(ax, xs: list[float], ys: list[float]) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Both axes start at 0 (every score and Self-BLEU is >= 0), so small differences are not blown up, and span at
-    least 0–5; leave room above the points and to their right for the labels. Returns the limits."""
-    limits = []
-    for values, setter, room in ((xs, ax.set_xlim, 0.08), (ys, ax.set_ylim, 0.15)):
-        upper = max(max(values) * (1 + room), 5.0)
-        setter(0, upper)
-        limits.append((0.0, upper))
-    return limits[0], limits[1]
+def _pad_limits(ax, xs: list[float] | None, ys: list[float], x_err: list[float | None] | None = None,
+                y_err: list[float | None] | None = None, percent: tuple[bool, bool] = (False, False),
+                ) -> tuple[tuple[float, float] | None, tuple[float, float]]:
+    """Fit each axis to its points and error bars: from 0 (every score, share and Self-BLEU is >= 0, so small
+    differences are not blown up) to a little past the largest, at least 0–5, with room above and to the right for
+    the tags; a percentage axis stops near 100% and writes its ticks as every percentage is written (`fmt_percent`).
+    The axis starts a little below 0, so that points at 0 (nothing valid yet) sit clear of the axis line instead of
+    vanishing into it. `xs` None leaves the x axis as it is. Returns the limits."""
+    from matplotlib.ticker import FuncFormatter
+
+    limits: list[tuple[float, float] | None] = []
+    for values, errs, axis, setter, room, pct in ((xs, x_err, ax.xaxis, ax.set_xlim, 0.08, percent[0]),
+                                                  (ys, y_err, ax.yaxis, ax.set_ylim, 0.15, percent[1])):
+        if values is None:
+            limits.append(None)
+            continue
+        top = max(v + (e or 0.0) for v, e in zip(values, errs or [None] * len(values), strict=True))
+        upper = max(top * (1 + room), 5.0)
+        if pct:
+            upper = min(upper, 100.0 * (1 + room / 2))
+            # no tick below 0: the margin under 0 is there for the points, not a share that could be negative
+            axis.set_major_formatter(FuncFormatter(lambda v, _: fmt_percent(abs(v)) if v > -1e-9 else ""))
+        lower = -0.03 * upper
+        setter(lower, upper)
+        limits.append((lower, upper))
+    return limits[0], limits[1]  # type: ignore[return-value]
+
+
+def _note_all_zero(ax, scores: list[float], label: str) -> None:
+    """Say so in the picture when every point scores 0, rather than leave a row of points on the axis to look
+    like an empty plot."""
+    if scores and not any(scores):
+        ax.text(0.5, 0.5, f"every point scores 0 ({label})", transform=ax.transAxes, ha="center",
+                va="center", fontsize=9, color="0.4")
+
+
+# where a point's tag may go, in points from the point, tried in turn: right, then left, below then above, then further
+# down and up the right-hand side
+_TAG_PLACES = ([((6, -12), "left"), ((6, 4), "left"), ((-6, -12), "right"), ((-6, 4), "right")]
+               + [((6, -12 - 10 * i), "left") for i in range(1, 10)] + [((6, 4 + 10 * i), "left") for i in range(1, 10)])
+
+
+def _label_points(ax, items: list[tuple[float, float, str, str]]) -> list:
+    """Tag each point (x, y, text, colour) at the first place beside it where the tag covers no other tag, no point
+    and not the legend (else where it covers the fewest). Points often coincide (every evaluation at 0 before the
+    models learned anything, or two methods alike), and tags at one fixed offset then lie on each other, unreadable.
+    Call it once the limits and the layout are final: a place is measured on the figure as drawn. Returns the tags."""
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    r = 4 * ax.figure.dpi / 72  # a marker's radius (ms 6-7 points) in pixels
+    taken = [Bbox.from_bounds(px - r, py - r, 2 * r, 2 * r)
+             for px, py in (ax.transData.transform((x, y)) for x, y, _, _ in items)]
+    if ax.get_legend() is not None:
+        taken.append(ax.get_legend().get_window_extent(renderer))
+    frame = ax.get_window_extent(renderer)
+    tags = []
+    for x, y, text, color in items:
+        best = None
+        for offset, ha in _TAG_PLACES:
+            tag = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=7, color=color, ha=ha,
+                              annotation_clip=False)
+            box = tag.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            cost = sum(box.overlaps(t) for t in taken) + (0 if inside else 0.5)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, tag, box)
+            else:
+                tag.remove()
+            if cost == 0:
+                break
+        taken.append(best[2])
+        tags.append(best[1])
+    return tags

@@ -18,9 +18,17 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
 
-from ..generation import eval_mode, generate_copies, generation_config, left_pad, sampler_settings, truncate_at_eos
+from ..generation import (
+    DEFAULT_SAMPLER,
+    check_sampler,
+    eval_mode,
+    generate_samples,
+    generation_config,
+    left_pad,
+    sampler_settings,
+    truncate_at_eos,
+)
 from .metrics import token_entropy
 
 Prompt = str | list[dict]  # a user message, or a conversation (list of {"role", "content"}) ending before the answer
@@ -88,22 +96,29 @@ def _eos_ids(model, tokenizer) -> list[int]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class _EntropyRecorder(LogitsProcessor):
-    """Records H(softmax(logits)) per row at every step and passes the scores through unchanged.
-
-    `generate` runs custom processors before its temperature/top-k/top-p warpers, so these are the model's raw
-    next-token logits.
-    """
+class _EntropyRecorder:
+    """Records H(softmax(logits)) of each row at every decoding step (`generate_samples`' `on_logits`: the model's
+    raw next-token logits, before temperature/top-k/top-p), for the rows still in the batch."""
 
     def __init__(self, on_step: Callable[[int], None] | None = None) -> None:
-        self.steps: list[torch.Tensor] = []  # each [B]
+        self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # each (output rows [b], entropies [b])
         self.on_step = on_step
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.steps.append(token_entropy(scores).cpu())
+    def __call__(self, rows: torch.Tensor, logits: torch.Tensor) -> None:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1)  # `token_entropy`, without its pass for -inf logits unless there are any
+        if torch.isnan(entropy).any():
+            entropy = token_entropy(logits)
+        self.steps.append((rows.cpu(), entropy.cpu()))
         if self.on_step is not None:
             self.on_step(len(self.steps))
-        return scores
+
+    def table(self, num_rows: int) -> torch.Tensor:
+        """[num_rows, steps]: each row's entropy at each step (NaN where the row had left the batch)."""
+        out = torch.full((num_rows, len(self.steps)), float("nan"))
+        for t, (rows, entropy) in enumerate(self.steps):
+            out[rows, t] = entropy.float()
+        return out
 
 
 def batch_seed(seed: int, start: int) -> int:
@@ -129,10 +144,13 @@ def iter_samples(
     progress: bool = True,
     desc: str = "sampling",
     chat: bool | None = None,
+    sampler: str = DEFAULT_SAMPLER,
 ) -> Iterator[tuple[list[int], list[list[Sample]]]]:
     """Generate K samples for each prompt not in `skip`, yielding `(prompt indices, samples per prompt)` per batch.
 
-    Each `generate` call holds `batch_size` sequences: `max(1, batch_size // K)` prompts × K samples (greedy: the one
+    Sampling goes through `tirl.generation.generate_samples`; `sampler` is its decoding loop: `"packed"` (finished
+    rows leave the batch) or `"generate"` (`model.generate`). Same distribution, different random streams.
+    Each call holds `batch_size` sequences: `max(1, batch_size // K)` prompts × K samples (greedy: the one
     greedy completion per prompt, computed once and repeated K times). Sampling is ancestral at `temperature` with
     nucleus `top_p` (1.0 = off) and nothing else: no top-k (HF's default top_k=50 is switched off), and no option of
     the model's own generation config (repetition penalty, min-p, ...; see `tirl.generation` and `generation_settings`,
@@ -147,6 +165,7 @@ def iter_samples(
         raise ValueError("temperature must be > 0 for sampling (use greedy=True for temperature 0)")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    check_sampler(sampler)
     todo = [i for i in range(len(prompts)) if i not in skip]
     copies = 1 if greedy else k
     per_call = max(1, batch_size // copies)
@@ -173,10 +192,10 @@ def iter_samples(
             amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast_bf16 else nullcontext()
             with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), amp:
                 torch.manual_seed(batch_seed(seed, idx[0]))
-                out = generate_copies(model, config, input_ids, attention_mask, copies,
-                                      logits_processor=LogitsProcessorList([recorder]))
+                out = generate_samples(model, config, input_ids, attention_mask, copies, sampler=sampler,
+                                       on_logits=recorder)
             generated = out[:, input_ids.shape[1] :].cpu()  # [B·copies, steps]
-            entropies = torch.stack(recorder.steps, dim=1) if recorder.steps else torch.zeros(generated.shape[0], 0)
+            entropies = recorder.table(generated.shape[0])
             rows = [_to_sample(generated[r], entropies[r], eos, tokenizer) for r in range(generated.shape[0])]
             per_prompt = [rows[j * copies : (j + 1) * copies] for j in range(len(idx))]
             if greedy and k > 1:
@@ -216,6 +235,7 @@ def sample(
     autocast_bf16: bool = False,
     progress: bool = True,
     on_batch: Callable[[list[int], list[list[Sample]]], None] | None = None,
+    sampler: str = DEFAULT_SAMPLER,
 ) -> list[list[Sample]]:
     """K `Sample`s for each prompt (a list per prompt, in prompt order); see `iter_samples` for every option.
 
@@ -224,7 +244,7 @@ def sample(
     results: list[list[Sample] | None] = [None] * len(prompts)
     for idx, batch in iter_samples(model, tokenizer, prompts, k=k, temperature=temperature, top_p=top_p,
                                    max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, greedy=greedy,
-                                   autocast_bf16=autocast_bf16, progress=progress):
+                                   autocast_bf16=autocast_bf16, progress=progress, sampler=sampler):
         for i, samples in zip(idx, batch, strict=True):
             results[i] = samples
         if on_batch is not None:
@@ -242,6 +262,6 @@ def _to_sample(ids: torch.Tensor, entropies: torch.Tensor, eos: list[int], token
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled, dynamic_ncols=True)
+    return progress_bar(total, desc, "prompt", enabled, dynamic_ncols=True)

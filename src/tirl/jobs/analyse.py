@@ -30,7 +30,7 @@ from ..files import safe_path, write_json_atomic, write_text_atomic
 from ..rewards.analysis import analysis_markdown, correlations, demonstration_pairs, preference_accuracy
 from ..rewards.extraction import encode_generated, load_reward_model, score_encoded
 from ..rewards.pictures import render_html, reward_histogram, reward_scatter
-from .eval import EvalSettings, generations_chat, read_generations, run_eval
+from .eval import EvalSettings, generations_chat, read_generations, read_generations_file, run_eval
 
 PRIMARY_SAMPLE_SCORE = {"gsm8k": "correct_flexible", "rouge": "rouge1", "bleu": "bleu", "valid_set": "valid"}
 CORRECTNESS = ("gsm8k", "valid_set")  # families whose per-sample score is right or wrong
@@ -42,10 +42,12 @@ class AnalyseSettings:
     labels: list[str] = field(default_factory=list)
     dataset: str = "gsm8k"
     split: str = "test"
-    num_examples: int = 50
-    samples: int = 4
-    temperature: float = 1.0
-    max_new_tokens: int = 256
+    # how the completions are sampled; with `generations`, analyse() puts the file's own values here (None: the file
+    # does not say; `generations_sampling`)
+    num_examples: int | None = 50
+    samples: int | None = 4
+    temperature: float | None = 1.0
+    max_new_tokens: int | None = 256
     batch_size: int = 32
     seed: int = 0
     gamma: float | None = None  # None: each run's own iq_gamma (0.99 for models that are not tirl runs)
@@ -64,12 +66,49 @@ class AnalyseSettings:
             self.bf16 = fast_bf16()
 
 
-def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str, str, str]:
-    """The sampled completions with their scores, the metric family, the dataset and the split they came from."""
+# the sampling settings a generations file records, and how AnalyseSettings names them
+SAMPLING = {"samples": "samples", "temperature": "temperature", "max_new_tokens": "max_new_tokens",
+            "num_examples": "num_examples", "model": "samples_from"}
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def generations_sampling(path: str | Path, records: list[dict]) -> tuple[dict, str]:
+    """How the completions of a generations file were sampled (`SAMPLING`'s keys, in AnalyseSettings' names), and
+    where that was read: the `eval_config.json` that `tirl eval` wrote beside it, else its `metrics.json`, else the
+    records themselves (K, as the samples per prompt; the rest is unknown: None)."""
+    path = Path(path)
+    for name, section in (("eval_config.json", None), ("metrics.json", "settings")):
+        data = _json_object(path.parent / name)
+        data = data.get(section) if section else data
+        if isinstance(data, dict) and "samples" in data and "temperature" in data:
+            return {ours: data.get(theirs) for theirs, ours in SAMPLING.items()}, name
+    per_prompt: dict = {}
+    for r in records:
+        if r.get("pass", "sampled") == "sampled" and isinstance(r.get("sample_index"), int):
+            per_prompt[r.get("prompt_index")] = max(per_prompt.get(r.get("prompt_index"), 0), r["sample_index"] + 1)
+    return {**dict.fromkeys(SAMPLING.values()), "samples": max(per_prompt.values()) if per_prompt else None,
+            "num_examples": len(per_prompt) or None}, "the records (no eval_config.json or metrics.json beside them)"
+
+
+def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str, str, str, int]:
+    """The sampled completions with their scores, the metric family, the dataset and the split they came from, and how
+    many lines of a `--generations` file were torn (its last, by a `tirl eval` that was stopped mid-write: skipped,
+    named and counted, as `tirl rewards` does)."""
+    torn = 0
     if s.generations:
-        records = read_generations(Path(s.generations))
-        config_path = Path(s.generations).parent / "eval_config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        records, torn_line = read_generations_file(s.generations)
+        if torn_line is not None:
+            torn = 1
+            print(f"[tirl] {s.generations}:{torn_line}: a torn last line (cut short while `tirl eval` wrote it) is "
+                  "skipped")
+        config = _json_object(Path(s.generations).parent / "eval_config.json")
         dataset, split = config.get("dataset", s.dataset), config.get("split", s.split)
     else:
         settings = EvalSettings(model=s.samples_from or s.models[0], dataset=s.dataset, split=s.split,
@@ -82,7 +121,7 @@ def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str, st
     records = [r for r in records if r.get("pass") == "sampled"] or records
     if not records:
         raise ValueError("no sampled completions to analyse")
-    return records, task_metric(dataset), dataset, split
+    return records, task_metric(dataset), dataset, split, torn
 
 
 def _with_tokens(records: list[dict]) -> tuple[list[dict], int]:
@@ -105,19 +144,23 @@ def analyse(s: AnalyseSettings) -> dict:
     labels = s.labels or [Path(m).name or m for m in s.models]
     if len(labels) != len(s.models):
         raise ValueError("give one label per model")
-    records, family, dataset, split = _sampled_records(s, out)
+    records, family, dataset, split, torn = _sampled_records(s, out)
     chat = generations_chat(s.generations or safe_path(out, "samples") / "generations.jsonl")
     records, skipped = _with_tokens(records)
     if not records:
         raise ValueError("none of the sampled completions has a token to score")
     s = replace(s, dataset=dataset, split=split)  # read from the generations' eval_config.json when given a file
+    sampled_as = "sampled here"
+    if s.generations:  # how the file's completions were sampled, not this command's sampling options
+        sampling, sampled_as = generations_sampling(s.generations, records)
+        s = replace(s, **sampling)
     score = [_score_value(r, family) for r in records]
     pref_rows = None
     if s.preference and s.preference != "demonstrations":
         pref_rows = load_preferences(s.preference, limit=s.num_pairs, seed=s.seed)[0]
 
-    result: dict = {"settings": asdict(s), "task_metric": family, "sample_score": PRIMARY_SAMPLE_SCORE.get(family),
-                    "num_completions": len(records), "skipped_without_tokens": skipped,
+    result: dict = {"settings": asdict(s), "sampling_read_from": sampled_as, "task_metric": family, "sample_score": PRIMARY_SAMPLE_SCORE.get(family),
+                    "num_completions": len(records), "skipped_without_tokens": skipped, "skipped_torn_lines": torn,
                     "num_prompts": len({r.get("prompt_index") for r in records}),
                     "mean_sample_score": statistics.fmean(score), "models": {}}
     for model_name, label in zip(s.models, labels, strict=True):

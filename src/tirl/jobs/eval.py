@@ -15,6 +15,7 @@ again if the job fails before its first generation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +25,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..data import DataError, is_builtin, load_rows, task_metric
-from ..evaluation.metrics import PRIMARY_SCORE, diversity_scores, mean_token_entropy, sample_scores, task_scores
+from ..evaluation.metrics import (
+    PRIMARY_SCORE,
+    diversity_scores,
+    mean_token_entropy,
+    memorisation_scores,
+    sample_scores,
+    task_scores,
+)
 from ..files import safe_path, write_json_atomic, write_text_atomic
 from .rundir import RunDirError, check_no_links, check_writable, output_lock
 from .runinfo import rows_checksum, run_record
@@ -65,8 +73,12 @@ class EvalSettings:
     wrap_in_chat_template: bool | None = None  # a user's plain prompts as a conversation; None: as the run trained
     trust_remote_code: bool = False
     progress: bool = True
+    sampler: str = "packed"  # the decoding loop (`tirl.generation.SAMPLERS`): "packed" or "generate"
 
     def __post_init__(self) -> None:
+        from ..generation import check_sampler
+
+        check_sampler(self.sampler)
         if self.bf16 is None:
             from ..hardware import fast_bf16
 
@@ -91,7 +103,8 @@ class EvalSettings:
     def generation_key(self) -> dict:
         """The settings that change what is generated; a resumed run must match them (batch size may differ).
         `sampler`: every other generation option of each pass, as sampled (temperature and top_p are the fields of
-        the same name; `tirl.evaluation.sampling.generation_settings`), so the file says what a score sampled from."""
+        the same name; `tirl.evaluation.sampling.generation_settings`), so the file says what a score sampled from.
+        `sampler_implementation`: the decoding loop (`--sampler`); same distribution, another random stream."""
         from ..evaluation.sampling import generation_settings
 
         keys = ("model", "dataset", "split", "num_examples", "data_seed", "samples", "temperature", "top_p", "greedy",
@@ -100,7 +113,8 @@ class EvalSettings:
         passes = {"greedy": self.greedy, "sampled": self.samples > 0}
         sampler = {name: {k: v for k, v in generation_settings(self.temperature, self.top_p, name == "greedy").items()
                           if k not in keys} for name, run in passes.items() if run}
-        return {**{k: getattr(self, k) for k in keys}, "prompt_chat": self.chat(), "sampler": sampler}
+        return {**{k: getattr(self, k) for k in keys}, "prompt_chat": self.chat(), "sampler": sampler,
+                "sampler_implementation": self.sampler}
 
 
 @dataclass
@@ -153,6 +167,53 @@ def find_run_info(model: str) -> dict:
     return {}
 
 
+def run_training_rows(model: str) -> list[dict] | None:
+    """The rows the run behind `model` trained on (a run directory or one of its checkpoints), rebuilt from its
+    `run.json` and checked against the checksum recorded there; None when the model is not a tirl run, its data cannot
+    be rebuilt without a hub (only generated tasks and local files still present are), or the rows no longer match."""
+    from dataclasses import fields
+
+    from .train import TrainScriptArguments, load_train_eval_rows
+
+    info = find_run_info(model)
+    if not info:
+        return None
+    try:
+        run = json.loads((Path(info["run_dir"]) / "run.json").read_text())
+        known = {f.name for f in fields(TrainScriptArguments)}
+        script = TrainScriptArguments(**{k: v for k, v in (run.get("script") or {}).items() if k in known})
+        recorded = run["data"]["train"]
+        name = script.dataset
+        if not name or not (is_builtin(name) or os.path.exists(name)):
+            return None
+        used = recorded["rows"] if recorded["rows"] < recorded.get("rows_available", recorded["rows"]) else None
+        rows, _, _ = load_train_eval_rows(script, int(run["config"]["seed"]), used=used)
+    except (OSError, KeyError, TypeError, ValueError, DataError):
+        return None
+    return rows if rows_checksum(rows) == recorded.get("sha256") else None
+
+
+def demonstrations(model: str, rows: list[dict]) -> list[frozenset[str]] | None:
+    """For each evaluation row of a many-answer task, the answers its prompt was demonstrated with in the training rows
+    of the run behind `model` (empty for a prompt it never trained on); None when those rows are unknown."""
+    from ..data.many_answer import canonical_answer
+
+    trained = run_training_rows(model)
+    if trained is None:
+        return None
+    shown: dict[str, set[str]] = {}
+    for r in trained:
+        if not isinstance(r.get("reference"), str):
+            continue
+        try:
+            answer = canonical_answer(r["completion"], r["reference"])
+        except ValueError:  # not a many-answer row
+            continue
+        if answer is not None:
+            shown.setdefault(r["reference"], set()).add(answer)
+    return [frozenset(shown.get(r["reference"], ())) for r in rows]
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The generations file
 # --------------------------------------------------------------------------------------------------------------------
@@ -175,6 +236,34 @@ def read_generations(path: Path) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}); delete the file or use --overwrite") from e
     return records
+
+
+def torn_last_line(path: str | Path) -> int | None:
+    """The number of the last line of a file when a crash tore it (no line end, and not JSON), else None."""
+    data = Path(path).read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    try:
+        json.loads(data[data.rfind(b"\n") + 1:])
+        return None
+    except ValueError:
+        return data.count(b"\n") + 1
+
+
+def read_generations_file(path: str | Path) -> tuple[list[dict], int | None]:
+    """The lines of a generations file that another command reads (`tirl rewards analyse --generations`), and the
+    number of a torn last line (`torn_last_line`), which is left out, else None. The file is never changed (unlike
+    `read_generations`, whose file is the job's own); any other line that is not JSON is a `DataError` naming it."""
+    path = Path(path)
+    torn = torn_last_line(path)
+    records = []
+    for lineno, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if line.strip() and lineno != torn:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    return records, torn
 
 
 def generations_chat(path: str | Path) -> bool | None:
@@ -230,6 +319,11 @@ def load_eval_rows(s: EvalSettings) -> list[dict]:
             out.append(r)
     if not out:
         raise DataError(f"{s.dataset!r} ({s.split}) has no rows to evaluate")
+    if s.metric_family() == "valid_set":
+        # a many-answer row's reference is its prompt's specification: the training split draws each prompt several
+        # times, and it is evaluated once
+        seen: set = set()
+        out = [r for r in out if not (r["reference"] in seen or seen.add(r["reference"]))]
     return out
 
 
@@ -242,6 +336,7 @@ def _check_config(out_dir: Path, s: EvalSettings, rows: list[dict]) -> None:
             (out_dir / name).unlink(missing_ok=True)
     elif path.is_file():
         old = json.loads(path.read_text())
+        old.setdefault("sampler_implementation", "generate")  # the only loop before `--sampler` existed
         diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
         if diff and gen_path.is_file():
             shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
@@ -271,9 +366,11 @@ def run_eval(s: EvalSettings) -> EvalResult:
     family = s.metric_family()
     out_dir = Path(s.output_dir) if s.output_dir else default_output_dir(s)
     existed = check_output_dir(s, out_dir)
+    # the directories this job creates (out_dir and those above it that are missing, e.g. MODEL/eval/)
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
     rows = load_eval_rows(s)
-    out_dir.mkdir(parents=True, exist_ok=True)
     try:
+        # creates out_dir once no live run encloses it
         with output_lock(out_dir, "eval"):
             return _run_eval(s, family, out_dir, rows)
     except BaseException:
@@ -282,6 +379,9 @@ def run_eval(s: EvalSettings) -> EvalResult:
             import shutil
 
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing generated: leave no directory behind
+            for d in created[1:]:
+                with contextlib.suppress(OSError):  # one that another job has written into since stays
+                    d.rmdir()
         raise
 
 
@@ -307,7 +407,8 @@ def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> 
         expert = _expert_nll(s, loaded, rows, expert_path)
     timing["total_seconds"] = time.time() - start
 
-    metrics = compute_metrics(records, rows, passes, family, s.self_bleu_n)
+    demos = demonstrations(s.model, rows) if family == "valid_set" else None
+    metrics = compute_metrics(records, rows, passes, family, s.self_bleu_n, demos)
     if expert is not None:
         metrics["expert"] = {k: v for k, v in expert.items() if k != "rows_sha256"}
     metrics = {
@@ -321,6 +422,7 @@ def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> 
         "primary_score": PRIMARY_SCORE.get(family),
         **metrics,
         "settings": {**asdict(s), "output_dir": str(out_dir), "sampler": s.generation_key()["sampler"],
+                     "sampler_implementation": s.sampler,
                      "self_bleu": {"n": s.self_bleu_n, "tokenize": "13a", "smooth": "exp", "effective_order": True,
                                    "references": "the other K-1 samples of the same prompt"}},
         "data": {"rows": len(rows), "sha256": rows_checksum(rows), "first_ids": [r["id"] for r in rows[:5]]},
@@ -391,6 +493,7 @@ def _generate(s: EvalSettings, loaded, rows: list[dict], passes, todo: dict, fam
             model, tokenizer, prompts, k=k, temperature=s.temperature, top_p=s.top_p,
             max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=s.seed, greedy=name == "greedy",
             autocast_bf16=s.bf16, skip=skip, progress=s.progress, desc=f"{name} (K={k})", chat=s.chat(),
+            sampler=s.sampler,
         ):
             lines = []
             for i, samples in zip(idx, batch, strict=True):
@@ -410,8 +513,11 @@ def _generate(s: EvalSettings, loaded, rows: list[dict], passes, todo: dict, fam
     return timing
 
 
-def compute_metrics(records: list[dict], rows: list[dict], passes, family: str, self_bleu_n: int = 4) -> dict:
-    """Scores of each pass from the generation records (the file's contents, so metrics always match the file)."""
+def compute_metrics(records: list[dict], rows: list[dict], passes, family: str, self_bleu_n: int = 4,
+                    demonstrated: list[frozenset[str]] | None = None) -> dict:
+    """Scores of each pass from the generation records (the file's contents, so metrics always match the file).
+    `demonstrated` (many-answer tasks, the model a tirl run): each row's answers in the run's training rows; where any
+    prompt has some, each pass also reports `memorisation` (`tirl.evaluation.metrics.memorisation_scores`)."""
     out: dict = {}
     refs = [r["reference"] for r in rows]
     for name, k in passes:
@@ -439,6 +545,9 @@ def compute_metrics(records: list[dict], rows: list[dict], passes, family: str, 
             "mean_tokens": sum(lengths) / len(lengths),
             "eos_rate": sum(r["finished"] for r in flat) / len(flat),
         }
+        if demonstrated is not None and any(demonstrated):
+            answers = [[(r.get("scores") or {}).get("answer") for r in p] for p in per_prompt]
+            stats["memorisation"] = memorisation_scores(answers, demonstrated)
         out[name] = stats
     return out
 

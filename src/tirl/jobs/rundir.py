@@ -2,7 +2,9 @@
 
 - A directory holding another run is never silently reused. `tirl train` refuses a non-empty `--output_dir` unless
   `--resume` continues the same run (its `run.json` names the same method, model and training data) or
-  `--overwrite` replaces a tirl run directory (one with a `run.json`; nothing else is ever deleted).
+  `--overwrite` replaces a tirl run directory (one with a `run.json`): only what a run writes there (`RUN_FILES`) is
+  deleted, and named; anything else (`eval/`, `rewards/`, a user's notes) stays. `--resume` where there is no run is
+  refused.
 - Nothing is written through a symbolic link: a link anywhere inside the output directory is refused before the work
   starts, so no file that tirl, transformers or TRL would write there (model, tokenizer, model card, checkpoints,
   logs, metrics, generations) can land outside it.
@@ -10,21 +12,25 @@
 - A run that fails before saving a checkpoint leaves nothing behind (`remove_failed_run`).
 - A full disk is reported with the device, the file and the last complete checkpoint (`write_failure`).
 - One job at a time: a job holds an OS lock on its output directory (`output_lock`, `_tirl.lock` inside it) while it
-  runs; a second job there is refused in one line that names the holder.
+  runs, and a shared lock on every enclosing directory that has one (a run directory, when it writes into one of its
+  checkpoints or beside it); a second job there, or a job writing anywhere inside a live run, is refused in one line
+  that names the holder.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import fnmatch
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,22 +45,31 @@ class RunDirError(ValueError):
 
 # inside an output directory, held (flock) by the job writing there; "_*" is what Trainer.push_to_hub leaves out
 LOCK_NAME = "_tirl.lock"
+# the lock files this process holds (real path → how many times), so that a job run inside another job of the same
+# process (`tirl rewards analyse` runs `tirl eval` into its samples/) does not find itself in the way
+_HELD: dict[str, int] = {}
 
 
 @contextmanager
 def output_lock(directory: str | Path, command: str, name: str = LOCK_NAME) -> Iterator[Path]:
     """Hold an exclusive OS lock (`fcntl.flock`) on `directory/name` for the block (created, with the directory, if
-    needed), so that two tirl jobs never write into one directory. A lock held elsewhere is a `RunDirError` naming
-    the process and command that hold it. The lock goes with the process (also when it is killed)."""
+    needed), so that two tirl jobs never write into one directory, and a shared lock on the `_tirl.lock` of every
+    directory enclosing what it writes (`enclosing_locks`), so that no job writes inside a live run, and a run does
+    not start (nor rotate checkpoints, nor --overwrite) while a job writes inside it. A lock held elsewhere is a
+    `RunDirError` naming the process and command that hold it; a live run enclosing `directory` is found before
+    `directory` is created. The locks go with the process (also when it is killed)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    with open(path, "a+") as handle:
+    with ExitStack() as stack:
+        for lock in enclosing_locks(directory, include_own=name != LOCK_NAME):
+            stack.enter_context(_shared_lock(lock, directory))
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / name
+        handle = stack.enter_context(open(path, "a+"))
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = _working_inside(directory) or handle.read().strip() or "another process"
             raise RunDirError(f"{directory} is in use by {holder}; wait for it to finish or choose another output "
                               "directory") from None
         handle.seek(0)
@@ -62,6 +77,7 @@ def output_lock(directory: str | Path, command: str, name: str = LOCK_NAME) -> I
         handle.write(f"pid {os.getpid()} (tirl {command}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                      f"{' '.join(sys.argv[1:])[:200]})\n")
         handle.flush()
+        stack.enter_context(_registered(path))
         try:
             yield path
         finally:
@@ -70,6 +86,81 @@ def output_lock(directory: str | Path, command: str, name: str = LOCK_NAME) -> I
             if name != LOCK_NAME or (directory.is_dir() and not _entries(directory)):
                 path.unlink(missing_ok=True)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def enclosing_locks(directory: str | Path, include_own: bool = False) -> list[Path]:
+    """The `_tirl.lock` of every existing directory above `directory` (and of `directory` itself with `include_own`:
+    a job whose lock has another name, writing files beside others) that has one, or that holds a run (`run.json`:
+    its lock is created)."""
+    directory = Path(os.path.abspath(directory))
+    above = ([directory] if include_own else []) + list(directory.parents)
+    return [d / LOCK_NAME for d in above if (d / LOCK_NAME).is_file() or (d / "run.json").is_file()]
+
+
+@contextmanager
+def _registered(path: Path) -> Iterator[None]:
+    key = os.path.realpath(path)
+    _HELD[key] = _HELD.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        _HELD[key] -= 1
+        if not _HELD[key]:
+            del _HELD[key]
+
+
+@contextmanager
+def _shared_lock(lock: Path, target: Path) -> Iterator[None]:
+    """A shared lock on an enclosing directory's lock file: refused while a job holds it exclusively (a live run)."""
+    if os.path.realpath(lock) in _HELD:  # this process's own job encloses this one
+        yield
+        return
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:  # neither there nor creatable: nothing holds it
+            yield
+            return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock.read_text(errors="replace").strip() or "another process"
+            raise RunDirError(f"{lock.parent} is in use by {holder}; {target} is inside it: wait for it to finish or "
+                              "write elsewhere") from None
+        with _registered(lock):
+            yield
+    finally:
+        os.close(fd)
+
+
+def _working_inside(directory: Path, depth: int = 4) -> str | None:
+    """Who holds a lock inside `directory` (a job writing in a subdirectory or beside the files there), or None. Looks
+    `depth` levels down: `RUN/checkpoint-N/eval/TAG` is the deepest place a tirl job writes in a run by default."""
+    own = os.path.realpath(directory / LOCK_NAME)
+    top = len(directory.parts)
+    for dirpath, dirnames, filenames in os.walk(directory):
+        if len(Path(dirpath).parts) - top >= depth:
+            dirnames.clear()
+        for n in filenames:
+            lock = os.path.join(dirpath, n)
+            if (n != LOCK_NAME and not n.endswith(".tirl.lock")) or os.path.realpath(lock) in (own, *_HELD):
+                continue
+            try:
+                fd = os.open(lock, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                with open(lock, errors="replace") as f:
+                    holder = f.read().strip() or "another process"
+                return f"{holder}, writing in {dirpath}"
+            finally:
+                os.close(fd)
+    return None
 
 
 def refuse_links(paths: Sequence[str | Path], option: str) -> None:
@@ -145,10 +236,11 @@ def read_run_json(path: str | Path) -> dict | None:
 
 
 def last_checkpoint(path: str | Path) -> str | None:
-    """The newest complete `checkpoint-N` in `path` (the one `--resume` continues from)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` in `path` (the one `--resume` continues from; a directory whose checkpoint
+    was rotated out, left with files tirl train did not write, is none)."""
+    from ..trainers.checkpoints import last_checkpoint as newest
 
-    return get_last_checkpoint(str(path)) if os.path.isdir(path) else None
+    return newest(path)
 
 
 def _describe(run: dict, path: Path) -> str:
@@ -203,6 +295,9 @@ def plan_train_dir(path: str | Path, *, resume: bool, overwrite: bool, method: s
         raise RunDirError("--resume continues the run in --output_dir and --overwrite replaces it: give one of them")
     existed = check_writable(path)
     if not existed or not _entries(path):
+        if resume:
+            raise RunDirError(f"--resume: {path} {'is empty' if existed else 'does not exist'}, so there is no run to "
+                              "continue; to start a new run there, give the same command without --resume")
         return RunDir(path, existed=existed, fresh=True)
     check_no_links(path)
     previous = read_run_json(path)
@@ -267,10 +362,14 @@ def check_checkpoint_weights(checkpoint: str | Path) -> None:
     hint = "resume from an earlier one with --resume_from_checkpoint, or pass --overwrite to start again"
     state = checkpoint / "trainer_state.json"
     try:
-        json.loads(state.read_text())
+        saved = json.loads(state.read_text())
     except (OSError, ValueError) as e:
         raise RunDirError(f"--resume: {state} cannot be read ({getattr(e, 'msg', None) or e}); the checkpoint is "
                           f"damaged: {hint}") from None
+    # transformers reads it back as `TrainerState(**state)` and resumes from its step
+    if not isinstance(saved, dict) or not isinstance(saved.get("global_step"), int):
+        raise RunDirError(f"--resume: {state} is not a trainer state (a JSON object with a global_step); the "
+                          f"checkpoint is damaged: {hint}")
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
         path = checkpoint / name
         if path.exists() and not zipfile.is_zipfile(path):
@@ -278,31 +377,72 @@ def check_checkpoint_weights(checkpoint: str | Path) -> None:
                               f"checkpoint is damaged: {hint}")
 
 
+# What `tirl train` (with transformers and TRL) writes into a run directory, as glob patterns: `--overwrite` and a run
+# that fails before its first checkpoint delete these, and nothing else
+RUN_FILES = (
+    # tirl's records and caches
+    "run.json", "metrics.json", "summary.md", "training_curves.png", "_tirl_*",
+    # the model, its tokenizer and model card (Trainer.save_model, PEFT adapters, the value head)
+    "config.json", "generation_config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
+    "adapter_config.json", "adapter_model.safetensors", "value_head.safetensors", "training_args.bin", "README.md",
+    "adapter",  # a LoRA run on a built-in base: its adapter beside the merged model (`tirl.jobs.train.ADAPTER_DIR`)
+    "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    # checkpoint staging, logs and trainer records (`checkpoint-N` directories lose only the trainer's files)
+    ".partial-*", "runs", "trainer_state.json", "all_results.json", "train_results.json",
+    "eval_results.json", "emissions.csv",
+)
+
+
 def prepare(run_dir: RunDir) -> None:
-    """Carry out the plan on the main process: remove the replaced run's files, create the directory."""
+    """Carry out the plan on the main process: remove the replaced run's files (saying which, and what stays), create
+    the directory."""
     if run_dir.replace:
-        _empty(run_dir.path)
+        removed, kept = remove_run_files(run_dir.path)
+        print(f"[tirl] --overwrite: removed the previous run's files from {run_dir.path} ({_listed(removed, 20)})"
+              + (f"; kept {_listed(kept, 10)}, which tirl train did not write" if kept else ""))
     run_dir.path.mkdir(parents=True, exist_ok=True)
 
 
 def remove_failed_run(run_dir: RunDir) -> bool:
-    """After a failure: remove what this run wrote if it saved no checkpoint and nothing of value was there before.
-    Returns whether it did."""
+    """After a failure: remove what this run wrote if it saved no checkpoint and nothing of value was there before
+    (a directory it created goes when nothing else is left in it). Returns whether it did."""
     if not run_dir.fresh or not run_dir.path.is_dir() or last_checkpoint(run_dir.path) is not None:
         return False
-    if run_dir.existed:
-        _empty(run_dir.path)
-    else:
+    remove_run_files(run_dir.path)
+    if not run_dir.existed and not _entries(run_dir.path):
         shutil.rmtree(run_dir.path, ignore_errors=True)
     return True
 
 
-def _empty(path: Path) -> None:
-    for entry in _entries(path):  # the lock file stays: the job that empties the directory holds it
-        if entry.is_dir() and not entry.is_symlink():
+def remove_run_files(path: Path) -> tuple[list[str], list[str]]:
+    """Delete what a run writes into its directory (`RUN_FILES`; of a checkpoint directory, only what the trainer wrote
+    there). Returns (what was removed, what was kept), as names (a directory's with a `/`)."""
+    from ..trainers.checkpoints import remove_checkpoint
+
+    removed, kept = [], []
+    for entry in sorted(_entries(path)):  # the lock file stays: the job that empties the directory holds it
+        name = entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")
+        checkpoint = re.fullmatch(r"checkpoint-\d+", entry.name) and entry.is_dir() and not entry.is_symlink()
+        if not checkpoint and not any(fnmatch.fnmatchcase(entry.name, p) for p in RUN_FILES):
+            kept.append(name)
+        elif checkpoint:  # only the trainer's files of it
+            before = len(os.listdir(entry))
+            inside = remove_checkpoint(str(entry))
+            if len(inside) < before:
+                removed.append(name)
+            kept += [f"{name}{n}" for n in inside]
+        elif entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
+            removed.append(name)
         else:
             entry.unlink()
+            removed.append(name)
+    return removed, kept
+
+
+def _listed(names: list[str], shown: int) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ DEFINING = (
     "gail_disc_num_layers", "gail_disc_head_hidden", "gail_disc_train_trunk", "gail_disc_learning_rate",
     "gail_disc_steps", "gail_pg_coef", "gail_clip_eps", "gail_kl_coef", "gail_entropy_coef",
     "gail_normalize_advantages", "generate_every", "max_new_tokens", "temperature", "top_k", "top_p",
-    "num_policy_samples",
+    "num_policy_samples", "sampler",
     # the optimizer, its schedule and the batch
     "optim", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
     "lr_scheduler_type", "warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
@@ -157,13 +157,47 @@ def check_options(script: TrainScriptArguments, config, model_args) -> None:
         value = getattr(script, name)
         if value is not None and value < 1:
             raise OptionError(f"--{name} must be >= 1 (or unset for all rows), got {value}")
+    name = script.dataset or DEFAULT_DATASET
+    if script.dataset_config is not None and (is_builtin(name) or os.path.exists(name)):
+        # `datasets.load_dataset`'s configuration name; a built-in task or a local file has none to select
+        raise OptionError(f"--dataset_config {script.dataset_config!r} selects a configuration of a hub dataset; "
+                          f"--dataset {name} is a {'built-in task' if is_builtin(name) else 'local path'}, which has "
+                          "none: drop --dataset_config")
     if config.do_predict:
         raise OptionError("--do_predict: tirl train has no prediction step; evaluate the trained model with `tirl eval`")
+    if config.push_to_hub:
+        check_hub_for_push(config)
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not quantization_available():
         flag = "--load_in_4bit" if model_args.load_in_4bit else "--load_in_8bit"
         raise OptionError(f"{flag} loads the model through bitsandbytes, which needs a CUDA GPU and the bitsandbytes "
                           "package (pip install 'tirl[bitsandbytes]'); this machine has "
                           f"{'no CUDA GPU' if not torch_cuda() else 'no bitsandbytes'}")
+
+
+def check_hub_for_push(config) -> None:
+    """Refuse `--push_to_hub` in one line when the hub cannot take the upload: offline mode, no token, a token the hub
+    refuses, or no connection. Otherwise the first upload fails at the first save, after training started, with a
+    long traceback."""
+    from huggingface_hub import constants, whoami
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        raise OptionError("--push_to_hub uploads to the Hugging Face hub, and HF_HUB_OFFLINE is set: unset it, or "
+                          "drop --push_to_hub (the run directory holds everything the upload would)")
+    try:
+        whoami(token=config.hub_token, cache=True)
+    except LocalTokenNotFoundError:
+        raise OptionError("--push_to_hub needs a Hugging Face token: log in with `hf auth login`, set HF_TOKEN or "
+                          "pass --hub_token") from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = "the hub refuses the token" if status in (401, 403) else first
+        raise OptionError(f"--push_to_hub: {constants.ENDPOINT}: {reason}") from None
+    except Exception as e:  # connection refused, DNS failure, timeout, proxy errors: the hub cannot be reached
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OptionError(f"--push_to_hub: cannot reach the Hugging Face hub ({constants.ENDPOINT}: {first}); "
+                          "train without --push_to_hub and upload the run directory later") from None
 
 
 def torch_cuda() -> bool:
@@ -211,7 +245,7 @@ def rows_per_run(config) -> int | None:
         max(1, config.world_size)
 
 
-def load_train_eval_rows(script: TrainScriptArguments, seed: int, used: int | None = None,
+def load_train_eval_rows(script: TrainScriptArguments, seed: int, used: int | None = None, text_field: str = "text",
                          ) -> tuple[list[dict], list[dict], dict]:
     """Training and evaluation rows, plus a description of where they came from (for run.json).
 
@@ -223,7 +257,7 @@ def load_train_eval_rows(script: TrainScriptArguments, seed: int, used: int | No
     rows it never sees. `run.json` records both counts and both checksums."""
     name = script.dataset or DEFAULT_DATASET
     common = {"seed": seed, "skip_bad_rows": script.skip_bad_rows, "prompt_field": script.prompt_field,
-              "completion_field": script.completion_field}
+              "completion_field": script.completion_field, "text_field": text_field}
     hub = {"config": script.dataset_config, "streaming": script.dataset_streaming}
     train = _load_rows("--dataset", name, split=script.dataset_split, limit=script.num_train_examples, **common,
                        **hub)
@@ -290,7 +324,8 @@ def run(script: TrainScriptArguments, config, model_args) -> TrainResult:
     fix_method(script.method, config)
     model_name = model_args.model_name_or_path or "smollm2-135m"
 
-    train_rows, eval_rows, data_info = load_train_eval_rows(script, config.seed, rows_per_run(config))
+    train_rows, eval_rows, data_info = load_train_eval_rows(script, config.seed, rows_per_run(config),
+                                                            config.dataset_text_field)
     run_dir = rundir.plan_train_dir(config.output_dir, resume=script.resume, overwrite=script.overwrite,
                                     method=script.method, model=model_name,
                                     train_sha256=data_info["train"]["sha256_available"],
@@ -302,6 +337,10 @@ def run(script: TrainScriptArguments, config, model_args) -> TrainResult:
     print(f"[tirl] model {model_name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters "
           f"(loaded in {time.time() - t0:.1f} s)")
     available = data_info["train"]["rows_available"]
+    loaded = available + data_info["eval"]["held_out_from_train"]
+    if script.num_train_examples is not None and loaded < script.num_train_examples:
+        print(f"[tirl] --num_train_examples {script.num_train_examples}: {data_info['train']['source']!r} has only "
+              f"{loaded} rows; all {loaded} are used")
     print(f"[tirl] data: {len(train_rows)} training rows from {data_info['train']['source']!r}"
           f"{f' (the {len(train_rows)} of {available} that --max_steps draws)' if available > len(train_rows) else ''}"
           f", {len(eval_rows)} evaluation rows")
@@ -375,8 +414,11 @@ def _train(script, config, model_args, trainer_class, model, tokenizer, model_na
 
     output_dir = run_dir.path
     chat = chat_rendering(script)
-    train_ds = Dataset.from_list(to_trl(train_rows, tokenizer, chat)).add_column(SOURCE_COLUMN, _sources(train_rows))
-    eval_ds = (Dataset.from_list(to_trl(eval_rows, tokenizer, chat)).add_column(SOURCE_COLUMN, _sources(eval_rows))
+    field = config.dataset_text_field
+    train_ds = Dataset.from_list(to_trl(train_rows, tokenizer, chat, field)).add_column(SOURCE_COLUMN,
+                                                                                        _sources(train_rows))
+    eval_ds = (Dataset.from_list(to_trl(eval_rows, tokenizer, chat, field)).add_column(SOURCE_COLUMN,
+                                                                                       _sources(eval_rows))
                if eval_rows else None)
     if eval_ds is None:
         config.eval_strategy = "no"
@@ -398,6 +440,10 @@ def _train(script, config, model_args, trainer_class, model, tokenizer, model_na
         peft_config=get_peft_config(model_args),
         callbacks=[ShareFileModes()],
     )
+    trainer.model_card_info = {"base_model": model_name, "dataset": data_info["train"]["source"],
+                               "dataset_split": None if os.path.exists(data_info["train"]["source"])
+                               else data_info["train"]["split"], "dataset_rows": data_info["train"]["rows"]}
+    absolute_adapter_base(trainer)
     resume_from = run_dir.resume_from
     if script.resume:
         print(f"[tirl] resuming from {resume_from}" if resume_from else "[tirl] --resume: no checkpoint yet, starting fresh")
@@ -412,13 +458,15 @@ def _train(script, config, model_args, trainer_class, model, tokenizer, model_na
     first_eval = next((h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == 0), None)
     if first_eval is not None:
         metrics["eval_before"] = {k: v for k, v in first_eval.items() if k.startswith("eval_")}
-    metrics["train"] = train_output.metrics
+    # the steps taken, also when epochs set the length (config.max_steps is then -1)
+    metrics["train"] = {**train_output.metrics, "global_step": train_output.global_step}
     metrics["train_seconds"] = time.time() - t1
     if eval_ds is not None:
         metrics["eval_after"] = trainer.evaluate()
-    trainer.save_model(str(output_dir))
+    trainer.model_card_info["merged_adapter"] = save_trained_model(trainer, output_dir, model_name)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
+        trainer.create_model_card(model_name=output_dir.name)  # with the evaluation after training
         share_file_modes(output_dir)
         write_json_atomic(safe_path(output_dir, "metrics.json"), {"method": script.method, "model": model_name, **metrics})
         plot_training_curves(trainer.state.log_history, safe_path(output_dir, "training_curves.png"), title=f"{script.method} · {model_name}")
@@ -430,6 +478,52 @@ def _train(script, config, model_args, trainer_class, model, tokenizer, model_na
         logging_dir = None
     return TrainResult(output_dir=output_dir, metrics=metrics, log_history=trainer.state.log_history,
                        logging_dir=logging_dir)
+
+
+ADAPTER_DIR = "adapter"  # where a LoRA run on a built-in base keeps its adapter (`save_trained_model`)
+
+
+def absolute_adapter_base(trainer) -> None:
+    """A LoRA adapter records its base as the model was loaded; a local directory given as a relative path is
+    recorded absolute, so the adapters of the run and of its checkpoints load from any working directory."""
+    from accelerate.utils import is_peft_model
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if is_peft_model(model):
+        for peft_config in model.peft_config.values():
+            base = peft_config.base_model_name_or_path
+            if base and os.path.isdir(base) and not os.path.isabs(base):
+                peft_config.base_model_name_or_path = os.path.abspath(base)
+
+
+def save_trained_model(trainer, output_dir: Path, model_name: str) -> bool:
+    """Save the trained model into the run directory, loadable by `transformers.AutoModelForCausalLM.from_pretrained`
+    as by `tirl.models.load`. A LoRA adapter on a built-in base (a model built in code from the run's seed, or the
+    embedded SmolLM2 in this machine's cache) names a base that nothing but tirl can load, so the run directory gets
+    the merged model, and the adapter goes to `adapter/` (which `tirl.models.load` puts back on its base). Sharded
+    training (FSDP, DeepSpeed) saves the adapter alone, as before: its weights are not whole on any process. Returns
+    whether the run directory holds a merged model."""
+    from accelerate.utils import is_peft_model
+
+    from .. import models
+    from ..qv.value_head import save_value_head
+    from ..trainers.reference_model import frozen_copy
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not is_peft_model(model) or not models.is_builtin(model_name) or trainer.is_fsdp_enabled \
+            or trainer.is_deepspeed_enabled:
+        trainer.save_model(str(output_dir))
+        return False
+    trainer.save_model(str(output_dir / ADAPTER_DIR))
+    if trainer.is_world_process_zero():
+        merged = frozen_copy(model)  # a merged copy: the trainer's model stays as it is
+        merged.save_pretrained(str(output_dir))
+        save_value_head(merged, output_dir)
+        # PEFT's blank card template: the run's README.md describes the adapter; and the adapter files of a run
+        # resumed from an older tirl, which would make from_pretrained(run) look for the built-in base
+        for stale in (ADAPTER_DIR + "/README.md", "adapter_config.json", "adapter_model.safetensors"):
+            (output_dir / stale).unlink(missing_ok=True)
+    return True
 
 
 def resumed_record(previous: dict, now: dict, checkpoint: str) -> dict:

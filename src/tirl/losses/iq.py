@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 
 from .chunked_head import Gather, qv_from_hidden
-from .mdp import QV, masked_mean, next_values, qv_from_logits, restrict_rows
+from .mdp import QV, masked_mean, qv_from_logits, restrict_rows, token_rewards
 from .objective import MLE, Counts, Objective
 
 PolicyTerms = Literal["both", "td", "value"]
@@ -101,11 +101,8 @@ def loss_statistics(loss: torch.Tensor, per_token_mle: torch.Tensor, reward: tor
 def td_residuals(qv: QV, objective: Objective) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """r_t = Q(s_t, a_t) − γ·V(s_{t+1}) where the TD term is defined (0 elsewhere), that mask, and γ·V(s_{t+1});
     all [B, T − 1]."""
-    v_next, td_mask = next_values(qv, objective.eos_token_ids)
-    if objective.iq_stop_grad_next:
-        v_next = v_next.detach()
-    discounted = objective.iq_gamma * v_next
-    return (qv.q - discounted) * td_mask, td_mask, discounted
+    rw = token_rewards(qv, objective.iq_gamma, objective.eos_token_ids, objective.iq_stop_grad_next)
+    return rw.reward, rw.td_mask, objective.iq_gamma * rw.next_value
 
 
 def statistics_from_qv(loss: torch.Tensor, qv: QV, objective: Objective, counts: Counts = NO_COUNTS) -> LossOutput:

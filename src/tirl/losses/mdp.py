@@ -77,7 +77,7 @@ class QV:
 class TokenRewards:
     """Per-token reward decomposition, all [batch, seq − 1], zero where `mask` is False."""
 
-    reward: torch.Tensor  # r_t = Q(s_t, a_t) − γ·V(s_{t+1})
+    reward: torch.Tensor  # r_t = Q(s_t, a_t) − γ·V(s_{t+1}); 0 where `td_mask` is False
     value: torch.Tensor  # V(s_t)
     next_value: torch.Tensor  # γ-free V(s_{t+1}); 0 after EOS
     logprob: torch.Tensor  # log π(a_t|s_t)
@@ -188,11 +188,16 @@ def next_values(qv: QV, eos_token_ids: Sequence[int] = ()) -> tuple[torch.Tensor
     return v_next * ~terminal, td_mask
 
 
-def token_rewards(qv: QV, iq_gamma: float = 0.99, eos_token_ids: Sequence[int] = ()) -> TokenRewards:
+def token_rewards(qv: QV, iq_gamma: float = 0.99, eos_token_ids: Sequence[int] = (),
+                  stop_grad_next: bool = False) -> TokenRewards:
     """Implicit per-token rewards r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (docs/method.md §1), γ = `iq_gamma`, in the
-    value form `qv` carries."""
+    value form `qv` carries; 0 where the TD term is undefined (`next_values`). The one place r_t is written: the
+    losses' TD residuals (`tirl.losses.iq.td_residuals`) and the rewards read off a checkpoint both call it.
+    `stop_grad_next`: no gradient through V(s_{t+1}) (`iq_stop_grad_next`)."""
     v_next, td_mask = next_values(qv, eos_token_ids)
-    reward = (qv.q - iq_gamma * v_next) * qv.mask
+    if stop_grad_next:
+        v_next = v_next.detach()
+    reward = (qv.q - iq_gamma * v_next) * td_mask
     return TokenRewards(
         reward=reward,
         value=qv.v,

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from ..files import write_atomic
+from ..progress import progress_bar
 
 COLUMN = "tirl_reference_lse"
 CACHE_DIR = "_tirl_reference_values"  # "_*": what Trainer.push_to_hub leaves out of an upload
@@ -75,7 +75,7 @@ def compute_reference_values(
 ) -> list[list[float]]:
     """LSE_θ0 at every input position of every row, through `collate` and `qv_fn` (batch → logits-form `QV`)."""
     out: list[list[float]] = []
-    bar = tqdm(total=len(rows), desc=desc, unit="row", disable=not progress)
+    bar = progress_bar(len(rows), desc, "row", progress)
     for start in range(0, len(rows), batch_size):
         chunk = [{k: v for k, v in dict(r).items() if k != COLUMN} for r in rows[start : start + batch_size]]
         batch = collate(chunk)

@@ -143,6 +143,10 @@ def _f(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
+def _known(value) -> str:
+    return "unknown" if value is None else str(value)
+
+
 def analysis_markdown(result: dict) -> str:
     st = result["settings"]
     lines = [
@@ -151,7 +155,10 @@ def analysis_markdown(result: dict) -> str:
         f"{result['num_completions']} sampled completions of {result['num_prompts']} {st['dataset']} prompts "
         + (f"({result['skipped_without_tokens']} without a token skipped) " if result.get("skipped_without_tokens")
            else "")
-        + f"(K = {st['samples']}, T = {st['temperature']}); per-completion score: {result['sample_score']} "
+        + f"(K = {_known(st['samples'])}, T = {_known(st['temperature'])}, at most "
+        f"{_known(st.get('max_new_tokens'))} new tokens"
+        + (f"; sampling settings read from {result['sampling_read_from']}" if st.get("generations") else "")
+        + f"); per-completion score: {result['sample_score']} "
         f"(mean {result['mean_sample_score']:.3f}); γ = "
         + (str(st["gamma"]) if st["gamma"] is not None else "each run's own") + "; V in each run's own form.",
         "",

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import models
 from ..data.tokenize import Prompt, encode_prompt_completion
 from ..losses import IGNORE_INDEX, LOGITS, ValueForm, token_rewards, value_form
 from ..models import eos_token_ids
+from ..progress import progress_bar
 from ..qv.head import model_qv
 from ..qv.value_head import load_value_head
 
@@ -95,7 +95,7 @@ class SequenceRewards:
     values: list[float]  # V(s_t)
     logprobs: list[float]  # log π(a_t|s_t)
     reward: float  # R = Σ r_t over defined tokens
-    logprob: float  # Σ log π(a_t|s_t)
+    logprob: float  # Σ log π(a_t|s_t) over the tokens R sums (where r_t is defined)
     value0: float  # V(s_0), the value of the prompt
     num_tokens: int
     terminated: bool  # the completion ends with EOS
@@ -163,7 +163,7 @@ def score_encoded(
         encoded = [{k: v[:max_length] for k, v in e.items()} for e in encoded]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = _device(model)
-    bar = tqdm(total=len(encoded), desc="scoring rewards", unit="seq", disable=not progress)
+    bar = progress_bar(len(encoded), "scoring rewards", "seq", progress)
     # sequences of similar length share a batch (less padding: preference dialogues vary from 50 to 1,000 tokens);
     # results go back in input order
     order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]["input_ids"]))
@@ -203,7 +203,8 @@ def score_encoded(
                 values=qv.v[i, pos].tolist(),
                 logprobs=rw.logprob[i, pos].tolist(),
                 reward=float(rw.reward[i, pos][defined].sum()),
-                logprob=float(rw.logprob[i, pos].sum()),
+                # over the tokens R sums (not the template's tokens after EOS), so the two rank alike at γ = 1
+                logprob=float(rw.logprob[i, pos][defined].sum()),
                 value0=float(qv.v[i, pos[0]]),
                 num_tokens=len(pos),
                 terminated=any(t in eos for t in tok_ids),

@@ -11,7 +11,7 @@ are flat siblings composed of the option groups in `tirl.trainers.arguments`, ea
 """
 
 from .arguments import QVArguments, SamplingArguments, TDArguments, TokenLossArguments, VLLMArguments
-from .base import NonFiniteLossError, TirlTrainer
+from .base import CheckpointStateError, NonFiniteLossError, TirlTrainer
 from .checkpoints import PARTIAL_PREFIX
 from .dataset_report import SOURCE_COLUMN, NoTrainableTokensError
 from .gail_config import GAILConfig
@@ -30,6 +30,7 @@ __all__ = [
     "IQLearnConfig",
     "IQLearnTrainer",
     "NoTrainableTokensError",
+    "CheckpointStateError",
     "NonFiniteLossError",
     "OnlineIQLearnConfig",
     "OnlineIQLearnTrainer",

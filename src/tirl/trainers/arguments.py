@@ -244,6 +244,12 @@ class SamplingArguments(VLLMArguments):
         metadata={"help": "Completions sampled per micro-batch, one per prompt of the batch. Default: online IQLearn "
                   "max(1, round(iq_alpha x batch size)), GAIL the batch size."},
     )
+    sampler: str = field(
+        default="packed",
+        metadata={"help": "Decoding loop of the policy samples (without vLLM): packed = rows that reached EOS leave "
+                  "the batch; generate = transformers' model.generate, every row until the longest ends. Same "
+                  "distribution, different random stream.", "choices": ["packed", "generate"]},
+    )
 
     def check_sampling(self) -> None:
         if self.generate_every < 1:
@@ -258,6 +264,8 @@ class SamplingArguments(VLLMArguments):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.num_policy_samples is not None and self.num_policy_samples < 0:
             raise ValueError(f"num_policy_samples must be >= 0, got {self.num_policy_samples}")
+        if self.sampler not in ("packed", "generate"):
+            raise ValueError(f"sampler must be 'packed' or 'generate', got {self.sampler!r}")
         if self.vllm_mode not in VLLM_MODES:
             raise ValueError(f"vllm_mode must be one of {', '.join(VLLM_MODES)}, got {self.vllm_mode!r}")
         if self.packing or self.padding_free:

@@ -33,7 +33,6 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer import TrainOutput
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
 from ..files import write_text_atomic
@@ -42,9 +41,16 @@ from ..models import eos_token_ids
 from ..qv import reference
 from ..qv.head import HeadCall, add_qv_head
 from ..qv.value_head import add_value_head, get_value_head, load_value_head, save_value_head
-from .checkpoints import LoadExtraStateOnResume, checkpoint_name, commit_staged, staging_dir
+from .checkpoints import (
+    LoadExtraStateOnResume,
+    checkpoint_name,
+    commit_staged,
+    last_checkpoint,
+    rotate_checkpoints,
+    staging_dir,
+)
 from .counts import global_counts, local_counts
-from .dataset_report import report_rows, track_rows
+from .dataset_report import prompt_limit_of, report_rows, track_rows
 from .metrics import MetricStore
 from .reference_model import frozen_copy, prepare_reference, reference_lse
 from .sampler import RolloutSampler
@@ -68,6 +74,11 @@ def _trl_loss_type(args):
 class NonFiniteLossError(FloatingPointError):
     """The training loss, its gradient or the weights became NaN or infinite; training stops before the optimizer
     applies it, and no checkpoint with non-finite weights is written."""
+
+
+class CheckpointStateError(ValueError):
+    """A checkpoint's optimizer or scheduler state that loads (a valid `torch.save` archive) but does not fit the
+    optimizer of the run resuming from it: another optimizer's state, or an altered file."""
 
 
 class StopBeforeNonFiniteStep(TrainerCallback):
@@ -103,15 +114,17 @@ class TirlTrainer(SFTTrainer):
             raise TypeError(f"{type(self).__name__} needs a {self._config_class.__name__}, got {type(args).__name__}")
         call = _SFT_PARAMETERS.bind(self, model, args, *pos, **kwargs).arguments
         call.pop("self")
-        # rows are numbered before TRL prepares the datasets, so that what it drops can be named after
-        call["train_dataset"], tracked_train = track_rows(call.get("train_dataset"), args.packing)
+        # rows are numbered before TRL prepares the datasets, so that what it drops can be named after; prompts too
+        # long to train on go before TRL tokenises them whole
+        cut = {"tokenizer": call.get("processing_class"), "prompt_limit": prompt_limit_of(args)}
+        call["train_dataset"], tracked_train = track_rows(call.get("train_dataset"), args.packing, **cut)
         eval_dataset, tracked_eval = call.get("eval_dataset"), {}
         if isinstance(eval_dataset, dict):
-            tracked = {k: track_rows(d, args.packing) for k, d in eval_dataset.items()}
+            tracked = {k: track_rows(d, args.packing, **cut, name=k) for k, d in eval_dataset.items()}
             call["eval_dataset"] = {k: d for k, (d, _) in tracked.items()}
             tracked_eval = {k: t for k, (_, t) in tracked.items()}
         else:
-            call["eval_dataset"], tracked_eval["eval"] = track_rows(eval_dataset, args.packing)
+            call["eval_dataset"], tracked_eval["eval"] = track_rows(eval_dataset, args.packing, **cut, name="eval")
         with _trl_loss_type(args):
             super().__init__(**call)
         if self.aux_loss_enabled:
@@ -140,6 +153,7 @@ class TirlTrainer(SFTTrainer):
         self._batch_counts: tuple[torch.Tensor | int | None, dict[str, torch.Tensor]] | None = None
         self._staging: str | None = None  # where `_save_checkpoint` is writing, while it is
         self.resumed_from: str | None = None  # the checkpoint `train` resumes from
+        self._save_total_limit: int | None = None  # the run's, while `train` hides it from Trainer
         self.add_callback(LoadExtraStateOnResume(self))
         self.add_callback(StopBeforeNonFiniteStep(self))
         if self.objective.iq_value.needs_value_head:
@@ -391,7 +405,7 @@ class TirlTrainer(SFTTrainer):
         return bool(self.accelerator.gather(torch.tensor([ok], device=self.accelerator.device)).all())
 
     def _stop(self, what: str, advice: str) -> None:
-        last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        last = last_checkpoint(self.args.output_dir)
         raise NonFiniteLossError(
             f"{what} at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.3f}). Training stopped before "
             f"this batch was applied; the last checkpoint is {last or 'none (no checkpoint saved yet)'}. {advice}")
@@ -451,34 +465,21 @@ class TirlTrainer(SFTTrainer):
     # ----------------------------------------------------------------------------------------------------------------
     # The model card
 
+    # what the model card cannot read off the trainer: `tirl train` sets "base_model" (--model as given),
+    # "dataset", "dataset_split" and "dataset_rows" (`tirl.trainers.model_card`)
+    model_card_info: dict | None = None
+
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
                           tags: str | list[str] | None = None) -> None:
-        """TRL's model card, plus what trained the model: the method and tirl's settings of the run (λ, γ, the value
-        form, ...), and where to read how the methods compare."""
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        path = os.path.join(self.args.output_dir, "README.md")
-        if self.is_world_process_zero() and os.path.isfile(path):
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(self.model_card_section())
+        """The model card, README.md in `output_dir` (TRL writes it with every checkpoint, `tirl train` once more at
+        the end): the base model, the method that trained it and its settings, the data, the steps and the evaluation
+        before and after (`tirl.trainers.model_card`)."""
+        if not self.is_world_process_zero():
+            return
+        from .model_card import model_card_text
 
-    def model_card_section(self) -> str:
-        """The markdown `create_model_card` appends: every setting this trainer's config adds to TRL's `SFTConfig`."""
-        import dataclasses
-
-        from trl import SFTConfig
-
-        base = {f.name for f in dataclasses.fields(SFTConfig)}
-        rows = [(f.name, getattr(self.args, f.name)) for f in dataclasses.fields(self.args)
-                if f.name not in base and not f.name.startswith("vllm_")] + [("loss_type", self.args.loss_type)]
-        table = "\n".join(f"| `{name}` | `{value}` |" for name, value in rows)
-        mle = (" With `iq_lambda` = 0 the objective is maximum likelihood (token loss `loss_type`)."
-               if getattr(self.args, "iq_lambda", None) == 0 else "")
-        return (f"\n\n## Training objective\n\nTrained with tirl's {type(self).__name__} ({self._name}: inverse "
-                "reinforcement learning over tokens, where the logits are a soft Q-function and the implicit reward "
-                "is r_t = Q(s_t, a_t) − γ·V(s_{t+1})). Read the rewards of any completion with "
-                "`tirl rewards --model <this model>`. How the methods compare with maximum likelihood on task score "
-                "and diversity: the tirl README, section \"Does IQLearn beat MLE?\" (https://pypi.org/project/tirl/)."
-                f"{mle}\n\n| setting | value |\n|---|---|\n{table}\n")
+        write_text_atomic(os.path.join(self.args.output_dir, "README.md"),
+                          model_card_text(self, model_name=model_name, dataset_name=dataset_name, tags=tags))
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # safetensors stores a tied weight once (lm_head.weight is the embedding's), so a resumed checkpoint lacks it;
@@ -513,7 +514,7 @@ class TirlTrainer(SFTTrainer):
             self._staging = None
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            commit_staged(run_dir, step, self.state, self.args.save_total_limit)
+            commit_staged(run_dir, step, self.state, self._save_total_limit or self.args.save_total_limit)
         self.accelerator.wait_for_everyone()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
@@ -542,6 +543,20 @@ class TirlTrainer(SFTTrainer):
         if self.sampler is not None:
             self.sampler.load(checkpoint_dir)
 
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """`Trainer`'s, with a state that does not fit this run's optimizer or schedule as one `CheckpointStateError`
+        naming the checkpoint, instead of torch's error from inside `load_state_dict`, before any step has run."""
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+            if isinstance(e, torch.OutOfMemoryError):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointStateError(
+                f"cannot resume from {checkpoint}: its optimizer.pt or scheduler.pt does not fit this run's optimizer "
+                f"({type(e).__name__}: {first}); the file may have been altered, and training did not start: resume "
+                "from an earlier checkpoint with --resume_from_checkpoint, or pass --overwrite to start again") from None
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         """`Trainer.training_step`, its loss counted into the run's totals."""
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -551,13 +566,26 @@ class TirlTrainer(SFTTrainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`Trainer.train`; a resumed run also restores the extra state (`load_extra_state`) before its first step."""
         checkpoint = resume_from_checkpoint
-        if checkpoint is True:  # as Trainer resolves it (and fails, when there is none)
-            checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        if checkpoint is True:  # as Trainer resolves it, less checkpoints rotated out (`last_checkpoint`)
+            checkpoint = last_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+            resume_from_checkpoint = checkpoint
         self.resumed_from = checkpoint or None
-        out = super().train(resume_from_checkpoint, *args, **kwargs)
+        # After its last step, Trainer deletes every checkpoint directory but the best one when save_total_limit is 1,
+        # whole: tirl's rotation does that instead (`rotate_checkpoints`), keeping what the trainer did not write
+        limit = self._save_total_limit = self.args.save_total_limit
+        if limit == 1:
+            self.args.save_total_limit = None
+        try:
+            out = super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self.args.save_total_limit, self._save_total_limit = limit, None
+        if limit == 1 and self.state.best_model_checkpoint is not None and self.args.should_save:
+            rotate_checkpoints(self.args.output_dir, 1, self.state.best_model_checkpoint)
         # Trainer's `train_loss` is the mean over the steps of this call; the run's is over every step since the start
         train_loss = self.metrics.totals()["loss_sum"] / max(self.state.global_step, 1)
         return TrainOutput(out.global_step, train_loss, {**out.metrics, "train_loss": train_loss})
 
 
-__all__ = ["NonFiniteLossError", "TirlTrainer"]
+__all__ = ["CheckpointStateError", "NonFiniteLossError", "TirlTrainer"]

@@ -2,7 +2,9 @@
 
 A checkpoint is written under `.partial-checkpoint-N/checkpoint-N` and renamed to `checkpoint-N` once every process
 has finished writing it (`commit_staged`). `get_last_checkpoint` matches only `checkpoint-<digits>`, so a half-written
-checkpoint is invisible to resume and is removed at the next save. Torch optimizer states (GAIL's discriminator)
+checkpoint is invisible to resume and is removed at the next save. Each checkpoint lists the files the trainer wrote
+into it (`FILES_LIST`); rotation (`rotate_checkpoints`, by step) deletes only those, so whatever else is there, such as
+the `eval/` that `tirl eval --model RUN/checkpoint-N` writes, stays (`remove_checkpoint`). Torch optimizer states (GAIL's discriminator)
 are stored as safetensors plus JSON, never pickled (`optimizer_state_to_flat`). `LoadExtraStateOnResume` restores a
 trainer's extra state (value head, sample buffer, discriminator) when `Trainer.train` resumes, after the model and
 the optimizer have been loaded.
@@ -10,14 +12,19 @@ the optimizer have been loaded.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 PARTIAL_PREFIX = ".partial-"
+# in each checkpoint: the names the trainer wrote there ("_*" is what push_to_hub leaves out)
+FILES_LIST = "_tirl_checkpoint_files.json"
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 def checkpoint_name(step: int) -> str:
@@ -30,15 +37,27 @@ def staging_dir(run_dir: str, step: int) -> str:
 
 
 def commit_staged(run_dir: str, step: int, state, save_total_limit: int | None) -> None:
-    """Rename the staged checkpoint of `step` into place (replacing one of the same step, e.g. saved again after
-    resuming from it), remove leftovers of earlier crashes, then do what `Trainer` does after a save: note the best
-    checkpoint and rotate old ones. Main process only."""
+    """Record what the trainer wrote (`FILES_LIST`) and rename the staged checkpoint of `step` into place (replacing
+    one of the same step, e.g. saved again after resuming from an earlier one), remove leftovers of earlier crashes,
+    then do what `Trainer` does after a save: note the best checkpoint and rotate old ones (`rotate_checkpoints`).
+    Main process only."""
     name = checkpoint_name(step)
     staging = staging_dir(run_dir, step)
+    staged = os.path.join(staging, name)
+    written = sorted(os.listdir(staged))
+    with open(os.path.join(staged, FILES_LIST), "w") as f:
+        json.dump(written, f)
     final = os.path.join(run_dir, name)
     if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(os.path.join(staging, name), final)
+        kept = remove_checkpoint(final)
+        if kept:
+            # the user's files describe the replaced checkpoint, not this one: they move aside, under a name that
+            # neither resume nor rotation takes for a checkpoint
+            aside = _free_name(os.path.join(run_dir, f"replaced-{name}"))
+            os.replace(final, aside)
+            print(f"[tirl] {name} was saved again; what tirl train had not written in the one it replaces "
+                  f"({_shown(kept)}) was moved to {aside}")
+    os.replace(staged, final)
     shutil.rmtree(staging, ignore_errors=True)
     for entry in os.listdir(run_dir):
         if entry.startswith(PARTIAL_PREFIX):
@@ -47,8 +66,100 @@ def commit_staged(run_dir: str, step: int, state, save_total_limit: int | None) 
         best = os.path.join(run_dir, checkpoint_name(state.best_global_step))
         if os.path.exists(best):
             state.best_model_checkpoint = best
-    rotate_checkpoints(output_dir=run_dir, save_total_limit=save_total_limit,
-                       best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)
+    rotate_checkpoints(run_dir, save_total_limit, state.best_model_checkpoint, newest=step)
+
+
+def checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, str]]:
+    """(step, path) of every `checkpoint-N` directory of a run that still holds a checkpoint (not one rotated out
+    whose other files were kept, `remove_checkpoint`), by step."""
+    if not os.path.isdir(run_dir):
+        return []
+    found = []
+    for entry in os.listdir(run_dir):
+        match = _CHECKPOINT.match(entry)
+        path = os.path.join(run_dir, entry)
+        if match and os.path.isdir(path) and holds_checkpoint(path):
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def holds_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether a `checkpoint-N` directory holds a checkpoint: a rotated-out one keeps only what the trainer did not
+    write, so none of these (a damaged one still has some, and is refused by name when resumed from)."""
+    return any(os.path.exists(os.path.join(path, name)) for name in (
+        FILES_LIST, "trainer_state.json", "config.json", "adapter_config.json", "model.safetensors"))
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> str | None:
+    """The checkpoint of the highest step (the one `--resume` continues from), or None."""
+    found = checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def rotate_checkpoints(run_dir: str, save_total_limit: int | None, best: str | None = None,
+                       newest: int | None = None) -> None:
+    """Keep at most `save_total_limit` checkpoints, as `Trainer` does, but ordered by step, not by modification time
+    (which `tirl eval --model RUN/checkpoint-N` changes, so that an old checkpoint would look newest and a newer one be
+    deleted), and deleting only what the trainer wrote (`remove_checkpoint`). The checkpoint of step `newest` (just
+    saved) and `best` are kept; checkpoints of later steps than `newest` come from a branch that resuming from an
+    earlier checkpoint left, and go first."""
+    if not save_total_limit or save_total_limit <= 0:
+        return
+    found = checkpoints(run_dir)
+    if len(found) <= save_total_limit:
+        return
+    if newest is not None:
+        found = [c for c in found if c[0] > newest] + [c for c in found if c[0] <= newest]
+    protected = {os.path.realpath(p) for s, p in found if s == newest}
+    if best:
+        protected.add(os.path.realpath(best))
+    remaining, keep = len(found), max(save_total_limit, len(protected))
+    for _, path in found:
+        if remaining <= keep:
+            break
+        if os.path.realpath(path) in protected:
+            continue
+        kept = remove_checkpoint(path)
+        remaining -= 1
+        if kept:
+            print(f"[tirl] {os.path.basename(path)} rotated out (save_total_limit {save_total_limit}): its checkpoint "
+                  f"files were deleted; kept {_shown(kept)} in {path}, which tirl train did not write")
+
+
+def remove_checkpoint(path: str) -> list[str]:
+    """Delete what the trainer wrote into a checkpoint directory (its `FILES_LIST`; a checkpoint saved before there
+    was one: everything but `eval/`, where `tirl eval` writes), and the directory when nothing else is left. Returns
+    the names it kept."""
+    try:
+        with open(os.path.join(path, FILES_LIST)) as f:
+            written = set(json.load(f)) | {FILES_LIST}
+    except (OSError, ValueError):
+        # rotated out before (only others' files are left), or saved by a tirl that kept no list
+        written = set(os.listdir(path)) - {"eval"} if holds_checkpoint(path) else set()
+    kept = []
+    for entry in sorted(os.listdir(path)):
+        full = os.path.join(path, entry)
+        if entry not in written:
+            kept.append(entry + ("/" if os.path.isdir(full) and not os.path.islink(full) else ""))
+        elif os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.unlink(full)
+    if not kept:
+        os.rmdir(path)
+    return kept
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _free_name(path: str) -> str:
+    candidate, n = path, 1
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = f"{path}-{n}"
+    return candidate
 
 
 class LoadExtraStateOnResume(TrainerCallback):
@@ -91,5 +202,6 @@ def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> d
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-__all__ = ["PARTIAL_PREFIX", "LoadExtraStateOnResume", "checkpoint_name", "commit_staged", "optimizer_state_from_flat",
-           "optimizer_state_to_flat", "staging_dir"]
+__all__ = ["FILES_LIST", "PARTIAL_PREFIX", "LoadExtraStateOnResume", "checkpoint_name", "checkpoints", "commit_staged",
+           "holds_checkpoint", "last_checkpoint", "optimizer_state_from_flat", "optimizer_state_to_flat",
+           "remove_checkpoint", "rotate_checkpoints", "staging_dir"]

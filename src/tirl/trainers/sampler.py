@@ -144,7 +144,8 @@ class RolloutSampler:
         )
 
     def generate(self, model, prompts: list[list[int]]) -> list[list[int]]:
-        """One sampled completion (token ids) per prompt, with vLLM or `model.generate`."""
+        """One sampled completion (token ids) per prompt, with vLLM or `tirl.generation.generate_samples` (its loop:
+        `args.sampler`)."""
         a = self.args
         if self.vllm_generation is not None:
             if self._step != self._vllm_synced_step:  # push the current weights once per optimizer step
@@ -158,6 +159,7 @@ class RolloutSampler:
             return sample_completions(
                 unwrapped, prompts, max_new_tokens=a.max_new_tokens, eos_token_ids=self.eos_token_ids,
                 pad_token_id=self.pad_token_id, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                sampler=getattr(a, "sampler", "packed"),
             )
 
     # ----------------------------------------------------------------------------------------------------------------
