@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sections' shared
 import quality_overtraining  # noqa: E402
 from quality_runner import (  # noqa: E402
     CACHED_ONLY,
+    MANY_KS,
     PRECISION,
     SKIP_REWARDS,
     THREADS,
@@ -511,7 +512,6 @@ def _chosen_model(section: dict, key: str, runs: Path) -> str:
 # Many-answer tasks (`tirl.data.many_answer`): diversity where it has a right answer
 
 
-MANY_KS = (1, 2, 4, 8, 16, 32)
 
 
 def many_evals(cfg: dict, model: str, root: Path) -> dict:

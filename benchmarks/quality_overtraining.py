@@ -28,6 +28,7 @@ from pathlib import Path
 
 from quality_runner import (
     CACHED_ONLY,
+    MANY_KS,
     SAMPLER,
     envelope_delta,
     frontier_delta,
@@ -39,8 +40,6 @@ from quality_runner import (
 from quality_runner import (
     fmt_mean_sem as _ms,
 )
-
-MANY_KS = (1, 2, 4, 8, 16, 32)
 
 OVERTRAINING_CPU = {
     "model": "smollm2-135m", "train_examples": 128, "epochs": 12, "batch": 8, "lr": 5e-5,

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+MANY_KS = (1, 2, 4, 8, 16, 32)  # the k of pass@k every many-answer table reports
+
 CACHED_ONLY: list[bool] = []  # --cached_only
 THREADS: list[str] = []  # --threads
 PRECISION: list[str] = []  # --bf16 true/false (empty: tirl's default)

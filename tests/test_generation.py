@@ -95,6 +95,16 @@ def lora(model):
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
 
 
+def record_steps(dirty, sampler: str, monkeypatch) -> list:
+    """The (logits, scores) of every sampling step `sampler` takes with `dirty`; the packed loop must not call
+    `generate` at all."""
+    if sampler == "generate":
+        return record_generate(dirty)
+    steps = record_packed(monkeypatch)
+    no_generate(dirty)
+    return steps
+
+
 @pytest.mark.parametrize("sampler", ["packed", "generate"])
 @pytest.mark.parametrize("wrap,options", [("plain", ISSUE), ("plain", POLLUTED), ("peft", POLLUTED)])
 def test_policy_samples_ignore_the_models_generation_config(tiny, wrap, options, sampler, monkeypatch):
@@ -105,11 +115,7 @@ def test_policy_samples_ignore_the_models_generation_config(tiny, wrap, options,
     dirty = polluted(model, options)
     if wrap == "peft":
         model, dirty = lora(model), lora(dirty)
-    if sampler == "generate":
-        steps = record_generate(dirty)
-    else:
-        steps = record_packed(monkeypatch)
-        no_generate(dirty)
+    steps = record_steps(dirty, sampler, monkeypatch)
     assert sample_rollouts(dirty, tok, sampler=sampler) == sample_rollouts(model, tok, sampler=sampler)
     assert steps and all(torch.equal(logits, scores) for logits, scores in steps)
     config = (dirty.get_base_model() if wrap == "peft" else dirty).generation_config
@@ -123,11 +129,7 @@ def test_eval_samples_ignore_the_models_generation_config(tiny, options, sampler
     model, tok = tiny
     model = sharpened(model)
     dirty = polluted(model, options)
-    if sampler == "generate":
-        steps = record_generate(dirty)
-    else:
-        steps = record_packed(monkeypatch)
-        no_generate(dirty)
+    steps = record_steps(dirty, sampler, monkeypatch)
     assert sample_eval(dirty, tok, sampler=sampler) == sample_eval(model, tok, sampler=sampler)
     assert (sample_eval(dirty, tok, greedy=True, sampler=sampler)
             == sample_eval(model, tok, greedy=True, sampler=sampler))
