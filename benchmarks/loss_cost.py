@@ -208,7 +208,7 @@ def head_loss_fn(variant: str, chunk: int):
     from tirl.losses import Objective, chunked_iq_loss, shift_labels, single_pass_iq_loss
 
     def objective(lam: float) -> Objective:
-        return Objective(iq_lambda=lam, iq_gamma=0.99, eos_token_ids=(2,))
+        return Objective.mle(iq_lambda=lam, eos_token_ids=(2,))  # the logits form: the head alone, no reference column
 
     def rows_of(hidden, labels):
         actions, mask = shift_labels(labels)

@@ -1,5 +1,5 @@
 """What every section of the quality benchmark shares: running `tirl` commands (their threads and precision),
-caching trainings and evaluations on disk, what a run's time means, and mean ± s.e.m.
+caching trainings and evaluations on disk, where results go, what a run's time means, and mean ± s.e.m.
 
 The settings below are lists so that `quality.py` sets them once from its options and every module reads the same
 ones (they are module state shared by the sections, not arguments threaded through every call)."""
@@ -22,6 +22,20 @@ CACHED_ONLY: list[bool] = []  # --cached_only
 THREADS: list[str] = []  # --threads
 PRECISION: list[str] = []  # --bf16 true/false (empty: tirl's default)
 SKIP_REWARDS: list[bool] = []  # --skip_rewards
+PRESET: list[str] = ["cpu"]  # --preset
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RUNS = HERE / "runs" / "quality"
+
+
+def result_path(name: str) -> Path:
+    """benchmarks/results/<name>, with the preset in the name for presets other than "cpu" (the committed one)."""
+    preset = PRESET[0]
+    if preset == "cpu":
+        return RESULTS / name
+    stem, dot, ext = name.rpartition(".")
+    return RESULTS / f"{stem}_{preset}{dot}{ext}"
 
 
 def _with_precision(args: tuple[str, ...] | list[str]) -> list[str]:
@@ -90,6 +104,11 @@ def fmt_mean_sem(s: dict | None, d: int = 1, signed: bool = False) -> str:
         return "–"
     fmt = f"{{:{'+' if signed else ''}.{d}f}}"
     return fmt.format(s["mean"]) + (f" ± {s['sem']:.{d}f}" if s.get("sem") is not None else "")
+
+
+def fmt_value(x) -> str:
+    """A figure with 3 decimals (an en dash when there is none, or it is NaN)."""
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
 def mean_sem(values: list[float]) -> dict:

@@ -7,9 +7,10 @@ median):
 
     generate        `model.generate` with num_return_sequences=K (tirl's neutral generation config), each prompt
                     read K times, no entropy recorded: what a plain transformers loop does
-    tirl_generate   `tirl.evaluation.sampling.iter_samples(sampler="generate")`: `tirl eval` before the packed
-                    sampler (the prompt read once for its K samples, per-token entropy recorded)
-    tirl_packed     `iter_samples(sampler="packed")`: `tirl eval` now (finished rows leave the batch)
+    tirl_generate   `tirl.evaluation.sampling.iter_samples` with `SamplingSettings(sampler="generate")`: `tirl eval`
+                    before the packed sampler (the prompt read once for its K samples, per-token entropy recorded)
+    tirl_packed     `iter_samples` with `SamplingSettings(sampler="packed")`: `tirl eval` now (finished rows leave the
+                    batch)
 
 Workloads (SmolLM2-135M, the embedded model; `tirl eval`'s batching: batch_size // K prompts per call):
 
@@ -72,7 +73,7 @@ def run_sampler(name: str, model, tok, prompts: list[str], k: int, temperature: 
     """(useful tokens, seconds) of one sampler over `prompts`."""
     import torch
 
-    from tirl.evaluation.sampling import _eos_ids, batch_seed, encode_prompt, iter_samples
+    from tirl.evaluation.sampling import SamplingSettings, _eos_ids, batch_seed, encode_prompt, iter_samples
     from tirl.generation import eval_mode, generate, generation_config, left_pad, truncate_at_eos
 
     t0 = time.perf_counter()
@@ -92,9 +93,9 @@ def run_sampler(name: str, model, tok, prompts: list[str], k: int, temperature: 
                 tokens += sum(len(truncate_at_eos(row, eos)[0]) for row in out[:, ids.shape[1]:].tolist())
     else:
         sampler = "generate" if name == "tirl_generate" else "packed"
-        for _, batch in iter_samples(model, tok, prompts, k=k, temperature=temperature, max_new_tokens=max_new_tokens,
-                                     batch_size=batch_size, seed=seed, autocast_bf16=bf16, progress=False,
-                                     sampler=sampler):
+        settings = SamplingSettings(k=k, temperature=temperature, max_new_tokens=max_new_tokens, sampler=sampler,
+                                    batch_size=batch_size, seed=seed, autocast_bf16=bf16, progress=False)
+        for _, batch in iter_samples(model, tok, prompts, settings):
             tokens += sum(s.num_tokens for per_prompt in batch for s in per_prompt)
     return tokens, time.perf_counter() - t0
 

@@ -35,10 +35,11 @@ def make_batch(B=3, T=12, D=8, V=23, dtype=torch.float64, seed=0, bias=False, tw
 
 
 def objective(**kw):
-    """An `Objective` with this module's EOS (`kw`: its other fields)."""
+    """An `Objective` for the maths: plain MLE in the logits form (`Objective.mle`) with this module's EOS, `kw` its
+    other fields."""
     from tirl.losses import Objective
 
-    return Objective(eos_token_ids=(EOS,), **kw)
+    return Objective.mle(eos_token_ids=(EOS,), **kw)
 
 
 def logits_of(h, W, b=None):

@@ -56,7 +56,8 @@ def test_cost_grid_runs(tmp_path):
 
 
 def quality_module(name: str = "quality"):
-    """benchmarks/quality.py, or one of the modules beside it that its sections share."""
+    """benchmarks/quality.py (the presets and the command line), or one of the modules beside it (a section, the tables,
+    the runner they share)."""
     import importlib.util
 
     if str(BENCH) not in sys.path:  # the sections import their shared module by name, as `python quality.py` does
@@ -68,8 +69,8 @@ def quality_module(name: str = "quality"):
 
 
 def test_quality_cost_counts_the_presets_runs_from_timed_runs_only():
-    quality = quality_module()
-    cfg = quality.PRESETS["cpu"]["many"]
+    preset = quality_module().PRESETS["cpu"]
+    cfg = preset["many"]
     task = next(iter(cfg["tasks"]))
     timed = {"threads": "1", "resumed": False}
     runs = {"mle-s1": {"variant": "mle", "seconds": 600, **timed}, "mle-s3": {"variant": "mle", "seconds": 1200, **timed},
@@ -77,7 +78,7 @@ def test_quality_cost_counts_the_presets_runs_from_timed_runs_only():
             "gem-s1": {"variant": "gem", "seconds": 0.01, **timed},
             "gem-s2": {"variant": "gem", "seconds": 6000, "threads": "1", "resumed": True},
             "dft-s1": {"variant": "dft", "seconds": 6000, "threads": None, "resumed": False}}
-    lines = quality.cost_table({"preset": "cpu", "many": {task: {"runs": runs}}})
+    lines = quality_module("quality_tables").cost_table({"preset": "cpu", "many": {task: {"runs": runs}}}, preset)
     row = next(line for line in lines if line.startswith(f"| many / {task} "))
     # every variant without a timed run takes the median of the timed ones (15 min), marked as an estimate
     hours = 15 * len(cfg["variants"]) * len(cfg["seeds"]) / 60
@@ -95,7 +96,7 @@ def test_quality_records_the_machine_each_run_was_timed_on(tmp_path):
 
     from tirl.hardware import cpu_has_native_bf16
 
-    timing = quality_module().run_timing(tmp_path)
+    timing = quality_module("quality_runner").run_timing(tmp_path)
     assert timing["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
     assert timing["cpu"]["native_bf16"] == cpu_has_native_bf16()
     assert timing["cpu"]["name"]
@@ -139,10 +140,11 @@ def test_frontier_delta_measures_against_the_upper_envelope_of_the_reference():
 def test_the_cpu_preset_costs_only_its_own_runs():
     """The cpu preset: arithmetic trains MLE, entropy-MLE, GEM, DFT and the default IQLearn; the other value forms,
     online IQLearn, `between` and GSM8k are their own commands (their records are kept and summarised)."""
-    quality = quality_module()
+    preset = quality_module().PRESETS["cpu"]
     timed = {"threads": "1", "resumed": False, "seconds": 600}
-    runs = {f"{v}-s1": {"variant": v, **timed} for v in quality.PRESETS["cpu"]["arithmetic"]["variants"]}
-    lines = quality.cost_table({"preset": "cpu", "arithmetic": {"runs": runs}, "gsm8k": {"runs": {}}})
+    runs = {f"{v}-s1": {"variant": v, **timed} for v in preset["arithmetic"]["variants"]}
+    lines = quality_module("quality_tables").cost_table({"preset": "cpu", "arithmetic": {"runs": runs},
+                                                         "gsm8k": {"runs": {}}}, preset)
     row = next(line for line in lines if line.startswith("| arithmetic "))
     assert "| 5 variants × 2 seeds | 5 |" in row and row.endswith("| 1.7 |")  # 5 × 2 × 10 min
     assert not any(line.startswith("| gsm8k ") for line in lines) and "gsm8k" not in lines[-1]

@@ -2,8 +2,8 @@
 the run records as its settings in run.json (the script's, the trainer config's and the model options, which are
 what the job, the trainer and `from_pretrained` are given) or is refused in one line with exit code 2.
 
-Every option of `tirl train --help` is walked, for each config class (iqlearn, iqlearn-online, gail) and for the
-methods that fix some of them (mle, gem, dft).
+Every option of `tirl train --help` is walked for every registered method (`tirl.trainers.methods.METHODS`: each
+config class, and the methods that fix some of its options).
 """
 
 import argparse
@@ -16,6 +16,7 @@ import pytest
 
 import tirl.cli.train as train_cli
 from tirl.files import jsonable
+from tirl.trainers.methods import METHODS
 
 BASE = ["--model", "tiny-llama", "--dataset", "arithmetic", "--output_dir", "/tmp/tirl-walk"]
 SKIP = {"help", "config"}  # --config is a file of these same options (test_cli.py)
@@ -80,7 +81,7 @@ def outcome(argv: list[str], capsys) -> tuple[str, object]:
     return "recorded", recorded(script, config, model_args)
 
 
-@pytest.mark.parametrize("method", ["iqlearn", "iqlearn-online", "gail", "mle", "gem", "dft"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_train_option_changes_the_recorded_settings_or_is_refused(method, capsys, monkeypatch):
     monkeypatch.setattr(train_cli, "build_parser", parser_for)
     base = [*BASE, "--method", method]

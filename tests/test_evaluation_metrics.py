@@ -7,6 +7,7 @@ import tarfile
 import pytest
 import torch
 
+from tirl.evaluation.families import sample_scores, task_scores
 from tirl.evaluation.metrics import (
     bleu,
     chrf,
@@ -18,9 +19,7 @@ from tirl.evaluation.metrics import (
     gsm8k_pass_at_k,
     mean_token_entropy,
     rouge,
-    sample_scores,
     self_bleu,
-    task_scores,
     token_entropy,
 )
 
@@ -213,26 +212,6 @@ def test_token_entropy_and_mean():
     assert mean_token_entropy([1.0, 4.0], [2, 1]) == pytest.approx(2.0)
     assert mean_token_entropy([float("nan"), 3.0], [0, 5]) == pytest.approx(3.0)
     assert math.isnan(mean_token_entropy([], []))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Families
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def test_task_scores_per_family():
-    g = task_scores("gsm8k", [["#### 1", "#### 2"], ["#### 3", "3"]], ["1", "3"])
-    assert g["accuracy_strict"] == 0.5 and g["accuracy_flexible"] == 0.75 and g["pass_at_k_strict"] == 1.0
-    assert "pass_at_k_strict" not in task_scores("gsm8k", [["#### 1"]], ["1"])
-    b = task_scores("bleu", [["a b c d", "w x y z"]], ["a b c d"])
-    assert b["bleu"] == pytest.approx(50.0)  # mean of the corpus BLEU of sample 1 (100) and sample 2 (0)
-    assert set(task_scores("rouge", [["a"]], ["a"])) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
-    assert task_scores("none", [["a"]], ["a"]) == {}
-    with pytest.raises(ValueError, match="unknown metric family"):
-        task_scores("accuracy", [["a"]], ["a"])
-    assert sample_scores("gsm8k", "#### 4", "4") == {"correct_strict": True, "correct_flexible": True}
-    assert sample_scores("bleu", "a b c d", "a b c d")["bleu"] == pytest.approx(100.0)
-    assert sample_scores("rouge", "a b", "a b")["rouge1"] == pytest.approx(100.0)
 
 
 # --------------------------------------------------------------------------------------------------------------------

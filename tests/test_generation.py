@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tirl.evaluation.sampling import generation_settings, iter_samples
+from tirl.evaluation.sampling import SamplingSettings, generation_settings, iter_samples
 from tirl.generation import NEUTRAL, generation_config, left_pad, sample_completions, sampler_settings, truncate_at_eos
 from tirl.trainers.rollouts import build_rollout
 
@@ -56,7 +56,8 @@ def sample_rollouts(model, tok, seed=0, sampler="packed"):
 
 def sample_eval(model, tok, **kw):
     return [[s.token_ids for s in per_prompt] for _, batch in
-            iter_samples(model, tok, PROMPTS, k=2, max_new_tokens=8, seed=1, progress=False, **kw) for per_prompt in batch]
+            iter_samples(model, tok, PROMPTS, SamplingSettings(k=2, max_new_tokens=8, seed=1, progress=False, **kw))
+            for per_prompt in batch]
 
 
 def record_packed(monkeypatch) -> list:

@@ -159,6 +159,21 @@ def test_token_loss_baselines_take_no_td_term():
         L.Objective(loss_type="dft", entropy_coef=0.1)
 
 
+def test_the_defaults_are_a_users_and_mle_is_the_neutral_objective():
+    assert L.Objective() == L.DEFAULTS
+    assert (L.DEFAULTS.iq_lambda, L.DEFAULTS.iq_value, L.DEFAULTS.iq_alpha) == (0.01, L.REFERENCE, 0.1)
+    assert L.MLE == L.Objective.mle() == L.Objective(iq_lambda=0.0, iq_value="logits", iq_alpha=0.0)
+    assert L.Objective.mle(iq_gamma=0.5).iq_gamma == 0.5 and L.MLE.iq_gamma == L.DEFAULTS.iq_gamma
+
+
+def test_a_run_is_read_with_the_objective_it_trained_with():
+    config = {"iq_lambda": 0.3, "iq_gamma": 0.9, "iq_value": "head", "learning_rate": 1e-3, "iq_alpha": None}
+    assert L.Objective.from_run({"config": config}) == L.Objective.mle(iq_lambda=0.3, iq_gamma=0.9, iq_value="head")
+    assert L.Objective.from_run({}) == L.MLE  # not a tirl run: plain MLE in the logits form
+    with pytest.raises(ValueError, match=r"iq_gamma must be a finite number in \[0, 1\]"):
+        L.Objective.from_run({"config": {"iq_gamma": 2.0}})
+
+
 def test_warm_up_ramps_lambda_from_mle():
     o = objective(iq_lambda=0.4, iq_lambda_warmup_steps=4)
     assert [o.at(s).iq_lambda for s in (0, 1, 2, 4, 9)] == [0.0, 0.1, 0.2, 0.4, 0.4]

@@ -33,7 +33,7 @@ def gem_formula(logits, labels, beta, h):
 @pytest.mark.parametrize("beta", [0.7, 0.3])
 def test_gem_equals_the_published_formula_value_and_gradient_float64(h, beta):
     hid, W, b, labels = make_batch(bias=True)
-    o = L.Objective(loss_type="gem", gem_beta=beta, gem_h=h)
+    o = L.Objective.mle(loss_type="gem", gem_beta=beta, gem_h=h)
     ours = L.gem_loss(logits_of(hid, W, b), labels, o).loss
     oracle = gem_formula(logits_of(hid, W, b), labels, beta, h)
     assert abs(ours.item() - oracle.item()) < 1e-12
@@ -48,7 +48,7 @@ def test_chunked_gem_equals_the_full_logits_loss(chunk, reduction, h):
     """The one-pass chunked head (gradient formed in forward from the closed form q⊙w − Σq⊙w·e_y) gives the full-logits
     loss's value, statistics and gradients; with a micro-batch split and the whole batch's counts too."""
     hid, W, b, labels = make_batch(B=4, T=14, bias=True, two_segments=True)
-    o = L.Objective(loss_type="gem", gem_h=h, iq_reduction=reduction, eos_token_ids=(2,))
+    o = L.Objective.mle(loss_type="gem", gem_h=h, iq_reduction=reduction, eos_token_ids=(2,))
     full = L.gem_loss(logits_of(hid, W, b), labels, o)
     ours = L.chunked_gem_loss(hid, W, labels, o, chunk_size=chunk, bias=b)
     for key in ("loss", "mle_loss", "td_loss", "mean_reward", "num_tokens"):
@@ -65,7 +65,7 @@ def test_chunked_gem_equals_the_full_logits_loss(chunk, reduction, h):
 
 def test_gem_linear_at_beta_one_has_the_cross_entropy_gradient():
     hid, W, _, labels = make_batch()
-    gem = L.gem_loss(logits_of(hid, W), labels, L.Objective(loss_type="gem", gem_h="linear", gem_beta=1.0)).loss
+    gem = L.gem_loss(logits_of(hid, W), labels, L.Objective.mle(loss_type="gem", gem_h="linear", gem_beta=1.0)).loss
     mle = L.iq_loss(logits_of(hid, W), labels, L.MLE).loss
     for a, c in zip(torch.autograd.grad(gem, (hid, W)), torch.autograd.grad(mle, (hid, W)), strict=True):
         assert torch.allclose(a, c, atol=1e-12)
@@ -73,7 +73,7 @@ def test_gem_linear_at_beta_one_has_the_cross_entropy_gradient():
 
 def test_gem_under_no_grad_and_bf16():
     hid, W, _, labels = make_batch(B=4, T=40, D=32, V=300, dtype=torch.float32)
-    o = L.Objective(loss_type="gem")
+    o = L.Objective.mle(loss_type="gem")
     with torch.no_grad():
         plain = L.chunked_gem_loss(hid, W, labels, o, chunk_size=48)
     assert not plain.loss.requires_grad

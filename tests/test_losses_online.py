@@ -12,7 +12,7 @@ from tirl import losses as L
 def test_online_loss_matches_online_loop_reference(alpha, lam, gamma):
     logits, labels, is_expert = mixed_batch()
     out = L.online_iq_loss_from_qv(L.qv_from_logits(logits, labels), is_expert,
-                                   objective(iq_lambda=lam, iq_gamma=gamma), alpha=alpha)
+                                   objective(iq_lambda=lam, iq_gamma=gamma, iq_alpha=alpha))
     ref = online_loop_reference(logits, labels, is_expert, alpha, lam, gamma)
     assert abs(out.loss.item() - ref.item()) < 1e-10
 
@@ -34,9 +34,9 @@ def test_alpha_zero_equals_offline_iqlearn(reduction, chunked):
         qv_mixed = L.qv_from_logits(logits, labels)
         qv_expert = L.qv_from_logits(logits[:3], labels[:3])
         params = (logits,)
-    o = objective(iq_lambda=0.3, iq_gamma=0.99, iq_reduction=reduction)
+    o = objective(iq_lambda=0.3, iq_gamma=0.99, iq_reduction=reduction, iq_alpha=0.0)
     counts = L.Counts(tokens=n_items)
-    online = L.online_iq_loss_from_qv(qv_mixed, is_expert, o, counts, alpha=0.0)
+    online = L.online_iq_loss_from_qv(qv_mixed, is_expert, o, counts)
     offline = L.iq_loss_from_qv(qv_expert, o, counts)
     assert abs(online.loss.item() - offline.loss.item()) < 1e-10
     g_on = torch.autograd.grad(online.loss, params, retain_graph=True)
@@ -54,8 +54,8 @@ def test_policy_terms_choose_what_sees_policy_samples():
     logits, labels, is_expert = mixed_batch()
     qv = L.qv_from_logits(logits, labels)
     def loss(lam, policy_terms):
-        o = objective(iq_lambda=lam, iq_gamma=0.9)
-        return L.online_iq_loss_from_qv(qv, is_expert, o, alpha=0.4, policy_terms=policy_terms).loss
+        o = objective(iq_lambda=lam, iq_gamma=0.9, iq_alpha=0.4, iq_policy_terms=policy_terms)
+        return L.online_iq_loss_from_qv(qv, is_expert, o).loss
 
     def policy_grad(lam, policy_terms):
         return torch.autograd.grad(loss(lam, policy_terms), logits, retain_graph=True)[0][3:]
@@ -89,7 +89,8 @@ def test_value_term_telescopes_to_zero_for_matching_rows_gamma_one():
     v_next, td_mask = L.next_values(qv, (EOS,))
     gap = (qv.v - v_next) * td_mask
     assert gap[0].sum().item() == pytest.approx(gap[1].sum().item(), abs=1e-10)  # both telescope to V(s_0)
-    out = L.online_iq_loss_from_qv(qv, torch.tensor([True, False]), objective(iq_lambda=0.0, iq_gamma=1.0), alpha=0.5)
+    out = L.online_iq_loss_from_qv(qv, torch.tensor([True, False]),
+                                   objective(iq_lambda=0.0, iq_gamma=1.0, iq_alpha=0.5))
     assert abs(out.value_gap.item()) > 1e-3  # per-token means: 5 vs 3 tokens, so it does not cancel
 
 
@@ -99,12 +100,11 @@ def test_accumulated_micro_batches_equal_one_batch(reduction, policy_terms):
     """Micro-batches with different shares of expert and policy rows, each given the whole batch's counts, sum to the
     one-batch loss (values and gradients): gradient accumulation and data parallelism are exact for L_on."""
     logits, labels, is_expert = mixed_batch()
-    o = objective(iq_lambda=0.2, iq_gamma=0.95, iq_reduction=reduction)
-    kw = dict(alpha=0.3, policy_terms=policy_terms)
-    full = L.online_iq_loss_from_qv(L.qv_from_logits(logits, labels), is_expert, o, **kw).loss
+    o = objective(iq_lambda=0.2, iq_gamma=0.95, iq_reduction=reduction, iq_alpha=0.3, iq_policy_terms=policy_terms)
+    full = L.online_iq_loss_from_qv(L.qv_from_logits(logits, labels), is_expert, o).loss
     counts = batch_counts(labels, is_expert)
-    parts = sum(L.online_iq_loss_from_qv(L.qv_from_logits(logits[rows], labels[rows]), is_expert[rows], o, counts,
-                                         **kw).loss for rows in ([0, 3], [1, 2, 4]))
+    parts = sum(L.online_iq_loss_from_qv(L.qv_from_logits(logits[rows], labels[rows]), is_expert[rows], o, counts).loss
+                for rows in ([0, 3], [1, 2, 4]))
     assert abs(full.item() - parts.item()) < 1e-10
     g_full, g_parts = (torch.autograd.grad(x, logits, retain_graph=True)[0] for x in (full, parts))
     assert torch.allclose(g_full, g_parts, atol=1e-12)
@@ -112,10 +112,8 @@ def test_accumulated_micro_batches_equal_one_batch(reduction, policy_terms):
         assert abs(parts.item() - online_loop_reference(logits, labels, is_expert, 0.3, 0.2, 0.95).item()) < 1e-10
 
 
-def test_online_loss_rejects_bad_arguments():
-    logits, labels, is_expert = mixed_batch()
-    qv = L.qv_from_logits(logits, labels)
-    with pytest.raises(ValueError, match=r"iq_alpha must be in \[0, 1\]"):
-        L.online_iq_loss_from_qv(qv, is_expert, alpha=1.5)
-    with pytest.raises(ValueError, match="iq_policy_terms must be one of both, td, value"):
-        L.online_iq_loss_from_qv(qv, is_expert, policy_terms="all")
+def test_the_objective_checks_the_online_settings():
+    with pytest.raises(ValueError, match=r"iq_alpha must be a finite number in \[0, 1\], got 1.5"):
+        objective(iq_alpha=1.5)
+    with pytest.raises(ValueError, match="iq_policy_terms must be one of both, td, value, got 'all'"):
+        objective(iq_policy_terms="all")

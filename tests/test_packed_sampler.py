@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tirl.evaluation.sampling import iter_samples, sample
+from tirl.evaluation.sampling import SamplingSettings, iter_samples, sample
 from tirl.generation import (
     generate,
     generate_samples,
@@ -156,9 +156,9 @@ def test_a_fixed_seed_and_batch_size_reproduce_the_samples():
     bias[tok.eos_token_id] = 3.0  # rows end at different steps, so rows leave the batch
     model.lm_head.bias = torch.nn.Parameter(bias)
     kw = dict(k=4, max_new_tokens=12, batch_size=8, progress=False, sampler="packed")
-    a = sample(model, tok, PROMPTS, seed=5, **kw)
-    b = sample(model, tok, PROMPTS, seed=5, **kw)
-    c = sample(model, tok, PROMPTS, seed=6, **kw)
+    a = sample(model, tok, PROMPTS, SamplingSettings(seed=5, **kw))
+    b = sample(model, tok, PROMPTS, SamplingSettings(seed=5, **kw))
+    c = sample(model, tok, PROMPTS, SamplingSettings(seed=6, **kw))
     assert a == b and a != c
     assert len({s.num_tokens for per_prompt in a for s in per_prompt}) > 1
 
@@ -176,8 +176,8 @@ def test_eval_samples_and_entropies_agree_with_generate_when_greedy():
         real = S._eos_ids
         S._eos_ids = lambda *a: eos
         try:
-            return [s for _, batch in iter_samples(model, tok, PROMPTS, k=2, max_new_tokens=12, greedy=True,
-                                                   progress=False, sampler=sampler, chat=False)
+            settings = SamplingSettings(k=2, max_new_tokens=12, greedy=True, sampler=sampler, progress=False)
+            return [s for _, batch in iter_samples(model, tok, PROMPTS, settings, chat=False)
                     for per_prompt in batch for s in per_prompt]
         finally:
             S._eos_ids = real

@@ -50,7 +50,7 @@ def test_head_qv_passes_its_choice_and_the_gather_to_the_chunked_head(tiny, monk
 
 @pytest.mark.parametrize("form", ["logits", "reference", "head"])
 def test_fused_loss_through_the_patched_forward_is_head_qv_plus_the_loss(tiny, monkeypatch, form):
-    """`model(..., tirl_head=HeadCall(..., loss=True))` (the single-pass head, `fused_loss`) gives the loss and gradients
+    """`model(..., tirl_head=FusedLossCall(...))` (the single-pass head, `fused_loss`) gives the loss and gradients
     of `iq_loss_from_qv(model(..., tirl_head=HeadCall(...)))` in the same value form, and passes the caller's compile
     choice and gather context on, like `head_qv`."""
     from tirl.qv.value_head import add_value_head
@@ -75,7 +75,7 @@ def test_fused_loss_through_the_patched_forward_is_head_qv_plus_the_loss(tiny, m
     labels[:, :4] = -100
     reference_lse = torch.full((2, ids.shape[1] - 1), 2.5, dtype=torch.float64) if form == "reference" else None
     objective = L.Objective(iq_lambda=0.3, iq_gamma=0.9, iq_value=form)
-    out = model(input_ids=ids, labels=labels, tirl_head=qv_head.HeadCall(objective, reference_lse, loss=True))
+    out = model(input_ids=ids, labels=labels, tirl_head=qv_head.FusedLossCall(objective, reference_lse))
     assert seen["compiled"] is False and seen["chunk_size"] == 3
     with seen["gather"]():
         pass

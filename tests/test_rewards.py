@@ -11,7 +11,9 @@ import pytest
 
 from conftest import run_cli
 from tirl.data import load_rows, to_trl
-from tirl.rewards import RewardScorer, pairwise_accuracy, preference_accuracy, score
+from tirl.rewards import RewardModel, RewardScorer, ScoreSettings, pairwise_accuracy, preference_accuracy, score
+
+QUIET = ScoreSettings(progress=False)
 
 
 def pairs(tok, n=4, limit_len=None):
@@ -22,7 +24,7 @@ def pairs(tok, n=4, limit_len=None):
 def test_rewards_telescope_for_gamma_one(tiny):
     """γ = 1: Σ r_t over the episode = log π(y|x) + V(s_0) (docs/method.md §4), for completions ending in EOS."""
     model, tok = tiny
-    for s in score(model, tok, pairs(tok), gamma=1.0, progress=False):
+    for s in score(RewardModel(model, tok).with_gamma(1.0), pairs(tok), QUIET):
         assert s.terminated
         eos_at = s.token_ids.index(tok.eos_token_id)
         episode_logprob = sum(s.logprobs[: eos_at + 1])
@@ -36,8 +38,8 @@ def test_rewards_telescope_for_gamma_one(tiny):
 
 def test_gamma_below_one_is_not_a_likelihood(tiny):
     model, tok = tiny
-    a = score(model, tok, pairs(tok), gamma=1.0, progress=False)
-    b = score(model, tok, pairs(tok), gamma=0.9, progress=False)
+    a = score(RewardModel(model, tok).with_gamma(1.0), pairs(tok), QUIET)
+    b = score(RewardModel(model, tok).with_gamma(0.9), pairs(tok), QUIET)
     assert all(abs(x.reward - y.reward) > 1e-3 for x, y in zip(a, b, strict=True))
     assert all(abs(x.logprob - y.logprob) < 1e-5 for x, y in zip(a, b, strict=True))
 
@@ -46,9 +48,10 @@ def test_masks_and_batching_do_not_change_rewards(tiny):
     """Only completion tokens are scored, and padding in a batch changes nothing."""
     model, tok = tiny
     ps = pairs(tok, n=5)
-    together = score(model, tok, ps, batch_size=5, progress=False)
-    alone = [score(model, tok, [p], batch_size=1, progress=False)[0] for p in ps]
-    in_twos = score(model, tok, ps, batch_size=2, progress=False)  # batched by length, returned in input order
+    together = score(RewardModel(model, tok), ps, ScoreSettings(batch_size=5, progress=False))
+    alone = [score(RewardModel(model, tok), [p], ScoreSettings(batch_size=1, progress=False))[0] for p in ps]
+    # batched by length, returned in input order
+    in_twos = score(RewardModel(model, tok), ps, ScoreSettings(batch_size=2, progress=False))
     assert len({len(a.token_ids) for a in alone}) > 1
     for a, b, c in zip(together, alone, in_twos, strict=True):
         assert a.token_ids == b.token_ids == c.token_ids
@@ -70,12 +73,12 @@ def test_preference_accuracy_on_a_hand_made_case(tiny):
     model, tok = tiny
     prompt = [{"role": "user", "content": "Say hi"}]
     same = {"prompt": prompt, "chosen": [{"role": "assistant", "content": "hi"}], "rejected": [{"role": "assistant", "content": "hi"}]}
-    res = preference_accuracy(model, tok, [same, same], progress=False)
+    res = preference_accuracy(RewardModel(model, tok), [same, same], QUIET)
     assert res["accuracy"] == 0.5 and res["accuracy_logprob"] == 0.5 and res["n"] == 2  # ties count one half
     # a chosen completion that equals the rejected one plus extra text differs in R; the accuracy follows the sign
     long = {"prompt": prompt, "chosen": [{"role": "assistant", "content": "hi"}], "rejected": [{"role": "assistant", "content": "hi there friend"}]}
-    res = preference_accuracy(model, tok, [long], progress=False)
-    s_c, s_r = score(model, tok, [(prompt, long["chosen"]), (prompt, long["rejected"])], progress=False)
+    res = preference_accuracy(RewardModel(model, tok), [long], QUIET)
+    s_c, s_r = score(RewardModel(model, tok), [(prompt, long["chosen"]), (prompt, long["rejected"])], QUIET)
     assert res["accuracy"] == (1.0 if s_c.reward > s_r.reward else 0.0)
 
 
@@ -87,13 +90,14 @@ def test_reward_scorer_is_a_trl_reward_function(tiny):
     completions = ["4", "Blue"]
     out = scorer(prompts=prompts, completions=completions, extra_column=[1, 2])
     assert len(out) == 2 and all(isinstance(x, float) for x in out)
-    ref = score(model, tok, list(zip(prompts, completions, strict=True)), progress=False)
+    ref = score(RewardModel(model, tok), list(zip(prompts, completions, strict=True)), QUIET)
     assert out == [s.reward for s in ref]
     # like TRL: strings are plain text, message lists go through the chat template
     conv_prompts = [[{"role": "user", "content": p}] for p in prompts]
     conv_completions = [[{"role": "assistant", "content": c}] for c in completions]
     conv = scorer(prompts=conv_prompts, completions=conv_completions)
-    assert conv == [s.reward for s in score(model, tok, list(zip(conv_prompts, conv_completions, strict=True)), progress=False)]
+    conv_pairs = list(zip(conv_prompts, conv_completions, strict=True))
+    assert conv == [s.reward for s in score(RewardModel(model, tok), conv_pairs, QUIET)]
     assert conv != out
     mean = RewardScorer(model, tok, normalize="mean")(prompts=prompts, completions=completions)
     assert mean == [s.reward / s.num_tokens for s in ref]
@@ -115,7 +119,7 @@ def test_html_and_png_render(tiny, tmp_path):
     from tirl.rewards import render_html, render_png, reward_histogram
 
     model, tok = tiny
-    scored = score(model, tok, pairs(tok, n=3), progress=False)
+    scored = score(RewardModel(model, tok), pairs(tok, n=3), QUIET)
     page = render_html(scored, tmp_path / "r.html", labels=[{"prompt": "p<&>", "correct": True}] * 3)
     parser = _Collect()
     parser.feed(page.read_text())

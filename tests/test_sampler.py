@@ -58,7 +58,7 @@ def test_gail_records_pi_old_at_sampling_time_and_the_loss_writes_nothing_back(t
 def test_config_validation_and_vllm_refusal(tiny, tmp_path):
     with pytest.raises(ValueError, match="packing"):
         OnlineIQLearnConfig(output_dir=str(tmp_path), packing=True)
-    with pytest.raises(ValueError, match=r"iq_alpha must be in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"iq_alpha must be a finite number in \[0, 1\], got 1.5"):
         OnlineIQLearnConfig(output_dir=str(tmp_path), iq_alpha=1.5)
     with pytest.raises(ValueError, match="generate_every must be >= 1, got 0"):
         OnlineIQLearnConfig(output_dir=str(tmp_path), generate_every=0)

@@ -1,12 +1,13 @@
 """Sampling K completions per prompt with a tiny model built in code."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from tirl.data import to_trl
-from tirl.evaluation.sampling import Sample, batch_seed, encode_prompt, iter_samples, sample
+from tirl.evaluation.sampling import Sample, SamplingSettings, batch_seed, encode_prompt, iter_samples, sample
 from tirl.models import char_tokenizer, tiny_model
 
 PROMPTS = ["What is 2 + 3?", "Name a colour.", "Count to three."]
@@ -14,7 +15,7 @@ PROMPTS = ["What is 2 + 3?", "Name a colour.", "Count to three."]
 
 def test_k_samples_per_prompt_with_their_fields(tiny):
     model, tok = tiny
-    out = sample(model, tok, PROMPTS, k=3, max_new_tokens=12, batch_size=4, seed=0, progress=False)
+    out = sample(model, tok, PROMPTS, SamplingSettings(k=3, max_new_tokens=12, batch_size=4, seed=0, progress=False))
     assert len(out) == len(PROMPTS) and all(len(s) == 3 for s in out)
     for samples in out:
         for s in samples:
@@ -32,10 +33,10 @@ def test_seeds_reproducible_and_rng_untouched(tiny):
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = sample(model, tok, PROMPTS, k=2, max_new_tokens=10, batch_size=4, seed=7, progress=False)
+    a = sample(model, tok, PROMPTS, SamplingSettings(k=2, max_new_tokens=10, batch_size=4, seed=7, progress=False))
     assert torch.rand(1) == before  # the caller's random stream is not consumed
-    b = sample(model, tok, PROMPTS, k=2, max_new_tokens=10, batch_size=4, seed=7, progress=False)
-    c = sample(model, tok, PROMPTS, k=2, max_new_tokens=10, batch_size=4, seed=8, progress=False)
+    b = sample(model, tok, PROMPTS, SamplingSettings(k=2, max_new_tokens=10, batch_size=4, seed=7, progress=False))
+    c = sample(model, tok, PROMPTS, SamplingSettings(k=2, max_new_tokens=10, batch_size=4, seed=8, progress=False))
     assert a == b
     assert a != c
     assert batch_seed(0, 0) != batch_seed(0, 1) != batch_seed(1, 0)
@@ -44,12 +45,12 @@ def test_seeds_reproducible_and_rng_untouched(tiny):
 def test_skipping_prompts_reproduces_the_same_batches(tiny):
     """What resuming relies on: with the same batch size, skipping finished batches leaves later ones unchanged."""
     model, tok = tiny
-    full = sample(model, tok, PROMPTS * 2, k=2, max_new_tokens=8, batch_size=4, seed=3, progress=False)
+    settings = SamplingSettings(k=2, max_new_tokens=8, batch_size=4, seed=3, progress=False)
+    full = sample(model, tok, PROMPTS * 2, settings)
     # batch_size 4, K 2 → 2 prompts per call: batches start at prompts 0, 2, 4
     rest = dict(
         (i, s)
-        for idx, batch in iter_samples(model, tok, PROMPTS * 2, k=2, max_new_tokens=8, batch_size=4, seed=3,
-                                       skip={0, 1}, progress=False)
+        for idx, batch in iter_samples(model, tok, PROMPTS * 2, settings, skip={0, 1})
         for i, s in zip(idx, batch, strict=True)
     )
     assert sorted(rest) == [2, 3, 4, 5]
@@ -58,8 +59,8 @@ def test_skipping_prompts_reproduces_the_same_batches(tiny):
 
 def test_greedy_is_deterministic_and_equal_across_k(tiny):
     model, tok = tiny
-    a = sample(model, tok, PROMPTS, k=3, max_new_tokens=10, greedy=True, seed=0, progress=False)
-    b = sample(model, tok, PROMPTS, k=3, max_new_tokens=10, greedy=True, seed=99, progress=False)
+    a = sample(model, tok, PROMPTS, SamplingSettings(k=3, max_new_tokens=10, greedy=True, seed=0, progress=False))
+    b = sample(model, tok, PROMPTS, SamplingSettings(k=3, max_new_tokens=10, greedy=True, seed=99, progress=False))
     assert a == b
     for samples in a:
         assert all(s == samples[0] for s in samples)
@@ -74,7 +75,7 @@ def test_generation_stops_at_eos_and_is_cut_there():
     bias = torch.zeros(len(tok))
     bias[tok.eos_token_id] = 1e4
     model.lm_head.bias = torch.nn.Parameter(bias)
-    out = sample(model, tok, PROMPTS, k=2, max_new_tokens=20, greedy=True, progress=False)
+    out = sample(model, tok, PROMPTS, SamplingSettings(k=2, max_new_tokens=20, greedy=True, progress=False))
     for samples in out:
         s = samples[0]
         assert s.finished and s.token_ids == [tok.eos_token_id] and s.num_tokens == 1 and s.text == ""
@@ -113,19 +114,22 @@ def test_prompts_are_encoded_as_trl_encodes_training_prompts(tiny):
 
 def test_left_padding_does_not_change_greedy_outputs(tiny):
     model, tok = tiny
-    alone = [sample(model, tok, [p], k=1, max_new_tokens=8, greedy=True, progress=False)[0][0] for p in PROMPTS]
-    batched = sample(model, tok, PROMPTS, k=1, max_new_tokens=8, greedy=True, batch_size=8, progress=False)
+    greedy = SamplingSettings(k=1, max_new_tokens=8, greedy=True, progress=False)
+    alone = [sample(model, tok, [p], greedy)[0][0] for p in PROMPTS]
+    batched = sample(model, tok, PROMPTS, replace(greedy, batch_size=8))
     assert [b[0].token_ids for b in batched] == [a.token_ids for a in alone]
 
 
-def test_bad_arguments(tiny):
-    model, tok = tiny
+def test_bad_settings_are_refused_when_built():
     with pytest.raises(ValueError, match="temperature"):
-        sample(model, tok, PROMPTS, temperature=0.0, progress=False)
+        SamplingSettings(temperature=0.0)
     with pytest.raises(ValueError, match="k must be"):
-        sample(model, tok, PROMPTS, k=0, progress=False)
+        SamplingSettings(k=0)
     with pytest.raises(ValueError, match="top_p"):
-        sample(model, tok, PROMPTS, top_p=1.5, progress=False)
+        SamplingSettings(top_p=1.5)
+    with pytest.raises(ValueError, match="sampler"):
+        SamplingSettings(sampler="beam")
+    assert SamplingSettings(temperature=0.0, greedy=True).greedy  # greedy decoding has no temperature
 
 
 def test_k_copies_read_the_prompt_once_and_draw_what_num_return_sequences_draws(tiny):
@@ -151,7 +155,7 @@ def test_completion_logprobs_read_the_prompt_once_and_equal_the_reward_scores(ti
     from tirl.data import to_trl
     from tirl.evaluation.likelihood import completion_logprobs
     from tirl.models import eos_token_ids
-    from tirl.rewards import score
+    from tirl.rewards import RewardModel, ScoreSettings, score
 
     model, tok = tiny
     model = model.double()
@@ -159,7 +163,7 @@ def test_completion_logprobs_read_the_prompt_once_and_equal_the_reward_scores(ti
     ours = completion_logprobs(model, tok, prompt, ys, eos_token_ids(tok, model))
     rows = to_trl([{"prompt": prompt, "completion": y} for y in ys], tok)
     eos = set(eos_token_ids(tok, model))
-    for got, s in zip(ours, score(model, tok, [(r["prompt"], r["completion"]) for r in rows], progress=False),
-                      strict=True):
+    scored = score(RewardModel(model, tok), [(r["prompt"], r["completion"]) for r in rows], ScoreSettings(progress=False))
+    for got, s in zip(ours, scored, strict=True):
         end = next(i + 1 for i, t in enumerate(s.token_ids) if t in eos)
         assert got == pytest.approx(sum(s.logprobs[:end]), abs=1e-5)

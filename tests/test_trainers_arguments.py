@@ -4,14 +4,22 @@ import dataclasses
 
 import pytest
 
-from tirl.losses import Objective
+from tirl.losses import DEFAULTS, Objective
 from tirl.trainers import GAILConfig, IQLearnConfig, OnlineIQLearnConfig
 from tirl.trainers.arguments import QVArguments, TDArguments, TokenLossArguments
 
 
-def test_every_objective_field_is_an_option_of_the_iqlearn_config():
-    options = {f.name for f in dataclasses.fields(IQLearnConfig)}
-    assert {f.name for f in dataclasses.fields(Objective)} - {"eos_token_ids"} <= options
+def test_every_objective_setting_is_an_option_whose_default_is_the_objectives(tmp_path):
+    settings = {f.name for f in dataclasses.fields(Objective)} - {"eos_token_ids"}
+    offline = {f.name for f in dataclasses.fields(IQLearnConfig)}
+    online = {f.name for f in dataclasses.fields(OnlineIQLearnConfig)}
+    assert settings - offline == {"iq_alpha", "iq_policy_terms"} and settings <= offline | online
+    # one place holds the defaults: a config made with none given describes `Objective()` in every setting it has
+    for config in (IQLearnConfig, OnlineIQLearnConfig, GAILConfig):
+        made = config(output_dir=str(tmp_path))
+        for name in settings & {f.name for f in dataclasses.fields(config)}:
+            default = getattr(DEFAULTS, name)
+            assert getattr(made, name) == (default.name if name == "iq_value" else default), (config.__name__, name)
 
 
 def test_the_groups_declare_each_option_once():
@@ -28,8 +36,12 @@ def test_configs_build_the_objective_they_describe(tmp_path):
     o = Objective.from_config(config, eos_token_ids=[2, 3])
     assert (o.iq_lambda, o.iq_value.name, o.iq_reduction, o.iq_lambda_warmup_steps, o.eos_token_ids) == (
         0.3, "head", "sequence", 5, (2, 3))
-    gail = Objective.from_config(GAILConfig(output_dir=str(tmp_path)))
+    assert o.iq_alpha == 0.0  # offline: no policy samples
+    gail = Objective.from_config(GAILConfig(output_dir=str(tmp_path), iq_gamma=0.9, iq_reduction="sequence"))
     assert gail.iq_lambda == 0.0 and gail.loss_type == "nll"  # GAIL's expert term is plain MLE
+    assert (gail.iq_gamma, gail.iq_reduction) == (0.9, "sequence")  # its returns' γ and policy-gradient mean
+    online = Objective.from_config(OnlineIQLearnConfig(output_dir=str(tmp_path), iq_alpha=0.3, iq_policy_terms="td"))
+    assert (online.iq_alpha, online.iq_policy_terms) == (0.3, "td")
 
 
 @pytest.mark.parametrize("config", [IQLearnConfig, OnlineIQLearnConfig, GAILConfig])

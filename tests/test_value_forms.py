@@ -16,7 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from conftest import common_args as shared_args
 from conftest import first_batch, trl_rows
 from tirl import losses as L
-from tirl.qv import reference
+from tirl.qv import inputs, reference
 from tirl.qv.value_head import FILENAME as VALUE_HEAD_FILE
 from tirl.qv.value_head import get_value_head
 from tirl.trainers import IQLearnConfig, IQLearnTrainer, OnlineIQLearnConfig, OnlineIQLearnTrainer
@@ -69,9 +69,14 @@ def test_head_form_is_log_pi_plus_value():
 
 def test_each_form_says_what_it_reads():
     assert [f.name for f in L.VALUE_FORMS.values()] == list(FORMS)
-    assert not L.LOGITS.needs_reference_lse and not L.LOGITS.needs_value_head
-    assert L.REFERENCE.needs_reference_lse and not L.REFERENCE.needs_value_head
-    assert L.HEAD.needs_value_head and not L.HEAD.needs_reference_lse
+    assert [(f.input, f.input_trained) for f in L.VALUE_FORMS.values()] == [
+        (None, False), ("reference_lse", False), ("value_head", True)]
+    # how a run provides each input: one `ValueInput` per form, found by the form's `input`
+    kinds = [inputs.value_input_of(name) for name in FORMS]
+    assert [k.key for k in kinds] == [None, "reference_lse", "value_head"]
+    assert [k.column for k in kinds] == [None, reference.COLUMN, None] and inputs.VALUE_COLUMNS == (reference.COLUMN,)
+    assert [k.reads_starting_model for k in kinds] == [False, True, False]
+    assert [k.reads_hidden for k in kinds] == [False, False, True]
     assert L.value_form("head") is L.HEAD and L.value_form(L.HEAD) is L.HEAD
     with pytest.raises(ValueError, match="iq_value must be one of logits, reference, head, got 'critic'"):
         L.value_form("critic")
@@ -87,7 +92,7 @@ def test_entropy_term_chunked_gradient_equals_full_logits(lam):
     labels[:, :2] = -100
     labels[1, -1] = -100
 
-    o = L.Objective(iq_lambda=lam, iq_gamma=0.9, eos_token_ids=(3,), entropy_coef=0.2)
+    o = L.Objective.mle(iq_lambda=lam, iq_gamma=0.9, eos_token_ids=(3,), entropy_coef=0.2)
 
     def loss_full():
         qv = L.qv_from_logits(hidden @ weight.t(), labels, entropy_grad=True)
@@ -105,14 +110,14 @@ def test_entropy_term_chunked_gradient_equals_full_logits(lam):
         assert torch.allclose(x, y, atol=1e-10)
     # the entropy term pushes towards higher entropy: the loss is lower than without it
     plain = L.iq_loss_from_qv(L.qv_from_logits(hidden @ weight.t(), labels),
-                              L.Objective(iq_lambda=lam, iq_gamma=0.9, eos_token_ids=(3,))).loss
+                              L.Objective.mle(iq_lambda=lam, iq_gamma=0.9, eos_token_ids=(3,))).loss
     assert a < plain
 
 
 def test_entropy_coef_needs_a_differentiable_entropy():
     qv = L.qv_from_logits(torch.randn(1, 4, 5, requires_grad=True), torch.tensor([[-100, 1, 2, 3]]))
     with pytest.raises(ValueError, match="entropy_grad"):
-        L.iq_loss_from_qv(qv, L.Objective(entropy_coef=0.1))
+        L.iq_loss_from_qv(qv, L.Objective.mle(entropy_coef=0.1))
 
 
 def test_reference_collator_lays_values_out_like_input_ids():
@@ -287,7 +292,7 @@ def test_online_reference_values_cover_policy_rows(tiny, tmp_path):
 def test_rewards_are_read_in_the_runs_own_form(tmp_path, form):
     from tirl.cli import main as cli
     from tirl.models import tiny_model
-    from tirl.rewards import RewardScorer, load_reward_model
+    from tirl.rewards import RewardModel, RewardScorer, load_reward_model, score, training_run
 
     out = tmp_path / "run"
     rc = cli(["train", "--model", "tiny-llama", "--dataset", "arithmetic", "--num_train_examples", "16",
@@ -296,19 +301,19 @@ def test_rewards_are_read_in_the_runs_own_form(tmp_path, form):
               "--report_to", "none", "--seed", "0", "--output_dir", str(out), "--disable_tqdm", "true"])
     assert rc == 0
     rm = load_reward_model(str(out))
-    assert rm.form.name == form and rm.gamma == 0.9
+    assert rm.objective == L.Objective.from_run(training_run(str(out)))  # the whole objective the run trained with
+    assert rm.objective.iq_value.name == form and rm.objective.iq_gamma == 0.9 and rm.objective.iq_lambda == 0.5
     prompt, completion = "What is 2 + 3?", "2 + 3 = 5\n#### 5"
     scorer = RewardScorer(str(out))
     (R,) = scorer([prompt], [completion])
-    from tirl.rewards import score
-
-    (s,) = score(rm.model, rm.tokenizer, [(prompt, completion)], gamma=0.9, form=rm.form, reference_model=rm.reference)
+    (s,) = score(rm, [(prompt, completion)])
     assert pytest.approx(s.reward) == R
     # the values are the form's own: LSE − LSE_θ0 (the starting model rebuilt from the run's seed), or the head's
-    (plain,) = score(rm.model, rm.tokenizer, [(prompt, completion)], gamma=0.9) if form == "reference" else (None,)
     if form == "reference":
+        logits_form = L.Objective.mle(iq_gamma=0.9)
+        (plain,) = score(RewardModel(rm.model, rm.tokenizer, logits_form), [(prompt, completion)])
         start, _ = tiny_model("tiny-llama", seed=0)
-        (s0,) = score(start, rm.tokenizer, [(prompt, completion)], gamma=0.9)
+        (s0,) = score(RewardModel(start, rm.tokenizer, logits_form), [(prompt, completion)])
         expected = [a - b for a, b in zip(plain.values, s0.values, strict=True)]
         assert s.values == pytest.approx(expected, abs=1e-4)
     else:

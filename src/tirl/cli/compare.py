@@ -92,6 +92,7 @@ def output_paths(output: str) -> list[Path]:
 def _compare(args, outputs: list[Path]) -> int:
     from tirl.evaluation.report import (
         compare_table,
+        evaluations_family,
         find_evaluations,
         label_evaluations,
         plot_compare,
@@ -112,7 +113,7 @@ def _compare(args, outputs: list[Path]) -> int:
               file=sys.stderr)
     png = plot_compare(evals, score, png_path, title=args.title)
     pictures = [f"![task score vs Self-BLEU]({png.name})"]
-    if evals[0].metrics.get("metric_family") == "valid_set":
+    if evaluations_family(evals).many_answer:
         extra = plot_valid_set(evals, extra_path, title=args.title)
         pictures.append(f"![precision vs coverage, pass@k]({extra.name})")
     table = compare_table(evals, score)

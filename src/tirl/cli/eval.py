@@ -60,7 +60,8 @@ def _optional_int(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tirl.data.tasks import METRIC_FAMILIES, TASK_INFO
+    from tirl.data.tasks import TASK_INFO
+    from tirl.evaluation.families import METRIC_FAMILIES
 
     tasks = "\n".join(f"  {name:<13}{info.metric:<7}{info.description}" for name, info in TASK_INFO.items())
     p = _Parser(

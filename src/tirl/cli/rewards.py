@@ -16,9 +16,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint to read rewards from: a run directory, 'smollm2-135m', "
                    "or a tiny model name")
     p.add_argument("--gamma", type=float, default=None, help="discount γ in r_t = Q(s_t,a_t) − γ·V(s_{t+1}); default: "
-                   "the run's iq_gamma (0.99 for a model that is not a tirl run). γ=1 makes R the log-likelihood plus "
-                   "V(s_0), so keep γ < 1 for a reward that is more than a likelihood. V is read in the run's own "
-                   "iq_value form (logits, reference or head, from its run.json)")
+                   "the run's iq_gamma (for a model that is not a tirl run, the --iq_gamma default of `tirl train`). "
+                   "γ=1 makes R the log-likelihood plus V(s_0), so keep γ < 1 for a reward that is more than a "
+                   "likelihood. V is read in the run's own iq_value form (logits, reference or head, from its run.json)")
     p.add_argument("--num_examples", type=int, default=50, help="rows to score (seeded random subset)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset")
     p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
@@ -137,14 +137,14 @@ def _score(args, rm, encoded: list[dict], meta: list[dict], skipped: int, torn: 
     """Score the encoded completions under the reward model and write the four files."""
     from tirl.files import nan_to_none, safe_path, write_json_atomic, write_text_atomic
     from tirl.rewards import render_html, render_png
-    from tirl.rewards.extraction import score_encoded
+    from tirl.rewards.extraction import ScoreSettings, score_encoded
 
-    model, tok = rm.model, rm.tokenizer
-    args.gamma = rm.gamma if args.gamma is None else args.gamma
-    print(f"[tirl] rewards of {args.model} with V in its '{rm.form.name}' form, γ = {args.gamma}"
+    rm = rm.with_gamma(args.gamma)
+    args.gamma, form = rm.objective.iq_gamma, rm.objective.iq_value.name
+    print(f"[tirl] rewards of {args.model} with V in its '{form}' form, γ = {args.gamma}"
           + (f"; {skipped} samples without a token skipped" if skipped else ""))
-    scored = score_encoded(model, tok, encoded, gamma=args.gamma, batch_size=args.batch_size,
-                           max_length=args.max_length, bf16=args.bf16, form=rm.form, reference_model=rm.reference)
+    scored = score_encoded(rm, encoded, ScoreSettings(batch_size=args.batch_size, max_length=args.max_length,
+                                                      bf16=args.bf16))
     out = Path(args.output_dir)
     # a token without a defined reward (the last of a completion cut short) is null: the file is strict JSON
     lines = [json.dumps(nan_to_none({**m, **s.to_dict()}), ensure_ascii=False, allow_nan=False)
@@ -152,7 +152,7 @@ def _score(args, rm, encoded: list[dict], meta: list[dict], skipped: int, torn: 
     write_text_atomic(safe_path(out, "rewards.jsonl"), "\n".join(lines) + "\n")
     R = [s.reward for s in scored]
     per_tok = [r for s in scored for r in s.rewards if not math.isnan(r)]
-    summary = {"model": args.model, "gamma": args.gamma, "iq_value": rm.form.name, "n": len(scored),
+    summary = {"model": args.model, "gamma": args.gamma, "iq_value": form, "n": len(scored),
                "skipped_without_tokens": skipped, "skipped_torn_lines": torn, "mean_R": statistics.fmean(R), "std_R": statistics.pstdev(R),
                "mean_r_t": statistics.fmean(per_tok) if per_tok else None,
                "mean_logprob": statistics.fmean(s.logprob for s in scored),

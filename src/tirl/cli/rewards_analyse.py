@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32, help="sequences per generation batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt subset, the sampling and the preference subset")
     p.add_argument("--gamma", type=float, default=None, help="discount γ of the reward; default: each run's own "
-                   "iq_gamma (0.99 for other models). Keep < 1: with γ = 1, R is the log-likelihood plus V(s_0). V is "
-                   "read in each run's own iq_value form")
+                   "iq_gamma (for other models, the --iq_gamma default of `tirl train`). Keep < 1: with γ = 1, R is the "
+                   "log-likelihood plus V(s_0). V is read in each run's own iq_value form")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast for generation and scoring; default: where the hardware computes bf16 natively "
                    "(a GPU with bf16, a CPU with AVX512-BF16 or AMX), float32 elsewhere")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from trl import ModelConfig
 
 from . import errors
-from .train_help import CLI_DEFAULTS, DEMO_DEFAULTS, HELP_EPILOG, MODEL_HELP, SCRIPT_HELP, TRL_OPTION_HELP
+from .train_help import CLI_DEFAULTS, DEMO_DEFAULTS, HELP_EPILOG, MODEL_HELP, SCRIPT_HELP, TRL_OPTION_HELP, method_help
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -109,7 +109,8 @@ def build_parser(method: str):
     tirl's defaults and the method's (`Method.defaults` and `.fixed`), and [demo job: …] marks."""
     from trl import TrlParser
 
-    from tirl.jobs.train import DEFAULT_DATASET, METHODS, TrainScriptArguments, method_classes
+    from tirl.jobs.train import DEFAULT_DATASET, TrainScriptArguments
+    from tirl.trainers.methods import METHODS
 
     class Parser(TrlParser):
         def error(self, message: str):
@@ -117,8 +118,9 @@ def build_parser(method: str):
             sys.exit(fail(f"{message} (`tirl train --help` lists the options)"))
 
     # an unknown method still gets a parser (the iqlearn one), so that argparse reports it with the valid choices
-    spec = METHODS.get(method, METHODS["iqlearn"])
-    config_class = method_classes(method if method in METHODS else "iqlearn")[0]
+    shown = method if method in METHODS else "iqlearn"
+    spec = METHODS[shown]
+    config_class = spec.config
     parser = Parser(
         (TrainScriptArguments, config_class, ModelArguments),
         prog="tirl train",
@@ -126,7 +128,7 @@ def build_parser(method: str):
         "online IQLearn or GAIL. Every option of TRL's SFTConfig / transformers' TrainingArguments is accepted, plus "
         "the IQLearn options (--iq_lambda, --iq_gamma, --iq_chunk_size, ...), TRL's model/LoRA options (--use_peft, "
         f"--lora_r, ...) and the options of the chosen method (shown here: {config_class.__name__}, for --method "
-        f"{method if method in METHODS else 'iqlearn'}).",
+        f"{shown}).",
         epilog=HELP_EPILOG.format(demo_data=repr(DEFAULT_DATASET)),
         formatter_class=_HelpFormatter,
     )
@@ -139,6 +141,7 @@ def build_parser(method: str):
             action.help = TRL_OPTION_HELP[action.dest]
         if action.dest == "method":
             action.choices = list(METHODS)
+            action.help = method_help(METHODS)
         if action.dest in DEMO_DEFAULTS and action.help is not argparse.SUPPRESS:
             action.help = f"{action.help or ''} [demo job: {DEMO_DEFAULTS[action.dest]}]".strip()
     return parser
@@ -199,14 +202,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from tirl.data import DataError
     from tirl.jobs.rundir import RunDirError, last_checkpoint
-    from tirl.jobs.train import OptionError, fix_method, run
+    from tirl.jobs.train import OptionError, run
     from tirl.models import ModelNotAvailableError
     from tirl.trainers import CheckpointStateError, NonFiniteLossError, NoTrainableTokensError
 
     try:
         with errors.on_sigterm():
-            fix_method(script.method, config, given)
-            result = run(script, config, model_args)
+            result = run(script, config, model_args, given)
     except (CheckpointStateError, DataError, ModelNotAvailableError, NoTrainableTokensError, OptionError,
             RunDirError) as e:
         return fail(e)

@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from ..data.tasks import TASK_INFO
+
+if TYPE_CHECKING:
+    from ..trainers.methods import Method
+
 # The help of each `tirl.jobs.train.TrainScriptArguments` field (a test checks that every field has one).
 SCRIPT_HELP: dict[str, str] = {
-    "method": "Training objective: 'iqlearn' (offline IQLearn = MLE + λ·TD², docs/method.md §2), 'mle' (plain SFT; "
-    "the same trainer with iq_lambda fixed at 0), 'gem' and 'dft' (the diversity-preserving SFT baselines GEM and DFT: "
-    "loss_type gem/dft, iq_lambda 0), 'iqlearn-online' (IQLearn on expert rows mixed with the model's own samples) "
-    "or 'gail' (discriminator reward + policy gradient + MLE). Each method has its own options: `tirl train --method "
-    "gail --help` lists them.",
-    "dataset": "Training data (alias --dataset_name, as in `trl sft`): a built-in task (gsm8k, arithmetic, pick-two, "
-    "between, sum-pairs, countdown, xsum, xsum-lead, wmt22-de-en, wmt22-en-de, wmt21-de-en, wmt21-en-de, alpaca; "
-    "`tirl eval --help` lists them), a local .jsonl/.json/.csv file or .parquet/.arrow file or data directory with "
-    "prompt/completion, messages or text rows (TRL's formats), or a hub dataset id (`datasets.load_dataset`). Default: "
-    "the embedded demo, GSM8k (packaged with tirl).",
+    # {methods}: each registered method and its help line (`method_help`)
+    "method": "Training objective: {methods}. Each method has its own options: `tirl train --method gail --help` lists "
+    "them.",
+    "dataset": "Training data (alias --dataset_name, as in `trl sft`): a built-in task "
+    f"({', '.join(TASK_INFO)}; `tirl eval --help` describes them), a local .jsonl/.json/.csv file or .parquet/.arrow "
+    "file or data directory with prompt/completion, messages or text rows (TRL's formats), or a hub dataset id "
+    "(`datasets.load_dataset`). Default: the embedded demo, GSM8k (packaged with tirl).",
     "dataset_config": "Configuration of a hub dataset (alias of `trl sft`'s --dataset_config), e.g. openai/gsm8k's "
     "'main'. Refused with a built-in task or a local file, which have none.",
     "dataset_split": "Split of a built-in task or hub dataset to train on (alias --dataset_train_split).",
@@ -45,6 +50,15 @@ SCRIPT_HELP: dict[str, str] = {
     "logs, metrics, run.json) is deleted, and named; anything else (eval/, rewards/, your own files) stays. Without "
     "it, or --resume, a non-empty --output_dir is refused.",
 }
+
+
+def method_help(methods: Mapping[str, Method]) -> str:
+    """--method's help, listing `methods` (`tirl.trainers.methods.METHODS`, passed in: importing it imports every
+    trainer) with each one's help line."""
+    named = [f"'{name}' ({method.help})" for name, method in methods.items()]
+    listed = ", ".join(named[:-1]) + " or " + named[-1] if len(named) > 1 else "".join(named)
+    return SCRIPT_HELP["method"].format(methods=listed)
+
 
 # TRL / transformers options whose default tirl resolves differently (tirl.trainers.arguments.default_to_cpu)
 TRL_OPTION_HELP: dict[str, str] = {

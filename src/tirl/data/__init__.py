@@ -13,7 +13,6 @@ from .io import DataError, ReadReport, iter_records, read_records
 from .rows import is_builtin, load_rows, to_trl
 from .sources import DATA_DIR_ENV, local_data_dir
 from .tasks import (
-    METRIC_FAMILIES,
     TASK_INFO,
     TASKS,
     TaskInfo,
@@ -28,7 +27,6 @@ from .user_data import load_hub, load_local
 
 __all__ = [
     "DATA_DIR_ENV",
-    "METRIC_FAMILIES",
     "TASKS",
     "TASK_INFO",
     "TaskInfo",

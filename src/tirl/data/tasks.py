@@ -313,13 +313,11 @@ def _alpaca_records(skip_bad_rows: bool) -> list[tuple[str, object]]:
 # Registry
 # --------------------------------------------------------------------------------------------------------------------
 
-METRIC_FAMILIES = ("gsm8k", "rouge", "bleu", "valid_set", "none")
-
-
 @dataclass(frozen=True)
 class TaskInfo:
-    """A built-in task: its loader, the metric family `tirl eval` scores it with, a one-line description, where its
-    data comes from and under which licence."""
+    """A built-in task: its loader, the metric family `tirl eval` scores it with (a name in
+    `tirl.evaluation.families.METRIC_FAMILIES`), a one-line description, where its data comes from and under which
+    licence."""
 
     loader: Callable[..., list[dict]]
     metric: str
@@ -359,8 +357,8 @@ TASKS: dict[str, Callable[..., list[dict]]] = {name: info.loader for name, info 
 
 
 def task_metric(name_or_path: str) -> str:
-    """The metric family a dataset is scored with: 'gsm8k' (answer accuracy), 'rouge', 'bleu' (BLEU + chrF),
-    'valid_set' (many-answer tasks).
+    """The name of the metric family a dataset is scored with (`tirl.evaluation.families`): 'gsm8k' (answer
+    accuracy), 'rouge', 'bleu' (BLEU + chrF), 'valid_set' (many-answer tasks).
 
     Built-in tasks have their own (`TASK_INFO`); a local file or cached `datasets` dataset gets 'rouge' against its
     reference (the completion unless a reference field is given), the generic text-overlap score.

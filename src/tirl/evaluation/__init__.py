@@ -2,10 +2,13 @@
 
 Public API (stable; other parts of `tirl` build on it):
 
-- sampling (`tirl.evaluation.sampling`, on `tirl.generation`): `sample`, `iter_samples`, `Sample`, `encode_prompt`
+- sampling (`tirl.evaluation.sampling`, on `tirl.generation`): `sample`, `iter_samples`, `SamplingSettings`, `Sample`,
+  `encode_prompt`
 - metrics (`tirl.evaluation.metrics`, pure functions): `gsm8k_extract`, `gsm8k_correct`, `gsm8k_accuracy`,
   `gsm8k_pass_at_k`, `rouge`, `bleu`, `chrf`, `self_bleu`, `distinct_n`, `token_entropy`, `mean_token_entropy`,
-  `task_scores`, `sample_scores`, `diversity_scores`
+  `diversity_scores`
+- metric families (`tirl.evaluation.families`): `MetricFamily`, `METRIC_FAMILIES`, `metric_family`, `task_scores`,
+  `sample_scores`
 - reports (`tirl.evaluation.report`): `report_markdown`, `find_evaluations`, `compare_table`, `plot_compare`
 
 The job that runs an evaluation and writes its files (`EvalSettings`, `run_eval`, `read_generations`) is
@@ -13,8 +16,8 @@ The job that runs an evaluation and writes its files (`EvalSettings`, `run_eval`
 and the metrics stay light.
 """
 
+from .families import METRIC_FAMILIES, MetricFamily, metric_family, sample_scores, task_scores
 from .metrics import (
-    PRIMARY_SCORE,
     bleu,
     chrf,
     distinct_n,
@@ -26,15 +29,14 @@ from .metrics import (
     gsm8k_pass_at_k,
     mean_token_entropy,
     rouge,
-    sample_scores,
     self_bleu,
-    task_scores,
     token_entropy,
 )
 
 _LAZY = {
     "sample": "sampling",
     "iter_samples": "sampling",
+    "SamplingSettings": "sampling",
     "Sample": "sampling",
     "encode_prompt": "sampling",
     "find_evaluations": "report",
@@ -53,7 +55,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "PRIMARY_SCORE",
+    "METRIC_FAMILIES",
+    "MetricFamily",
     "bleu",
     "chrf",
     "distinct_n",
@@ -64,6 +67,7 @@ __all__ = [
     "gsm8k_normalize",
     "gsm8k_pass_at_k",
     "mean_token_entropy",
+    "metric_family",
     "rouge",
     "sample_scores",
     "self_bleu",

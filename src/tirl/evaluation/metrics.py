@@ -5,13 +5,17 @@ Self-BLEU are on sacreBLEU's 0–100 scale; entropies are in nats.
 
 - GSM8k: `gsm8k_extract`, `gsm8k_accuracy`, `gsm8k_pass_at_k` — lm-evaluation-harness's `strict-match` and
   `flexible-extract` filters and its `exact_match` normalisation, verbatim (see the constants below).
-- Summaries: `rouge` — Google's `rouge-score`, stemming on, reference first, `rougeLsum` on newline-split sentences.
-- Translation: `bleu`, `chrf` — sacreBLEU corpus scores with its defaults (13a tokenizer, chrF with β = 2, n = 6).
+- Summaries: `rouge`, `sentence_rouge` — Google's `rouge-score`, stemming on, reference first, `rougeLsum` on
+  newline-split sentences.
+- Translation: `bleu`, `chrf` — sacreBLEU corpus scores with its defaults (13a tokenizer, chrF with β = 2, n = 6);
+  `sentence_bleu`, `sentence_chrf` for one pair.
 - Diversity: `self_bleu` (per prompt over its K samples, never a sample against itself), `distinct_n`,
   `mean_token_entropy` (with `token_entropy` to compute per-token entropies from logits).
 - Many-answer tasks (`tirl.data.many_answer`, a known valid set per prompt): `pass_at_k` (the unbiased estimator),
   `valid_set_scores` (precision, coverage, pass@k for k = 1…K), `expert_nll_scores` (held-out expert NLL = forward
   KL + log|valid|).
+
+Which of them `tirl eval` computes for a task is its metric family's choice (`tirl.evaluation.families`).
 """
 
 from __future__ import annotations
@@ -210,6 +214,12 @@ def rouge(preds: Sequence[str], refs: Sequence[str], use_stemmer: bool = True) -
     return {k: 100.0 * v / len(preds) for k, v in totals.items()}
 
 
+def sentence_rouge(pred: str, ref: str) -> dict[str, float]:
+    """ROUGE F1 (×100) of one pair, as `rouge` scores each pair: `rouge1`, `rouge2` and `rougeLsum`."""
+    scores = _rouge_scorer(True).score(ref, pred)
+    return {k: 100.0 * scores[k].fmeasure for k in ("rouge1", "rouge2", "rougeLsum")}
+
+
 def _as_reference_streams(refs: Sequence[str] | Sequence[Sequence[str]]) -> list[list[str]]:
     """sacreBLEU wants one list per reference *set*; accept one reference per prediction or a list per prediction."""
     if refs and not isinstance(refs[0], str):
@@ -238,6 +248,20 @@ def chrf(preds: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]]) ->
 
     _same_length(preds, refs)
     return float(sacrebleu.corpus_chrf(list(preds), _as_reference_streams(refs)).score)
+
+
+def sentence_bleu(pred: str, ref: str) -> float:
+    """sacreBLEU's sentence BLEU (0–100) of one pair: its defaults, exp smoothing and effective order."""
+    import sacrebleu
+
+    return float(sacrebleu.sentence_bleu(pred, [ref]).score)
+
+
+def sentence_chrf(pred: str, ref: str) -> float:
+    """sacreBLEU's sentence chrF (0–100) of one pair, with `chrf`'s settings."""
+    import sacrebleu
+
+    return float(sacrebleu.sentence_chrf(pred, [ref]).score)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -312,88 +336,13 @@ def mean_token_entropy(sample_entropies: Sequence[float], sample_lengths: Sequen
     return sum(h * t for h, t in zip(sample_entropies, sample_lengths, strict=True) if t) / tokens
 
 
-def _same_length(a: Sequence, b: Sequence) -> None:
-    if len(a) != len(b):
-        raise ValueError(f"got {len(a)} predictions but {len(b)} references")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Metric families: what `tirl eval` computes for a task
-# --------------------------------------------------------------------------------------------------------------------
-
-# the score `tirl compare` plots by default for each family (higher is better)
-PRIMARY_SCORE = {"gsm8k": "accuracy_flexible", "rouge": "rouge1", "bleu": "bleu", "valid_set": "precision"}
-
-
-def task_scores(family: str, samples_per_prompt: Sequence[Sequence[str]], refs: Sequence[str]) -> dict[str, float]:
-    """The task scores of one decoding pass: K texts per prompt (K = 1 for greedy) against one reference per prompt.
-
-    - 'gsm8k': `gsm8k_accuracy` over all prompt×sample pairs (the mean over samples), plus `gsm8k_pass_at_k` when K > 1
-      and `pass_at_k`, the unbiased pass@k (flexible filter) for k = 1…K.
-    - 'rouge': `rouge` over all prompt×sample pairs (the mean over samples).
-    - 'bleu': corpus `bleu` and `chrf` of the j-th samples of all prompts, averaged over j = 1..K (BLEU is a corpus
-      statistic, so each sample index forms one corpus, as if K systems were scored).
-    - 'valid_set': `valid_set_scores` (the reference is the prompt's many-answer task specification).
-    - 'none': no task score.
-    """
-    _same_length(samples_per_prompt, refs)
-    flat_preds = [s for samples in samples_per_prompt for s in samples]
-    flat_refs = [r for samples, r in zip(samples_per_prompt, refs, strict=True) for _ in samples]
-    k = min((len(s) for s in samples_per_prompt), default=0)
-    if family == "gsm8k":
-        out = gsm8k_accuracy(flat_preds, flat_refs)
-        out.pop("n")
-        if k > 1:
-            out.update(gsm8k_pass_at_k(samples_per_prompt, refs))
-            correct = [[gsm8k_correct(t, r)[1] for t in samples] for samples, r in zip(samples_per_prompt, refs,
-                                                                                       strict=True)]
-            out["pass_at_k"] = [sum(pass_at_k(len(c), sum(c), j) for c in correct) / len(correct)
-                                for j in range(1, k + 1)]
-        return out
-    if family == "rouge":
-        return rouge(flat_preds, flat_refs)
-    if family == "bleu":
-        corpora = [[samples[j] for samples in samples_per_prompt] for j in range(k)]
-        return {"bleu": sum(bleu(c, refs) for c in corpora) / k, "chrf": sum(chrf(c, refs) for c in corpora) / k}
-    if family == "valid_set":
-        from ..data.many_answer import canonical_answer, valid_answers
-
-        answers = [[canonical_answer(t, r) for t in samples] for samples, r in zip(samples_per_prompt, refs, strict=True)]
-        out = valid_set_scores(answers, [len(valid_answers(r)) for r in refs])
-        return out if k > 1 else {key: v for key, v in out.items() if key != "pass_at_k"}
-    if family == "none":
-        return {}
-    raise ValueError(f"unknown metric family {family!r}; choose from gsm8k, rouge, bleu, valid_set, none")
-
-
-def sample_scores(family: str, text: str, reference: str) -> dict[str, float | bool]:
-    """Scores of ONE generation, stored beside it in generations.jsonl (e.g. to correlate rewards with task scores).
-
-    'gsm8k': `correct_strict`, `correct_flexible`; 'rouge': per-pair `rouge1`, `rouge2`, `rougeLsum`; 'bleu':
-    sacreBLEU sentence BLEU (exp smoothing, effective order) and sentence chrF; 'valid_set': `valid` and `answer` (the
-    valid answer written canonically, or None); 'none': nothing.
-    """
-    if family == "valid_set":
-        from ..data.many_answer import canonical_answer
-
-        answer = canonical_answer(text, reference)
-        return {"valid": answer is not None, "answer": answer}
-    if family == "gsm8k":
-        strict, flexible = gsm8k_correct(text, reference)
-        return {"correct_strict": strict, "correct_flexible": flexible}
-    if family == "rouge":
-        scores = _rouge_scorer(True).score(reference, text)
-        return {k: 100.0 * scores[k].fmeasure for k in ("rouge1", "rouge2", "rougeLsum")}
-    if family == "bleu":
-        import sacrebleu
-
-        return {"bleu": float(sacrebleu.sentence_bleu(text, [reference]).score),
-                "chrf": float(sacrebleu.sentence_chrf(text, [reference]).score)}
-    return {}
-
-
 def diversity_scores(samples_per_prompt: Sequence[Sequence[str]], self_bleu_n: int = 4) -> dict[str, float]:
     """`self_bleu` (per prompt, NaN when K < 2) and pooled `distinct_1`, `distinct_2` over all the texts of a pass."""
     flat = [s for samples in samples_per_prompt for s in samples]
     return {"self_bleu": self_bleu(samples_per_prompt, n=self_bleu_n),
             "distinct_1": distinct_n(flat, 1), "distinct_2": distinct_n(flat, 2)}
+
+
+def _same_length(a: Sequence, b: Sequence) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"got {len(a)} predictions but {len(b)} references")

@@ -14,25 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import DataError
-
-SCORE_LABELS = {
-    "accuracy_strict": "accuracy (strict `#### n`)",
-    "accuracy_flexible": "accuracy (flexible, last number)",
-    "pass_at_k_strict": "any of K correct (strict)",
-    "pass_at_k_flexible": "any of K correct (flexible)",
-    "answer_rate_strict": "has a `#### n` line",
-    "rouge1": "ROUGE-1",
-    "rouge2": "ROUGE-2",
-    "rougeL": "ROUGE-L",
-    "rougeLsum": "ROUGE-Lsum",
-    "bleu": "BLEU",
-    "chrf": "chrF",
-    "precision": "precision (valid samples)",
-    "coverage": "coverage (distinct valid ÷ min(K, #valid))",
-}
-FRACTION_SCORES = {"accuracy_strict", "accuracy_flexible", "pass_at_k_strict", "pass_at_k_flexible", "answer_rate_strict",
-                   "precision", "coverage"}
-
+from .families import FRACTION_SCORES, SCORE_LABELS, MetricFamily, recorded_family
 
 # shares of samples or prompts that are not task scores, also written as percentages
 PERCENT_SHARES = {"pass_at_K", "eos_rate"}
@@ -321,11 +303,17 @@ def _pm(mean: float, sem: float | None, pct: bool = False) -> str:
     return write(mean) + (f" ± {write(sem)}" if sem is not None else "")
 
 
+def evaluations_family(evals: list[Evaluation]) -> MetricFamily:
+    """The metric family of a comparison: the first evaluation's, which decides its columns and pictures."""
+    return recorded_family(evals[0].metrics)
+
+
 def resolve_score(evals: list[Evaluation], score: str | None) -> str:
     """The task score to compare: the one asked for, else the first evaluation's family's primary score."""
     name = score or evals[0].metrics.get("primary_score")
     if not name:
-        raise DataError("these evaluations have no task score (metric family 'none'); pass --score")
+        raise DataError(f"these evaluations have no task score (metric family {evaluations_family(evals).name!r}); "
+                        "pass --score")
     missing = [str(e.path) for e in evals if name not in (e.metrics.get("sampled") or e.metrics.get("greedy") or {})]
     if missing:
         raise DataError(f"score {name!r} is missing from: {', '.join(missing)}")
@@ -334,20 +322,13 @@ def resolve_score(evals: list[Evaluation], score: str | None) -> str:
 
 def compare_table(evals: list[Evaluation], score: str) -> str:
     """A markdown table, one row per evaluation: task score (sampled and greedy), Self-BLEU, distinct-n, entropy."""
-    cols = [("sampled", score), ("greedy", score)]
-    family = evals[0].metrics.get("metric_family")
-    if family == "gsm8k":
-        cols.append(("sampled", score.replace("accuracy", "pass_at_k")))
-    if family == "valid_set":
-        cols += [("sampled", "coverage"), ("sampled", "pass_at_K")]
+    extra = evaluations_family(evals).compare_columns(score)
+    cols = [("sampled", score), ("greedy", score)] + [("sampled", key) for key, _ in extra]
     cols += [("sampled", "self_bleu"), ("sampled", "distinct_2"), ("sampled", "entropy"), ("sampled", "mean_tokens"),
              ("sampled", "eos_rate")]
     head = ["run", "dataset", "n", "K", "T", SCORE_LABELS.get(score, score) + " (sampled)",
             SCORE_LABELS.get(score, score) + " (greedy)"]
-    if family == "gsm8k":
-        head.append("any of K correct")
-    if family == "valid_set":
-        head += ["coverage", "pass@K"]
+    head += [heading for _, heading in extra]
     head += ["Self-BLEU ↓", "distinct-2", "entropy", "mean tokens", "EOS reached"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in evals:

@@ -1,8 +1,10 @@
 """Batched sampling of K completions per prompt, recording what the metrics need, on `tirl.generation`'s stack.
 
-`sample(model, tokenizer, prompts, k=4, ...)` returns, for each prompt, K `Sample`s: the text, the completion token
-ids, their number, whether EOS was reached, and the mean per-token entropy of the policy along the sample.
-`iter_samples` yields the same batch by batch (what `tirl eval` appends to its JSONL file as it goes).
+`sample(model, tokenizer, prompts, SamplingSettings(k=4, ...))` returns, for each prompt, K `Sample`s: the text, the
+completion token ids, their number, whether EOS was reached, and the mean per-token entropy of the policy along the
+sample. `iter_samples` yields the same batch by batch (what `tirl eval` appends to its JSONL file as it goes).
+`SamplingSettings` holds how the samples are drawn; its `temperature`, `top_p`, `max_new_tokens` and `sampler` are
+`tirl.generation`'s options of the same name.
 
 Prompts are formatted exactly as `tirl.data.to_trl` + TRL's SFTTrainer format training prompts: a user message
 rendered with the tokenizer's chat template and the generation prompt when the tokenizer has a template, else the
@@ -52,6 +54,44 @@ class Sample:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How `iter_samples` and `sample` draw the completions of each prompt, checked once when built.
+
+    `k` samples per prompt, ancestral at `temperature` with nucleus `top_p` (1.0 = off), or with `greedy` the one
+    greedy completion per prompt, computed once and repeated K times; at most `max_new_tokens` each. Nothing else
+    shapes the distribution: no top-k (HF's default top_k=50 is switched off), and no option of the model's own
+    generation config (repetition penalty, min-p, ...; see `tirl.generation` and `generation_settings`, which lists
+    every option as used). `sampler` is `tirl.generation.generate_samples`' decoding loop: `"packed"` (finished rows
+    leave the batch) or `"generate"` (`model.generate`); same distribution, different random streams.
+
+    Each call holds `batch_size` sequences: `max(1, batch_size // k)` prompts × K samples. Each batch is seeded with
+    `batch_seed(seed, first prompt index)` inside a forked RNG, so results are reproducible for a seed and batch size
+    and the caller's RNG is untouched. `autocast_bf16`: the forward passes under bf16 autocast. `progress`: a tqdm bar
+    that counts prompts and shows generated tokens per second.
+    """
+
+    k: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    greedy: bool = False
+    sampler: str = DEFAULT_SAMPLER
+    batch_size: int = 32
+    seed: int = 0
+    autocast_bf16: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError("temperature must be > 0 for sampling (use greedy=True for temperature 0)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_sampler(self.sampler)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -132,50 +172,28 @@ def iter_samples(
     model,
     tokenizer,
     prompts: Sequence[Prompt],
-    k: int = 4,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
-    batch_size: int = 32,
-    seed: int = 0,
-    greedy: bool = False,
-    autocast_bf16: bool = False,
+    settings: SamplingSettings | None = None,
+    *,
     skip: set[int] | frozenset[int] = frozenset(),
-    progress: bool = True,
     desc: str = "sampling",
     chat: bool | None = None,
-    sampler: str = DEFAULT_SAMPLER,
 ) -> Iterator[tuple[list[int], list[list[Sample]]]]:
     """Generate K samples for each prompt not in `skip`, yielding `(prompt indices, samples per prompt)` per batch.
 
-    Sampling goes through `tirl.generation.generate_samples`; `sampler` is its decoding loop: `"packed"` (finished
-    rows leave the batch) or `"generate"` (`model.generate`). Same distribution, different random streams.
-    Each call holds `batch_size` sequences: `max(1, batch_size // K)` prompts × K samples (greedy: the one
-    greedy completion per prompt, computed once and repeated K times). Sampling is ancestral at `temperature` with
-    nucleus `top_p` (1.0 = off) and nothing else: no top-k (HF's default top_k=50 is switched off), and no option of
-    the model's own generation config (repetition penalty, min-p, ...; see `tirl.generation` and `generation_settings`,
-    which lists every option as used). Each batch is seeded with `batch_seed(seed, first prompt index)`
-    inside a forked RNG, so results are reproducible for a seed and batch size and the caller's RNG is untouched.
-    A tqdm bar counts prompts and shows generated tokens per second. `chat`: how plain-string prompts are rendered
-    (`encode_prompt`).
+    Sampling goes through `tirl.generation.generate_samples`, as `settings` says (`SamplingSettings`; None: its
+    defaults). `desc` labels the progress bar; `chat`: how plain-string prompts are rendered (`encode_prompt`).
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if not greedy and temperature <= 0:
-        raise ValueError("temperature must be > 0 for sampling (use greedy=True for temperature 0)")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    check_sampler(sampler)
+    s = settings or SamplingSettings()
     todo = [i for i in range(len(prompts)) if i not in skip]
-    copies = 1 if greedy else k
-    per_call = max(1, batch_size // copies)
+    copies = 1 if s.greedy else s.k
+    per_call = max(1, s.batch_size // copies)
     eos = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     device = next(model.parameters()).device
-    config = _config(temperature, top_p, greedy, max_new_tokens, eos, pad_id)
+    config = _config(s.temperature, s.top_p, s.greedy, s.max_new_tokens, eos, pad_id)
 
     tokens_done, t0 = 0, time.time()
-    with eval_mode(model), _progress(total=len(todo), desc=desc, enabled=progress) as bar:
+    with eval_mode(model), _progress(total=len(todo), desc=desc, enabled=s.progress) as bar:
         for start in range(0, len(todo), per_call):
             idx = todo[start : start + per_call]
             encoded = [encode_prompt(prompts[i], tokenizer, chat) for i in idx]
@@ -186,21 +204,21 @@ def iter_samples(
                 # a batch can take minutes on a CPU: show its progress every 16 decoding steps
                 if step % 16 == 0:
                     rate = (done_before + step * rows) / max(time.time() - t0, 1e-9)
-                    bar.set_postfix_str(f"step {step}/{max_new_tokens} of this batch, ~{rate:.0f} tok/s")
+                    bar.set_postfix_str(f"step {step}/{s.max_new_tokens} of this batch, ~{rate:.0f} tok/s")
 
             recorder = _EntropyRecorder(show_step)
-            amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast_bf16 else nullcontext()
+            amp = torch.autocast(device.type, dtype=torch.bfloat16) if s.autocast_bf16 else nullcontext()
             with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), amp:
-                torch.manual_seed(batch_seed(seed, idx[0]))
-                out = generate_samples(model, config, input_ids, attention_mask, copies, sampler=sampler,
+                torch.manual_seed(batch_seed(s.seed, idx[0]))
+                out = generate_samples(model, config, input_ids, attention_mask, copies, sampler=s.sampler,
                                        on_logits=recorder)
             generated = out[:, input_ids.shape[1] :].cpu()  # [B·copies, steps]
             entropies = recorder.table(generated.shape[0])
             rows = [_to_sample(generated[r], entropies[r], eos, tokenizer) for r in range(generated.shape[0])]
             per_prompt = [rows[j * copies : (j + 1) * copies] for j in range(len(idx))]
-            if greedy and k > 1:
-                per_prompt = [[Sample(**s[0].to_dict()) for _ in range(k)] for s in per_prompt]
-            tokens_done += sum(s.num_tokens for s in rows)
+            if s.greedy and s.k > 1:
+                per_prompt = [[Sample(**p[0].to_dict()) for _ in range(s.k)] for p in per_prompt]
+            tokens_done += sum(r.num_tokens for r in rows)
             bar.update(len(idx))
             bar.set_postfix_str(f"{tokens_done / max(time.time() - t0, 1e-9):.0f} tok/s")
             yield idx, per_prompt
@@ -217,7 +235,8 @@ def _config(temperature: float, top_p: float, greedy: bool, max_new_tokens: int,
 
 def generation_settings(temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False) -> dict:
     """Every generation option that shapes the distribution of a pass (`tirl.generation.sampler_settings`), as
-    `iter_samples` sets it; the model's own generation config never adds to it. For run records (eval_config.json)."""
+    `iter_samples` sets it for these `SamplingSettings` fields; the model's own generation config never adds to it. For
+    run records (eval_config.json)."""
     return sampler_settings(_config(temperature, top_p, greedy, max_new_tokens=1, eos=None, pad_id=None))
 
 
@@ -225,26 +244,17 @@ def sample(
     model,
     tokenizer,
     prompts: Sequence[Prompt],
-    k: int = 4,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
-    batch_size: int = 32,
-    seed: int = 0,
-    greedy: bool = False,
-    autocast_bf16: bool = False,
-    progress: bool = True,
+    settings: SamplingSettings | None = None,
+    *,
     on_batch: Callable[[list[int], list[list[Sample]]], None] | None = None,
-    sampler: str = DEFAULT_SAMPLER,
 ) -> list[list[Sample]]:
-    """K `Sample`s for each prompt (a list per prompt, in prompt order); see `iter_samples` for every option.
+    """K `Sample`s for each prompt (a list per prompt, in prompt order), drawn as `settings` says (`SamplingSettings`;
+    None: its defaults); see `iter_samples`.
 
     `on_batch(indices, samples)` is called after each batch (e.g. to write results as they come).
     """
     results: list[list[Sample] | None] = [None] * len(prompts)
-    for idx, batch in iter_samples(model, tokenizer, prompts, k=k, temperature=temperature, top_p=top_p,
-                                   max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, greedy=greedy,
-                                   autocast_bf16=autocast_bf16, progress=progress, sampler=sampler):
+    for idx, batch in iter_samples(model, tokenizer, prompts, settings):
         for i, samples in zip(idx, batch, strict=True):
             results[i] = samples
         if on_batch is not None:

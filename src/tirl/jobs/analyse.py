@@ -25,15 +25,13 @@ from pathlib import Path
 
 from ..data.preferences import load_preferences
 from ..data.tasks import task_metric
+from ..evaluation.families import MetricFamily, metric_family
 from ..evaluation.sampling import encode_prompt
 from ..files import safe_path, write_json_atomic, write_text_atomic
 from ..rewards.analysis import analysis_markdown, correlations, demonstration_pairs, preference_accuracy
-from ..rewards.extraction import encode_generated, load_reward_model, score_encoded
+from ..rewards.extraction import ScoreSettings, encode_generated, load_reward_model, score_encoded
 from ..rewards.pictures import render_html, reward_histogram, reward_scatter
 from .eval import EvalSettings, generations_chat, read_generations, read_generations_file, run_eval
-
-PRIMARY_SAMPLE_SCORE = {"gsm8k": "correct_flexible", "rouge": "rouge1", "bleu": "bleu", "valid_set": "valid"}
-CORRECTNESS = ("gsm8k", "valid_set")  # families whose per-sample score is right or wrong
 
 
 @dataclass
@@ -50,7 +48,7 @@ class AnalyseSettings:
     max_new_tokens: int | None = 256
     batch_size: int = 32
     seed: int = 0
-    gamma: float | None = None  # None: each run's own iq_gamma (0.99 for models that are not tirl runs)
+    gamma: float | None = None  # None: each run's own iq_gamma (`Objective.mle()`'s for models that are not tirl runs)
     bf16: bool | None = None  # None: where the hardware computes bf16 natively (tirl.hardware.fast_bf16)
     samples_from: str | None = None
     generations: str | None = None
@@ -97,7 +95,7 @@ def generations_sampling(path: str | Path, records: list[dict]) -> tuple[dict, s
             "num_examples": len(per_prompt) or None}, "the records (no eval_config.json or metrics.json beside them)"
 
 
-def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str, str, str, int]:
+def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], MetricFamily, str, str, int]:
     """The sampled completions with their scores, the metric family, the dataset and the split they came from, and how
     many lines of a `--generations` file were torn (its last, by a `tirl eval` that was stopped mid-write: skipped,
     named and counted, as `tirl rewards` does)."""
@@ -121,7 +119,7 @@ def _sampled_records(s: AnalyseSettings, out: Path) -> tuple[list[dict], str, st
     records = [r for r in records if r.get("pass") == "sampled"] or records
     if not records:
         raise ValueError("no sampled completions to analyse")
-    return records, task_metric(dataset), dataset, split, torn
+    return records, metric_family(task_metric(dataset)), dataset, split, torn
 
 
 def _with_tokens(records: list[dict]) -> tuple[list[dict], int]:
@@ -130,10 +128,10 @@ def _with_tokens(records: list[dict]) -> tuple[list[dict], int]:
     return kept, len(records) - len(kept)
 
 
-def _score_value(record: dict, family: str) -> float:
-    value = record.get("scores", {}).get(PRIMARY_SAMPLE_SCORE.get(family, ""))
+def _score_value(record: dict, family: MetricFamily) -> float:
+    value = record.get("scores", {}).get(family.sample_score or "")
     if value is None:
-        raise ValueError(f"the generations carry no per-sample {PRIMARY_SAMPLE_SCORE.get(family)!r} score")
+        raise ValueError(f"the generations carry no per-sample {family.sample_score!r} score")
     return float(value)
 
 
@@ -159,16 +157,16 @@ def analyse(s: AnalyseSettings) -> dict:
     if s.preference and s.preference != "demonstrations":
         pref_rows = load_preferences(s.preference, limit=s.num_pairs, seed=s.seed)[0]
 
-    result: dict = {"settings": asdict(s), "sampling_read_from": sampled_as, "task_metric": family, "sample_score": PRIMARY_SAMPLE_SCORE.get(family),
+    result: dict = {"settings": asdict(s), "sampling_read_from": sampled_as, "task_metric": family.name,
+                    "sample_score": family.sample_score,
                     "num_completions": len(records), "skipped_without_tokens": skipped, "skipped_torn_lines": torn,
                     "num_prompts": len({r.get("prompt_index") for r in records}),
                     "mean_sample_score": statistics.fmean(score), "models": {}}
     for model_name, label in zip(s.models, labels, strict=True):
-        rm = load_reward_model(model_name)
-        model, tok, gamma = rm.model, rm.tokenizer, (rm.gamma if s.gamma is None else s.gamma)
+        rm = load_reward_model(model_name).with_gamma(s.gamma)
+        tok, gamma = rm.tokenizer, rm.objective.iq_gamma
         encoded = [encode_generated(encode_prompt(r["prompt"], tok, chat), r["token_ids"]) for r in records]
-        scored = score_encoded(model, tok, encoded, gamma=gamma, batch_size=8, bf16=s.bf16, max_length=None,
-                               form=rm.form, reference_model=rm.reference)
+        scored = score_encoded(rm, encoded, ScoreSettings(batch_size=8, bf16=s.bf16, max_length=None))
         R = [x.reward for x in scored]
         entry = {
             "model": model_name,
@@ -177,10 +175,10 @@ def analyse(s: AnalyseSettings) -> dict:
             "logprob": correlations(records, score, [x.logprob for x in scored]),
             "logprob_per_token": correlations(records, score, [x.logprob / x.num_tokens for x in scored]),
             "mean_R": statistics.fmean(R),
-            "iq_value": rm.form.name,
+            "iq_value": rm.objective.iq_value.name,
             "gamma": gamma,
         }
-        if family in CORRECTNESS:
+        if family.right_or_wrong:
             right = [r for r, y in zip(R, score, strict=True) if y > 0.5]
             wrong = [r for r, y in zip(R, score, strict=True) if y <= 0.5]
             entry["mean_R_correct"] = statistics.fmean(right) if right else None
@@ -199,10 +197,9 @@ def analyse(s: AnalyseSettings) -> dict:
             rows = demonstration_pairs(records, score, family, dataset, split, tok)
             rows = random.Random(s.seed).sample(rows, s.num_pairs) if len(rows) > s.num_pairs else rows
         if rows:
-            entry["preference"] = preference_accuracy(model, tok, rows, gamma=gamma, batch_size=8,
-                                                      form=rm.form, reference_model=rm.reference)
+            entry["preference"] = preference_accuracy(rm, rows, ScoreSettings(batch_size=8))
         result["models"][label] = entry
-        del model, rm
+        del rm
     write_json_atomic(safe_path(out, "analysis.json"), result)
     write_text_atomic(safe_path(out, "analysis.md"), analysis_markdown(result))
     return result

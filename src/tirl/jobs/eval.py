@@ -25,14 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..data import DataError, is_builtin, load_rows, task_metric
-from ..evaluation.metrics import (
-    PRIMARY_SCORE,
-    diversity_scores,
-    mean_token_entropy,
-    memorisation_scores,
-    sample_scores,
-    task_scores,
-)
+from ..evaluation.families import MetricFamily, metric_family, sample_scores, task_scores
+from ..evaluation.metrics import diversity_scores, mean_token_entropy, memorisation_scores
 from ..files import safe_path, write_json_atomic, write_text_atomic
 from .rundir import RunDirError, check_no_links, check_writable, output_lock
 from .runinfo import rows_checksum, run_record
@@ -84,8 +78,9 @@ class EvalSettings:
 
             self.bf16 = fast_bf16()
 
-    def metric_family(self) -> str:
-        return task_metric(self.dataset) if self.metric == "auto" else self.metric
+    def metric_family(self) -> MetricFamily:
+        """The family the task is scored with: `metric`, or the dataset's own (`task_metric`) for "auto"."""
+        return metric_family(task_metric(self.dataset) if self.metric == "auto" else self.metric)
 
     def chat(self) -> bool | None:
         """How plain-string prompts are rendered (`encode_prompt`): a built-in task's rule (None), else the run's
@@ -319,7 +314,7 @@ def load_eval_rows(s: EvalSettings) -> list[dict]:
             out.append(r)
     if not out:
         raise DataError(f"{s.dataset!r} ({s.split}) has no rows to evaluate")
-    if s.metric_family() == "valid_set":
+    if s.metric_family().many_answer:
         # a many-answer row's reference is its prompt's specification: the training split draws each prompt several
         # times, and it is evaluated once
         seen: set = set()
@@ -385,7 +380,7 @@ def run_eval(s: EvalSettings) -> EvalResult:
         raise
 
 
-def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> EvalResult:
+def _run_eval(s: EvalSettings, family: MetricFamily, out_dir: Path, rows: list[dict]) -> EvalResult:
     start = time.time()
     _check_config(out_dir, s, rows)
     gen_path = safe_path(out_dir, GENERATIONS_FILE)
@@ -395,7 +390,7 @@ def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> 
     todo = {name: set(range(len(rows))) - _done_prompts(records, name, k, rows) for name, k in passes}
     timing: dict = {"resumed_prompts": {name: len(rows) - len(t) for name, t in todo.items()}}
     expert_path = safe_path(out_dir, EXPERT_FILE)
-    wants_expert = family == "valid_set" and s.expert_nll
+    wants_expert = family.many_answer and s.expert_nll
     expert = _read_expert_nll(expert_path, rows) if wants_expert else None
     loaded = None
     if any(todo.values()) or (wants_expert and expert is None):
@@ -407,7 +402,7 @@ def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> 
         expert = _expert_nll(s, loaded, rows, expert_path)
     timing["total_seconds"] = time.time() - start
 
-    demos = demonstrations(s.model, rows) if family == "valid_set" else None
+    demos = demonstrations(s.model, rows) if family.many_answer else None
     metrics = compute_metrics(records, rows, passes, family, s.self_bleu_n, demos)
     if expert is not None:
         metrics["expert"] = {k: v for k, v in expert.items() if k != "rows_sha256"}
@@ -418,8 +413,8 @@ def _run_eval(s: EvalSettings, family: str, out_dir: Path, rows: list[dict]) -> 
         "dataset": s.dataset,
         "split": s.split_label(),
         "num_prompts": len(rows),
-        "metric_family": family,
-        "primary_score": PRIMARY_SCORE.get(family),
+        "metric_family": family.name,
+        "primary_score": family.primary_score,
         **metrics,
         "settings": {**asdict(s), "output_dir": str(out_dir), "sampler": s.generation_key()["sampler"],
                      "sampler_implementation": s.sampler,
@@ -477,8 +472,9 @@ def _expert_nll(s: EvalSettings, loaded, rows: list[dict], path: Path) -> dict:
     return out
 
 
-def _generate(s: EvalSettings, loaded, rows: list[dict], passes, todo: dict, family: str, gen_path: Path) -> dict:
-    from ..evaluation.sampling import iter_samples
+def _generate(s: EvalSettings, loaded, rows: list[dict], passes, todo: dict, family: MetricFamily,
+              gen_path: Path) -> dict:
+    from ..evaluation.sampling import SamplingSettings, iter_samples
 
     model, tokenizer = loaded
     t0 = time.time()
@@ -489,12 +485,11 @@ def _generate(s: EvalSettings, loaded, rows: list[dict], passes, todo: dict, fam
             continue
         t1, tokens = time.time(), 0
         skip = set(range(len(rows))) - todo[name]
-        for idx, batch in iter_samples(
-            model, tokenizer, prompts, k=k, temperature=s.temperature, top_p=s.top_p,
-            max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=s.seed, greedy=name == "greedy",
-            autocast_bf16=s.bf16, skip=skip, progress=s.progress, desc=f"{name} (K={k})", chat=s.chat(),
-            sampler=s.sampler,
-        ):
+        sampling = SamplingSettings(k=k, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                                    greedy=name == "greedy", sampler=s.sampler, batch_size=s.batch_size, seed=s.seed,
+                                    autocast_bf16=s.bf16, progress=s.progress)
+        for idx, batch in iter_samples(model, tokenizer, prompts, sampling, skip=skip, desc=f"{name} (K={k})",
+                                       chat=s.chat()):
             lines = []
             for i, samples in zip(idx, batch, strict=True):
                 row = rows[i]
@@ -513,7 +508,7 @@ def _generate(s: EvalSettings, loaded, rows: list[dict], passes, todo: dict, fam
     return timing
 
 
-def compute_metrics(records: list[dict], rows: list[dict], passes, family: str, self_bleu_n: int = 4,
+def compute_metrics(records: list[dict], rows: list[dict], passes, family: str | MetricFamily, self_bleu_n: int = 4,
                     demonstrated: list[frozenset[str]] | None = None) -> dict:
     """Scores of each pass from the generation records (the file's contents, so metrics always match the file).
     `demonstrated` (many-answer tasks, the model a tirl run): each row's answers in the run's training rows; where any

@@ -13,60 +13,19 @@ import os
 import pickle
 import random
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data import DataError, is_builtin, load_rows, to_trl
 from ..files import safe_path, share_file_modes, write_json_atomic, write_text_atomic
 from . import rundir
+from .defining import RESTORED_ON_RESUME, defining, defining_settings
 from .runinfo import rows_checksum, run_record
 
-
-@dataclass(frozen=True)
-class Method:
-    """A `--method`: its config and trainer (named in `tirl.trainers`, imported only when a run starts, so that
-    `tirl train --help` stays fast), the options it fixes (a different value given is refused, `fix_method`), and the
-    defaults `tirl train --method M` starts from where they differ from the config class's."""
-
-    config: str
-    trainer: str
-    fixed: dict = field(default_factory=dict)
-    defaults: dict = field(default_factory=dict)
-
-
-# the MLE family reads no TD term: its V is the plain logits form (nothing to precompute)
-_TOKEN_LOSS = {"iq_value": "logits"}
-METHODS: dict[str, Method] = {
-    "iqlearn": Method("IQLearnConfig", "IQLearnTrainer"),
-    "mle": Method("IQLearnConfig", "IQLearnTrainer", {"iq_lambda": 0.0, "loss_type": "nll"}, _TOKEN_LOSS),
-    "gem": Method("IQLearnConfig", "IQLearnTrainer", {"iq_lambda": 0.0, "loss_type": "gem"}, _TOKEN_LOSS),
-    "dft": Method("IQLearnConfig", "IQLearnTrainer", {"iq_lambda": 0.0, "loss_type": "dft"}, _TOKEN_LOSS),
-    "iqlearn-online": Method("OnlineIQLearnConfig", "OnlineIQLearnTrainer"),
-    "gail": Method("GAILConfig", "GAILTrainer"),
-}
-
-
-def method_classes(method: str) -> tuple[type, type]:
-    """The (config class, trainer class) of a `--method`."""
-    if method not in METHODS:
-        raise OptionError(f"--method: unknown method {method!r}; choose from {', '.join(METHODS)}")
-    from .. import trainers
-
-    spec = METHODS[method]
-    return getattr(trainers, spec.config), getattr(trainers, spec.trainer)
-
-
-def fix_method(method: str, config, given: set[str] = frozenset()) -> None:
-    """Set the options `method` fixes (`Method.fixed`) on `config`; one of them given (`given`: option names) with
-    another value is an `OptionError`. The one place a method's fixed options are applied."""
-    for name, value in METHODS[method].fixed.items():
-        if name in given and getattr(config, name) != value:
-            raise OptionError(f"--method {method} trains with {name}={value}; drop --{name} or use --method "
-                              f"{'iqlearn' if name == 'iq_lambda' else method}")
-        setattr(config, name, value)
-    from ..trainers.arguments import check_objective
-
-    check_objective(config)
+if TYPE_CHECKING:
+    from ..trainers.methods import Method
 
 
 @dataclass
@@ -74,7 +33,7 @@ class TrainScriptArguments:
     """What to train on and how to treat the run directory; the optimisation options are the trainer config's. The
     help of each option is `tirl train --help`'s (`tirl.cli.train_help`)."""
 
-    method: str = "iqlearn"  # a key of `METHODS`
+    method: str = "iqlearn"  # a key of `tirl.trainers.methods.METHODS`
     # a built-in task, a local file or directory, or a hub dataset id; None: the demo's. The aliases are `trl sft`'s
     # names, so its command lines and YAML files run unchanged
     dataset: str | None = field(default=None, metadata={"aliases": ["--dataset_name"]})
@@ -91,49 +50,40 @@ class TrainScriptArguments:
     completion_field: str = "completion"
     skip_bad_rows: bool = False
     resume: bool = False
-    resume_with_changes: bool = False  # let a resumed run change what defines it (`DEFINING`); recorded per segment
+    # let a resumed run change what defines it (`tirl.jobs.defining`); recorded per segment
+    resume_with_changes: bool = False
     overwrite: bool = False
 
 
 # the embedded default job's task
 DEFAULT_DATASET = "gsm8k"
 
-# What defines a run, beside its method, model and training rows: a resumed run must keep these (unless
-# --resume_with_changes). The length of training (max_steps, num_train_epochs) and what is logged, evaluated and saved
-# may change.
-DEFINING = (
-    # the objective and the trainer's own options
-    "iq_lambda", "iq_lambda_warmup_steps", "iq_gamma", "iq_value", "iq_reduction", "iq_stop_grad_next", "entropy_coef",
-    "loss_type", "gem_beta", "gem_h", "iq_alpha", "iq_policy_terms", "mle_weight", "gail_disc_model",
-    "gail_disc_num_layers", "gail_disc_head_hidden", "gail_disc_train_trunk", "gail_disc_learning_rate",
-    "gail_disc_steps", "gail_pg_coef", "gail_clip_eps", "gail_kl_coef", "gail_entropy_coef",
-    "gail_normalize_advantages", "generate_every", "max_new_tokens", "temperature", "top_k", "top_p",
-    "num_policy_samples", "sampler",
-    # the optimizer, its schedule and the batch
-    "optim", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-    "lr_scheduler_type", "warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
-    "data_seed", "bf16", "fp16",
-    # what the rows become
-    "max_length", "packing", "completion_only_loss", "assistant_only_loss",
-    # the adapters
-    "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-)
-# What a checkpoint restores on resume (optimizer.pt holds the optimizer's hyperparameters, scheduler.pt the schedule
-# and its base learning rate): a resume cannot change these, even with --resume_with_changes.
-RESTORED_ON_RESUME = ("optim", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
-                      "lr_scheduler_type", "warmup_steps")
-
-
-def defining_settings(config, model_args) -> dict:
-    """The `DEFINING` settings of a run, as run.json records them (JSON values)."""
-    from ..files import jsonable
-
-    return {name: jsonable(getattr(obj, name)) for name in DEFINING
-            for obj in (config, model_args) if hasattr(obj, name)}
-
 
 class OptionError(ValueError):
     """An option value that cannot work, found before any work starts; the message names the option."""
+
+
+def registered_method(name: str) -> Method:
+    """The `tirl.trainers.methods.Method` registered as `name`; imported here, when a run starts, so that importing
+    this module stays fast."""
+    from ..trainers.methods import METHODS
+
+    if name not in METHODS:
+        raise OptionError(f"--method: unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def fix_method(method: str, config, given: Collection[str] = frozenset()) -> None:
+    """Set the options `method` fixes (`Method.fixed`) on `config`; one of them given (`given`: option names) with
+    another value is an `OptionError`. The one place a method's fixed options are applied."""
+    for name, value in registered_method(method).fixed.items():
+        if name in given and getattr(config, name) != value:
+            raise OptionError(f"--method {method} trains with {name}={value}; drop --{name} or use --method "
+                              f"{'iqlearn' if name == 'iq_lambda' else method}")
+        setattr(config, name, value)
+    from ..trainers.arguments import check_objective
+
+    check_objective(config)
 
 
 def check_options(script: TrainScriptArguments, config, model_args) -> None:
@@ -308,20 +258,38 @@ class TrainResult:
     logging_dir: str | None
 
 
-def run(script: TrainScriptArguments, config, model_args) -> TrainResult:
-    """Train `model_args.model_name_or_path` (TRL's `ModelConfig`) on `script.dataset` with `config` (the method's
-    config class, `method_classes`).
+@dataclass
+class PreparedRun:
+    """Everything `run` checks and loads before it writes anything: the options, the trainer to build, the model and
+    its tokenizer, and the rows with where they came from (`load_train_eval_rows`)."""
+
+    script: TrainScriptArguments
+    config: object  # the method's config (`Method.config`), its fixed options set
+    model_args: object  # TRL's `ModelConfig`
+    trainer_class: type
+    model: object
+    tokenizer: object
+    model_name: str
+    train_rows: list[dict]
+    eval_rows: list[dict]
+    data_info: dict
+
+
+def run(script: TrainScriptArguments, config, model_args, given: Collection[str] = frozenset()) -> TrainResult:
+    """Train `model_args.model_name_or_path` (TRL's `ModelConfig`) on `script.dataset` with `config` (the config
+    class of `script.method`, `tirl.trainers.methods.METHODS`). `given`: the option names the user set, which
+    `fix_method` refuses to override.
 
     Everything that can be checked is checked before anything is written: the options, the data, the output
     directory (reuse, `--resume`/`--overwrite`, links, writability) and the model. A run that then fails before its
     first checkpoint leaves no directory behind; a full disk is a `RunDirError` naming the device, the file and the
     last complete checkpoint.
     """
-    config_class, trainer_class = method_classes(script.method)
-    if not isinstance(config, config_class):
-        raise TypeError(f"--method {script.method} needs a {config_class.__name__}, got {type(config).__name__}")
+    method = registered_method(script.method)
+    if not isinstance(config, method.config):
+        raise TypeError(f"--method {script.method} needs a {method.config.__name__}, got {type(config).__name__}")
+    fix_method(script.method, config, given)
     check_options(script, config, model_args)
-    fix_method(script.method, config)
     model_name = model_args.model_name_or_path or "smollm2-135m"
 
     train_rows, eval_rows, data_info = load_train_eval_rows(script, config.seed, rows_per_run(config),
@@ -330,7 +298,7 @@ def run(script: TrainScriptArguments, config, model_args) -> TrainResult:
                                     method=script.method, model=model_name,
                                     train_sha256=data_info["train"]["sha256_available"],
                                     checkpoint=config.resume_from_checkpoint,
-                                    settings=defining_settings(config, model_args),
+                                    settings=defining_settings(script, config, model_args),
                                     allow_changes=script.resume_with_changes, restored=RESTORED_ON_RESUME)
     t0 = time.time()
     model, tokenizer = load_model(model_name, config, model_args)
@@ -352,17 +320,16 @@ def run(script: TrainScriptArguments, config, model_args) -> TrainResult:
         if main:
             rundir.prepare(run_dir)
         _barrier(config)
-        return _run_in(run_dir, script, config, model_args, trainer_class, model, tokenizer, model_name, train_rows,
-                       eval_rows, data_info)
+        prepared = PreparedRun(script, config, model_args, method.trainer, model, tokenizer, model_name, train_rows,
+                               eval_rows, data_info)
+        return _run_in(run_dir, prepared)
 
 
-def _run_in(run_dir, script, config, model_args, trainer_class, model, tokenizer, model_name, train_rows, eval_rows,
-            data_info) -> TrainResult:
+def _run_in(run_dir: rundir.RunDir, prepared: PreparedRun) -> TrainResult:
     """`_train` in a prepared, locked run directory; a failure ends as `run` documents."""
-    main = config.process_index == 0
+    main = prepared.config.process_index == 0
     try:
-        return _train(script, config, model_args, trainer_class, model, tokenizer, model_name,
-                      train_rows, eval_rows, data_info, run_dir)
+        return _train(prepared, run_dir)
     except BaseException as e:
         from ..trainers.checkpoints import PARTIAL_PREFIX
 
@@ -396,8 +363,7 @@ def _sources(rows: list[dict]) -> list[str]:
     return [str(r.get("location") or r["id"]) for r in rows]
 
 
-def _train(script, config, model_args, trainer_class, model, tokenizer, model_name: str, train_rows: list[dict],
-           eval_rows: list[dict], data_info: dict, run_dir: rundir.RunDir) -> TrainResult:
+def _train(prepared: PreparedRun, run_dir: rundir.RunDir) -> TrainResult:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import get_peft_config
@@ -412,6 +378,9 @@ def _train(script, config, model_args, trainer_class, model, tokenizer, model_na
             if state.is_world_process_zero:
                 share_file_modes(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
+    script, config, model_args = prepared.script, prepared.config, prepared.model_args
+    tokenizer, model_name, data_info = prepared.tokenizer, prepared.model_name, prepared.data_info
+    train_rows, eval_rows = prepared.train_rows, prepared.eval_rows
     output_dir = run_dir.path
     chat = chat_rendering(script)
     field = config.dataset_text_field
@@ -425,14 +394,14 @@ def _train(script, config, model_args, trainer_class, model, tokenizer, model_na
 
     record = run_record(method=script.method, model=model_name, script=script, model_args=model_args,
                         config=config, data=data_info)
-    record["defining"] = defining_settings(config, model_args)
+    record["defining"] = defining_settings(script, config, model_args)
     if run_dir.resume_from:
         record = resumed_record(rundir.read_run_json(output_dir) or {}, record, run_dir.resume_from)
     if config.process_index == 0:
         write_json_atomic(safe_path(output_dir, "run.json"), record)
 
-    trainer = trainer_class(
-        model=model,
+    trainer = prepared.trainer_class(
+        model=prepared.model,
         args=config,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
@@ -577,10 +546,11 @@ def summary_markdown(method: str, model: str, config, metrics: dict, output_dir:
         f"learning rate = {setting('learning_rate')}, training time = {metrics.get('train_seconds', 0):.0f} s"
         + (" (the last segment)" if (record or {}).get("segments") else ""),
     ]
+    names = defining()
     for segment in (record or {}).get("segments", []):
         changes = {k: v for section in segment.get("changed", {}).values() for k, v in section.items()
                    if k not in ("resume", "resume_with_changes", "resume_from_checkpoint")}
-        shown = ", ".join(f"{k} = {v}" for k, v in changes.items() if k in DEFINING) or "no defining setting"
+        shown = ", ".join(f"{k} = {v}" for k, v in changes.items() if k in names) or "no defining setting"
         lines.append(f"- resumed from `{Path(segment['resumed_from']).name}`: changed {shown}")
     lines += [
         "",

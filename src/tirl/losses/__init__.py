@@ -21,7 +21,6 @@ from .chunked_head import MAX_CHUNK_ELEMENTS, ChunkedQVFunction, qv_from_hidden
 from .gem import chunked_gem_loss, gem_loss
 from .iq import (
     NO_COUNTS,
-    POLICY_TERMS,
     LossOutput,
     OnlineLossOutput,
     PolicyTerms,
@@ -46,11 +45,13 @@ from .mdp import (
     token_rewards,
 )
 from .objective import (
+    DEFAULTS,
     GEM_H,
     HEAD,
     LOGITS,
     LOSS_TYPES,
     MLE,
+    POLICY_TERMS,
     REDUCTIONS,
     REFERENCE,
     VALUE_FORMS,
@@ -62,6 +63,7 @@ from .objective import (
 from .single_pass_head import single_pass_iq_loss
 
 __all__ = [
+    "DEFAULTS",
     "GEM_H",
     "HEAD",
     "IGNORE_INDEX",

@@ -6,8 +6,8 @@ Liger-Kernel's fused linear cross-entropy). Only completion rows go through the 
 
 The maths of one chunk of c rows lives in two functions, each written once:
 
-    chunk_stats  forward:   z = h Wᵀ + b [c, V];  q = z[a],  v = logsumexp(z),  H = v − Σ softmax(z)·z,  top-1 flag
-    chunk_grad   backward:  dz = g_v·softmax(z) + g_q·onehot(a) − g_H·softmax(z)·(log softmax(z) + H)
+    chunk_stats  forward:   z = h Wᵀ + b [c, V];  logit = z[a],  lse = logsumexp(z),  H = lse − Σ softmax(z)·z,  top-1
+    chunk_grad   backward:  dz = g_lse·softmax(z) + g_logit·onehot(a) − g_H·softmax(z)·(log softmax(z) + H)
 
 Both work in place on their own [c, V] buffers (two in forward, at most two in backward), in float32 (float64 for
 float64 inputs), with the matmuls in the autocast dtype when autocast is on, as the model's own head would. The
@@ -33,45 +33,45 @@ Gather = Callable[[], AbstractContextManager]
 
 def chunk_stats(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, actions: torch.Tensor,
                 acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, V, entropy and top-1 flag of one chunk: hidden rows h [c, D], head w [V, D] (in the matmul dtype), bias b
-    [V] (in `acc`) or None, actions [c]. Two [c, V] buffers in `acc`."""
+    """The action's logit, the logsumexp, the entropy and the top-1 flag of one chunk ([c] each): hidden rows h [c, D],
+    head w [V, D] (in the matmul dtype), bias b [V] (in `acc`) or None, actions [c]. Two [c, V] buffers in `acc`."""
     z = (h @ w.t()).to(acc)  # [c, V]
     if b is not None:
         z += b
     zmax = z.amax(-1)
-    q = z.gather(-1, actions[:, None]).squeeze(-1)
+    logit = z.gather(-1, actions[:, None]).squeeze(-1)
     z -= zmax[:, None]  # ℓ − max
     p = z.exp()  # softmax × Σ exp(ℓ − max)
     sum_p = p.sum(-1)
     log_sum = sum_p.log()
-    # H = V − Σ softmax·ℓ = log Σp − Σ p·(ℓ − max) / Σp; the product overwrites z (no third buffer)
+    # H = lse − Σ softmax·ℓ = log Σp − Σ p·(ℓ − max) / Σp; the product overwrites z (no third buffer)
     entropy = log_sum - z.mul_(p).sum(-1) / sum_p
-    return q, zmax + log_sum, entropy, q >= zmax
+    return logit, zmax + log_sum, entropy, logit >= zmax
 
 
-def chunk_grad(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, actions: torch.Tensor, v: torch.Tensor,
-               entropy: torch.Tensor, grad_q: torch.Tensor | None, grad_v: torch.Tensor | None,
+def chunk_grad(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, actions: torch.Tensor, lse: torch.Tensor,
+               entropy: torch.Tensor, grad_logit: torch.Tensor | None, grad_lse: torch.Tensor | None,
                grad_entropy: torch.Tensor | None, acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     """dℓ of one chunk in w's dtype (for the two backward matmuls), and its column sums (the bias gradient, in `acc`)
     when there is a bias. The logits are recomputed and turned into the gradient in place."""
     z = (h @ w.t()).to(acc)  # [c, V]
     if b is not None:
         z += b
-    z.sub_(v[:, None])  # log softmax(ℓ)
+    z.sub_(lse[:, None])  # log softmax(ℓ)
     if grad_entropy is not None:
         # ∂H/∂ℓ = −softmax·(log softmax + H): one more [c, V] buffer, only for entropy-using losses
         p = z.exp()
         z.add_(entropy[:, None]).mul_(-grad_entropy[:, None].to(acc))
-        if grad_v is not None:
-            z.add_(grad_v[:, None].to(acc))
+        if grad_lse is not None:
+            z.add_(grad_lse[:, None].to(acc))
         z.mul_(p)
         del p
-    elif grad_v is not None:
-        z.exp_().mul_(grad_v[:, None].to(acc))
+    elif grad_lse is not None:
+        z.exp_().mul_(grad_lse[:, None].to(acc))
     else:
         z.zero_()
-    if grad_q is not None:
-        z.scatter_add_(-1, actions[:, None], grad_q[:, None].to(acc))
+    if grad_logit is not None:
+        z.scatter_add_(-1, actions[:, None], grad_logit[:, None].to(acc))
     return z.to(w.dtype), None if b is None else z.sum(0)
 
 
@@ -89,11 +89,11 @@ def _per_chunk(name: str, compiled: bool) -> Callable:
 
 
 class ChunkedQVFunction(torch.autograd.Function):
-    """q = (h Wᵀ + b)[a], v = logsumexp(h Wᵀ + b), the entropy and the top-1 flag for rows of h, in row chunks.
+    """logit = (h Wᵀ + b)[a], lse = logsumexp(h Wᵀ + b), the entropy and the top-1 flag for rows of h, in row chunks.
 
-    Forward keeps only h, W, a, v and the entropy; backward recomputes each chunk's logits (`chunk_grad`), which gives
-    the gradient of any loss that depends on the logits through q, v and H only. The accumulators of the gradients
-    of h, W and b are float32 (float64 for float64 inputs).
+    Forward keeps only h, W, a, lse and the entropy; backward recomputes each chunk's logits (`chunk_grad`), which
+    gives the gradient of any loss that depends on the logits through logit, lse and H only. The accumulators of the
+    gradients of h, W and b are float32 (float64 for float64 inputs).
     """
 
     @staticmethod
@@ -104,8 +104,8 @@ class ChunkedQVFunction(torch.autograd.Function):
         compute_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
         n = hidden.shape[0]
         acc = acc_dtype(hidden)
-        q = torch.empty(n, device=device, dtype=acc)
-        v = torch.empty(n, device=device, dtype=acc)
+        logit = torch.empty(n, device=device, dtype=acc)
+        lse = torch.empty(n, device=device, dtype=acc)
         entropy = torch.empty(n, device=device, dtype=acc)
         is_top1 = torch.empty(n, device=device, dtype=torch.bool)
         stats = _per_chunk("stats", compiled)
@@ -114,21 +114,22 @@ class ChunkedQVFunction(torch.autograd.Function):
             b = None if bias is None else bias.to(acc)
             for s in range(0, n, chunk_size):
                 e = min(s + chunk_size, n)
-                q[s:e], v[s:e], entropy[s:e], is_top1[s:e] = stats(hidden[s:e].to(compute_dtype), w, b, actions[s:e], acc)
-        ctx.save_for_backward(hidden, weight, bias, actions, v, entropy)
+                logit[s:e], lse[s:e], entropy[s:e], is_top1[s:e] = stats(hidden[s:e].to(compute_dtype), w, b,
+                                                                         actions[s:e], acc)
+        ctx.save_for_backward(hidden, weight, bias, actions, lse, entropy)
         ctx.chunk_size, ctx.compute_dtype, ctx.compiled, ctx.gather = chunk_size, compute_dtype, compiled, gather
         ctx.mark_non_differentiable(is_top1)
-        return q, v, entropy, is_top1
+        return logit, lse, entropy, is_top1
 
     @staticmethod
-    def backward(ctx, grad_q, grad_v, grad_entropy, _):
-        hidden, weight, bias, actions, v, entropy = ctx.saved_tensors
+    def backward(ctx, grad_logit, grad_lse, grad_entropy, _):
+        hidden, weight, bias, actions, lse, entropy = ctx.saved_tensors
         cd, c = ctx.compute_dtype, ctx.chunk_size
         n = hidden.shape[0]
         acc = acc_dtype(hidden)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         nothing = (None,) * 7
-        if grad_q is None and grad_v is None and grad_entropy is None:
+        if grad_logit is None and grad_lse is None and grad_entropy is None:
             return nothing
         grad = _per_chunk("grad", ctx.compiled)
         # ZeRO-3 re-partitions the head after forward: the caller's `gather` makes it whole again (its shape too)
@@ -141,8 +142,9 @@ class ChunkedQVFunction(torch.autograd.Function):
             for s in range(0, n, c):
                 e = min(s + c, n)
                 hc = hidden[s:e].to(cd)
-                zc, zsum = grad(hc, w, b, actions[s:e], v[s:e], entropy[s:e],
-                                None if grad_q is None else grad_q[s:e], None if grad_v is None else grad_v[s:e],
+                zc, zsum = grad(hc, w, b, actions[s:e], lse[s:e], entropy[s:e],
+                                None if grad_logit is None else grad_logit[s:e],
+                                None if grad_lse is None else grad_lse[s:e],
                                 None if grad_entropy is None else grad_entropy[s:e], acc)
                 if grad_b is not None:
                     grad_b += zsum
@@ -185,8 +187,8 @@ def qv_from_hidden(
     with gather():
         # large vocabularies get fewer rows per chunk, so a chunk's logits never exceed MAX_CHUNK_ELEMENTS
         chunk_size = max(1, min(chunk_size, MAX_CHUNK_ELEMENTS // weight.shape[0]))
-        q_rows, v_rows, h_rows, top1_rows = ChunkedQVFunction.apply(rows, weight, bias, actions[mask], chunk_size,
-                                                                    compiled, gather)
+        logit_rows, lse_rows, entropy_rows, top1_rows = ChunkedQVFunction.apply(
+            rows, weight, bias, actions[mask], chunk_size, compiled, gather)
 
     def scatter(x: torch.Tensor) -> torch.Tensor:
         # masked_scatter keeps the output connected to the graph even when no position is valid, so an all-masked
@@ -194,11 +196,11 @@ def qv_from_hidden(
         return x.new_zeros(mask.shape).masked_scatter(mask, x)
 
     return QV(
-        logit=scatter(q_rows),
-        lse=scatter(v_rows),
+        logit=scatter(logit_rows),
+        lse=scatter(lse_rows),
         actions=actions,
         mask=mask,
-        entropy=scatter(h_rows),
+        entropy=scatter(entropy_rows),
         is_top1=scatter(top1_rows),
     )
 

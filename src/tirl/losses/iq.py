@@ -32,8 +32,7 @@ from .chunked_head import Gather, qv_from_hidden
 from .mdp import QV, masked_mean, qv_from_logits, restrict_rows, token_rewards
 from .objective import MLE, Counts, Objective
 
-PolicyTerms = Literal["both", "td", "value"]
-POLICY_TERMS: tuple[str, ...] = ("both", "td", "value")
+PolicyTerms = Literal["both", "td", "value"]  # `tirl.losses.objective.POLICY_TERMS`, for type hints
 
 NO_COUNTS = Counts()
 
@@ -185,10 +184,9 @@ def online_iq_loss_from_qv(
     is_expert: torch.Tensor,
     objective: Objective = MLE,
     counts: Counts = NO_COUNTS,
-    alpha: float = 0.1,
-    policy_terms: PolicyTerms = "both",
 ) -> OnlineLossOutput:
-    """Online IQLearn on a batch of expert rows and policy-sample rows (`is_expert`: [B] bool).
+    """Online IQLearn on a batch of expert rows and policy-sample rows (`is_expert`: [B] bool), with α the objective's
+    `iq_alpha` and the terms that see the policy rows its `iq_policy_terms`.
 
         L_on = −E_E[r_t] + E_mix[V(s_t) − γV(s_{t+1})] + λ·E_mix[r_t²],   E_mix = (1−α)·E_E + α·E_π
              = E_E[−log π(a_t|s_t)] + α·(E_π[V − γV'] − E_E[V − γV']) + λ·((1−α)·E_E[r²] + α·E_π[r²])
@@ -200,7 +198,7 @@ def online_iq_loss_from_qv(
     expert sums are divided by `counts.expert(...)` like offline, policy sums by `counts.policy(...)`. Summed over
     micro-batches (and averaged over processes × their number), the losses are then exactly the large batch's.
 
-    Which terms see policy samples (`policy_terms`):
+    Which terms see policy samples (`iq_policy_terms`):
     - "value" — the initial-state term (1−γ)E[V(s_0)], telescoped over the mixture: α·(E_π[V − γV'] − E_E[V − γV']).
       Caveat (docs/method.md §2): the telescoping identity holds for *any* policy started from the same prompts, so
       with γ = 1 and per-sequence sums this difference is V(s_0) − V(s_0) = 0 and carries no signal; it differs from
@@ -214,11 +212,8 @@ def online_iq_loss_from_qv(
     truncation rule as for expert rows, `next_values`). Tokens after the first EOS of a policy row must already be
     masked out (the rollout code does it).
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"iq_alpha must be in [0, 1], got {alpha}")
-    if policy_terms not in POLICY_TERMS:
-        raise ValueError(f"iq_policy_terms must be one of {', '.join(POLICY_TERMS)}, got {policy_terms!r}")
     o = objective
+    alpha, policy_terms = o.iq_alpha, o.iq_policy_terms
     is_expert = is_expert.to(device=qv.mask.device, dtype=torch.bool)
     expert = restrict_rows(qv, is_expert)
     policy_mask = qv.mask & ~is_expert[:, None]
@@ -265,5 +260,5 @@ def online_iq_loss_from_qv(
     )
 
 
-__all__ = ["NO_COUNTS", "POLICY_TERMS", "LossOutput", "OnlineLossOutput", "PolicyTerms", "chunked_iq_loss", "iq_loss",
+__all__ = ["NO_COUNTS", "LossOutput", "OnlineLossOutput", "PolicyTerms", "chunked_iq_loss", "iq_loss",
            "iq_loss_from_qv", "loss_statistics", "online_iq_loss_from_qv", "statistics_from_qv", "td_residuals"]

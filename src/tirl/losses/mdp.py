@@ -11,8 +11,9 @@ Everything in `tirl.losses` is built from per-position tensors held in a `QV`: t
 the logits and the action mask (and V in the loss's value form). They come either from full logits (`qv_from_logits`,
 here, the simple reference) or from hidden states and the LM head weight in row chunks
 (`tirl.losses.chunked_head.qv_from_hidden`, which never materialises [batch, seq, vocab]); the logits form is the
-test oracle of the chunked one. A value form other than the logits (`tirl.losses.objective.ValueForm`) sets
-`QV.value`, with the same policy and Q(s_t, a_t) = log π(a_t|s_t) + V(s_t).
+test oracle of the chunked one. V is `QV.v`: the logsumexp in the logits form; a value form other than the logits
+(`tirl.losses.objective.ValueForm`) sets `QV.v_override`, with the same policy and
+Q(s_t, a_t) = log π(a_t|s_t) + V(s_t).
 
 Conventions, decided once here:
 - `labels` are unshifted, like Hugging Face's: `labels[:, t]` is the token at input position t, `IGNORE_INDEX` (−100)
@@ -45,8 +46,9 @@ class QV:
     """Per-position quantities of the token MDP, all [batch, seq − 1], zero where `mask` is False.
 
     Two logit statistics and one value: `logit` = ℓ_t[a_t] and `lse` = logsumexp(ℓ_t) give the policy,
-    log π(a_t|s_t) = logit − lse, in every value form; `value` is V(s_t) in the form the loss uses (`lse` itself in
-    the logits form; `tirl.losses.objective.ValueForm.apply` sets the others), and Q(s_t, a_t) = log π + V.
+    log π(a_t|s_t) = logit − lse, in every value form; `v` is V(s_t) in the form the loss uses (`lse` itself in the
+    logits form; in the others, the `v_override` that `tirl.losses.objective.ValueForm.apply` sets), and
+    `q` = Q(s_t, a_t) = log π + V.
     """
 
     logit: torch.Tensor  # ℓ_t[a_t], the logit of the action taken (float32)
@@ -55,7 +57,7 @@ class QV:
     mask: torch.Tensor  # True where a_t is a completion token (bool)
     entropy: torch.Tensor | None = None  # H(π(·|s_t)); None when not computed; differentiable only when asked for
     is_top1: torch.Tensor | None = None  # whether a_t is the argmax action, no gradient
-    value: torch.Tensor | None = None  # V(s_t) in the loss's value form; None until a form sets it: then V = lse
+    v_override: torch.Tensor | None = None  # V(s_t) set by a value form other than the logits; None: V = lse (read `v`)
 
     @property
     def logprob(self) -> torch.Tensor:
@@ -65,12 +67,12 @@ class QV:
     @property
     def v(self) -> torch.Tensor:
         """V(s_t) in the loss's value form (logsumexp(ℓ_t) in the logits form)."""
-        return self.lse if self.value is None else self.value
+        return self.lse if self.v_override is None else self.v_override
 
     @property
     def q(self) -> torch.Tensor:
         """Q(s_t, a_t) = log π(a_t|s_t) + V(s_t); in the logits form exactly the action's logit."""
-        return self.logit if self.value is None else (self.logprob + self.value) * self.mask
+        return self.logit if self.v_override is None else (self.logprob + self.v_override) * self.mask
 
 
 @dataclass
@@ -137,7 +139,7 @@ def restrict_rows(qv: QV, rows: torch.Tensor) -> QV:
         mask=keep,
         entropy=None if qv.entropy is None else qv.entropy * keep,
         is_top1=None if qv.is_top1 is None else qv.is_top1 & keep,
-        value=None if qv.value is None else qv.value * keep,
+        v_override=None if qv.v_override is None else qv.v_override * keep,
     )
 
 
@@ -188,7 +190,7 @@ def next_values(qv: QV, eos_token_ids: Sequence[int] = ()) -> tuple[torch.Tensor
     return v_next * ~terminal, td_mask
 
 
-def token_rewards(qv: QV, iq_gamma: float = 0.99, eos_token_ids: Sequence[int] = (),
+def token_rewards(qv: QV, iq_gamma: float, eos_token_ids: Sequence[int] = (),
                   stop_grad_next: bool = False) -> TokenRewards:
     """Implicit per-token rewards r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (docs/method.md §1), γ = `iq_gamma`, in the
     value form `qv` carries; 0 where the TD term is undefined (`next_values`). The one place r_t is written: the

@@ -1,20 +1,21 @@
-"""What a loss computes besides the batch: the `Objective` (λ and its warm-up, γ, EOS, reduction, the value form, the
-token loss) and the global `Counts` it divides by. Built once where a config is made, passed whole to every loss.
+"""What a loss computes besides the batch: the `Objective` (every setting of the objective and its default) and the
+global `Counts` it divides by. Built once where a config is made, passed whole to every loss.
 
-    Objective   every setting of the offline objective (docs/method.md §2), validated once, in `__post_init__`
-    ValueForm   how V(s) is parameterised (docs/method.md §1): what it reads besides the logits, and how V is formed;
-                the one place that knows the forms (`VALUE_FORMS`, looked up by `value_form`)
+    Objective   every setting of the objective (docs/method.md §2): λ and its warm-up, γ, EOS, the reduction, the
+                value form, the token loss, online IQLearn's α; validated once, in `__post_init__`. `DEFAULTS` holds
+                the defaults a user gets (the trainers' configs read theirs from it); `MLE` (`Objective.mle()`) is
+                plain MLE in the logits form, the maths' neutral element; `from_run` reads a run's from its run.json
+    ValueForm   how V(s) is parameterised (docs/method.md §1): the maths of each form, and the name of what it reads
+                besides the logits (how a run provides that: `tirl.qv.inputs`); `VALUE_FORMS`, looked up by
+                `value_form`
     Counts      the completion tokens and sequences of the whole accumulated batch on every process, which the
                 losses divide by (`masked_mean`); None: this batch's own
-
-The default `Objective()` is plain MLE in the logits form: the maths' neutral element. The trainers' configs carry
-the defaults a user gets (`tirl.trainers.arguments`), and `Objective.from_config` reads them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -24,6 +25,7 @@ from .mdp import QV
 REDUCTIONS = ("token", "sequence")
 LOSS_TYPES = ("nll", "dft", "gem")
 GEM_H = ("linear", "logsigmoid")
+POLICY_TERMS = ("both", "td", "value")  # the online terms that see policy samples (`online_iq_loss_from_qv`)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -35,47 +37,43 @@ GEM_H = ("linear", "logsigmoid")
 class ValueForm:
     """One parameterisation of V(s) (docs/method.md §1). The policy is softmax(ℓ) in every form; only V changes.
 
-    In terms of the logits' statistics: V(s_t) = C·LSE_θ(s_t) + s_t and Q(s_t, a_t) = ℓ_t[a_t] + A·LSE_θ(s_t) + s_t,
-    where s_t is the form's input (`input`):
+    In terms of the logits' statistics and the form's input x_t (`input`):
 
-        logits     A = 0,  C = 1, s = 0             V = LSE_θ
-        reference  A = 0,  C = 1, s = −LSE_θ0       V = LSE_θ − LSE_θ0, θ0 the starting model (0 at the start)
-        head       A = −1, C = 0, s = v_ψ(h)        V = v_ψ(h), a zero-initialised scalar head on the final hidden state
+        V(s_t) = C·LSE_θ(s_t) + S·x_t,    Q(s_t, a_t) = ℓ_t[a_t] + A·LSE_θ(s_t) + S·x_t
 
-    `input` names what the form reads besides the logits: None, "reference_lse" (LSE_θ0 per completion token, no
-    gradient: a dataset column offline, the frozen reference's for samples) or "value_head" (v_ψ(h_t), with its own
-    gradient, from the `tirl_value_head` submodule saved as `value_head.safetensors`).
+        logits     A = 0,  C = 1, no input                 V = LSE_θ
+        reference  A = 0,  C = 1, S = −1, x = LSE_θ0       V = LSE_θ − LSE_θ0, θ0 the starting model (0 at the start)
+        head       A = −1, C = 0, S = 1,  x = v_ψ(h)       V = v_ψ(h), a zero-initialised scalar head on the final
+                                                           hidden state, trained with the model
+
+    `input` names what the form reads besides the logits (None, "reference_lse" or "value_head"): the key of the
+    `tirl.qv.inputs.ValueInput` that says how a run attaches, computes, saves and loads it. `input_trained`: x_t has a
+    gradient of its own (v_ψ); otherwise it is data, and no gradient flows into it (LSE_θ0).
     """
 
     name: str
     A: float
     C: float
-    input: str | None
-
-    @property
-    def needs_reference_lse(self) -> bool:
-        return self.input == "reference_lse"
-
-    @property
-    def needs_value_head(self) -> bool:
-        return self.input == "value_head"
+    input: str | None = None
+    S: float = 0.0
+    input_trained: bool = False
 
     def shift(self, value_input: torch.Tensor | None) -> torch.Tensor | None:
-        """s_t from the form's input (None in the logits form): −LSE_θ0 (no gradient) or v_ψ(h)."""
+        """S·x_t from the form's input x [B, T − 1] (None in the logits form), detached unless `input_trained`."""
         self.check_input(value_input)
-        if self.needs_reference_lse:
-            return -value_input.detach()
-        return value_input
+        if value_input is None:
+            return None
+        return self.S * (value_input if self.input_trained else value_input.detach())
 
     def apply(self, qv: QV, value_input: torch.Tensor | None = None) -> QV:
         """`qv` with V(s_t) in this form; `value_input` [B, T − 1] is the form's input (None for logits)."""
         shift = self.shift(value_input)
         if shift is None:
-            return replace(qv, value=None)
+            return replace(qv, v_override=None)
         if shift.shape != qv.mask.shape:
             raise ValueError(f"the {self.name} form's input has shape {tuple(shift.shape)}, expected "
                              f"{tuple(qv.mask.shape)}")
-        return replace(qv, value=(self.C * qv.lse + shift.to(qv.lse.dtype)) * qv.mask)
+        return replace(qv, v_override=(self.C * qv.lse + shift.to(qv.lse.dtype)) * qv.mask)
 
     def check_input(self, value_input: torch.Tensor | None) -> None:
         if (value_input is None) != (self.input is None):
@@ -83,9 +81,9 @@ class ValueForm:
             raise ValueError(f"iq_value={self.name!r} {need}; got {'none' if value_input is None else 'one'}")
 
 
-LOGITS = ValueForm("logits", A=0.0, C=1.0, input=None)
-REFERENCE = ValueForm("reference", A=0.0, C=1.0, input="reference_lse")
-HEAD = ValueForm("head", A=-1.0, C=0.0, input="value_head")
+LOGITS = ValueForm("logits", A=0.0, C=1.0)
+REFERENCE = ValueForm("reference", A=0.0, C=1.0, input="reference_lse", S=-1.0)
+HEAD = ValueForm("head", A=-1.0, C=0.0, input="value_head", S=1.0, input_trained=True)
 VALUE_FORMS: dict[str, ValueForm] = {f.name: f for f in (LOGITS, REFERENCE, HEAD)}
 
 
@@ -111,27 +109,40 @@ def _finite(name: str, value: float, low: float | None = None, high: float | Non
         raise ValueError(f"{name} must be a finite number {bounds}, got {value}")
 
 
+def _one_of(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Objective:
-    """Every setting of the offline objective (docs/method.md §2), checked once, here:
+    """Every setting of the objective (docs/method.md §2), checked once, here, and each one's default:
 
         L = E[ℓ_tok(a_t|s_t)] + λ·E[r_t²] − β·E[H(π(·|s_t))],    r_t = Q(s_t, a_t) − γ·V(s_{t+1})
 
     with the token loss ℓ_tok = −log π (`loss_type="nll"`, MLE; λ = 0 is exactly MLE), DFT's −sg(π)·log π or GEM's
     (`tirl.losses.gem`), E a token mean or a mean of per-sequence means (`iq_reduction`), and V in `iq_value`'s form.
-    DFT and GEM are baselines of their own: they take λ = 0 and β = 0.
+    DFT and GEM are baselines of their own: they take λ = 0 and β = 0 (`Objective.mle(loss_type="gem")`). Online
+    IQLearn mixes policy samples into the value and TD terms with weight α (`iq_alpha`, `iq_policy_terms`;
+    `online_iq_loss_from_qv`); the offline losses do not read them, and GAIL reads γ and the reduction for its returns
+    and policy-gradient mean.
+
+    The defaults are the ones a user gets (the trainers' configs read theirs from `DEFAULTS`). `Objective.mle()` is
+    the neutral objective, plain MLE in the logits form: the losses' default and the start of `from_config`.
     """
 
-    iq_lambda: float = 0.0  # λ, weight of the TD (χ²) term
+    iq_lambda: float = 0.01  # λ, weight of the TD (χ²) term
     iq_lambda_warmup_steps: int = 0  # λ ramps linearly from 0 over this many optimizer steps (`at`)
-    iq_gamma: float = 0.99  # γ in r_t
+    iq_gamma: float = 0.99  # γ in r_t; the paper does not state its value
     iq_reduction: str = "token"  # "token" or "sequence"
     iq_stop_grad_next: bool = False  # no gradient through V(s_{t+1})
-    iq_value: ValueForm = LOGITS  # the value form (a name is looked up)
+    iq_value: ValueForm = REFERENCE  # the value form (a name is looked up)
     entropy_coef: float = 0.0  # β of entropy-regularised MLE
     loss_type: str = "nll"  # the token loss: "nll" (MLE), "dft" or "gem"
     gem_beta: float = 0.7  # GEM's temperature β of q = softmax(ℓ/β)
     gem_h: str = "logsigmoid"  # GEM's weights: "linear" (1) or "logsigmoid" (sigmoid(0.01·(ℓ_v − ℓ_y)))
+    iq_alpha: float = 0.1  # α, the weight of policy samples in online IQLearn's mixture (the paper's mix-in ratio)
+    iq_policy_terms: str = "both"  # the online terms that see policy samples: "both", "td" or "value"
     eos_token_ids: tuple[int, ...] = ()  # the actions that end an episode; () = every completion end is terminal
 
     def __post_init__(self):
@@ -140,14 +151,13 @@ class Objective:
         _finite("iq_lambda", self.iq_lambda, 0.0)
         _finite("iq_gamma", self.iq_gamma, 0.0, 1.0)
         _finite("entropy_coef", self.entropy_coef, 0.0)
+        _finite("iq_alpha", self.iq_alpha, 0.0, 1.0)
         if not isinstance(self.iq_lambda_warmup_steps, int) or self.iq_lambda_warmup_steps < 0:
             raise ValueError(f"iq_lambda_warmup_steps must be a whole number >= 0, got {self.iq_lambda_warmup_steps}")
-        if self.iq_reduction not in REDUCTIONS:
-            raise ValueError(f"iq_reduction must be one of {', '.join(REDUCTIONS)}, got {self.iq_reduction!r}")
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
-        if self.gem_h not in GEM_H:
-            raise ValueError(f"gem_h must be one of {', '.join(GEM_H)}, got {self.gem_h!r}")
+        _one_of("iq_reduction", self.iq_reduction, REDUCTIONS)
+        _one_of("loss_type", self.loss_type, LOSS_TYPES)
+        _one_of("gem_h", self.gem_h, GEM_H)
+        _one_of("iq_policy_terms", self.iq_policy_terms, POLICY_TERMS)
         if not (isinstance(self.gem_beta, (int, float)) and math.isfinite(self.gem_beta) and self.gem_beta > 0):
             raise ValueError(f"gem_beta must be a finite number > 0, got {self.gem_beta}")
         if self.loss_type != "nll" and (self.iq_lambda != 0 or self.entropy_coef != 0):
@@ -155,11 +165,24 @@ class Objective:
                              f"entropy_coef=0 (got {self.iq_lambda:g} and {self.entropy_coef:g})")
 
     @classmethod
+    def mle(cls, **changes) -> Objective:
+        """Plain MLE: λ = 0, V in the logits form, no policy samples (α = 0), every other setting at its default
+        unless given in `changes`."""
+        return cls(**{"iq_lambda": 0.0, "iq_value": LOGITS, "iq_alpha": 0.0, **changes})
+
+    @classmethod
     def from_config(cls, config, eos_token_ids: Sequence[int] = ()) -> Objective:
-        """The objective of a trainer config: each field of the config that has an `Objective` field's name (a config
-        without one, such as GAIL's without `iq_lambda`, gets the neutral default: plain MLE)."""
-        given = {f.name: getattr(config, f.name) for f in fields(cls) if f.name != "eos_token_ids" and hasattr(config, f.name)}
-        return cls(**given, eos_token_ids=tuple(eos_token_ids))
+        """The objective of a trainer config: `mle()` with each setting the config has (a config without one takes
+        MLE's: GAIL has no λ, offline IQLearn no α)."""
+        given = {name: getattr(config, name) for name in _SETTINGS if hasattr(config, name)}
+        return cls.mle(**given, eos_token_ids=tuple(eos_token_ids))
+
+    @classmethod
+    def from_run(cls, run: Mapping) -> Objective:
+        """The objective a run trained with, from its `run.json` record (the settings in `run["config"]`, as
+        `from_config` reads a config); for a model that is not a tirl run (`{}`), plain MLE in the logits form."""
+        config = run.get("config") or {}
+        return cls.mle(**{name: config[name] for name in _SETTINGS if config.get(name) is not None})
 
     def at(self, step: int | None) -> Objective:
         """The objective in force at optimizer step `step`: λ ramped linearly over `iq_lambda_warmup_steps` (from 0,
@@ -169,7 +192,10 @@ class Objective:
         return replace(self, iq_lambda=self.iq_lambda * step / self.iq_lambda_warmup_steps)
 
 
-MLE = Objective()  # plain MLE in the logits form: the losses' default
+# the settings a config or a run record carries (the EOS ids come from the tokenizer)
+_SETTINGS = tuple(f.name for f in fields(Objective) if f.name != "eos_token_ids")
+DEFAULTS = Objective()  # every setting at its default: what a user gets
+MLE = Objective.mle()  # plain MLE in the logits form: the losses' default
 
 
 @dataclass(frozen=True)
@@ -195,5 +221,5 @@ class Counts:
         return self.policy_tokens if reduction == "token" else self.policy_sequences
 
 
-__all__ = ["GEM_H", "HEAD", "LOGITS", "LOSS_TYPES", "MLE", "REDUCTIONS", "REFERENCE", "VALUE_FORMS", "Counts", "Objective",
-           "ValueForm", "value_form"]
+__all__ = ["DEFAULTS", "GEM_H", "HEAD", "LOGITS", "LOSS_TYPES", "MLE", "POLICY_TERMS", "REDUCTIONS", "REFERENCE",
+           "VALUE_FORMS", "Counts", "Objective", "ValueForm", "value_form"]

@@ -1,6 +1,7 @@
-"""Patch a causal LM so that `model(..., labels=labels, tirl_head=HeadCall(...))` computes, from the final hidden
-states and the LM head weight, either the per-token `QV` in the objective's value form (the two-pass chunked head) or
-the loss itself through a fused head (the single-pass IQ head, the GEM head), whose gradient is formed in this forward.
+"""Patch a causal LM so that `model(..., labels=labels, tirl_head=...)` computes, from the final hidden states and the
+LM head weight, either the per-token `QV` in the objective's value form (`HeadCall`: the two-pass chunked head) or the
+loss itself through a fused head (`FusedLossCall`: the single-pass IQ head, the GEM head), whose gradient is formed in
+this forward. Each call type has one result type.
 
 The [batch, seq, vocab] logits never exist. Without `tirl_head` the original forward runs, so generation and every
 other caller are unchanged. This mirrors TRL's `add_fused_lm_head` (which returns only log-probabilities; IQLearn needs
@@ -31,22 +32,29 @@ from ..losses import (
     qv_from_hidden,
     single_pass_iq_loss,
 )
-from .value_head import get_value_head
+from .inputs import value_input_of
 
 
 @dataclass
 class HeadCall:
-    """What the patched forward computes instead of the logits.
-
-    `loss=False`: the `QV` of the labels in `objective.iq_value`'s form (the two-pass head; the loss is taken from it
-    outside). `loss=True`: the `LossOutput` of `objective` through a fused head (`fused_loss`). `reference_lse` is the
-    batch's LSE_θ0 [B, T − 1] for the reference form; `counts` the global counts the loss divides by.
+    """`model(..., tirl_head=HeadCall(...))` returns the `QV` of the labels in `objective.iq_value`'s form (the
+    two-pass head; the loss is taken from it outside). `value_column` is the batch's column of the value form's input
+    [B, T − 1] (`ValueInput.take`: LSE_θ0 in the reference form), None for a form without one.
     """
 
     objective: Objective
-    reference_lse: torch.Tensor | None = None
+    value_column: torch.Tensor | None = None
+
+
+@dataclass
+class FusedLossCall:
+    """`model(..., tirl_head=FusedLossCall(...))` returns the `LossOutput` of `objective` through a fused head
+    (`fused_loss`). `value_column` as in `HeadCall`; `counts` the global counts the loss divides by.
+    """
+
+    objective: Objective
+    value_column: torch.Tensor | None = None
     counts: Counts = NO_COUNTS
-    loss: bool = False
 
 
 def _check_plain_logits(model: torch.nn.Module) -> None:
@@ -97,25 +105,18 @@ def _head_kwargs(model: torch.nn.Module, hidden: torch.Tensor) -> tuple[torch.Te
 
 
 def value_input(form: ValueForm, model: torch.nn.Module, hidden: torch.Tensor,
-                reference_lse: torch.Tensor | None) -> torch.Tensor | None:
-    """The input `form` reads besides the logits ([B, T − 1]): the batch's LSE_θ0 (reference), v_ψ of the hidden
-    states through `model`'s value head (head), or None (logits)."""
-    if form.needs_value_head:
-        head = get_value_head(model)
-        if head is None:
-            raise ValueError("iq_value='head' needs the model's value head (tirl.qv.value_head.add_value_head)")
-        return head(hidden[:, :-1])
-    if form.needs_reference_lse:
-        if reference_lse is None:
-            raise ValueError("iq_value='reference' needs the batch's LSE of the starting model (tirl.qv.reference)")
-        return reference_lse.to(hidden.device)
-    return None
+                value_column: torch.Tensor | None) -> torch.Tensor | None:
+    """The input `form` reads besides the logits ([B, T − 1], on the hidden states' device), as its `ValueInput`
+    computes it from `model`, its final hidden states [B, T, D] and the batch's `value_column`; None in the logits
+    form."""
+    x = value_input_of(form).compute(model, hidden, value_column)
+    return None if x is None else x.to(hidden.device)
 
 
 def head_qv(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024,
-            form: ValueForm | None = None, reference_lse: torch.Tensor | None = None) -> QV:
+            form: ValueForm | None = None, value_column: torch.Tensor | None = None) -> QV:
     """Q and V from final hidden states [B, T, D] through `model`'s LM head, in chunks (`losses.qv_from_hidden`), in
-    `form` (None: the logits form).
+    `form` (None: the logits form; `value_column`: `value_input`'s).
 
     Where the head's parameters are sharded, they are made whole here: FSDP2 (DTensor) parameters are gathered once
     (`_head_parameters`), and ZeRO-3 partitions through TRL's `maybe_gather_lm_head_ctx`, which the chunked head
@@ -124,10 +125,10 @@ def head_qv(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, 
     qv = qv_from_hidden(h, weight, labels.to(weight.device), chunk_size=chunk_size, **kw)
     if form is None:
         return qv
-    return form.apply(qv, value_input(form, model, h, reference_lse))
+    return form.apply(qv, value_input(form, model, h, value_column))
 
 
-def fused_loss(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, call: HeadCall,
+def fused_loss(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, call: FusedLossCall,
                chunk_size: int = 1024) -> LossOutput:
     """The loss of `call.objective` from final hidden states [B, T, D] through `model`'s LM head in one pass, the
     gradient formed in this forward: the single-pass IQ head (`losses.single_pass_iq_loss`), or the GEM head for
@@ -137,26 +138,26 @@ def fused_loss(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tenso
     o = call.objective
     loss_fn = chunked_gem_loss if o.loss_type == "gem" else single_pass_iq_loss
     return loss_fn(h, weight, labels.to(weight.device), o, call.counts,
-                   value_input(o.iq_value, model, h, call.reference_lse), chunk_size=chunk_size, **kw)
+                   value_input(o.iq_value, model, h, call.value_column), chunk_size=chunk_size, **kw)
 
 
 def model_qv(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
-             chunk_size: int = 1024, form: ValueForm | None = None, reference_lse: torch.Tensor | None = None) -> QV:
+             chunk_size: int = 1024, form: ValueForm | None = None, value_column: torch.Tensor | None = None) -> QV:
     """Per-token Q and V of any causal LM (PEFT-wrapped or not), without patching it and without full logits."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     _check_plain_logits(base)
     hidden = base.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    return head_qv(base, hidden, labels, chunk_size, form, reference_lse)
+    return head_qv(base, hidden, labels, chunk_size, form, value_column)
 
 
 def add_qv_head(model: torch.nn.Module, chunk_size: int = 1024) -> None:
-    """Add the `tirl_head=HeadCall(...)` path to `model.forward` (a `PreTrainedModel` for causal LM; patch before PEFT
-    wraps it)."""
+    """Add the `tirl_head=HeadCall(...)` (a `QV`) and `tirl_head=FusedLossCall(...)` (a `LossOutput`) paths to
+    `model.forward` (a `PreTrainedModel` for causal LM; patch before PEFT wraps it)."""
     _check_plain_logits(model)
     previous_forward = model.forward
 
     @functools.wraps(type(model).forward)
-    def forward(self, *args, tirl_head: HeadCall | None = None, **kwargs):
+    def forward(self, *args, tirl_head: HeadCall | FusedLossCall | None = None, **kwargs):
         if tirl_head is None:
             return previous_forward(*args, **kwargs)
         labels = kwargs.pop("labels")
@@ -164,9 +165,9 @@ def add_qv_head(model: torch.nn.Module, chunk_size: int = 1024) -> None:
         kwargs["use_cache"] = False
         # looked up on each call: PEFT and FSDP replace the modules after patching
         hidden = self.base_model(*args, **kwargs).last_hidden_state
-        if tirl_head.loss:
+        if isinstance(tirl_head, FusedLossCall):
             return fused_loss(self, hidden, labels, tirl_head, chunk_size)
-        return head_qv(self, hidden, labels, chunk_size, tirl_head.objective.iq_value, tirl_head.reference_lse)
+        return head_qv(self, hidden, labels, chunk_size, tirl_head.objective.iq_value, tirl_head.value_column)
 
     model.forward = types.MethodType(forward, model)
 
@@ -175,5 +176,5 @@ def has_qv_head(model: torch.nn.Module) -> bool:
     return "tirl_head" in getattr(model.forward, "__code__", types.SimpleNamespace(co_varnames=())).co_varnames
 
 
-__all__ = ["HeadCall", "add_qv_head", "compile_chunks", "fused_loss", "has_qv_head", "head_qv", "model_qv",
-           "value_input"]
+__all__ = ["FusedLossCall", "HeadCall", "add_qv_head", "compile_chunks", "fused_loss", "has_qv_head", "head_qv",
+           "model_qv", "value_input"]

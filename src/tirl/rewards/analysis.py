@@ -14,35 +14,24 @@ import statistics
 from collections.abc import Sequence
 
 from ..data.rows import load_rows, to_trl
-from ..losses import LOGITS, ValueForm
-from .extraction import score
+from ..evaluation.families import MetricFamily, metric_family
+from .extraction import RewardModel, ScoreSettings, score
 
 
-def preference_accuracy(
-    model,
-    tokenizer,
-    rows: Sequence[dict],
-    gamma: float = 0.99,
-    batch_size: int = 8,
-    max_length: int | None = 1024,
-    progress: bool = True,
-    form: ValueForm = LOGITS,
-    reference_model=None,
-) -> dict:
-    """How often R(prompt, chosen) > R(prompt, rejected) over rows in TRL's preference format.
+def preference_accuracy(reward: RewardModel, rows: Sequence[dict], settings: ScoreSettings | None = None) -> dict:
+    """How often R(prompt, chosen) > R(prompt, rejected) under `reward` over rows in TRL's preference format.
 
     Rows have `prompt`, `chosen` and `rejected` (strings or message lists). Ties count as half, as is usual for
     pairwise accuracy. The same figure for the sequence log-likelihood Σ log π is reported alongside, as the
     reference a reward must beat to be more than a likelihood.
     """
     pairs = [(r["prompt"], r["chosen"]) for r in rows] + [(r["prompt"], r["rejected"]) for r in rows]
-    scored = score(model, tokenizer, pairs, gamma=gamma, batch_size=batch_size, max_length=max_length, progress=progress,
-                   form=form, reference_model=reference_model)
+    scored = score(reward, pairs, settings)
     n = len(rows)
     chosen, rejected = scored[:n], scored[n:]
     return {
         "n": n,
-        "gamma": gamma,
+        "gamma": reward.objective.iq_gamma,
         "accuracy": pairwise_accuracy([c.reward for c in chosen], [r.reward for r in rejected]),
         "accuracy_logprob": pairwise_accuracy([c.logprob for c in chosen], [r.logprob for r in rejected]),
         "mean_margin": sum(c.reward - r.reward for c, r in zip(chosen, rejected, strict=True)) / max(n, 1),
@@ -114,11 +103,13 @@ def correlations(records: list[dict], score: list[float], values: list[float]) -
             "spearman_within_prompt": within, "prompts_with_variation": n_prompts}
 
 
-def demonstration_pairs(records: list[dict], score: list[float], family: str, dataset: str, split: str,
+def demonstration_pairs(records: list[dict], score: list[float], family: str | MetricFamily, dataset: str, split: str,
                         tokenizer) -> list[dict]:
     """Preference rows from the task itself: chosen = the dataset's reference completion of a prompt, rejected = one
-    of the model's samples for it (GSM8k and many-answer tasks: only wrong ones; other tasks: every sample). Rendered
-    as training renders them (`to_trl`), so prompt and completion templates match what the model was trained on."""
+    of the model's samples for it (a family whose samples are right or wrong, such as GSM8k's: only wrong ones; other
+    families: every sample). Rendered as training renders them (`to_trl`), so prompt and completion templates match
+    what the model was trained on."""
+    only_wrong = metric_family(family).right_or_wrong
     key = lambda prompt: prompt if isinstance(prompt, str) else json.dumps(prompt)  # noqa: E731
     references = {key(r["prompt"]): r for r in load_rows(dataset, split=split)}
     rows, missing = [], 0
@@ -127,7 +118,7 @@ def demonstration_pairs(records: list[dict], score: list[float], family: str, da
         if ref is None:
             missing += 1
             continue
-        if family in ("gsm8k", "valid_set") and y > 0.5:
+        if only_wrong and y > 0.5:
             continue
         chosen = to_trl([{"prompt": ref["prompt"], "completion": ref["completion"]}], tokenizer)[0]
         rejected = to_trl([{"prompt": ref["prompt"], "completion": rec["text"]}], tokenizer)[0]

@@ -3,19 +3,21 @@
     r_t = Q(s_t, a_t) − γ·V(s_{t+1}),   Q = log π + V, V after EOS = 0,
     R   = Σ_t r_t   (over the completion tokens whose reward is defined; see `tirl.losses`).
 
-V is read in the form the checkpoint was trained with (`iq_value` in its run.json; `load_reward_model` finds it):
-logits (V = logsumexp(logits)), reference (V = LSE_θ − LSE_θ0, with the starting model loaded beside it) or head (the
-saved `value_head.safetensors`). A model that is not a tirl run is read in the logits form.
+A checkpoint is read with the objective it trained with (`Objective.from_run`, from its run.json; `load_reward_model`
+finds it): V in its value form (logits: V = logsumexp(logits); reference: V = LSE_θ − LSE_θ0, with the starting model
+loaded beside it; head: the saved `value_head.safetensors`) and its γ. A model that is not a tirl run is read as plain
+MLE (`Objective.mle()`: the logits form, the default γ).
 
 No extra network: the reward is read off the LM head. With γ = 1, R telescopes to log π(y|x) + V(s_0) (the sequence
 log-likelihood plus a prompt-dependent offset), so rankings for one prompt equal log-likelihood rankings; use γ < 1
-(default 0.99) for a reward that is more than a likelihood. IQLearn trains the logits to make r meaningful (its TD
-term pins the free per-state offset of the logits); for an MLE model the offset is arbitrary, which is why MLE
-"rewards" correlate poorly with quality.
+(the default of `tirl.losses.Objective`) for a reward that is more than a likelihood. IQLearn trains the logits to
+make r meaningful (its TD term pins the free per-state offset of the logits); for an MLE model the offset is
+arbitrary, which is why MLE "rewards" correlate poorly with quality.
 
-`score` returns per-token and per-sequence rewards (`tirl.rewards.analysis.preference_accuracy` scores chosen/rejected
-pairs with it); `RewardScorer` wraps a checkpoint as a reward function for TRL's online trainers (`GRPOTrainer(reward_funcs=
-[RewardScorer(path)])`).
+`score(reward_model, pairs, settings)` returns per-token and per-sequence rewards (`RewardModel`: what the rewards
+are; `ScoreSettings`: how they are computed; `tirl.rewards.analysis.preference_accuracy` scores chosen/rejected pairs
+with it); `RewardScorer` wraps a checkpoint as a reward function for TRL's online trainers
+(`GRPOTrainer(reward_funcs=[RewardScorer(path)])`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +34,38 @@ import torch
 
 from .. import models
 from ..data.tokenize import Prompt, encode_prompt_completion
-from ..losses import IGNORE_INDEX, LOGITS, ValueForm, token_rewards, value_form
+from ..losses import IGNORE_INDEX, MLE, Objective, token_rewards
 from ..models import eos_token_ids
 from ..progress import progress_bar
 from ..qv.head import model_qv
-from ..qv.value_head import load_value_head
+from ..qv.inputs import value_input_of
 
 
 @dataclass
 class RewardModel:
-    """A checkpoint ready to score rewards in its own value parameterisation."""
+    """A model whose rewards are read with `objective`'s value form and γ: a checkpoint and what its value form
+    needs (`reference`, the starting model, for the reference form)."""
 
     model: Any
     tokenizer: Any
-    form: ValueForm = LOGITS  # the run's iq_value
-    reference: Any = None  # the starting model, for the reference form
-    gamma: float = 0.99  # the run's iq_gamma (the γ its TD term was trained with)
+    objective: Objective = MLE  # the run's (`Objective.from_run`); a model that is not a tirl run: plain MLE
+    reference: Any = None
     source: str = ""
+
+    def with_gamma(self, gamma: float | None) -> RewardModel:
+        """This model with its rewards read at γ = `gamma` (None: the run's own)."""
+        return self if gamma is None else replace(self, objective=replace(self.objective, iq_gamma=gamma))
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How `score` computes rewards (never what they are: that is the `RewardModel`'s)."""
+
+    batch_size: int = 8  # sequences per forward pass (sorted by length, so a batch pads little)
+    max_length: int | None = 1024  # tokens kept per sequence (prompt + completion); None: all
+    chunk_size: int = 1024  # rows per chunk through the LM head (no [batch, seq, vocab] logits)
+    bf16: bool = False  # bf16 autocast for the forward pass
+    progress: bool = True  # a progress bar
 
 
 def training_run(path: str) -> dict:
@@ -65,24 +82,24 @@ def training_run(path: str) -> dict:
 
 
 def load_reward_model(name_or_path: str, trust_remote_code: bool = False) -> RewardModel:
-    """Load a checkpoint and what its reward's value form needs: the value head, or the starting model (named in
-    run.json; tiny models are rebuilt from the run's seed)."""
+    """Load a checkpoint with the objective it trained with (`Objective.from_run`) and what its value form reads:
+    the value head saved beside it, or the starting model (named in run.json; tiny models are rebuilt from the run's
+    seed)."""
     model, tokenizer = models.load(name_or_path, trust_remote_code=trust_remote_code)
     run = training_run(name_or_path)
-    config = run.get("config") or {}
-    form = value_form(config.get("iq_value") or "logits")
+    objective = Objective.from_run(run)
+    kind = value_input_of(objective.iq_value)
+    kind.load(model, name_or_path)
     reference = None
-    if form.needs_value_head:
-        load_value_head(model, name_or_path)
-    if form.needs_reference_lse:
+    if kind.reads_starting_model:
         base = run.get("model")
         if not base:
-            raise ValueError(f"{name_or_path}: trained with iq_value='reference' but run.json names no starting model")
-        reference, _ = models.load(base, seed=int(config.get("seed", 0)), trust_remote_code=trust_remote_code)
+            raise ValueError(f"{name_or_path}: trained with iq_value={objective.iq_value.name!r} but run.json names no "
+                             "starting model")
+        seed = int((run.get("config") or {}).get("seed", 0))
+        reference, _ = models.load(base, seed=seed, trust_remote_code=trust_remote_code)
         reference.eval().requires_grad_(False)
-    gamma = config.get("iq_gamma")
-    return RewardModel(model.eval(), tokenizer, form=form, reference=reference,
-                       gamma=0.99 if gamma is None else float(gamma), source=name_or_path)
+    return RewardModel(model.eval(), tokenizer, objective=objective, reference=reference, source=name_or_path)
 
 
 @dataclass
@@ -108,29 +125,16 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def score(
-    model,
-    tokenizer,
-    pairs: Sequence[tuple[Prompt, Prompt]],
-    gamma: float = 0.99,
-    batch_size: int = 8,
-    max_length: int | None = 1024,
-    chunk_size: int = 1024,
-    bf16: bool = False,
-    progress: bool = True,
-    form: ValueForm = LOGITS,
-    reference_model=None,
-) -> list[SequenceRewards]:
-    """Per-token and per-sequence rewards of `(prompt, completion)` pairs under `model` (strings or message lists).
+def score(reward: RewardModel, pairs: Sequence[tuple[Prompt, Prompt]],
+          settings: ScoreSettings | None = None) -> list[SequenceRewards]:
+    """Per-token and per-sequence rewards of `(prompt, completion)` pairs (strings or message lists) under
+    `reward`: its model, in its objective's value form and γ.
 
     Pairs are tokenised exactly as training tokenises them (`encode_prompt_completion`), batched with right padding,
-    and pushed through the model's LM head in chunks (no [B, T, V] logits). V is read in `form`: the logsumexp of the
-    logits, LSE − LSE of `reference_model` (the starting model), or the model's value head.
+    and pushed through the model's LM head in chunks (no [B, T, V] logits).
     """
-    encoded = [encode_prompt_completion(tokenizer, p, c) for p, c in pairs]
-    return score_encoded(model, tokenizer, encoded, gamma=gamma, batch_size=batch_size, max_length=max_length,
-                         chunk_size=chunk_size, bf16=bf16, progress=progress, form=form,
-                         reference_model=reference_model)
+    encoded = [encode_prompt_completion(reward.tokenizer, p, c) for p, c in pairs]
+    return score_encoded(reward, encoded, settings)
 
 
 def encode_generated(prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> dict[str, list[int]]:
@@ -140,36 +144,28 @@ def encode_generated(prompt_ids: Sequence[int], completion_ids: Sequence[int]) -
 
 
 @torch.no_grad()
-def score_encoded(
-    model,
-    tokenizer,
-    encoded: Sequence[dict[str, list[int]]],
-    gamma: float = 0.99,
-    batch_size: int = 8,
-    max_length: int | None = 1024,
-    chunk_size: int = 1024,
-    bf16: bool = False,
-    progress: bool = True,
-    form: ValueForm = LOGITS,
-    reference_model=None,
-) -> list[SequenceRewards]:
+def score_encoded(reward: RewardModel, encoded: Sequence[dict[str, list[int]]],
+                  settings: ScoreSettings | None = None) -> list[SequenceRewards]:
     """`score` for sequences already tokenised: dicts with `input_ids` and `labels` (−100 outside the completion)."""
-    if form.needs_reference_lse and reference_model is None:
-        raise ValueError("rewards in the reference form need the starting model (reference_model)")
+    s = settings or ScoreSettings()
+    model, tokenizer, form = reward.model, reward.tokenizer, reward.objective.iq_value
+    kind = value_input_of(form)
+    if kind.reads_starting_model and reward.reference is None:
+        raise ValueError(f"rewards in the {form.name} form need the starting model (RewardModel.reference)")
     was_training = model.training
     model.eval()
     eos = eos_token_ids(tokenizer, model.get_base_model() if hasattr(model, "get_base_model") else model)
-    if max_length is not None:
-        encoded = [{k: v[:max_length] for k, v in e.items()} for e in encoded]
+    if s.max_length is not None:
+        encoded = [{k: v[: s.max_length] for k, v in e.items()} for e in encoded]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = _device(model)
-    bar = progress_bar(len(encoded), "scoring rewards", "seq", progress)
+    bar = progress_bar(len(encoded), "scoring rewards", "seq", s.progress)
     # sequences of similar length share a batch (less padding: preference dialogues vary from 50 to 1,000 tokens);
     # results go back in input order
     order = sorted(range(len(encoded)), key=lambda j: len(encoded[j]["input_ids"]))
     results: list[SequenceRewards | None] = [None] * len(encoded)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
+    for start in range(0, len(order), s.batch_size):
+        index = order[start : start + s.batch_size]
         chunk = [encoded[j] for j in index]
         width = max(len(e["input_ids"]) for e in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -180,15 +176,15 @@ def score_encoded(
             ids[i, :n] = torch.tensor(e["input_ids"])
             labels[i, :n] = torch.tensor(e["labels"])
             attn[i, :n] = 1
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            reference_lse = None
-            if form.needs_reference_lse:
-                ref_device = _device(reference_model)
-                reference_lse = model_qv(reference_model, ids.to(ref_device), attn.to(ref_device),
-                                         labels.to(ref_device), chunk_size=chunk_size).lse.to(device)
-            qv = model_qv(model, ids.to(device), attn.to(device), labels.to(device), chunk_size=chunk_size, form=form,
-                          reference_lse=reference_lse)
-        rw = token_rewards(qv, iq_gamma=gamma, eos_token_ids=eos)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.bf16):
+            column = None
+            if kind.reads_starting_model:
+                ref_device = _device(reward.reference)
+                column = kind.of_starting_model(reward.reference, ids.to(ref_device), attn.to(ref_device),
+                                                labels.to(ref_device), chunk_size=s.chunk_size).to(device)
+            qv = model_qv(model, ids.to(device), attn.to(device), labels.to(device), chunk_size=s.chunk_size, form=form,
+                          value_column=column)
+        rw = token_rewards(qv, iq_gamma=reward.objective.iq_gamma, eos_token_ids=eos)
         for i, j in enumerate(index):
             pos = qv.mask[i].nonzero().flatten()
             if len(pos) == 0:
@@ -223,31 +219,29 @@ class RewardScorer:
 
     TRL calls `scorer(prompts=..., completions=..., **columns)` with strings or message lists and expects one float
     per completion. The reward is R = Σ_t r_t (`normalize="none"`) or its mean per token (`normalize="mean"`, which
-    does not favour long or short completions). The scoring model is frozen and kept in eval mode. Given a path, the
-    reward is read in the run's own value parameterisation (`load_reward_model`), and γ defaults to the run's.
+    does not favour long or short completions). `model` is a run directory or model name (read with the objective
+    of its run, `load_reward_model`), a `RewardModel`, or a model object with its `tokenizer` (read as plain MLE);
+    `gamma` replaces the objective's γ. The scoring model is frozen and kept in eval mode; no progress bar is shown.
     """
 
-    def __init__(self, model, tokenizer=None, gamma: float | None = None, normalize: str = "none", batch_size: int = 8,
-                 max_length: int | None = 1024, bf16: bool = False, form: ValueForm = LOGITS, reference_model=None):
+    def __init__(self, model, tokenizer=None, gamma: float | None = None, normalize: str = "none",
+                 settings: ScoreSettings | None = None):
         if normalize not in ("none", "mean"):
             raise ValueError(f"normalize must be 'none' or 'mean', got {normalize!r}")
         if isinstance(model, str):
-            loaded = load_reward_model(model)
-            model, tokenizer, form, reference_model = loaded.model, loaded.tokenizer, loaded.form, loaded.reference
-            gamma = loaded.gamma if gamma is None else gamma
-        if tokenizer is None:
-            raise ValueError("pass the tokenizer together with a model object")
-        gamma = 0.99 if gamma is None else gamma
-        self.form, self.reference_model = form, reference_model
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.gamma, self.normalize, self.batch_size, self.max_length, self.bf16 = gamma, normalize, batch_size, max_length, bf16
+            model = load_reward_model(model)
+        elif not isinstance(model, RewardModel):
+            if tokenizer is None:
+                raise ValueError("pass the tokenizer together with a model object")
+            model = RewardModel(model, tokenizer)
+        self.reward = model.with_gamma(gamma)
+        self.reward.model.eval().requires_grad_(False)
+        self.normalize = normalize
+        self.settings = replace(settings or ScoreSettings(), progress=False)
         self.__name__ = "tirl_reward"  # TRL logs each reward function under its __name__
 
     def __call__(self, prompts: Sequence[Prompt], completions: Sequence[Prompt], **_) -> list[float]:
-        scored = score(self.model, self.tokenizer, list(zip(prompts, completions, strict=True)), gamma=self.gamma,
-                       batch_size=self.batch_size, max_length=self.max_length, bf16=self.bf16, progress=False,
-                       form=self.form, reference_model=self.reference_model)
+        scored = score(self.reward, list(zip(prompts, completions, strict=True)), self.settings)
         if self.normalize == "mean":
             return [s.reward / max(s.num_tokens, 1) for s in scored]
         return [s.reward for s in scored]

@@ -5,6 +5,9 @@
     OnlineIQLearnConfig / OnlineIQLearnTrainer  IQLearn on expert rows mixed with the model's own samples
     GAILConfig / GAILTrainer                    discriminator reward + PPO-clip policy gradient + MLE
 
+`METHODS` (`tirl.trainers.methods`) registers each `tirl train --method` once: its config, its trainer, its help line
+and the options it fixes.
+
 The trainers share a small base (`TirlTrainer`: Q and V, loss normalisation, metrics, checkpoints) and are built by
 composition: the online ones own a `RolloutSampler`, GAIL a discriminator and a frozen reference policy. The configs
 are flat siblings composed of the option groups in `tirl.trainers.arguments`, each holding only its trainer's options.
@@ -18,6 +21,7 @@ from .gail_config import GAILConfig
 from .gail_trainer import GAILTrainer
 from .iqlearn_config import IQLearnConfig
 from .iqlearn_trainer import IQLearnTrainer
+from .methods import METHODS, Method
 from .online_iqlearn_config import OnlineIQLearnConfig
 from .online_iqlearn_trainer import OnlineIQLearnTrainer
 from .sampler import RolloutSampler
@@ -29,6 +33,8 @@ __all__ = [
     "GAILTrainer",
     "IQLearnConfig",
     "IQLearnTrainer",
+    "METHODS",
+    "Method",
     "NoTrainableTokensError",
     "CheckpointStateError",
     "NonFiniteLossError",

@@ -10,7 +10,8 @@
 A config is `SFTConfig` plus the groups its trainer reads plus its own fields (`IQLearnConfig`, `OnlineIQLearnConfig`,
 `GAILConfig`); the groups are listed before `SFTConfig` among the bases, so their options come after TRL's in `--help`.
 The objective's settings are checked once, by `tirl.losses.Objective` (`check_objective`, called from each config's
-`__post_init__`, so a bad value fails where the config is made); the head and sampling settings by their groups.
+`__post_init__`, so a bad value fails where the config is made), and their defaults are the objective's
+(`tirl.losses.DEFAULTS`); the head and sampling settings are checked by their groups.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from ..hardware import fast_bf16
-from ..losses import GEM_H, LOSS_TYPES, POLICY_TERMS, REDUCTIONS, VALUE_FORMS, Objective
+from ..losses import DEFAULTS, GEM_H, LOSS_TYPES, POLICY_TERMS, REDUCTIONS, VALUE_FORMS, Objective
 
 IQ_HEADS = ("auto", "two_pass")
 VLLM_MODES = ("colocate", "server")
@@ -77,7 +78,7 @@ class QVArguments:
         },
     )
     iq_value: str = field(
-        default="reference",
+        default=DEFAULTS.iq_value.name,
         metadata={
             "help": "Parameterisation of V(s): 'logits' (V = logsumexp of the logits), 'reference' (V = logsumexp "
             "minus the starting model's, so V = 0 at the start; one forward pass of the starting model over the "
@@ -87,11 +88,11 @@ class QVArguments:
         },
     )
     iq_gamma: float = field(
-        default=0.99,
+        default=DEFAULTS.iq_gamma,
         metadata={"help": "γ: discount in the implicit reward r_t = Q(s_t,a_t) − γ·V(s_{t+1})."},
     )
     iq_reduction: str = field(
-        default="token",
+        default=DEFAULTS.iq_reduction,
         metadata={
             "help": "How token terms are averaged: 'token' (over all completion tokens, like SFT) or 'sequence' "
             "(per-sequence mean, then mean over sequences).",
@@ -111,15 +112,15 @@ class TDArguments:
     """The TD term λ·E[r²] of offline and online IQLearn."""
 
     iq_lambda: float = field(
-        default=0.01,
+        default=DEFAULTS.iq_lambda,
         metadata={"help": "λ: weight of the TD (χ²) term E[r_t²] added to the MLE loss. 0 = plain MLE/SFT."},
     )
     iq_lambda_warmup_steps: int = field(
-        default=0,
+        default=DEFAULTS.iq_lambda_warmup_steps,
         metadata={"help": "Ramp λ linearly from 0 (MLE) to iq_lambda over this many optimizer steps (0 = no warm-up)."},
     )
     iq_stop_grad_next: bool = field(
-        default=False,
+        default=DEFAULTS.iq_stop_grad_next,
         metadata={"help": "Stop the gradient through V(s_{t+1}) in the TD term (ablation)."},
     )
 
@@ -129,7 +130,7 @@ class TokenLossArguments:
     """The token loss of offline training: MLE, or a diversity-preserving baseline (docs/method.md §2)."""
 
     loss_type: str = field(
-        default="nll",
+        default=DEFAULTS.loss_type,
         metadata={
             "help": "Token loss: 'nll' (−log π, MLE/SFT, plus the TD term for IQLearn), 'dft' (−sg(π)·log π, TRL's "
             "loss_type='dft', Wu et al. 2025) or 'gem' (GEM, Li et al. 2025; --gem_beta, --gem_h). dft and gem take "
@@ -138,16 +139,16 @@ class TokenLossArguments:
         },
     )
     gem_beta: float = field(
-        default=0.7,
+        default=DEFAULTS.gem_beta,
         metadata={"help": "GEM's β: q = softmax(logits/β) spreads the pull towards the target (β → 1: cross-entropy)."},
     )
     gem_h: str = field(
-        default="logsigmoid",
+        default=DEFAULTS.gem_h,
         metadata={"help": "GEM's weights: 'linear' (w = 1) or 'logsigmoid' (w_v = sigmoid(0.01·(z_v − z_y)), the "
                   "default of the authors' scripts).", "choices": list(GEM_H)},
     )
     entropy_coef: float = field(
-        default=0.0,
+        default=DEFAULTS.entropy_coef,
         metadata={"help": "β of entropy-regularised MLE: subtract β·E[H(π(·|s_t))] on expert tokens (0 = off)."},
     )
 

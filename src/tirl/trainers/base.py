@@ -4,8 +4,9 @@ A TRL `SFTTrainer` (dataset formats, completion-only and assistant-only masking,
 checkpoints, `report_to` are all TRL's) that computes its own loss from per-token Q and V:
 
 - the run's `Objective` (`self.objective`, `tirl.losses.objective`), built once from the config, and Q and V in its
-  value form (`ValueForm`): the chunked head patched into the model (`iq_chunk_size > 0`), a value head attached, or
-  the starting model's logsumexp attached to the datasets, as the form says it needs;
+  value form (`ValueForm`): the chunked head patched into the model (`iq_chunk_size > 0`), and what the form reads
+  besides the logits (`self.value_input`, `tirl.qv.inputs`) attached to the model, or computed by the starting model
+  once as a dataset column;
 - the offline loss of a batch's expert rows (`offline_loss`, also every trainer's evaluation loss) with the global
   counts it divides by (`loss_counts`, `tirl.trainers.counts`), in training through a fused head where it applies
   (`use_fused_head`), and the last steps of every loss (`finalize_loss`);
@@ -39,8 +40,8 @@ from ..files import write_text_atomic
 from ..losses import LOGITS, QV, Counts, LossOutput, Objective, ValueForm, gem_loss, iq_loss_from_qv, qv_from_logits
 from ..models import eos_token_ids
 from ..qv import reference
-from ..qv.head import HeadCall, add_qv_head
-from ..qv.value_head import add_value_head, get_value_head, load_value_head, save_value_head
+from ..qv.head import FusedLossCall, HeadCall, add_qv_head
+from ..qv.inputs import ValueInput, value_input_of
 from .checkpoints import (
     LoadExtraStateOnResume,
     checkpoint_name,
@@ -52,7 +53,7 @@ from .checkpoints import (
 from .counts import global_counts, local_counts
 from .dataset_report import prompt_limit_of, report_rows, track_rows
 from .metrics import MetricStore
-from .reference_model import frozen_copy, prepare_reference, reference_lse
+from .reference_model import frozen_copy, prepare_reference, starting_model_values
 from .sampler import RolloutSampler
 
 _SFT_PARAMETERS = inspect.signature(SFTTrainer.__init__)
@@ -141,6 +142,7 @@ class TirlTrainer(SFTTrainer):
         # every token that ends an episode, for the losses and for the report of cut completions alike
         self.eos_token_ids = eos_token_ids(self.processing_class, base)
         self.objective = Objective.from_config(args, self.eos_token_ids)
+        self.value_input: ValueInput = value_input_of(self.objective.iq_value)  # what V reads besides the logits
         self.dropped_rows: dict[str, list[int]] = {}
         if tracked_train is not None:
             self.train_dataset = self._report(self.train_dataset, tracked_train, "train")
@@ -156,9 +158,8 @@ class TirlTrainer(SFTTrainer):
         self._save_total_limit: int | None = None  # the run's, while `train` hides it from Trainer
         self.add_callback(LoadExtraStateOnResume(self))
         self.add_callback(StopBeforeNonFiniteStep(self))
-        if self.objective.iq_value.needs_value_head:
-            add_value_head(base)
-        if self.objective.iq_value.needs_reference_lse:
+        self.value_input.attach(base)
+        if self.value_input.reads_starting_model:  # LSE_θ0: once, before training, as a dataset column
             self._attach_reference_values()
 
     @classmethod
@@ -189,44 +190,41 @@ class TirlTrainer(SFTTrainer):
 
     def compute_qv(self, model, inputs, form: ValueForm | None = None) -> QV:
         """Per-token Q and V of a collated batch in the run's value form (or `form`), chunked or from full logits
-        according to `iq_chunk_size`; consumes the batch's LSE_θ0 column (`tirl.qv.reference.COLUMN`)."""
+        according to `iq_chunk_size`; consumes the batch's value column (`take_value_column`)."""
         form = form or self.objective.iq_value
-        reference_lse = self.pop_reference_lse(inputs, form)
+        column = self.take_value_column(inputs, form)
         objective = replace(self.objective, iq_value=form)
         if self.args.iq_chunk_size > 0:
-            return model(**inputs, tirl_head=HeadCall(objective, reference_lse))
-        logits, value_input = self._full_logits(model, inputs, reference_lse, form)
+            return model(**inputs, tirl_head=HeadCall(objective, column))
+        logits, value_input = self._full_logits(model, inputs, column, form)
         qv = qv_from_logits(logits, inputs["labels"], entropy_grad=self.objective.entropy_coef != 0)
         return form.apply(qv, value_input)
 
-    def _full_logits(self, model, inputs, reference_lse, form: ValueForm) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The model's full logits [B, T, V] of a batch, and `form`'s input."""
-        head = get_value_head(self.accelerator.unwrap_model(model)) if form.needs_value_head else None
-        out = model(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=head is not None)
+    def _full_logits(self, model, inputs, column, form: ValueForm) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's full logits [B, T, V] of a batch, and `form`'s input (`column`: the batch's value column)."""
+        kind = value_input_of(form)
+        out = model(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=kind.reads_hidden)
         # hidden_states[-1] is the normed final state the LM head reads
-        return out.logits, head(out.hidden_states[-1][:, :-1]) if head is not None else reference_lse
+        hidden = out.hidden_states[-1] if kind.reads_hidden else None
+        return out.logits, kind.compute(self.accelerator.unwrap_model(model), hidden, column)
 
-    def pop_reference_lse(self, inputs, form: ValueForm | None = None) -> torch.Tensor | None:
-        """LSE_θ0 [B, T − 1] of the batch, removed from `inputs`, when the value form (the run's, or `form`) reads
-        it; else None."""
-        lse = inputs.pop(reference.COLUMN, None)
-        if not (form or self.objective.iq_value).needs_reference_lse:
-            return None
-        if lse is None:
-            raise ValueError(f"iq_value='reference' needs the batch's '{reference.COLUMN}' (the starting model's "
-                             "logsumexp); it is missing from this batch")
-        return lse[:, :-1]
+    def take_value_column(self, inputs, form: ValueForm | None = None) -> torch.Tensor | None:
+        """The batch's column of the value form's input [B, T − 1] (LSE_θ0 in the reference form), removed from
+        `inputs`, when the form (the run's, or `form`) reads one; else None (`ValueInput.take`)."""
+        return value_input_of(form or self.objective.iq_value).take(inputs)
 
-    # the reference form: the starting model's logsumexp, once, as a dataset column
+    # the value input of the starting model (LSE_θ0 of the reference form): once, before training, as a dataset column
 
     def _set_signature_columns_if_needed(self):
-        # Trainer drops dataset columns outside this list before collating; the reference values must survive
+        # Trainer drops dataset columns outside this list before collating; the value column must survive
         super()._set_signature_columns_if_needed()
-        if self.objective.iq_value.needs_reference_lse and reference.COLUMN not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, reference.COLUMN]
+        column = self.value_input.column
+        if column is not None and column not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, column]
 
     def _attach_reference_values(self) -> None:
-        """Add LSE_θ0 per token to the train and eval datasets and wrap the collator to batch it."""
+        """Add the starting model's LSE_θ0 per token to the train and eval datasets and wrap the collator to batch
+        it."""
         if self.train_dataset is not None:
             self.train_dataset = self._with_reference_values(self.train_dataset, "train")
         if isinstance(self.eval_dataset, dict):
@@ -292,8 +290,8 @@ class TirlTrainer(SFTTrainer):
         """The trainer's `RolloutSampler`, recording `record` (name → f(model, rollout)) with each sample when drawn,
         and LSE_θ0 of the sample under `ref_model` when the value form reads it (the expert rows have theirs
         precomputed)."""
-        if self.objective.iq_value.needs_reference_lse:
-            record = {**record, reference.COLUMN: self._sample_reference_lse}
+        if self.value_input.reads_starting_model:
+            record = {**record, self.value_input.column: self._sample_value_column}
         return RolloutSampler(self.args, self.accelerator, self.processing_class, self.eos_token_ids,
                               self.num_policy_samples, record=record, model=self.model)
 
@@ -301,8 +299,9 @@ class TirlTrainer(SFTTrainer):
         """Completions sampled per micro-batch of `batch_size` expert rows (the online trainers say how many)."""
         raise NotImplementedError
 
-    def _sample_reference_lse(self, model, rollout) -> torch.Tensor:
-        return reference_lse(self.ref_model, self.accelerator, rollout, chunk_size=max(self.args.iq_chunk_size, 256))
+    def _sample_value_column(self, model, rollout) -> torch.Tensor:
+        return starting_model_values(self.value_input, self.ref_model, self.accelerator, rollout,
+                                     chunk_size=max(self.args.iq_chunk_size, 256))
 
     # ----------------------------------------------------------------------------------------------------------------
     # Normalisation: the global counts that go with `num_items_in_batch` (`tirl.trainers.counts`)
@@ -355,9 +354,9 @@ class TirlTrainer(SFTTrainer):
         else from the batch's `QV` (GEM without the chunked head: from the model's full logits)."""
         objective = self.objective_now()
         if self.use_fused_head():
-            return model(**inputs, tirl_head=HeadCall(objective, self.pop_reference_lse(inputs), counts, loss=True))
+            return model(**inputs, tirl_head=FusedLossCall(objective, self.take_value_column(inputs), counts))
         if objective.loss_type == "gem":
-            logits, value_input = self._full_logits(model, inputs, self.pop_reference_lse(inputs), objective.iq_value)
+            logits, value_input = self._full_logits(model, inputs, self.take_value_column(inputs), objective.iq_value)
             return gem_loss(logits, inputs["labels"], objective, counts, value_input)
         return iq_loss_from_qv(self.compute_qv(model, inputs), objective, counts)
 
@@ -460,9 +459,6 @@ class TirlTrainer(SFTTrainer):
         super().log(logs, start_time)
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Checkpoints: written under a name resume never picks, then renamed in one step (`tirl.trainers.checkpoints`)
-
-    # ----------------------------------------------------------------------------------------------------------------
     # The model card
 
     # what the model card cannot read off the trainer: `tirl train` sets "base_model" (--model as given),
@@ -480,6 +476,9 @@ class TirlTrainer(SFTTrainer):
 
         write_text_atomic(os.path.join(self.args.output_dir, "README.md"),
                           model_card_text(self, model_name=model_name, dataset_name=dataset_name, tags=tags))
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Checkpoints: written under a name resume never picks, then renamed in one step (`tirl.trainers.checkpoints`)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # safetensors stores a tied weight once (lm_head.weight is the embedding's), so a resumed checkpoint lacks it;
@@ -518,10 +517,11 @@ class TirlTrainer(SFTTrainer):
         self.accelerator.wait_for_everyone()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """`Trainer.save_model` (final model and each checkpoint), plus `value_head.safetensors` in the head form."""
+        """`Trainer.save_model` (final model and each checkpoint), plus what the value input keeps beside the weights
+        (`value_head.safetensors` in the head form)."""
         super().save_model(output_dir, _internal_call)
-        if self.args.should_save and self.objective.iq_value.needs_value_head:
-            save_value_head(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+        if self.args.should_save:
+            self.value_input.save(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
 
     def save_extra_state(self, checkpoint_dir: str) -> None:
         """Write what this trainer keeps beyond the model into a checkpoint being staged (on every process): the run's
@@ -538,8 +538,7 @@ class TirlTrainer(SFTTrainer):
         if os.path.isfile(totals):
             with open(totals) as f:
                 self.metrics.restore(json.load(f))
-        if self.objective.iq_value.needs_value_head:
-            load_value_head(self.accelerator.unwrap_model(self.model), checkpoint_dir)
+        self.value_input.load(self.accelerator.unwrap_model(self.model), checkpoint_dir)
         if self.sampler is not None:
             self.sampler.load(checkpoint_dir)
 

@@ -218,22 +218,22 @@ class GAILTrainer(TirlTrainer):
         if is_expert is None or return_outputs:  # evaluation: the expert loss (MLE)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
-        a = self.args
+        a, o = self.args, self.objective
         inputs["use_cache"] = False
         qv = self.compute_qv(model, inputs)
         expert_qv = restrict_rows(qv, is_expert)
         counts = self.loss_counts(inputs, num_items_in_batch, is_expert)
-        expert = iq_loss_from_qv(expert_qv, self.objective, counts)
+        expert = iq_loss_from_qv(expert_qv, o, counts)
 
         policy_mask = qv.mask & ~is_expert[:, None]
         logprob = qv.logprob  # [B + N, T − 1], differentiable
         old = logprob.detach() if old_logprob is None else old_logprob  # fresh samples: π_old is π itself
         shaped = shaped_rewards(reward, old, ref_logprob, kl_coef=a.gail_kl_coef, entropy_coef=a.gail_entropy_coef)
-        returns = discounted_returns(shaped * policy_mask, policy_mask, a.iq_gamma)
+        returns = discounted_returns(shaped * policy_mask, policy_mask, o.iq_gamma)
         adv = advantages(returns, policy_mask, normalize=a.gail_normalize_advantages)
         per_token, clipped = ppo_clip_loss(logprob, old, adv, policy_mask, clip_eps=a.gail_clip_eps)
         # a mean over the policy tokens (rows) of the whole accumulated batch, like the expert term
-        pg = masked_mean(per_token, policy_mask, a.iq_reduction, counts.policy(a.iq_reduction))
+        pg = masked_mean(per_token, policy_mask, o.iq_reduction, counts.policy(o.iq_reduction))
         loss = self.finalize_loss(mode, a.mle_weight * expert.loss + a.gail_pg_coef * pg, expert, num_items_in_batch)
 
         self.record_loss_metrics(mode, expert_qv, expert, inputs)

@@ -29,8 +29,8 @@ class IQLearnConfig(TokenLossArguments, TDArguments, QVArguments, SFTConfig):
         iq_lambda_warmup_steps (`int`, defaults to `0`):
             Ramp λ linearly from 0 (plain MLE) to `iq_lambda` over this many optimizer steps. 0: full λ from the
             first step. Evaluation always uses the full λ.
-        iq_gamma (`float`, defaults to `0.99`):
-            γ, the discount in r_t = Q(s_t,a_t) − γ·V(s_{t+1}). Unconfirmed default (docs/method.md).
+        iq_gamma (`float`, defaults to `tirl.losses.DEFAULTS.iq_gamma`):
+            γ, the discount in r_t = Q(s_t,a_t) − γ·V(s_{t+1}). The paper does not state its value (docs/method.md).
         iq_value (`str`, defaults to `"reference"`):
             How V(s) is parameterised (docs/method.md §1; `tirl.losses.ValueForm`; the policy is softmax(logits) in
             every form). `"logits"`: V = logsumexp(logits), Q = logits. `"reference"`: V = LSE_θ − LSE_θ0, relative to

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from ..losses import DEFAULTS
 from .arguments import POLICY_TERMS, QVArguments, SamplingArguments, TDArguments, check_objective, default_to_cpu
 
 
@@ -32,12 +33,12 @@ class OnlineIQLearnConfig(SamplingArguments, TDArguments, QVArguments, SFTConfig
     """
 
     iq_alpha: float = field(
-        default=0.1,
+        default=DEFAULTS.iq_alpha,
         metadata={"help": "α: weight of policy samples in the online mixture (1−α)·expert + α·policy; 0 = offline "
                   "IQLearn (nothing is sampled)."},
     )
     iq_policy_terms: str = field(
-        default="both",
+        default=DEFAULTS.iq_policy_terms,
         metadata={"help": "Terms that see policy samples: 'both' (value + TD terms, docs/method.md), 'td' (only the χ² "
                   "regulariser) or 'value' (only the telescoped initial-state term).", "choices": list(POLICY_TERMS)},
     )
@@ -48,7 +49,3 @@ class OnlineIQLearnConfig(SamplingArguments, TDArguments, QVArguments, SFTConfig
         check_objective(self)
         self.check_head()
         self.check_sampling()
-        if not 0.0 <= self.iq_alpha <= 1.0:
-            raise ValueError(f"iq_alpha must be in [0, 1], got {self.iq_alpha}")
-        if self.iq_policy_terms not in POLICY_TERMS:
-            raise ValueError(f"iq_policy_terms must be one of {', '.join(POLICY_TERMS)}, got {self.iq_policy_terms!r}")

@@ -37,18 +37,18 @@ class OnlineIQLearnTrainer(TirlTrainer):
 
     def __init__(self, model, args: OnlineIQLearnConfig | None = None, *pos, **kwargs):
         super().__init__(model, args, *pos, **kwargs)
-        if self.objective.iq_value.needs_reference_lse:  # LSE_θ0 at the samples' states
+        if self.value_input.reads_starting_model:  # LSE_θ0 at the samples' states
             self.hold_reference_model()
         self.sampler = self.make_sampler({})
 
     def num_policy_samples(self, batch_size: int) -> int:
         """max(1, round(α × batch size)) unless `num_policy_samples` is set; 0 when α = 0 (offline)."""
-        a = self.args
-        if a.num_policy_samples is not None:
-            return a.num_policy_samples
-        if a.iq_alpha == 0:
+        if self.args.num_policy_samples is not None:
+            return self.args.num_policy_samples
+        alpha = self.objective.iq_alpha
+        if alpha == 0:
             return 0
-        return max(1, round(a.iq_alpha * batch_size))
+        return max(1, round(alpha * batch_size))
 
     # ----------------------------------------------------------------------------------------------------------------
     # One micro-batch: expert + policy rows (drawn by `get_batch_samples` for the whole step) through the online loss
@@ -68,8 +68,7 @@ class OnlineIQLearnTrainer(TirlTrainer):
         inputs["use_cache"] = False
         qv = self.compute_qv(model, inputs)
         counts = self.loss_counts(inputs, num_items_in_batch, is_expert)
-        out = online_iq_loss_from_qv(qv, is_expert, self.objective_now(), counts, alpha=self.args.iq_alpha,
-                                     policy_terms=self.args.iq_policy_terms)
+        out = online_iq_loss_from_qv(qv, is_expert, self.objective_now(), counts)
         loss = self.finalize_loss(mode, out.loss, out, num_items_in_batch)
         self.record_loss_metrics(mode, restrict_rows(qv, is_expert), out, inputs)
         self._record_online_metrics(mode, out, is_expert)

@@ -25,7 +25,8 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from trl.models import prepare_deepspeed, prepare_fsdp
 
-from ..qv.head import head_qv, model_qv
+from ..qv.head import head_qv
+from ..qv.inputs import ValueInput
 from .rollouts import Rollout
 
 
@@ -72,13 +73,15 @@ def full_parameters(model: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def reference_lse(ref: nn.Module, accelerator: Accelerator, rollout: Rollout, chunk_size: int) -> torch.Tensor:
-    """LSE_θ0 of the frozen reference at every position of a rollout's rows, in input-position layout [N, L] (the
-    value at position t belongs to the logits that predict token t + 1; the last position holds 0)."""
+def starting_model_values(kind: ValueInput, ref: nn.Module, accelerator: Accelerator, rollout: Rollout,
+                          chunk_size: int) -> torch.Tensor:
+    """The value input `kind` as the frozen reference computes it (`ValueInput.of_starting_model`: LSE_θ0) at every
+    position of a rollout's rows, in input-position layout [N, L] (the value at position t belongs to the logits that
+    predict token t + 1; the last position holds 0)."""
     with full_parameters(ref), accelerator.autocast():
-        qv = model_qv(accelerator.unwrap_model(ref), rollout.input_ids, rollout.attention_mask, rollout.labels,
-                      chunk_size=chunk_size)
-    return torch.nn.functional.pad((qv.lse * qv.mask).float(), (0, 1))
+        values = kind.of_starting_model(accelerator.unwrap_model(ref), rollout.input_ids, rollout.attention_mask,
+                                        rollout.labels, chunk_size=chunk_size)
+    return torch.nn.functional.pad(values.float(), (0, 1))
 
 
 @torch.no_grad()
@@ -94,4 +97,4 @@ def reference_logprobs(ref: nn.Module, accelerator: Accelerator, batch: dict, hi
     return head_qv(model, hidden, batch["labels"], chunk_size=chunk_size).logprob.detach()
 
 
-__all__ = ["frozen_copy", "full_parameters", "prepare_reference", "reference_logprobs", "reference_lse"]
+__all__ = ["frozen_copy", "full_parameters", "prepare_reference", "reference_logprobs", "starting_model_values"]

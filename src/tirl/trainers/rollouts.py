@@ -28,11 +28,11 @@ import torch
 from ..files import write_atomic, write_text_atomic
 from ..generation import truncate_at_eos
 from ..losses.mdp import IGNORE_INDEX
-from ..qv import reference
+from ..qv.inputs import VALUE_COLUMNS
 
 BUFFER_DIR = "tirl_sample_buffer"
 _BATCH_KEYS = ("input_ids", "attention_mask", "labels", "position_ids")
-VALUE_KEYS = (reference.COLUMN,)  # per-position float columns that travel with a batch
+VALUE_KEYS = VALUE_COLUMNS  # per-position float columns that travel with a batch (the value inputs' columns)
 
 
 @dataclass
