@@ -85,11 +85,12 @@ def section(name: str, cfg: dict, all_variants: dict, runs: Path, score: str, pe
     precisions in one table)."""
     recorded = recorded or {}
     sec: dict = {"config": cfg, "score": score, "runs": {}}
-    untrained_last = runs / "untrained" / "eval" / f"t{cfg['temperatures'][-1]:g}" / "metrics.json"
-    if CACHED_ONLY and recorded_untrained and not untrained_last.is_file():
+    untrained = runs / "untrained" / "eval"
+    cached = all((untrained / p / "metrics.json").is_file() for p in ["greedy", *(f"t{t:g}" for t in cfg["temperatures"])])
+    if CACHED_ONLY and recorded_untrained and not cached:
         sec["untrained"] = recorded_untrained
     else:
-        sec["untrained"] = points(frontier_evals(cfg, cfg["model"], runs / "untrained" / "eval"), score)
+        sec["untrained"] = points(frontier_evals(cfg, cfg["model"], untrained), score)
     for vname in cfg["variants"]:
         for seed in seeds_of(cfg, vname, runs, recorded):
             key = f"{vname}-s{seed}"

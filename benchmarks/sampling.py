@@ -7,10 +7,10 @@ median):
 
     generate        `model.generate` with num_return_sequences=K (tirl's neutral generation config), each prompt
                     read K times, no entropy recorded: what a plain transformers loop does
-    tirl_generate   `tirl.evaluation.sampling.iter_samples` with `SamplingSettings(sampler="generate")`: `tirl eval`
-                    before the packed sampler (the prompt read once for its K samples, per-token entropy recorded)
-    tirl_packed     `iter_samples` with `SamplingSettings(sampler="packed")`: `tirl eval` now (finished rows leave the
-                    batch)
+    tirl_generate   `tirl.evaluation.sampling.iter_samples` with `SamplingSettings(sampler="generate")`: `tirl eval
+                    --sampler generate` (the prompt read once for its K samples, per-token entropy recorded)
+    tirl_packed     `iter_samples` with `SamplingSettings(sampler="packed")`: `tirl eval`'s default sampler
+                    (finished rows leave the batch)
 
 Workloads (SmolLM2-135M, the embedded model; `tirl eval`'s batching: batch_size // K prompts per call):
 

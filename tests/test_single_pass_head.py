@@ -275,6 +275,10 @@ def test_invalid_arguments():
         single_pass_iq_loss(h, W, labels, objective(iq_value="head"), value_input=value[:, 1:])
     with pytest.raises(ValueError, match="computes the nll token loss"):
         single_pass_iq_loss(h, W, labels, objective(loss_type="dft"))
+    # a value form whose gradient the head has not derived (another S) trains two-pass, never silently wrong
+    scaled = L.ValueForm("scaled-reference", A=0.0, C=1.0, input="reference_lse", S=-2.0)
+    with pytest.raises(ValueError, match="S = -2.*iq_head='two_pass'"):
+        single_pass_iq_loss(h, W, labels, objective(iq_value=scaled), value_input=value)
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from .options import TrainScriptArguments
+
 NOT_DEFINING: dict[str, tuple[str, ...]] = {
     # how long it trains: a resumed run may train longer (or stop sooner) on the same objective
     "length": ("max_steps", "num_train_epochs"),
@@ -82,7 +84,6 @@ def recorded_classes() -> tuple[type, ...]:
     from trl import ModelConfig
 
     from ..trainers.methods import METHODS
-    from .train import TrainScriptArguments
 
     return (TrainScriptArguments, *dict.fromkeys(m.config for m in METHODS.values()), ModelConfig)
 

@@ -14,7 +14,7 @@ import pickle
 import random
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,41 +22,11 @@ from ..data import DataError, is_builtin, load_rows, to_trl
 from ..files import safe_path, share_file_modes, write_json_atomic, write_text_atomic
 from . import rundir
 from .defining import RESTORED_ON_RESUME, defining, defining_settings
+from .options import DEFAULT_DATASET, TrainScriptArguments
 from .runinfo import rows_checksum, run_record
 
 if TYPE_CHECKING:
     from ..trainers.methods import Method
-
-
-@dataclass
-class TrainScriptArguments:
-    """What to train on and how to treat the run directory; the optimisation options are the trainer config's. The
-    help of each option is `tirl train --help`'s (`tirl.cli.train_help`)."""
-
-    method: str = "iqlearn"  # a key of `tirl.trainers.methods.METHODS`
-    # a built-in task, a local file or directory, or a hub dataset id; None: the demo's. The aliases are `trl sft`'s
-    # names, so its command lines and YAML files run unchanged
-    dataset: str | None = field(default=None, metadata={"aliases": ["--dataset_name"]})
-    dataset_config: str | None = None  # a hub dataset's configuration (`datasets.load_dataset(name, config)`)
-    dataset_split: str = field(default="train", metadata={"aliases": ["--dataset_train_split"]})
-    dataset_streaming: bool = False  # stream a hub dataset: only the first --num_train_examples rows are read
-    eval_dataset: str | None = None
-    eval_split: str = field(default="test", metadata={"aliases": ["--dataset_test_split"]})
-    eval_fraction: float = 0.05
-    wrap_in_chat_template: bool = False  # a user's plain-string prompt/completion rows as a conversation
-    num_train_examples: int | None = None
-    num_eval_examples: int | None = 64
-    prompt_field: str = "prompt"
-    completion_field: str = "completion"
-    skip_bad_rows: bool = False
-    resume: bool = False
-    # let a resumed run change what defines it (`tirl.jobs.defining`); recorded per segment
-    resume_with_changes: bool = False
-    overwrite: bool = False
-
-
-# the embedded default job's task
-DEFAULT_DATASET = "gsm8k"
 
 
 class OptionError(ValueError):
@@ -470,12 +440,11 @@ def save_trained_model(trainer, output_dir: Path, model_name: str) -> bool:
     as by `tirl.models.load`. A LoRA adapter on a built-in base (a model built in code from the run's seed, or the
     embedded SmolLM2 in this machine's cache) names a base that nothing but tirl can load, so the run directory gets
     the merged model, and the adapter goes to `adapter/` (which `tirl.models.load` puts back on its base). Sharded
-    training (FSDP, DeepSpeed) saves the adapter alone, as before: its weights are not whole on any process. Returns
+    training (FSDP, DeepSpeed) saves the adapter alone: its weights are not whole on any process. Returns
     whether the run directory holds a merged model."""
     from accelerate.utils import is_peft_model
 
     from .. import models
-    from ..qv.value_head import save_value_head
     from ..trainers.reference_model import frozen_copy
 
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -487,7 +456,7 @@ def save_trained_model(trainer, output_dir: Path, model_name: str) -> bool:
     if trainer.is_world_process_zero():
         merged = frozen_copy(model)  # a merged copy: the trainer's model stays as it is
         merged.save_pretrained(str(output_dir))
-        save_value_head(merged, output_dir)
+        trainer.value_input.save(merged, output_dir)  # what the value form keeps beside the weights
         # PEFT's blank card template: the run's README.md describes the adapter; and the adapter files of a run
         # resumed from an older tirl, which would make from_pretrained(run) look for the built-in base
         for stale in (ADAPTER_DIR + "/README.md", "adapter_config.json", "adapter_model.safetensors"):

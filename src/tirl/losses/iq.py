@@ -186,7 +186,8 @@ def online_iq_loss_from_qv(
     counts: Counts = NO_COUNTS,
 ) -> OnlineLossOutput:
     """Online IQLearn on a batch of expert rows and policy-sample rows (`is_expert`: [B] bool), with α the objective's
-    `iq_alpha` and the terms that see the policy rows its `iq_policy_terms`.
+    `iq_alpha` and the terms that see the policy rows its `iq_policy_terms`. The default objective, plain MLE, has
+    α = 0: the policy rows then enter no term (pass `DEFAULTS` or the trainer's objective for online IQLearn).
 
         L_on = −E_E[r_t] + E_mix[V(s_t) − γV(s_{t+1})] + λ·E_mix[r_t²],   E_mix = (1−α)·E_E + α·E_π
              = E_E[−log π(a_t|s_t)] + α·(E_π[V − γV'] − E_E[V − γV']) + λ·((1−α)·E_E[r²] + α·E_π[r²])

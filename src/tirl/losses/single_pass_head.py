@@ -469,6 +469,10 @@ def single_pass_iq_loss(
         raise ValueError(f"the single-pass head computes the nll token loss, not loss_type={objective.loss_type!r}")
     form = objective.iq_value
     form.check_input(value_input)
+    if form.input is not None and (1.0 if form.input_trained else -1.0) != form.S:
+        # the gradient below is derived for x subtracted as data (reference) or added as a trained input (head)
+        raise ValueError(f"the single-pass head computes S = -1 for a data input and S = +1 for a trained one, not "
+                         f"the {form.name} form's S = {form.S:g}; train it with iq_head='two_pass'")
     labels = labels.to(hidden.device)
     acc = acc_dtype(hidden)
     if value_input is not None and value_input.shape != (labels.shape[0], labels.shape[1] - 1):

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..losses import ValueForm, value_form
+from ..losses import QV, ValueForm, value_form
 from . import reference
 from .value_head import add_value_head, get_value_head, load_value_head, save_value_head
 
@@ -45,11 +45,9 @@ class ValueInput:
         hidden states `hidden` [B, T, D] (given when `reads_hidden`)."""
         return None
 
-    @torch.no_grad()
-    def of_starting_model(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                          labels: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-        """The column's values [B, T − 1] for rows the dataset does not hold (samples, rewards), computed by the
-        starting model `model`, when `reads_starting_model`."""
+    def of_starting_model(self, qv: QV) -> torch.Tensor:
+        """The column's values [B, T − 1] for rows the dataset does not hold (samples, rewards), from the starting
+        model's logits-form `qv` of those rows (`tirl.qv.model_qv`), when `reads_starting_model`."""
         raise NotImplementedError(f"{type(self).__name__} is not computed by the starting model")
 
     def save(self, model: nn.Module, directory: str | os.PathLike) -> None:
@@ -78,13 +76,8 @@ class ReferenceLSE(ValueInput):
             raise ValueError("iq_value='reference' needs the batch's LSE of the starting model (tirl.qv.reference)")
         return column
 
-    @torch.no_grad()
-    def of_starting_model(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                          labels: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-        from .head import model_qv  # head reads the inputs through this module
-
-        qv = model_qv(model, input_ids, attention_mask, labels, chunk_size=chunk_size)
-        return qv.lse * qv.mask
+    def of_starting_model(self, qv: QV) -> torch.Tensor:
+        return qv.lse.detach() * qv.mask
 
 
 class ValueHeadInput(ValueInput):

@@ -180,8 +180,8 @@ def score_encoded(reward: RewardModel, encoded: Sequence[dict[str, list[int]]],
             column = None
             if kind.reads_starting_model:
                 ref_device = _device(reward.reference)
-                column = kind.of_starting_model(reward.reference, ids.to(ref_device), attn.to(ref_device),
-                                                labels.to(ref_device), chunk_size=s.chunk_size).to(device)
+                column = kind.of_starting_model(model_qv(reward.reference, ids.to(ref_device), attn.to(ref_device),
+                                                         labels.to(ref_device), chunk_size=s.chunk_size)).to(device)
             qv = model_qv(model, ids.to(device), attn.to(device), labels.to(device), chunk_size=s.chunk_size, form=form,
                           value_column=column)
         rw = token_rewards(qv, iq_gamma=reward.objective.iq_gamma, eos_token_ids=eos)

@@ -41,7 +41,7 @@ from ..losses import LOGITS, QV, Counts, LossOutput, Objective, ValueForm, gem_l
 from ..models import eos_token_ids
 from ..qv import reference
 from ..qv.head import FusedLossCall, HeadCall, add_qv_head
-from ..qv.inputs import ValueInput, value_input_of
+from ..qv.inputs import VALUE_COLUMNS, ValueInput, value_input_of
 from .checkpoints import (
     LoadExtraStateOnResume,
     checkpoint_name,
@@ -210,8 +210,12 @@ class TirlTrainer(SFTTrainer):
 
     def take_value_column(self, inputs, form: ValueForm | None = None) -> torch.Tensor | None:
         """The batch's column of the value form's input [B, T − 1] (LSE_θ0 in the reference form), removed from
-        `inputs`, when the form (the run's, or `form`) reads one; else None (`ValueInput.take`)."""
-        return value_input_of(form or self.objective.iq_value).take(inputs)
+        `inputs`, when the form (the run's, or `form`) reads one; else None (`ValueInput.take`). Every other value
+        column is removed too: the model's forward takes none."""
+        own = value_input_of(form or self.objective.iq_value).take(inputs)
+        for column in VALUE_COLUMNS:
+            inputs.pop(column, None)
+        return own
 
     # the value input of the starting model (LSE_θ0 of the reference form): once, before training, as a dataset column
 

@@ -4,7 +4,8 @@ options it fixes and the defaults it starts from.
 `tirl.jobs.train` builds a run from the entry (the config class parses the options, the trainer trains), the run's
 defining settings are the fields of the registered configs (`tirl.jobs.defining`), and `tirl train --help` lists
 the methods with their help lines (`tirl.cli.train_help.method_help`). Importing this module imports every trainer
-(TRL and transformers, seconds): the command imports it only once it has a method to build.
+(TRL and transformers, seconds): `tirl.jobs.train` imports it when a run starts and `tirl.cli.train` when it
+builds its parser, so that importing either stays fast.
 """
 
 from __future__ import annotations

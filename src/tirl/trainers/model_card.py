@@ -18,7 +18,7 @@ from importlib import metadata
 from ..models import SMOLLM2_HUB_ID, SMOLLM2_NAMES, TINY_MODELS
 
 # (name, the sentence that says what it optimises, hub tags)
-METHODS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+CARD_METHODS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "mle": ("MLE", "maximum likelihood (plain SFT): the mean −log π(a_t | s_t) of the demonstrations' tokens",
             ("mle",)),
     "entropy-mle": ("entropy-regularised MLE", "maximum likelihood minus β times the policy's entropy on the "
@@ -67,7 +67,7 @@ TRL_CITATION = """@software{vonwerra2020trl,
 
 
 def trained_method(args) -> str:
-    """The method a config trains (a key of `METHODS`), from its class and objective settings: the same config class
+    """The method a config trains (a key of `CARD_METHODS`), from its class and objective settings: the same config class
     trains MLE, GEM, DFT and IQLearn."""
     from .gail_config import GAILConfig
     from .online_iqlearn_config import OnlineIQLearnConfig
@@ -154,7 +154,7 @@ def model_card_text(trainer, model_name: str | None = None, dataset_name: str | 
     config = (model.get_base_model() if peft else model).config
     base_text, base_note, base_id = base_model(info.get("base_model") or getattr(config, "_name_or_path", None))
     method = trained_method(args)
-    label, objective, method_tags = METHODS[method]
+    label, objective, method_tags = CARD_METHODS[method]
     dataset = info.get("dataset") or dataset_name
     rows, split = info.get("dataset_rows"), info.get("dataset_split")
     tag_list = [tags] if isinstance(tags, str) else list(tags or [])
@@ -242,4 +242,4 @@ def _is_hub_dataset(name: str) -> bool:
     return not is_builtin(name) and not os.path.exists(name) and name.count("/") == 1
 
 
-__all__ = ["METHODS", "base_model", "evaluations", "method_settings", "model_card_text", "trained_method"]
+__all__ = ["CARD_METHODS", "base_model", "evaluations", "method_settings", "model_card_text", "trained_method"]

@@ -25,7 +25,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from trl.models import prepare_deepspeed, prepare_fsdp
 
-from ..qv.head import head_qv
+from ..qv.head import head_qv, model_qv
 from ..qv.inputs import ValueInput
 from .rollouts import Rollout
 
@@ -79,8 +79,8 @@ def starting_model_values(kind: ValueInput, ref: nn.Module, accelerator: Acceler
     position of a rollout's rows, in input-position layout [N, L] (the value at position t belongs to the logits that
     predict token t + 1; the last position holds 0)."""
     with full_parameters(ref), accelerator.autocast():
-        values = kind.of_starting_model(accelerator.unwrap_model(ref), rollout.input_ids, rollout.attention_mask,
-                                        rollout.labels, chunk_size=chunk_size)
+        values = kind.of_starting_model(model_qv(accelerator.unwrap_model(ref), rollout.input_ids,
+                                                 rollout.attention_mask, rollout.labels, chunk_size=chunk_size))
     return torch.nn.functional.pad(values.float(), (0, 1))
 
 

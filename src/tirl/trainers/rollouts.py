@@ -32,7 +32,6 @@ from ..qv.inputs import VALUE_COLUMNS
 
 BUFFER_DIR = "tirl_sample_buffer"
 _BATCH_KEYS = ("input_ids", "attention_mask", "labels", "position_ids")
-VALUE_KEYS = VALUE_COLUMNS  # per-position float columns that travel with a batch (the value inputs' columns)
 
 
 @dataclass
@@ -121,15 +120,15 @@ def mix_batch(expert: dict, rollout: Rollout, pad_token_id: int, policy_values: 
     """Expert rows of a collated batch followed by rollout rows, padded to one length, with `is_expert` [B + N].
 
     Keys: input_ids, attention_mask, labels (and position_ids when the batch has them), and per-position float
-    columns (`VALUE_KEYS`, e.g. the reference values of iq_value="reference"), whose policy rows come from
+    columns (`VALUE_COLUMNS`, e.g. the reference values of iq_value="reference"), whose policy rows come from
     `policy_values` ([N, L_rollout] each). Padding-free or packed batches (no attention mask) are refused: their rows
     have no separate prompts to sample from.
     """
     policy_values = policy_values or {}
-    missing = [k for k in VALUE_KEYS if k in expert and k not in policy_values]
+    missing = [k for k in VALUE_COLUMNS if k in expert and k not in policy_values]
     if missing:
         raise ValueError(f"the batch has the per-token columns {missing}, but the policy samples do not")
-    unknown = [k for k, v in expert.items() if isinstance(v, torch.Tensor) and k not in _BATCH_KEYS + VALUE_KEYS]
+    unknown = [k for k, v in expert.items() if isinstance(v, torch.Tensor) and k not in _BATCH_KEYS + VALUE_COLUMNS]
     if unknown:
         raise ValueError(f"cannot mix policy samples into a batch with the keys {unknown}; expected {list(_BATCH_KEYS)}")
     if "attention_mask" not in expert:
@@ -147,7 +146,7 @@ def mix_batch(expert: dict, rollout: Rollout, pad_token_id: int, policy_values: 
         "attention_mask": torch.cat([pad_to(expert["attention_mask"], 0), pad_to(r.attention_mask, 0)]),
         "labels": torch.cat([pad_to(expert["labels"], IGNORE_INDEX), pad_to(r.labels, IGNORE_INDEX)]),
     }
-    for key in VALUE_KEYS:
+    for key in VALUE_COLUMNS:
         if key in expert:
             out[key] = torch.cat([pad_to(expert[key], 0), pad_to(policy_values[key].to(device), 0)])
     if "position_ids" in expert:

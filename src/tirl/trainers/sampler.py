@@ -42,7 +42,7 @@ from ..generation import sample_completions
 from .arguments import vllm_generation_kwargs
 from .metrics import MetricStore
 from .rollouts import (
-    VALUE_KEYS,
+    VALUE_COLUMNS,
     BufferEntry,
     Rollout,
     SampleBuffer,
@@ -69,7 +69,7 @@ class RolloutSampler:
 
     `args`: the trainer's config (`SamplingArguments` plus `TrainingArguments`); `num_samples(batch_size)`: how many
     completions a micro-batch of that many expert rows gets; `record`: name → f(model, rollout) -> per-token tensor,
-    called on fresh samples only and kept in `BufferEntry.extras` (names in `rollouts.VALUE_KEYS` travel into the
+    called on fresh samples only and kept in `BufferEntry.extras` (names in `rollouts.VALUE_COLUMNS` travel into the
     mixed batch); `model`: the policy, for TRL's vLLM backend.
     """
 
@@ -221,7 +221,7 @@ class RolloutSampler:
 
     def mix(self, inputs: dict, entry: BufferEntry) -> dict:
         """Expert rows, then the entry's policy rows (with their per-position values), flagged by `is_expert`."""
-        values = {k: v for k, v in entry.extras.items() if k in VALUE_KEYS}
+        values = {k: v for k, v in entry.extras.items() if k in VALUE_COLUMNS}
         return mix_batch(inputs, entry.rollout, self.pad_token_id, policy_values=values)
 
     # ----------------------------------------------------------------------------------------------------------------
