@@ -280,6 +280,8 @@ def paired(variant_points: dict[int, dict], ref_points: dict[int, dict], grid: l
         values = [a[key] - b[key] for a, b in figs.values() if a.get(key) is not None and b.get(key) is not None]
         out[key] = mean_sem(values)
     deltas = [frontier_delta(ref_points[s], variant_points[s], grid) for s in seeds]
+    out["envelope"] = mean_sem([d for d in (envelope_delta(ref_points[s], variant_points[s], grid) for s in seeds)
+                                if d is not None])
     out["frontier"] = {f"T={t:g}": {**mean_sem([d[f"T={t:g}"]["delta"] for d in deltas]),
                                     "extrapolated": any(d[f"T={t:g}"]["extrapolated"] for d in deltas)} for t in grid}
     return out
@@ -491,13 +493,30 @@ def tables(sec: dict) -> list[str]:
             for row in s["epochs"]:
                 lines.append(f"| {vname} ({s['seeds']}) | {row['epoch']} | "
                              + " | ".join(_ms(row.get(k), d) for k, d, _ in keys) + " |")
+        head = [("expert_nll", 3, "test expert NLL"), ("validation_nll", 3, "validation NLL"),
+                ("T=1 precision", 1, "precision T=1"), ("T=1 coverage", 1, "coverage T=1"),
+                ("train demonstrated", 1, "train: repeats a demo (%)"),
+                ("train novel_valid", 1, "train: valid, never shown (%)")]
+        lines += [f"\n{task}: at the final epoch ({cfg['epochs']}) and at each run's best epoch (validation NLL); mean ± "
+                  "s.e.m. over seeds\n", "| variant | seeds | epoch | " + " | ".join(k[2] for k in head) + " |",
+                  "|---|---|---|" + "---|" * len(head)]
+        for vname, s in summ.items():
+            if vname == "tuned_mle":
+                lines.append(f"| tuned MLE | {len(s['chosen'])} | its best | "
+                             + " | ".join(_ms(s["point"].get(k), d) for k, d, _ in head) + " |")
+                continue
+            for which in ("final", "best"):
+                epoch = cfg["epochs"] if which == "final" else f"best ({_ms(s['best_epoch'], 1)})"
+                lines.append(f"| {vname} | {s['seeds']} | {epoch} | "
+                             + " | ".join(_ms(s[which].get(k), d) for k, d, _ in head) + " |")
         for which, title in (("vs_mle_final", f"at the final epoch ({cfg['epochs']}) against MLE's final epoch"),
                              ("vs_tuned_mle", "each at its best epoch (validation NLL) against tuned MLE")):
             lines += [f"\n{task}: {title}, paired by seed (precision at MLE's coverage along its grid frontier, "
                       "percentage points, * = outside its range; negative NLL = closer to the expert)\n",
                       "| variant | seeds | Δ test expert NLL | Δ coverage T=1 | Δ train: repeats a demo | "
-                      "Δ train: valid, never shown | " + " | ".join(f"Δ precision T={t:g}" for t in cfg["grid"]) + " |",
-                      "|---|---|---|---|---|---|" + "---|" * len(cfg["grid"])]
+                      "Δ train: valid, never shown | " + " | ".join(f"Δ precision T={t:g}" for t in cfg["grid"])
+                      + " | Δ precision, envelope vs MLE's |",
+                      "|---|---|---|---|---|---|" + "---|" * (len(cfg["grid"]) + 1)]
             for vname, s in summ.items():
                 d = s.get(which)
                 if not d or not d.get("seeds"):
@@ -507,7 +526,7 @@ def tables(sec: dict) -> list[str]:
                              f"{_ms(d.get('train novel_valid'), 1, True)} | " + " | ".join(
                                  _ms(d['frontier'][f'T={t:g}'], 1, True)
                                  + ("*" if d["frontier"][f"T={t:g}"]["extrapolated"] else "") for t in cfg["grid"])
-                             + " |")
+                             + f" | {_ms(d.get('envelope'), 1, True)} |")
         if "tuned_mle" in summ:
             chosen = summ["tuned_mle"]["chosen"]
             lines.append("\nTuned MLE per seed: " + ", ".join(f"seed {s}: {c['label']} (epoch {c['epoch']})"
