@@ -37,3 +37,20 @@ def test_a_staged_checkpoint_is_renamed_into_place_and_leftovers_are_removed(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4"]
     assert (tmp_path / "checkpoint-4" / "model.safetensors").is_file()
     assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
+
+
+def test_a_committed_checkpoint_names_the_best_checkpoint_where_it_is(tmp_path):
+    """Trainer writes trainer_state.json while the checkpoint is staged, so it names the best checkpoint inside the
+    staging directory; once committed it must name `checkpoint-N` itself (resume and load_best_model_at_end read it)."""
+    from transformers import TrainerState
+
+    from tirl.trainers.checkpoints import commit_staged, staging_dir
+
+    staged = os.path.join(staging_dir(str(tmp_path), 4), "checkpoint-4")
+    os.makedirs(staged)
+    state = TrainerState(best_model_checkpoint=staged, best_global_step=4)
+    state.save_to_json(os.path.join(staged, "trainer_state.json"))
+    commit_staged(str(tmp_path), 4, state, save_total_limit=None)
+    recorded = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
+    assert recorded["best_model_checkpoint"] == str(tmp_path / "checkpoint-4")
+    assert state.best_model_checkpoint == str(tmp_path / "checkpoint-4")

@@ -21,6 +21,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..files import write_json_atomic
+
 PARTIAL_PREFIX = ".partial-"
 # in each checkpoint: the names the trainer wrote there ("_*" is what push_to_hub leaves out)
 FILES_LIST = "_tirl_checkpoint_files.json"
@@ -58,6 +60,7 @@ def commit_staged(run_dir: str, step: int, state, save_total_limit: int | None) 
             print(f"[tirl] {name} was saved again; what tirl train had not written in the one it replaces "
                   f"({_shown(kept)}) was moved to {aside}")
     os.replace(staged, final)
+    _unstage_best(final, run_dir)
     shutil.rmtree(staging, ignore_errors=True)
     for entry in os.listdir(run_dir):
         if entry.startswith(PARTIAL_PREFIX):
@@ -67,6 +70,21 @@ def commit_staged(run_dir: str, step: int, state, save_total_limit: int | None) 
         if os.path.exists(best):
             state.best_model_checkpoint = best
     rotate_checkpoints(run_dir, save_total_limit, state.best_model_checkpoint, newest=step)
+
+
+def _unstage_best(checkpoint: str, run_dir: str) -> None:
+    """The checkpoint's trainer_state.json names the best checkpoint where Trainer saw it, inside a staging
+    directory that no longer exists once committed: name it where it now is, so that a resumed run's
+    `load_best_model_at_end` and rotation find it."""
+    path = os.path.join(checkpoint, "trainer_state.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        state = json.load(f)
+    best = state.get("best_model_checkpoint")
+    if best and PARTIAL_PREFIX in best:
+        state["best_model_checkpoint"] = os.path.join(run_dir, os.path.basename(os.path.normpath(best)))
+        write_json_atomic(path, state)
 
 
 def checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, str]]:
