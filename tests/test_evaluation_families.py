@@ -96,3 +96,13 @@ def test_the_compare_table_columns_of_each_family():
 def test_every_task_names_a_family():
     assert {info.metric for info in TASK_INFO.values()} <= set(METRIC_FAMILIES)
     assert task_metric("my_file.jsonl") in METRIC_FAMILIES
+
+
+def test_tirl_eval_help_lists_every_family_with_its_help_line():
+    from tirl.cli.eval import build_parser
+    from tirl.evaluation.families import METRIC_FAMILIES
+
+    text = " ".join(build_parser().format_help().split())
+    for name, family in METRIC_FAMILIES.items():
+        assert family.help, f"the {name} family has no help line"
+        assert f"{name} {' '.join(family.help.split())}" in text

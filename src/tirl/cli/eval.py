@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 
 from . import errors
 
@@ -15,11 +16,7 @@ What it writes (in --output_dir):
   report.md          a table and a few example generations
   eval_config.json   the settings a resumed run must match
 
-Metric families (--metric auto picks the task's own): gsm8k = accuracy (lm-eval's strict `#### n` and flexible
-last-number filters) and, for K > 1, "any of K correct"; rouge = ROUGE-1/2/L/Lsum F1 (rouge-score, stemmed);
-bleu = sacreBLEU BLEU and chrF; valid_set (many-answer tasks) = precision (valid samples), coverage (distinct valid
-answers / min(K, |valid|)), pass@k for k = 1..K (unbiased estimator) and the held-out expert NLL. Diversity
-(Self-BLEU, distinct-n, entropy) is always measured on the sampled pass.
+Diversity (Self-BLEU, distinct-n, entropy) is always measured on the sampled pass.
 
 Prompts are 0-shot: each is rendered exactly as training renders it (the chat template with the generation prompt).
 lm-evaluation-harness's gsm8k task is 5-shot and its numbers are not comparable with these; for those, a run directory
@@ -63,13 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     from tirl.data.tasks import TASK_INFO
     from tirl.evaluation.families import METRIC_FAMILIES
 
-    tasks = "\n".join(f"  {name:<13}{info.metric:<7}{info.description}" for name, info in TASK_INFO.items())
+    width = max(len(info.metric) for info in TASK_INFO.values()) + 2
+    tasks = "\n".join(f"  {name:<13}{info.metric:<{width}}{info.description}" for name, info in TASK_INFO.items())
+    families = "\n".join(textwrap.fill(family.help, 118, initial_indent=f"  {name:<11}", subsequent_indent=" " * 13)
+                          for name, family in METRIC_FAMILIES.items())
     p = _Parser(
         prog="tirl eval",
         description="Evaluate a model: greedy and sampled generations for a dataset's prompts, the task score, and "
         "the diversity of the samples (Self-BLEU, distinct-n, entropy). Resumable: finished prompts are never "
         "generated again.",
-        epilog=f"\nBuilt-in tasks (name, metric family, contents):\n{tasks}\n" + EPILOG,
+        epilog=f"\nBuilt-in tasks (name, metric family, contents):\n{tasks}\n\nMetric families (--metric auto picks "
+        f"the task's own):\n{families}\n" + EPILOG,
         formatter_class=_HelpFormatter,
     )
     a = p.add_argument

@@ -59,6 +59,7 @@ class MetricFamily:
     # the reference is the prompt's valid-set specification: `tirl eval` scores each prompt once and adds the
     # held-out expert NLL and memorisation; `tirl compare` draws precision against coverage and pass@k
     many_answer: bool = False
+    help: str = ""  # what it scores, in a few words: `tirl eval --help` lists each family with it
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -155,14 +156,15 @@ GSM8K = MetricFamily(
                          "answer_rate_strict"}),
     primary_score="accuracy_flexible", sample_score="correct_flexible", right_or_wrong=True,
     compare_columns=_gsm8k_any_of_k,
+    help="accuracy (lm-eval's strict `#### n` and flexible last-number filters) and, for K > 1, \"any of K correct\"",
 )
 ROUGE = MetricFamily(
     "rouge", _rouge_scores, sentence_rouge,
     labels={"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"},
-    primary_score="rouge1", sample_score="rouge1",
+    primary_score="rouge1", sample_score="rouge1", help="ROUGE-1/2/L/Lsum F1 (rouge-score, stemmed)",
 )
 BLEU = MetricFamily("bleu", _bleu_scores, _bleu_sample, labels={"bleu": "BLEU", "chrf": "chrF"},
-                    primary_score="bleu", sample_score="bleu")
+                    primary_score="bleu", sample_score="bleu", help="sacreBLEU BLEU and chrF")
 VALID_SET = MetricFamily(
     "valid_set", _valid_set_scores, _valid_set_sample,
     labels={"precision": "precision (valid samples)", "coverage": "coverage (distinct valid ÷ min(K, #valid))"},
@@ -170,8 +172,10 @@ VALID_SET = MetricFamily(
     primary_score="precision", sample_score="valid", right_or_wrong=True,
     compare_columns=_coverage_and_pass_at_k,
     many_answer=True,
+    help="many-answer tasks: precision (valid samples), coverage (distinct valid answers / min(K, |valid|)), "
+    "pass@k for k = 1..K (unbiased estimator) and the held-out expert NLL",
 )
-NO_SCORE = MetricFamily("none", _nothing, _nothing)
+NO_SCORE = MetricFamily("none", _nothing, _nothing, help="no task score: diversity only")
 METRIC_FAMILIES: dict[str, MetricFamily] = {f.name: f for f in (GSM8K, ROUGE, BLEU, VALID_SET, NO_SCORE)}
 
 # every family's pass scores with their headings, and those that are shares (a score name means one thing everywhere)
