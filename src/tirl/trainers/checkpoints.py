@@ -79,9 +79,12 @@ def _unstage_best(checkpoint: str, run_dir: str) -> None:
     path = os.path.join(checkpoint, "trainer_state.json")
     if not os.path.isfile(path):
         return
-    with open(path) as f:
-        state = json.load(f)
-    best = state.get("best_model_checkpoint")
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError):  # not a state Trainer wrote: nothing of it to correct
+        return
+    best = state.get("best_model_checkpoint") if isinstance(state, dict) else None
     if best and PARTIAL_PREFIX in best:
         state["best_model_checkpoint"] = os.path.join(run_dir, os.path.basename(os.path.normpath(best)))
         write_json_atomic(path, state)
