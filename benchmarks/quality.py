@@ -313,7 +313,9 @@ def main() -> None:
                 p.error(f"--tasks: {', '.join(sorted(set(chosen) - set(cfg['tasks'])))} not in the overtraining "
                         f"section of the preset ({', '.join(cfg['tasks'])})")
             kept = {t: v for t, v in recorded.items() if t in cfg["tasks"] and t not in chosen}
-            ran = quality_overtraining.section({**cfg, "tasks": {t: o for t, o in cfg["tasks"].items() if t in chosen}},
+            tasks = {t: {**o, "variants": [v for v in o.get("variants", cfg["variants"]) if v in cfg["variants"]]}
+                     for t, o in cfg["tasks"].items() if t in chosen}  # a task's own variants, within --variants
+            ran = quality_overtraining.section({**cfg, "tasks": tasks},
                                                preset["variants"], runs / name, recorded, result_path,
                                                seeds_given=bool(args.seeds))
             result[name] = {**kept, **ran}

@@ -203,6 +203,19 @@ def upper_envelope(points: list[tuple[float, float]]) -> list[tuple[float, float
     return front[::-1]
 
 
+def frontier_dominates(ref: dict, other: dict, temperatures: list[float]) -> bool:
+    """Whether `other`'s frontier dominates the reference's: every point of the reference's upper envelope is matched
+    or beaten in both coverage and precision by one of `other`'s temperatures, and some point strictly. It answers
+    where `envelope_delta` cannot: a frontier that lies wholly beyond the reference's coverage has no point inside
+    its range to compare at equal coverage."""
+    def points(pts: dict) -> list[tuple[float, float]]:
+        return [(pts[f"T={t:g}"]["coverage"], pts[f"T={t:g}"]["precision"]) for t in temperatures]
+
+    mine, theirs = points(other), upper_envelope(points(ref))
+    return all(any(x >= a and y >= b for x, y in mine) for a, b in theirs) and any(
+        x > a or y > b for a, b in theirs for x, y in mine if x >= a and y >= b)
+
+
 def frontier_delta(ref: dict, other: dict, temperatures: list[float]) -> dict:
     """Precision of `other` minus the reference's precision at the same coverage, along the upper envelope of the
     reference's temperature points (`upper_envelope`; piecewise linear in coverage; the nearest end outside its

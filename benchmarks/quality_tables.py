@@ -56,10 +56,11 @@ def cost_table(result: dict, preset: dict) -> list[str]:
         for task, o in cfg["tasks"].items():
             tsec = sec.get(task) or {}
             seeds = o.get("seeds", cfg["seeds"])
-            over.append((f"overtraining / {task}", cfg["variants"], seeds, tsec.get("runs", {})))
-            over.append((f"overtraining / {task}, MLE's shorter budgets", [f"mle-{b}ep" for b in cfg["short_budgets"]],
-                           seeds, {k: {"variant": f"mle-{v['budget']}ep", **v}
-                                   for k, v in tsec.get("short_runs", {}).items()}))
+            over.append((f"overtraining / {task}", o.get("variants", cfg["variants"]), seeds, tsec.get("runs", {})))
+            budgets = o.get("short_budgets", cfg["short_budgets"])
+            if budgets:
+                over.append((f"overtraining / {task}, MLE's shorter budgets", [f"mle-{b}ep" for b in budgets], seeds,
+                             {k: {"variant": f"mle-{v['budget']}ep", **v} for k, v in tsec.get("short_runs", {}).items()}))
     lines = ["\n### What the preset costs (a process per core, one thread each; from the recorded runs' wall time)\n",
              *COST_HEADER]
     rows, total, untimed = _cost_rows(groups)

@@ -150,9 +150,42 @@ def test_the_cpu_preset_costs_only_its_own_runs():
     assert not any(line.startswith("| gsm8k ") for line in lines) and "gsm8k" not in lines[-1]
 
 
+def test_the_overtraining_cost_counts_each_tasks_own_variants_and_budgets():
+    """A task with its own variants and shorter budgets is costed by those, and a task without shorter budgets has
+    no row for them."""
+    preset = quality_module().PRESETS["cpu"]
+    cfg = preset["overtraining"]
+    preset = {**preset, "overtraining": {**cfg, "tasks": {**cfg["tasks"], "between": {
+        "variants": ["mle", "iq-best"], "short_budgets": []}}}}
+    timed = {"threads": "1", "resumed": False, "seconds": 1200}
+    runs = {f"{v}-s1": {"variant": v, "seed": 1, **timed} for v in ("mle", "iq-best")}
+    lines = quality_module("quality_tables").cost_table(
+        {"preset": "cpu", "overtraining": {"between": {"runs": runs}}}, preset)
+    row = next(line for line in lines if line.startswith("| overtraining / between |"))
+    assert "| 2 variants × 3 seeds | 2 |" in row and row.endswith("| 2.0 |")  # 2 × 3 × 20 min
+    assert not any(line.startswith("| overtraining / between, MLE's shorter budgets") for line in lines)
+    assert "pick-two, MLE's shorter budgets" in lines[-1]  # pick-two has them: not timed in this record
+
+
 def overtraining_point(validation_nll, cov_prec):
     return {"validation_nll": validation_nll, **{f"T={t:g}": {"coverage": c, "precision": p, "pass_at_k": []}
                                                  for t, (c, p) in cov_prec.items()}}
+
+
+def test_a_frontier_beyond_the_references_coverage_is_judged_by_dominance():
+    """Long MLE on `between` stops at 66% coverage; a method whose every temperature covers more, and more precisely,
+    has no point at equal coverage (no envelope Δ), but its frontier dominates; a crossing frontier dominates neither."""
+    runner = quality_module("quality_runner")
+    grid = [0.5, 1.0, 1.3]
+    mle = overtraining_point(3.5, {0.5: (37, 88), 1.0: (60, 89), 1.3: (66, 88)})
+    beyond = overtraining_point(2.8, {0.5: (67, 96), 1.0: (79, 90), 1.3: (81, 80)})
+    crossing = overtraining_point(2.8, {0.5: (30, 95), 1.0: (70, 70), 1.3: (75, 60)})
+    assert runner.envelope_delta(mle, beyond, grid) is None
+    assert runner.frontier_dominates(mle, beyond, grid) and not runner.frontier_dominates(beyond, mle, grid)
+    assert not runner.frontier_dominates(mle, crossing, grid) and not runner.frontier_dominates(crossing, mle, grid)
+    assert not runner.frontier_dominates(mle, mle, grid)  # equal frontiers: neither beats the other
+    paired = quality_module("quality_overtraining").paired({1: beyond, 2: crossing}, {1: mle, 2: mle}, grid)
+    assert (paired["dominates"], paired["dominated"]) == (1, 0)
 
 
 def test_the_lambda_screen_takes_the_closest_to_the_expert_that_keeps_mles_precision():
