@@ -204,6 +204,11 @@ PRESETS: dict[str, dict] = {
 SECTIONS = ("arithmetic", "xsum", "gsm8k", "grammar", "many", "overtraining")
 
 
+def task_variants(task: dict, cfg: dict) -> list[str]:
+    """A task's own variants (the section's when it names none), restricted to the section's (`--variants`)."""
+    return [v for v in task.get("variants", cfg["variants"]) if v in cfg["variants"]]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--section", choices=[*SECTIONS, "all"], default="all", help="which section to run")
@@ -301,7 +306,7 @@ def main() -> None:
             if set(chosen) - set(cfg["tasks"]):
                 p.error(f"--tasks: {', '.join(sorted(set(chosen) - set(cfg['tasks'])))} not in the many section of the "
                         f"preset ({', '.join(cfg['tasks'])})")
-            tasks = {t: {**o, "variants": [v for v in o.get("variants", cfg["variants"]) if v in cfg["variants"]],
+            tasks = {t: {**o, "variants": task_variants(o, cfg),
                          "extra_task": bool(o.get("extra_task")) and not (args.tasks and t in chosen)}
                      for t, o in cfg["tasks"].items() if t in chosen}
             kept = {t: v for t, v in recorded.items() if t in cfg["tasks"] and t not in chosen}
@@ -313,8 +318,7 @@ def main() -> None:
                 p.error(f"--tasks: {', '.join(sorted(set(chosen) - set(cfg['tasks'])))} not in the overtraining "
                         f"section of the preset ({', '.join(cfg['tasks'])})")
             kept = {t: v for t, v in recorded.items() if t in cfg["tasks"] and t not in chosen}
-            tasks = {t: {**o, "variants": [v for v in o.get("variants", cfg["variants"]) if v in cfg["variants"]]}
-                     for t, o in cfg["tasks"].items() if t in chosen}  # a task's own variants, within --variants
+            tasks = {t: {**o, "variants": task_variants(o, cfg)} for t, o in cfg["tasks"].items() if t in chosen}
             ran = quality_overtraining.section({**cfg, "tasks": tasks},
                                                preset["variants"], runs / name, recorded, result_path,
                                                seeds_given=bool(args.seeds))

@@ -203,15 +203,17 @@ def upper_envelope(points: list[tuple[float, float]]) -> list[tuple[float, float
     return front[::-1]
 
 
+def frontier_points(pts: dict, temperatures: list[float]) -> list[tuple[float, float]]:
+    """A run's (coverage, precision) at each temperature of the grid, in grid order."""
+    return [(pts[f"T={t:g}"]["coverage"], pts[f"T={t:g}"]["precision"]) for t in temperatures]
+
+
 def frontier_dominates(ref: dict, other: dict, temperatures: list[float]) -> bool:
     """Whether `other`'s frontier dominates the reference's: every point of the reference's upper envelope is matched
     or beaten in both coverage and precision by one of `other`'s temperatures, and some point strictly. It answers
     where `envelope_delta` cannot: a frontier that lies wholly beyond the reference's coverage has no point inside
     its range to compare at equal coverage."""
-    def points(pts: dict) -> list[tuple[float, float]]:
-        return [(pts[f"T={t:g}"]["coverage"], pts[f"T={t:g}"]["precision"]) for t in temperatures]
-
-    mine, theirs = points(other), upper_envelope(points(ref))
+    mine, theirs = frontier_points(other, temperatures), upper_envelope(frontier_points(ref, temperatures))
     return all(any(x >= a and y >= b for x, y in mine) for a, b in theirs) and any(
         x > a or y > b for a, b in theirs for x, y in mine if x >= a and y >= b)
 
@@ -220,7 +222,7 @@ def frontier_delta(ref: dict, other: dict, temperatures: list[float]) -> dict:
     """Precision of `other` minus the reference's precision at the same coverage, along the upper envelope of the
     reference's temperature points (`upper_envelope`; piecewise linear in coverage; the nearest end outside its
     range, flagged `extrapolated`)."""
-    curve = upper_envelope([(ref[f"T={t:g}"]["coverage"], ref[f"T={t:g}"]["precision"]) for t in temperatures])
+    curve = upper_envelope(frontier_points(ref, temperatures))
     out = {}
     for t in temperatures:
         x, y = other[f"T={t:g}"]["coverage"], other[f"T={t:g}"]["precision"]
@@ -240,10 +242,8 @@ def envelope_delta(ref: dict, other: dict, temperatures: list[float]) -> float |
     `other`'s upper envelope inside the reference's coverage range, of its precision minus the reference's envelope
     there. A point that another temperature of the same model beats in both coverage and precision is never a
     temperature a user would sample at, so neither frontier is judged by it. None when no point lies in the range."""
-    def envelope(pts: dict) -> list[tuple[float, float]]:
-        return upper_envelope([(pts[f"T={t:g}"]["coverage"], pts[f"T={t:g}"]["precision"]) for t in temperatures])
-
-    curve, mine = envelope(ref), envelope(other)
+    curve = upper_envelope(frontier_points(ref, temperatures))
+    mine = upper_envelope(frontier_points(other, temperatures))
     deltas = []
     for x, y in mine:
         if not curve[0][0] <= x <= curve[-1][0]:
